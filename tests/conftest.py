@@ -1,0 +1,35 @@
+"""Shared fixtures. `impl` runs a test over the compiled kernels and their pure twins."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import pytest
+
+from p2pfast import _accel
+
+
+def load_kernel(name: str, kind: str) -> ModuleType:
+    if kind == "c" and _accel.PURE:
+        pytest.skip("P2PFAST_PURE=1: the compiled kernels are not in use")
+    try:
+        return importlib.import_module(f"p2pfast._{name}_{kind}")
+    except ImportError:
+        if _accel.REQUIRE:
+            raise
+        pytest.skip(f"p2pfast._{name}_{kind} is not built")
+
+
+@pytest.fixture(params=["c", "py"])
+def impl(request: pytest.FixtureRequest) -> Callable[[str], ModuleType]:
+    """impl("frames") -> p2pfast._frames_c or p2pfast._frames_py, per parameter."""
+    kind = request.param
+    return lambda name: load_kernel(name, kind)
+
+
+@pytest.fixture
+def both() -> Callable[[str], tuple[ModuleType, ModuleType]]:
+    """both("frames") -> (compiled, pure), for tests that cross the twins; skipped when pure."""
+    return lambda name: (load_kernel(name, "c"), load_kernel(name, "py"))
