@@ -1,0 +1,357 @@
+"""Repo: every query the node makes against its metadata database (tables in schema.py, docs/schema.md).
+
+Threading: a Repo has one owner, the node's DB thread. apsw connections are themselves thread-safe
+(calls are serialised on the connection's mutex), but one owner keeps transactions from interleaving and
+keeps SQLite off the event loop. Other threads or processes that want to read open their own connection
+with :func:`p2pfast.repo.db.open_db` (``readonly=True``); WAL lets them read while the owner writes.
+
+Every write method is one ``BEGIN IMMEDIATE`` transaction, all-or-nothing: an exception inside rolls
+everything back. Time is always a parameter (``now``, ``last_seen``, ...), never read from a clock here.
+apsw errors are translated (:func:`p2pfast.repo.db.translate`): busy -> StorageError("repo is busy: ..."),
+full -> DiskFull, corrupt -> StorageError, constraint violations (a bug) -> InternalError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import apsw
+
+from p2pfast.errors import InternalError, NotFound, StorageError
+from p2pfast.repo import db, schema
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    key: bytes
+    cid: str
+    size: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    cid: str
+    size: int
+    segment_size: int
+    segments: int
+    refcount: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRow:
+    address: str
+    node_id: str | None
+    last_seen: float
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    cid: str
+    peer: str
+    acked_at: float
+
+
+_FILE_COLS = "key, cid, size, created"
+_OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
+_PEER_COLS = "address, node_id, last_seen, status"
+_SHARE_COLS = "cid, peer, acked_at"
+
+_KEY_TEXT_MAX = 200
+
+
+def key_text(key: bytes) -> str:
+    """A one-line, printable rendering of a user key for messages (escaped, truncated)."""
+    text = bytes(key).decode("utf-8", errors="backslashreplace")
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= _KEY_TEXT_MAX else out[:_KEY_TEXT_MAX] + "..."
+
+
+class Repo:
+    """The node's metadata repo over one SQLite file. Open with :meth:`Repo.open`; one owning thread."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: apsw.Connection, path: Path) -> None:
+        self._conn: apsw.Connection | None = conn
+        self.path = path
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = db.BUSY_TIMEOUT_MS) -> Repo:
+        """Open the repo at ``path``, creating the file if missing; quick_check, then migrate to LATEST.
+
+        Raises StorageError if the file is not a sound database or its schema is newer than this code.
+        """
+        p = Path(os.fspath(path))
+        conn = db.open_db(p, busy_timeout_ms=busy_timeout_ms)
+        try:
+            with db.sql_errors(p):
+                schema.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, p)
+
+    def close(self) -> None:
+        """TRUNCATE-checkpoint the WAL, then close. Idempotent.
+
+        The connection is closed even when the checkpoint cannot finish (another reader holds an old
+        snapshot); the committed data is safe in the WAL either way.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            with contextlib.suppress(StorageError):
+                db.checkpoint(conn, "TRUNCATE")
+            with contextlib.suppress(apsw.Error):
+                conn.pragma("optimize")  # refresh planner statistics when needed (apsw best practice)
+        finally:
+            with db.sql_errors(self.path):
+                conn.close()
+
+    def checkpoint(self) -> bool:
+        """TRUNCATE checkpoint, for when the node is idle. False if readers kept it from finishing."""
+        conn = self._live()
+        try:
+            db.checkpoint(conn, "TRUNCATE")
+        except StorageError as exc:
+            if "busy" not in str(exc):
+                raise
+            return False
+        return True
+
+    def wal_size(self) -> int:
+        return db.wal_size(self.path)
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(
+        self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Repo {str(self.path)!r}{' closed' if self._conn is None else ''}>"
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _live(self) -> apsw.Connection:
+        if self._conn is None:
+            raise InternalError(f"repo is closed: {self.path}")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[apsw.Connection]:
+        """One BEGIN IMMEDIATE transaction; commit on success, roll back on any exception."""
+        conn = self._live()
+        with db.sql_errors(self.path), conn:
+            yield conn
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self._live()
+        with db.sql_errors(self.path):
+            return conn.execute(sql, params).fetchall()
+
+    # -- reads --------------------------------------------------------------------------------------------
+
+    def get_file(self, key: bytes) -> FileRow | None:
+        rows = self._rows(f"SELECT {_FILE_COLS} FROM files WHERE key = ?", (key,))
+        return FileRow(*rows[0]) if rows else None
+
+    def list_files(self) -> list[FileRow]:
+        """All files, ordered by key bytes (memcmp order)."""
+        return [FileRow(*r) for r in self._rows(f"SELECT {_FILE_COLS} FROM files ORDER BY key")]
+
+    def get_object(self, cid: str) -> ObjectRow | None:
+        rows = self._rows(f"SELECT {_OBJECT_COLS} FROM objects WHERE cid = ?", (cid,))
+        return ObjectRow(*rows[0]) if rows else None
+
+    def list_objects(self) -> list[ObjectRow]:
+        """All objects, ordered by cid."""
+        return [ObjectRow(*r) for r in self._rows(f"SELECT {_OBJECT_COLS} FROM objects ORDER BY cid")]
+
+    def get_key(self, cid: str) -> tuple[bytes, str] | None:
+        """The object's (wrapped data key, algorithm), or None."""
+        rows = self._rows("SELECT wrapped, algorithm FROM keys WHERE cid = ?", (cid,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def stats(self) -> dict[str, int]:
+        """{"files": count, "objects": count, "bytes": sum of object sizes}, in one snapshot."""
+        (row,) = self._rows(
+            "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM objects),"
+            " (SELECT coalesce(sum(size), 0) FROM objects)"
+        )
+        return {"files": row[0], "objects": row[1], "bytes": row[2]}
+
+    # -- writes -------------------------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        key: bytes,
+        cid: str,
+        size: int,
+        now: float,
+        new_object: ObjectRow | None = None,
+        wrapped_key: bytes | None = None,
+        algorithm: str | None = None,
+    ) -> str | None:
+        """Point ``key`` at ``cid``, in one transaction. Returns a cid whose object became orphaned, or None.
+
+        * The object row exists: its refcount goes up by one (``new_object``/``wrapped_key`` are ignored).
+        * It does not: ``new_object`` is inserted with refcount 1, with its key row (``wrapped_key``,
+          ``algorithm``, both required); ``new_object`` None raises NotFound(cid) and writes nothing.
+        * ``key`` pointed at another cid: that object's refcount goes down; at 0 its object, key and shares
+          rows are deleted and its cid returned, so the caller unlinks the file after this commit.
+        * ``key`` already pointed at ``cid``: no refcount change, ``size`` and ``created`` updated.
+        """
+        with self._write() as conn:
+            old = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
+            if old == cid:
+                conn.execute("UPDATE files SET size = ?, created = ? WHERE key = ?", (size, now, key))
+                return None
+            if _scalar(conn, "SELECT 1 FROM objects WHERE cid = ?", (cid,)) is not None:
+                conn.execute("UPDATE objects SET refcount = refcount + 1 WHERE cid = ?", (cid,))
+            else:
+                if new_object is None:
+                    raise NotFound(f"object {cid} is not in the repo")
+                if new_object.cid != cid:
+                    raise InternalError(f"add_file: new_object.cid {new_object.cid} != cid {cid}")
+                if wrapped_key is None or algorithm is None:
+                    raise InternalError(f"add_file: new object {cid} needs wrapped_key and algorithm")
+                o = new_object
+                conn.execute(
+                    f"INSERT INTO objects ({_OBJECT_COLS}) VALUES (?, ?, ?, ?, 1, ?)",
+                    (cid, o.size, o.segment_size, o.segments, o.created),
+                )
+                conn.execute(
+                    "INSERT INTO keys (cid, wrapped, algorithm, created) VALUES (?, ?, ?, ?)",
+                    (cid, wrapped_key, algorithm, o.created),
+                )
+            if old is None:
+                conn.execute(f"INSERT INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?)", (key, cid, size, now))
+                return None
+            conn.execute(
+                "UPDATE files SET cid = ?, size = ?, created = ? WHERE key = ?", (cid, size, now, key)
+            )
+            return old if _release(conn, old) else None
+
+    def remove_file(self, key: bytes) -> tuple[str, bool]:
+        """Delete ``key``; returns (its cid, orphaned). Orphaned: the object's last reference went, so its
+        object, key and shares rows were deleted in the same transaction and the caller unlinks the file.
+        A missing key raises NotFound.
+        """
+        with self._write() as conn:
+            cid = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
+            if cid is None:
+                raise NotFound(key_text(key))
+            conn.execute("DELETE FROM files WHERE key = ?", (key,))
+            return cid, _release(conn, cid)
+
+    def delete_object_rows(self, cid: str) -> None:
+        """For reconcile: drop the object, key and shares rows of ``cid``.
+
+        Raises StorageError if files still reference it; deleting rows that do not exist is a no-op.
+        """
+        with self._write() as conn:
+            n = _scalar(conn, "SELECT count(*) FROM files WHERE cid = ?", (cid,))
+            if n:
+                raise StorageError(f"object {cid} is still referenced by {n} file(s)")
+            _delete_object(conn, cid)
+
+    def fix_refcounts(self) -> list[tuple[str, int, int]]:
+        """Set each object's refcount to its number of files rows; returns (cid, old, new) for each change.
+
+        Objects left at 0 keep their rows: the caller decides (delete_object_rows and unlink).
+        """
+        with self._write() as conn:
+            changed: list[tuple[str, int, int]] = conn.execute(
+                "SELECT o.cid, o.refcount, count(f.key) AS n FROM objects AS o"
+                " LEFT JOIN files AS f ON f.cid = o.cid"
+                " GROUP BY o.cid HAVING o.refcount != n ORDER BY o.cid"
+            ).fetchall()
+            conn.executemany(
+                "UPDATE objects SET refcount = ? WHERE cid = ?", [(new, c) for c, _, new in changed]
+            )
+            return changed
+
+    # -- peers and shares ---------------------------------------------------------------------------------
+
+    def upsert_peer(self, address: str, node_id: str | None, last_seen: float, status: str) -> None:
+        """Insert or update a peer. A None ``node_id`` keeps a node id already known for the address."""
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (address) DO UPDATE SET node_id = coalesce(excluded.node_id, node_id),"
+                " last_seen = excluded.last_seen, status = excluded.status",
+                (address, node_id, last_seen, status),
+            )
+
+    def list_peers(self, since: float | None = None) -> list[PeerRow]:
+        """Peers seen at or after ``since`` (all if None), newest first (ties by address)."""
+        if since is None:
+            rows = self._rows(f"SELECT {_PEER_COLS} FROM peers ORDER BY last_seen DESC, address")
+        else:
+            rows = self._rows(
+                f"SELECT {_PEER_COLS} FROM peers WHERE last_seen >= ? ORDER BY last_seen DESC, address",
+                (since,),
+            )
+        return [PeerRow(*r) for r in rows]
+
+    def remove_peers_older_than(self, cutoff: float) -> int:
+        """Delete peers last seen strictly before ``cutoff``; returns how many."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM peers WHERE last_seen < ?", (cutoff,))
+            return conn.changes()
+
+    def add_share(self, cid: str, peer: str, acked_at: float) -> None:
+        """Record that ``peer`` acknowledged storing ``cid`` (a repeat updates ``acked_at``)."""
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO shares ({_SHARE_COLS}) VALUES (?, ?, ?)"
+                " ON CONFLICT (cid, peer) DO UPDATE SET acked_at = excluded.acked_at",
+                (cid, peer, acked_at),
+            )
+
+    def shares_for(self, cid: str) -> list[ShareRow]:
+        rows = self._rows(f"SELECT {_SHARE_COLS} FROM shares WHERE cid = ? ORDER BY peer", (cid,))
+        return [ShareRow(*r) for r in rows]
+
+    def list_shares(self) -> list[ShareRow]:
+        return [ShareRow(*r) for r in self._rows(f"SELECT {_SHARE_COLS} FROM shares ORDER BY cid, peer")]
+
+
+def _scalar(conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    rows = conn.execute(sql, params).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _release(conn: apsw.Connection, cid: str) -> bool:
+    """Drop one reference to ``cid``; at zero delete its rows. True if it was orphaned (inside a txn)."""
+    left = _scalar(conn, "UPDATE objects SET refcount = refcount - 1 WHERE cid = ? RETURNING refcount", (cid,))
+    if left is None:
+        raise InternalError(f"file row points at missing object {cid}")
+    if left == 0:
+        _delete_object(conn, cid)
+        return True
+    return False
+
+
+def _delete_object(conn: apsw.Connection, cid: str) -> None:
+    conn.execute("DELETE FROM shares WHERE cid = ?", (cid,))
+    conn.execute("DELETE FROM objects WHERE cid = ?", (cid,))  # the keys row goes by ON DELETE CASCADE

@@ -1,0 +1,129 @@
+"""The repo's DDL and its migrations, stepped on ``PRAGMA user_version`` (described in docs/schema.md).
+
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; version 1 creates everything. Each
+step runs in its own ``with conn:`` transaction (``BEGIN IMMEDIATE``) together with the ``user_version``
+bump, so a step is all-or-nothing and a crash between steps leaves a valid, older version. The version is
+read again inside the transaction, so two processes opening the same file at once apply each step once.
+
+Rules for new steps: append, never edit a released step; one step per schema change; a database newer
+than :data:`LATEST` is refused (an older p2pfast must not write a schema it does not know).
+
+Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
+
+    objects  one row per stored content object (an encrypted file on disk, named by its content id)
+      cid           TEXT PK    content id, "b3:" + 64 hex digits (BLAKE3 of the plaintext)
+      size          INTEGER    plaintext size in bytes
+      segment_size  INTEGER    plaintext bytes per AEAD segment
+      segments      INTEGER    number of segments
+      refcount      INTEGER    number of files rows pointing here (>= 0)
+      created       REAL       unix time the object was first stored
+
+    files    the user's names: key -> object
+      key      BLOB PK      the user key's UTF-8 bytes, compared byte for byte
+      cid      TEXT         -> objects(cid)   (indexed: refcounts, reconcile)
+      size     INTEGER      size in bytes
+      created  REAL         unix time the key was (re)pointed
+
+    keys     the object's random data key, wrapped by the node master key
+      cid        TEXT PK    -> objects(cid) ON DELETE CASCADE
+      wrapped    BLOB       wrapped data key
+      algorithm  TEXT       wrapping/content algorithm name
+      created    REAL
+
+    peers    known peers
+      address    TEXT PK    "host:port"
+      node_id    TEXT       the peer's id once known, else NULL
+      last_seen  REAL       (indexed: stale-peer cleanup, newest-first listing)
+      status     TEXT       e.g. "up", "down"
+
+    shares   which peer acknowledged storing which object
+      cid, peer  TEXT       PK (cid, peer)
+      acked_at   REAL
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apsw
+
+from p2pfast.errors import StorageError
+
+SCHEMA_V1 = """
+CREATE TABLE objects (
+    cid          TEXT PRIMARY KEY,
+    size         INTEGER NOT NULL CHECK (size >= 0),
+    segment_size INTEGER NOT NULL CHECK (segment_size > 0),
+    segments     INTEGER NOT NULL CHECK (segments >= 0),
+    refcount     INTEGER NOT NULL CHECK (refcount >= 0),
+    created      REAL NOT NULL
+) STRICT;
+
+CREATE TABLE files (
+    key     BLOB PRIMARY KEY,
+    cid     TEXT NOT NULL REFERENCES objects(cid),
+    size    INTEGER NOT NULL CHECK (size >= 0),
+    created REAL NOT NULL
+) STRICT;
+CREATE INDEX files_cid ON files(cid);
+
+CREATE TABLE keys (
+    cid       TEXT PRIMARY KEY REFERENCES objects(cid) ON DELETE CASCADE,
+    wrapped   BLOB NOT NULL,
+    algorithm TEXT NOT NULL,
+    created   REAL NOT NULL
+) STRICT;
+
+CREATE TABLE peers (
+    address   TEXT PRIMARY KEY,
+    node_id   TEXT,
+    last_seen REAL NOT NULL,
+    status    TEXT NOT NULL
+) STRICT;
+CREATE INDEX peers_last_seen ON peers(last_seen);
+
+CREATE TABLE shares (
+    cid      TEXT NOT NULL,
+    peer     TEXT NOT NULL,
+    acked_at REAL NOT NULL,
+    PRIMARY KEY (cid, peer)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+"""MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
+
+LATEST = len(MIGRATIONS)
+"""The schema version this p2pfast writes."""
+
+
+def user_version(conn: apsw.Connection) -> int:
+    return int(conn.pragma("user_version"))
+
+
+def migrate(conn: apsw.Connection, steps: Sequence[str] = MIGRATIONS) -> int:
+    """Bring the database up to ``len(steps)``, one transaction per step; return the version reached.
+
+    Raises StorageError if the database is newer than ``steps`` know. apsw errors propagate (the caller
+    translates them).
+    """
+    latest = len(steps)
+    version = user_version(conn)
+    _refuse_newer(conn, version, latest)
+    while version < latest:
+        with conn:
+            # Re-read under the write lock: another process may have migrated since we looked.
+            version = user_version(conn)
+            _refuse_newer(conn, version, latest)
+            if version < latest:
+                conn.execute(steps[version])
+                version += 1
+                conn.pragma("user_version", version)
+    return version
+
+
+def _refuse_newer(conn: apsw.Connection, version: int, latest: int) -> None:
+    if version > latest:
+        raise StorageError(
+            f"repo schema version {version} is newer than this p2pfast supports ({latest}): {conn.filename}"
+        )

@@ -1,0 +1,353 @@
+"""ContentStore: put, read (whole or a byte range), delete and reconcile encrypted objects.
+
+Objects are named by the HMAC of their content id (keys.KeyRing.object_name) and placed by the `shard`
+kernel; the envelope is in segments.py; metadata lives in the repo. The order of writes is what makes a
+crash harmless: the object file becomes durable under its final name before its repo row is committed, and
+a delete commits the row change before unlinking the file. A crash between the two leaves only an object
+file without a row, which reconcile() removes: it was never acknowledged and nothing can decrypt it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from p2pfast.errors import BadInput, IntegrityError, NotFound, StorageError
+from p2pfast.pump import Pump
+from p2pfast.repo.repo import ObjectRow, Repo
+from p2pfast.shard import shard_path
+from p2pfast.store import contentid, segments
+from p2pfast.store.durable import TMP_SUFFIX, DurableFile, fsync_dir, make_dirs, os_error
+from p2pfast.store.keys import KeyRing
+
+MAX_KEY_BYTES = 1024
+SHARD_WIDTH = 2
+SHARD_DEPTH = 2
+
+Progress = Callable[[int], object]
+Transform = Callable[[memoryview, int, bool], memoryview | None]
+Sink = int | object  # an fd, or an object with write(view)
+
+
+def encode_key(key: str | bytes) -> bytes:
+    """A user key is any UTF-8 string of 1 to 1024 bytes; it is never used to build a path."""
+    if isinstance(key, str):
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput(f"key {key!r} is not valid UTF-8") from None
+    else:
+        raw = bytes(key)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInput(f"key {raw!r} is not valid UTF-8") from None
+    if not raw:
+        raise BadInput("key is empty")
+    if len(raw) > MAX_KEY_BYTES:
+        raise BadInput(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    return raw
+
+
+def show_key(key: bytes) -> str:
+    """A key for one-line messages: printable as is, otherwise escaped."""
+    text = key.decode("utf-8", "replace")
+    return text if text.isprintable() else repr(text)
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    key: bytes
+    cid: str
+    size: int
+    deduplicated: bool
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    temp_removed: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # content ids whose object file is gone
+    refcounts_fixed: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.orphans_removed or self.missing or self.refcounts_fixed)
+
+
+class ContentStore:
+    def __init__(
+        self, root: Path, keyring: KeyRing, repo: Repo, segment_size: int = segments.SEGMENT_SIZE
+    ) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.keyring = keyring
+        self.repo = repo
+        self.segment_size = segment_size
+
+    # -- paths ---------------------------------------------------------------------------------------
+    def object_path(self, cid: str) -> Path:
+        return self.root / shard_path(self.keyring.object_name(cid), SHARD_WIDTH, SHARD_DEPTH)
+
+    # -- put -----------------------------------------------------------------------------------------
+    def put_fd(self, key: str | bytes, fd: int, progress: Progress | None = None) -> PutResult:
+        """Store what `fd` yields until EOF under `key`. Returns once the object and its row are durable."""
+        raw_key = encode_key(key)
+        seg = self.segment_size
+        data_key = self.keyring.new_data_key()
+        aead = AESGCM(data_key)
+        header = segments.Header(segment_size=seg, nonce_prefix=os.urandom(segments.NONCE_PREFIX_SIZE), length=0)
+        fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
+        prefix = header.nonce_prefix
+        out = bytearray(seg + segments.TAG_SIZE)
+        out_view = memoryview(out)
+        leaves = bytearray()
+
+        def seal(view: memoryview, index: int, last: bool) -> memoryview:
+            if index >= segments.MAX_SEGMENTS:
+                raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
+            leaves.extend(contentid.leaf(view))
+            n = aead.encrypt_into(segments.segment_nonce(prefix, index, last), view, fixed_aad, out)
+            return out_view[:n]
+
+        transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
+        transforms.append(seal)
+        make_dirs(self.tmp_dir)
+        with DurableFile(self.tmp_dir) as tmp:
+            try:
+                os.write(tmp.fd, header.pack())
+                pump = Pump(seg, transforms, [tmp.fd])
+                length = pump.run_fd(fd)
+                cid = contentid.root(length, leaves)
+                final_header = segments.Header(segment_size=seg, nonce_prefix=prefix, length=length)
+                index = aead.encrypt(segments.index_nonce(prefix), bytes(leaves), final_header.pack() + cid.encode())
+                _write_all(tmp.fd, index)
+                os.pwrite(tmp.fd, final_header.pack(), 0)
+            except OSError as exc:
+                raise os_error(exc, f"cannot store {show_key(raw_key)}") from exc
+            now = time.time()
+            if self.repo.get_object(cid) is not None:
+                # Same content already stored: one object, one more reference. The temp file goes.
+                tmp.abort()
+                self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now))
+                return PutResult(raw_key, cid, length, True)
+            final = self.object_path(cid)
+            make_dirs(final.parent)
+            tmp.commit(final)
+        row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, now)
+        try:
+            old = self.repo.add_file(
+                raw_key, cid, length, now, new_object=row,
+                wrapped_key=self.keyring.wrap(cid, data_key), algorithm=segments.ALGORITHM,
+            )
+        except BaseException:
+            # Never acknowledged: the file has no row and no key, so it goes.
+            self._unlink_orphan(cid)
+            raise
+        self._unlink_orphan(old)
+        return PutResult(raw_key, cid, length, False)
+
+    def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
+        try:
+            return self.put_fd(key, fd, progress)
+        finally:
+            os.close(fd)
+
+    # -- read ----------------------------------------------------------------------------------------
+    def stat(self, key: str | bytes) -> tuple[bytes, str, int]:
+        raw_key = encode_key(key)
+        row = self.repo.get_file(raw_key)
+        if row is None:
+            raise NotFound(f"no file under key {show_key(raw_key)}")
+        return raw_key, row.cid, row.size
+
+    def read(
+        self,
+        key: str | bytes,
+        sink: Sink,
+        offset: int = 0,
+        length: int = -1,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the plaintext of `key` (or the range offset, length) to `sink`; returns bytes written.
+
+        Every segment read is authenticated and checked against its leaf hash, and the leaf list against the
+        content id, so what reaches the sink is exactly what was stored. On a failure an IntegrityError names
+        the key; bytes of earlier segments may already be in the sink (they were verified).
+        """
+        raw_key, cid, size = self.stat(key)
+        name = show_key(raw_key)
+        if offset < 0:
+            raise BadInput(f"negative offset {offset}")
+        end = size if length < 0 else min(size, offset + length)
+        obj = self.repo.get_object(cid)
+        wrapped = self.repo.get_key(cid)
+        if obj is None or wrapped is None:
+            raise IntegrityError(f"{name}: repo has no object or key row for {cid}")
+        aead = AESGCM(self.keyring.unwrap(cid, wrapped[0]))
+        path = self.object_path(cid)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise IntegrityError(f"{name}: object file for {cid} is missing") from None
+        except OSError as exc:
+            raise os_error(exc, f"cannot open object for {name}") from exc
+        try:
+            return self._read_fd(fd, aead, name, cid, size, obj.segment_size, offset, end, sink, progress)
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {name}") from exc
+        finally:
+            os.close(fd)
+
+    def _read_fd(
+        self, fd: int, aead: AESGCM, name: str, cid: str, size: int, seg: int,
+        offset: int, end: int, sink: Sink, progress: Progress | None,
+    ) -> int:
+        actual = os.fstat(fd).st_size
+        if actual != segments.file_size(size, seg):
+            raise IntegrityError(
+                f"{name}: object file is {actual} bytes, expected {segments.file_size(size, seg)} (truncated or extended)"
+            )
+        raw_header = os.pread(fd, segments.HEADER_SIZE, 0)
+        header = segments.Header.unpack(raw_header, name)
+        if header.length != size or header.segment_size != seg:
+            raise IntegrityError(f"{name}: object header does not match the repo")
+        nsegs = segments.segment_count(size, seg)
+        try:
+            leaves = aead.decrypt(
+                segments.index_nonce(header.nonce_prefix),
+                os.pread(fd, segments.index_size(size, seg), segments.data_end(size, seg)),
+                raw_header + cid.encode(),
+            )
+        except InvalidTag:
+            raise IntegrityError(f"{name}: segment index failed authentication") from None
+        if contentid.root(size, leaves) != cid:
+            raise IntegrityError(f"{name}: segment index does not match content id {cid}")
+        if offset >= end and size > 0:
+            return 0
+        first = offset // seg
+        last = max(first, (end - 1) // seg) if size else 0
+        start_in_first = offset - first * seg
+        fixed_aad = raw_header[: segments.FIXED_AAD_SIZE]
+        prefix = header.nonce_prefix
+        plain = bytearray(seg)
+        plain_view = memoryview(plain)
+        written = 0
+
+        def open_segment(view: memoryview, i: int, _last: bool) -> memoryview:
+            nonlocal written
+            index = first + i
+            try:
+                n = aead.decrypt_into(
+                    segments.segment_nonce(prefix, index, index == nsegs - 1), view, fixed_aad, plain
+                )
+            except InvalidTag:
+                raise IntegrityError(f"{name}: segment {index} failed authentication") from None
+            if contentid.leaf(plain_view[:n]) != leaves[32 * index : 32 * index + 32]:
+                raise IntegrityError(f"{name}: segment {index} does not match its hash")
+            lo = start_in_first if index == first else 0
+            hi = min(n, end - index * seg)
+            written += hi - lo
+            return plain_view[lo:hi]
+
+        transforms: list[Transform] = [open_segment]
+        if progress is not None:
+            transforms.append(_progress_transform(progress))
+        start = segments.segment_offset(first, seg)
+        stop = min(segments.segment_offset(last + 1, seg), segments.data_end(size, seg))
+        Pump(seg + segments.TAG_SIZE, transforms, [sink]).run_fd(fd, start, stop - start)
+        return written
+
+    def read_bytes(self, key: str | bytes, offset: int = 0, length: int = -1) -> bytes:
+        """Whole plaintext in memory: for tests and small objects."""
+        out = bytearray()
+
+        class _Sink:
+            def write(self, view: memoryview) -> None:
+                out.extend(view)
+
+        self.read(key, _Sink(), offset, length)
+        return bytes(out)
+
+    # -- delete --------------------------------------------------------------------------------------
+    def delete(self, key: str | bytes) -> tuple[str, bool]:
+        """Drop the key; the object goes when no key refers to it any more (row first, then the file)."""
+        raw_key = encode_key(key)
+        try:
+            cid, orphaned = self.repo.remove_file(raw_key)
+        except NotFound:
+            raise NotFound(f"no file under key {show_key(raw_key)}") from None
+        if orphaned:
+            self._unlink_orphan(cid)
+        return cid, orphaned
+
+    def _unlink_orphan(self, cid: str | None) -> None:
+        if cid is None:
+            return
+        path = self.object_path(cid)
+        try:
+            os.unlink(path)
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # The row is gone already; reconcile removes the file at the next open.
+            raise os_error(exc, f"cannot remove object file {path}") from exc
+
+    # -- reconcile -----------------------------------------------------------------------------------
+    def remove_temp_files(self) -> list[str]:
+        removed = []
+        if self.tmp_dir.is_dir():
+            for entry in os.scandir(self.tmp_dir):
+                if entry.name.endswith(TMP_SUFFIX):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        return removed
+
+    def reconcile(self) -> ReconcileReport:
+        """Bring disk and repo into agreement after a crash. Only safe repairs are made."""
+        report = ReconcileReport(temp_removed=self.remove_temp_files())
+        expected = {self.object_path(o.cid): o.cid for o in self.repo.list_objects()}
+        on_disk: set[Path] = set()
+        if self.root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                if Path(dirpath) == self.tmp_dir:
+                    dirnames.clear()
+                    continue
+                for fn in filenames:
+                    on_disk.add(Path(dirpath) / fn)
+        for path in sorted(on_disk - expected.keys()):
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise os_error(exc, f"cannot remove orphan object {path}") from exc
+            report.orphans_removed.append(str(path.relative_to(self.root)))
+        report.missing = sorted(cid for path, cid in expected.items() if path not in on_disk)
+        report.refcounts_fixed = self.repo.fix_refcounts()
+        return report
+
+
+def _progress_transform(progress: Progress) -> Transform:
+    def report(view: memoryview, index: int, last: bool) -> None:
+        progress(len(view))
+
+    return report
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+__all__ = ["ContentStore", "PutResult", "ReconcileReport", "StorageError", "encode_key", "show_key"]
