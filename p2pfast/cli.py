@@ -41,8 +41,8 @@ def _version() -> str:
 def _layout(args: argparse.Namespace) -> Layout:
     from p2pfast.datadir import Layout
 
-    data_dir = args.data_dir or os.environ.get("P2PFAST_DATA_DIR") or "~/.p2p"
-    return Layout.of(data_dir, args.master_key_file)
+    cfg = args.config_obj
+    return Layout.of(cfg.data_dir, cfg.master_key_file, cfg.db)
 
 
 @contextmanager
@@ -185,9 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
     p.add_argument("--version", action="version", version=_version())
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: ~/.p2p/config, if it exists)")
     common.add_argument("--data-dir", help="node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)")
     common.add_argument("--master-key-file", help="master key file (default: DATA_DIR/master.key)")
-    common.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", parents=[common], help="create the data dir, master key and repo")
@@ -217,11 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from p2pfast import log
+    from p2pfast import config, log
     from p2pfast.errors import InternalError, P2PError
 
-    log.setup(getattr(args, "log_level", "warning"))
     try:
+        if hasattr(args, "data_dir"):
+            args.config_obj = config.load(
+                {"data_dir": args.data_dir, "master_key_file": args.master_key_file, "log_level": args.log_level},
+                args.config,
+            )
+            log.setup(args.config_obj.log_level)
+        else:
+            log.setup("warning")
         return int(args.func(args))
     except P2PError as exc:
         print(f"p2pfast: {exc}", file=sys.stderr)

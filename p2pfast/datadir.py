@@ -36,16 +36,18 @@ LOCK_WAIT_S = 10.0  # a CLI command waits this long for another process to finis
 class Layout:
     root: Path
     master_key_file: Path
+    db: Path
 
     @classmethod
-    def of(cls, data_dir: str | os.PathLike[str], master_key_file: str | os.PathLike[str] | None = None) -> Layout:
+    def of(
+        cls,
+        data_dir: str | os.PathLike[str],
+        master_key_file: str | os.PathLike[str] | None = None,
+        db: str | os.PathLike[str] | None = None,
+    ) -> Layout:
         root = Path(data_dir).expanduser()
         key = Path(master_key_file).expanduser() if master_key_file else root / "master.key"
-        return cls(root, key)
-
-    @property
-    def db(self) -> Path:
-        return self.root / "p2p.db"
+        return cls(root, key, Path(db).expanduser() if db else root / "p2p.db")
 
     @property
     def objects(self) -> Path:
@@ -74,6 +76,7 @@ def init(layout: Layout) -> bool:
         make_dirs(layout.objects / "tmp")
         if not layout.db.exists():
             created = True
+            make_dirs(layout.db.parent)
         Repo.open(layout.db).close()
     except OSError as exc:
         raise os_error(exc, f"cannot initialise {layout.root}") from exc
@@ -117,6 +120,7 @@ class LocalNode:
         if self._lock_fd < 0:
             return
         try:
+            self.store.close()
             self.repo.close()
             self.layout.dirty.unlink(missing_ok=True)
             fsync_dir(self.layout.root)

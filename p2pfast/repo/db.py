@@ -15,7 +15,8 @@ Every connection to the node's ``p2p.db`` is made by :func:`open_db`, which sets
 * ``wal_autocheckpoint(1000)`` pages, stated explicitly rather than inherited from the build;
 * ``transaction_mode = "IMMEDIATE"``: ``with conn:`` then starts with ``BEGIN IMMEDIATE``, so a writer
   takes the write lock up front (waiting up to the busy timeout) instead of failing with ``SQLITE_BUSY``
-  when a read transaction upgrades to a write;
+  when a read transaction upgrades to a write. The repo's own writes go through :func:`transaction`,
+  which issues the same ``BEGIN IMMEDIATE`` without holding the GIL while it waits;
 * ``PRAGMA quick_check`` at open: anything but ``ok`` is a :class:`StorageError` naming the file.
 
 apsw exceptions never leave this package: :func:`translate` maps them onto ``p2pfast.errors``.
@@ -89,6 +90,37 @@ def sql_errors(path: str | os.PathLike[str] | None = None) -> Iterator[None]:
         yield
     except apsw.Error as exc:
         raise translate(exc, path) from exc
+
+
+@contextlib.contextmanager
+def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction: commit when the block ends, roll back on any exception.
+
+    Equivalent to ``with conn:`` under ``transaction_mode = "IMMEDIATE"``, but issued through
+    ``conn.execute``, which releases the GIL while SQLite waits on the busy handler and fsyncs the commit.
+    apsw 3.54's ``Connection.__enter__`` runs its ``BEGIN`` holding the GIL: a writer waiting up to the busy
+    timeout for another process's lock froze every Python thread of the node, event loop included (see
+    ``tests/repo/test_repo.py::test_busy_wait_releases_the_gil``). Not nestable (SQLite has no nested
+    BEGIN); apsw errors propagate untranslated.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        _rollback(conn)
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: apsw.Connection) -> None:
+    # A failed ROLLBACK (the transaction already ended) must not hide the error being raised.
+    if not conn.get_autocommit():
+        with contextlib.suppress(apsw.Error):
+            conn.execute("ROLLBACK")
 
 
 def open_db(

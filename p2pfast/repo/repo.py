@@ -5,8 +5,9 @@ Threading: a Repo has one owner, the node's DB thread. apsw connections are them
 keeps SQLite off the event loop. Other threads or processes that want to read open their own connection
 with :func:`p2pfast.repo.db.open_db` (``readonly=True``); WAL lets them read while the owner writes.
 
-Every write method is one ``BEGIN IMMEDIATE`` transaction, all-or-nothing: an exception inside rolls
-everything back. Time is always a parameter (``now``, ``last_seen``, ...), never read from a clock here.
+Every write method is one ``BEGIN IMMEDIATE`` transaction (:func:`p2pfast.repo.db.transaction`, which
+is ``with conn:`` minus holding the GIL while waiting for the lock), all-or-nothing: an exception inside
+rolls everything back. Time is always a parameter (``now``, ``last_seen``, ...), never read from a clock here.
 apsw errors are translated (:func:`p2pfast.repo.db.translate`): busy -> StorageError("repo is busy: ..."),
 full -> DiskFull, corrupt -> StorageError, constraint violations (a bug) -> InternalError.
 """
@@ -112,10 +113,12 @@ class Repo:
         if conn is None:
             return
         try:
+            with contextlib.suppress(apsw.Error):
+                # refresh planner statistics if needed (apsw best practice); may write, so before the
+                # checkpoint
+                conn.pragma("optimize")
             with contextlib.suppress(StorageError):
                 db.checkpoint(conn, "TRUNCATE")
-            with contextlib.suppress(apsw.Error):
-                conn.pragma("optimize")  # refresh planner statistics when needed (apsw best practice)
         finally:
             with db.sql_errors(self.path):
                 conn.close()
@@ -126,7 +129,7 @@ class Repo:
         try:
             db.checkpoint(conn, "TRUNCATE")
         except StorageError as exc:
-            if "busy" not in str(exc):
+            if not isinstance(exc.__cause__, (apsw.BusyError, apsw.LockedError)):
                 raise
             return False
         return True
@@ -160,7 +163,7 @@ class Repo:
     def _write(self) -> Iterator[apsw.Connection]:
         """One BEGIN IMMEDIATE transaction; commit on success, roll back on any exception."""
         conn = self._live()
-        with db.sql_errors(self.path), conn:
+        with db.sql_errors(self.path), db.transaction(conn):
             yield conn
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -280,11 +283,14 @@ class Repo:
         Objects left at 0 keep their rows: the caller decides (delete_object_rows and unlink).
         """
         with self._write() as conn:
-            changed: list[tuple[str, int, int]] = conn.execute(
-                "SELECT o.cid, o.refcount, count(f.key) AS n FROM objects AS o"
-                " LEFT JOIN files AS f ON f.cid = o.cid"
-                " GROUP BY o.cid HAVING o.refcount != n ORDER BY o.cid"
-            ).fetchall()
+            changed = [
+                (str(c), int(old), int(new))
+                for c, old, new in conn.execute(
+                    "SELECT o.cid, o.refcount, count(f.key) AS n FROM objects AS o"
+                    " LEFT JOIN files AS f ON f.cid = o.cid"
+                    " GROUP BY o.cid HAVING o.refcount != n ORDER BY o.cid"
+                )
+            ]
             conn.executemany(
                 "UPDATE objects SET refcount = ? WHERE cid = ?", [(new, c) for c, _, new in changed]
             )
@@ -343,7 +349,9 @@ def _scalar(conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> Any:
 
 def _release(conn: apsw.Connection, cid: str) -> bool:
     """Drop one reference to ``cid``; at zero delete its rows. True if it was orphaned (inside a txn)."""
-    left = _scalar(conn, "UPDATE objects SET refcount = refcount - 1 WHERE cid = ? RETURNING refcount", (cid,))
+    left = _scalar(
+        conn, "UPDATE objects SET refcount = refcount - 1 WHERE cid = ? RETURNING refcount", (cid,)
+    )
     if left is None:
         raise InternalError(f"file row points at missing object {cid}")
     if left == 0:

@@ -1,9 +1,10 @@
 """The repo's DDL and its migrations, stepped on ``PRAGMA user_version`` (described in docs/schema.md).
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; version 1 creates everything. Each
-step runs in its own ``with conn:`` transaction (``BEGIN IMMEDIATE``) together with the ``user_version``
-bump, so a step is all-or-nothing and a crash between steps leaves a valid, older version. The version is
-read again inside the transaction, so two processes opening the same file at once apply each step once.
+step runs in its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding
+the GIL) together with the ``user_version`` bump, so a step is all-or-nothing and a crash between steps
+leaves a valid, older version. The version is read again inside the transaction, so two processes opening
+the same file at once apply each step once.
 
 Rules for new steps: append, never edit a released step; one step per schema change; a database newer
 than :data:`LATEST` is refused (an older p2pfast must not write a schema it does not know).
@@ -48,6 +49,7 @@ from collections.abc import Sequence
 import apsw
 
 from p2pfast.errors import StorageError
+from p2pfast.repo import db
 
 SCHEMA_V1 = """
 CREATE TABLE objects (
@@ -111,7 +113,7 @@ def migrate(conn: apsw.Connection, steps: Sequence[str] = MIGRATIONS) -> int:
     version = user_version(conn)
     _refuse_newer(conn, version, latest)
     while version < latest:
-        with conn:
+        with db.transaction(conn):
             # Re-read under the write lock: another process may have migrated since we looked.
             version = user_version(conn)
             _refuse_newer(conn, version, latest)

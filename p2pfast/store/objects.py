@@ -10,8 +10,10 @@ file without a row, which reconcile() removes: it was never acknowledged and not
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +92,17 @@ class ContentStore:
         self.keyring = keyring
         self.repo = repo
         self.segment_size = segment_size
+        self._hash_pool: ThreadPoolExecutor | None = None
+
+    def _hasher(self) -> ThreadPoolExecutor:
+        if self._hash_pool is None:
+            self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pfast-hash")
+        return self._hash_pool
+
+    def close(self) -> None:
+        if self._hash_pool is not None:
+            self._hash_pool.shutdown(wait=True)
+            self._hash_pool = None
 
     # -- paths ---------------------------------------------------------------------------------------
     def object_path(self, cid: str) -> Path:
@@ -109,11 +122,19 @@ class ContentStore:
         out_view = memoryview(out)
         leaves = bytearray()
 
+        hasher = self._hasher()
+
         def seal(view: memoryview, index: int, last: bool) -> memoryview:
             if index >= segments.MAX_SEGMENTS:
                 raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
-            leaves.extend(contentid.leaf(view))
-            n = aead.encrypt_into(segments.segment_nonce(prefix, index, last), view, fixed_aad, out)
+            # BLAKE3 and AES-GCM both release the GIL: hashing on a second core while this one encrypts
+            # doubles the rate. `view` stays valid: the result is awaited before returning.
+            leaf = hasher.submit(contentid.leaf, view)
+            # encrypt_into wants an output of exactly len(view) + tag bytes.
+            n = aead.encrypt_into(
+                segments.segment_nonce(prefix, index, last), view, fixed_aad, out_view[: len(view) + segments.TAG_SIZE]
+            )
+            leaves.extend(leaf.result())
             return out_view[:n]
 
         transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
@@ -121,6 +142,11 @@ class ContentStore:
         make_dirs(self.tmp_dir)
         with DurableFile(self.tmp_dir) as tmp:
             try:
+                expected = _remaining(fd)
+                if expected is not None:
+                    # Reserving the whole object up front fails early on a full disk and, on tmpfs and
+                    # ext4 alike, makes the writes below about twice as fast (no allocation per page).
+                    os.posix_fallocate(tmp.fd, 0, segments.file_size(expected, seg))
                 os.write(tmp.fd, header.pack())
                 pump = Pump(seg, transforms, [tmp.fd])
                 length = pump.run_fd(fd)
@@ -128,6 +154,8 @@ class ContentStore:
                 final_header = segments.Header(segment_size=seg, nonce_prefix=prefix, length=length)
                 index = aead.encrypt(segments.index_nonce(prefix), bytes(leaves), final_header.pack() + cid.encode())
                 _write_all(tmp.fd, index)
+                if expected != length:  # the source changed size while we read it
+                    os.ftruncate(tmp.fd, segments.file_size(length, seg))
                 os.pwrite(tmp.fd, final_header.pack(), 0)
             except OSError as exc:
                 raise os_error(exc, f"cannot store {show_key(raw_key)}") from exc
@@ -249,7 +277,8 @@ class ContentStore:
             index = first + i
             try:
                 n = aead.decrypt_into(
-                    segments.segment_nonce(prefix, index, index == nsegs - 1), view, fixed_aad, plain
+                    segments.segment_nonce(prefix, index, index == nsegs - 1), view, fixed_aad,
+                    plain_view[: len(view) - segments.TAG_SIZE],
                 )
             except InvalidTag:
                 raise IntegrityError(f"{name}: segment {index} failed authentication") from None
@@ -342,6 +371,18 @@ def _progress_transform(progress: Progress) -> Transform:
         progress(len(view))
 
     return report
+
+
+def _remaining(fd: int) -> int | None:
+    """Bytes left to read from a regular file; None for pipes and other streams."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return None
+    return max(0, st.st_size - pos)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -6,7 +6,7 @@ import array
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pfast import _accel
@@ -16,6 +16,8 @@ NAME = DIGEST.hex()
 VALID = [(w, d) for w in range(1, 9) for d in range(0, 9)]
 digests = st.binary(min_size=32, max_size=32)
 params = st.sampled_from(VALID)
+# impl/both only return a loader, so sharing them across examples is safe.
+fixtures_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def reference(digest: bytes, width: int, depth: int) -> str:
@@ -105,6 +107,7 @@ def test_bad_types(impl):
         m.shard_path(memoryview(DIGEST * 2)[::2])
 
 
+@fixtures_ok
 @given(digest=digests, wd=params)
 def test_shape(impl, digest, wd):
     width, depth = wd
@@ -116,6 +119,7 @@ def test_shape(impl, digest, wd):
     assert path == reference(digest, width, depth)
 
 
+@fixtures_ok
 @given(data=st.lists(digests, max_size=20), wd=params)
 def test_batch_is_map_of_single(impl, data, wd):
     width, depth = wd
@@ -123,6 +127,7 @@ def test_batch_is_map_of_single(impl, data, wd):
     assert m.shard_paths(b"".join(data), width, depth) == [m.shard_path(d, width, depth) for d in data]
 
 
+@fixtures_ok
 @given(digest=digests, wd=params)
 def test_twins_agree(both, digest, wd):
     c, py = both("shard")
@@ -130,6 +135,7 @@ def test_twins_agree(both, digest, wd):
     assert c.shard_paths(digest * 3, *wd) == py.shard_paths(digest * 3, *wd)
 
 
+@fixtures_ok
 @given(digest=st.binary(max_size=40), width=st.integers(-2, 10), depth=st.integers(-2, 10))
 def test_twins_agree_on_errors(both, digest, width, depth):
     c, py = both("shard")

@@ -1,0 +1,109 @@
+"""Configuration: CLI flags, then the config file (default ~/.p2p/config), then defaults.
+
+The file keeps the original system's format: `key=value` lines, `#` comments, comma-separated lists,
+`~` expanded in paths. An unknown key or a bad value is a one-line ConfigError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from p2pfast.errors import ConfigError
+
+DEFAULT_CONFIG = "~/.p2p/config"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _path(v: str) -> str:
+    if not v:
+        raise ValueError("empty path")
+    return str(Path(v).expanduser())
+
+
+def _listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected [HOST]:PORT, got {v!r}")
+    return v
+
+
+def _addr_list(v: str) -> tuple[str, ...]:
+    return tuple(_listen(a.strip()) for a in v.split(",") if a.strip())
+
+
+def _log_level(v: str) -> str:
+    if v.lower() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return v.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: str = field(default="~/.p2p", metadata={"parse": _path})
+    db: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/p2p.db
+    master_key_file: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/master.key
+    listen: str = field(default=":3000", metadata={"parse": _listen})
+    bootstrap: tuple[str, ...] = field(default=(), metadata={"parse": _addr_list})
+    log_level: str = field(default="warning", metadata={"parse": _log_level})
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> "flag" | "file:LINE" | "default"
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {f.name: f.metadata["parse"] for f in fields(Config) if "parse" in f.metadata}
+
+
+def parse_file(path: Path) -> dict[str, tuple[Any, str]]:
+    """key -> (value, "FILE:LINE"). Raises ConfigError on the first bad line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    out: dict[str, tuple[Any, str]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        where = f"{path}:{lineno}"
+        if not sep:
+            raise ConfigError(f"{where}: expected key=value, got {line!r}")
+        if key not in PARSERS:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(PARSERS))})")
+        try:
+            out[key] = (PARSERS[key](value), where)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: bad value for {key}: {exc}") from None
+    return out
+
+
+def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
+    """flags: values given on the command line (None = not given). config_path None = the default file,
+    which may be absent; an explicitly named file must exist."""
+    explicit = config_path is not None
+    path = Path(config_path or DEFAULT_CONFIG).expanduser()
+    from_file: dict[str, tuple[Any, str]] = {}
+    if path.exists():
+        from_file = parse_file(path)
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, parse in PARSERS.items():
+        if flags.get(name) is not None:
+            try:
+                values[name] = parse(flags[name]) if isinstance(flags[name], str) else flags[name]
+            except ValueError as exc:
+                raise ConfigError(f"--{name.replace('_', '-')}: {exc}") from None
+            sources[name] = "flag"
+        elif name in from_file:
+            values[name], sources[name] = from_file[name]
+        else:
+            sources[name] = "default"
+    env_dir = os.environ.get("P2PFAST_DATA_DIR")
+    if sources["data_dir"] == "default" and env_dir:
+        values["data_dir"], sources["data_dir"] = _path(env_dir), "env:P2PFAST_DATA_DIR"
+    return Config(**values, sources=sources)

@@ -1,0 +1,52 @@
+"""Imports only go down the layers (STYLE.md 1), walked with ast over the installed package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import p2pfast
+
+PKG = Path(p2pfast.__file__).parent
+KERNELS = {"_frames_py", "_pump_py", "_shard_py", "frames", "pump", "shard", "wire", "errors", "_accel"}
+FORBIDDEN_IN_KERNELS = {"asyncio", "socket", "apsw", "sqlite3", "p2pfast.store", "p2pfast.repo", "p2pfast.net",
+                        "p2pfast.cli", "p2pfast.node", "p2pfast.config", "logging"}
+# what each layer may not import
+RULES = {
+    "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
+    "repo": {"asyncio", "uvloop", "p2pfast.store", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def hits(names: set[str], forbidden: set[str]) -> set[str]:
+    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+
+
+def test_kernels_import_nothing_above_them() -> None:
+    for name in KERNELS:
+        path = PKG / f"{name}.py"
+        forbidden = FORBIDDEN_IN_KERNELS - ({"logging"} if name == "_accel" else set())
+        assert not hits(imports_of(path), forbidden), path
+
+
+def test_layers_import_downward_only() -> None:
+    for layer, forbidden in RULES.items():
+        for path in (PKG / layer).glob("*.py"):
+            assert not hits(imports_of(path), forbidden), path
+
+
+def test_sql_lives_only_in_repo() -> None:
+    for path in PKG.rglob("*.py"):
+        if path.parent.name == "repo":
+            continue
+        assert "apsw" not in imports_of(path) and "sqlite3" not in imports_of(path), path

@@ -1,0 +1,18 @@
+"""ruff over the source tree, as a test, when the checkout is at hand (it is in CI)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install '.[test]')")
+def test_ruff_clean() -> None:
+    out = subprocess.run(["ruff", "check", "p2pfast", "tests", "bench", "setup.py"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
