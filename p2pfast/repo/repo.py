@@ -117,8 +117,11 @@ class Repo:
                 # refresh planner statistics if needed (apsw best practice); may write, so before the
                 # checkpoint
                 conn.pragma("optimize")
-            with contextlib.suppress(StorageError):
+            try:
                 db.checkpoint(conn, "TRUNCATE")
+            except StorageError as exc:
+                if not _busy(exc):  # a reader blocked it: harmless, anything else is reported
+                    raise
         finally:
             with db.sql_errors(self.path):
                 conn.close()
@@ -129,7 +132,7 @@ class Repo:
         try:
             db.checkpoint(conn, "TRUNCATE")
         except StorageError as exc:
-            if not isinstance(exc.__cause__, (apsw.BusyError, apsw.LockedError)):
+            if not _busy(exc):
                 raise
             return False
         return True
@@ -340,6 +343,10 @@ class Repo:
 
     def list_shares(self) -> list[ShareRow]:
         return [ShareRow(*r) for r in self._rows(f"SELECT {_SHARE_COLS} FROM shares ORDER BY cid, peer")]
+
+
+def _busy(exc: StorageError) -> bool:
+    return isinstance(exc.__cause__, (apsw.BusyError, apsw.LockedError))
 
 
 def _scalar(conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> Any:
