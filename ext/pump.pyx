@@ -1,4 +1,3 @@
-# cython: boundscheck=False, wraparound=False
 """Stream pump (compiled kernel; twin: p2pfast/_pump_py.py, whose docstring is the long form).
 
 A Pump moves ONE byte stream from a source (run_fd, or push ... finish) to sinks through transforms, in
@@ -138,9 +137,10 @@ cdef class Pump:
         cdef list slist = []
         if self._busy:
             raise RuntimeError("Pump.__init__ called while the pump is moving data")
-        size = PyNumber_Index(chunk_size)
-        if not 1 <= size <= MAX_CHUNK_SIZE_C:
-            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE_C}, got {size}")
+        chunk_size = PyNumber_Index(chunk_size)
+        if not 1 <= chunk_size <= MAX_CHUNK_SIZE_C:  # compared as a Python int: no OverflowError
+            raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK_SIZE_C}, got {chunk_size}")
+        size = chunk_size
         tlist = tuple(transforms)
         for t in tlist:
             if not callable(t):

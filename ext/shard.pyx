@@ -1,4 +1,3 @@
-# cython: boundscheck=False, wraparound=False
 """Sharded path transform (compiled kernel; twin: p2pfast/_shard_py.py).
 
 A 32-byte digest becomes a relative path in borgstore "nest" style: `depth` directory levels of `width`
@@ -12,9 +11,10 @@ The alphabet is [0-9a-f/] by construction: no leading "/", no "..", no separator
 1 <= width <= 8, 0 <= depth <= 8 (so width * depth <= 64); anything else is a ValueError.
 
 Inputs are any C-contiguous buffer (bytes, bytearray, memoryview, ...), taken with PyObject_GetBuffer and
-released in `finally` (borg `ro_buffer`). Both bounds were checked before any indexing, so bounds checks are
-off for the whole module. Parameters go through PyNumber_AsSsize_t(v, NULL), which clamps huge integers
-instead of raising OverflowError, so an absurd width is the same ValueError as in the twin.
+released in `finally` (borg `ro_buffer`), and read through raw pointers only after the length check (no
+typed-memoryview indexing, so no bounds-check directive is involved). Parameters go through
+PyNumber_AsSsize_t(v, NULL), which clamps huge integers instead of raising OverflowError, so an absurd width
+is the same ValueError as in the twin.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
