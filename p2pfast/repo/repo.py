@@ -280,6 +280,21 @@ class Repo:
                 raise StorageError(f"object {cid} is still referenced by {n} file(s)")
             _delete_object(conn, cid)
 
+    def replace_object(self, row: ObjectRow, wrapped_key: bytes, algorithm: str) -> None:
+        """Re-seat a lost object: its file was written anew under a new data key, so the object's
+        size/segment fields and its key row are replaced; refcount and created are kept."""
+        with self._write() as conn:
+            if _scalar(conn, "SELECT count(*) FROM objects WHERE cid = ?", (row.cid,)) == 0:
+                raise NotFound(f"object {row.cid}")
+            conn.execute(
+                "UPDATE objects SET size = ?, segment_size = ?, segments = ? WHERE cid = ?",
+                (row.size, row.segment_size, row.segments, row.cid),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO keys (cid, wrapped, algorithm, created) VALUES (?, ?, ?, ?)",
+                (row.cid, wrapped_key, algorithm, row.created),
+            )
+
     def fix_refcounts(self) -> list[tuple[str, int, int]]:
         """Set each object's refcount to its number of files rows; returns (cid, old, new) for each change.
 

@@ -1,6 +1,6 @@
 """Content ids: a two-level BLAKE3 hash of the plaintext.
 
-    leaf_i = BLAKE3(segment_i)                         for each SEGMENT_SIZE slice (one empty leaf for 0 bytes)
+    leaf_i = BLAKE3(segment_i)              for each SEGMENT_SIZE slice (one empty leaf for 0 bytes)
     root   = BLAKE3("p2pfast cid v1\\0" || u64be(total length) || leaf_0 || ... || leaf_n-1)
     cid    = "b3:" + hex(root)
 

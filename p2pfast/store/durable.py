@@ -6,6 +6,7 @@ dropped the dirty pages, so a second fsync that succeeds proves nothing).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -99,10 +100,8 @@ class DurableFile:
     def abort(self) -> None:
         self._close()
         if not self.committed:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
     def _close(self) -> None:
         if not self._closed:

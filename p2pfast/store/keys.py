@@ -5,7 +5,8 @@ config (a systemd credential, say). A key file readable by group or others is re
 with a leaked key is worse than one that does not start.
 
 From the master key, HKDF-SHA256 derives two independent keys:
-  wrap key  (info "p2pfast v1 wrap"): AES-256-GCM over each object's random data key, AAD = label + content id,
+  wrap key  (info "p2pfast v1 wrap"): AES-256-GCM over each object's random data key,
+                                      AAD = label + content id,
                                       so a wrapped key moved to another object's row does not unwrap;
   path key  (info "p2pfast v1 path"): HMAC-SHA256 of the content id names the object file, so the disk
                                       layout reveals nothing about content.
@@ -60,7 +61,9 @@ def load_master_key(path: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) != MASTER_KEY_SIZE:
-        raise ConfigError(f"master key file {path} must hold exactly {MASTER_KEY_SIZE} bytes, not {len(data)}")
+        raise ConfigError(
+            f"master key file {path} must hold exactly {MASTER_KEY_SIZE} bytes, not {len(data)}"
+        )
     return data
 
 

@@ -53,7 +53,9 @@ class Header:
     alg: int = ALG_AES256GCM_BLAKE3
 
     def pack(self) -> bytes:
-        return HEADER.pack(MAGIC, self.version, self.alg, 0, self.segment_size, self.nonce_prefix, self.length)
+        return HEADER.pack(
+            MAGIC, self.version, self.alg, 0, self.segment_size, self.nonce_prefix, self.length
+        )
 
     @classmethod
     def unpack(cls, raw: bytes, what: str) -> Header:

@@ -114,7 +114,10 @@ def cli_argv(*args: str | os.PathLike[str]) -> list[str]:
 
 
 def run_cli(
-    *args: str | os.PathLike[str], input: bytes | None = None, timeout: float = 60, env: dict[str, str] | None = None
+    *args: str | os.PathLike[str],
+    input: bytes | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the CLI to completion (bounded by `timeout`); stdout/stderr captured as bytes."""
     return subprocess.run(
@@ -157,5 +160,7 @@ def sigkill(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
     return proc.wait(timeout=timeout)
 
 
-def python_script(code: str, args: Sequence[str] = (), env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+def python_script(
+    code: str, args: Sequence[str] = (), env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env or cli_env(), **kw)

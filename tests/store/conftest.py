@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 
-from p2pfast.datadir import Layout, LocalNode, init  # noqa: E402
+from p2pfast.datadir import Layout, LocalNode, init
 
 
 @pytest.fixture
