@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from p2pfast import _accel
 from p2pfast.datadir import Layout, LocalNode, init
 

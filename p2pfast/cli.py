@@ -101,8 +101,14 @@ def cmd_store(args: argparse.Namespace) -> int:
             with _progress(size, "store") as progress:
                 result = node.store.put_path(args.key, path, progress)
     if args.json:
-        _print_json({"key": show_key(result.key), "cid": result.cid, "size": result.size,
-                     "deduplicated": result.deduplicated})
+        _print_json(
+            {
+                "key": show_key(result.key),
+                "cid": result.cid,
+                "size": result.size,
+                "deduplicated": result.deduplicated,
+            }
+        )
     else:
         dedup = "  (deduplicated)" if result.deduplicated else ""
         print(f"stored {show_key(result.key)}  {human(result.size)}  {result.cid[:15]}…{dedup}")
@@ -148,7 +154,9 @@ def cmd_files(args: argparse.Namespace) -> int:
     with _node(args) as node:
         rows = node.repo.list_files()
     if args.json:
-        _print_json([{"key": show_key(r.key), "cid": r.cid, "size": r.size, "created": r.created} for r in rows])
+        _print_json(
+            [{"key": show_key(r.key), "cid": r.cid, "size": r.size, "created": r.created} for r in rows]
+        )
         return 0
     table = [("KEY", "SIZE", "CONTENT ID", "CREATED")]
     for r in rows:
@@ -156,7 +164,12 @@ def cmd_files(args: argparse.Namespace) -> int:
         table.append((show_key(r.key), human(r.size), r.cid[:15] + "…", created))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
-        print("  ".join(cell.ljust(w) if i != 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(w) if i != 1 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
     if not rows:
         print("(no files)")
     return 0
@@ -169,11 +182,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parse_size(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+    units = {
+        "": 1,
+        "b": 1,
+        "k": 1 << 10,
+        "kib": 1 << 10,
+        "m": 1 << 20,
+        "mib": 1 << 20,
+        "g": 1 << 30,
+        "gib": 1 << 30,
+    }
     t = text.strip().lower()
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
     try:
-        value = int(float(num) * units[t[len(num):]])
+        value = int(float(num) * units[t[len(num) :]])
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M or 1GiB)") from None
     if value < 0:
@@ -224,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "data_dir"):
             args.config_obj = config.load(
-                {"data_dir": args.data_dir, "master_key_file": args.master_key_file, "log_level": args.log_level},
+                {
+                    "data_dir": args.data_dir,
+                    "master_key_file": args.master_key_file,
+                    "log_level": args.log_level,
+                },
                 args.config,
             )
             log.setup(args.config_obj.log_level)

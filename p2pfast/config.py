@@ -25,7 +25,7 @@ def _path(v: str) -> str:
 
 
 def _listen(v: str) -> str:
-    host, sep, port = v.rpartition(":")
+    _host, sep, port = v.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected [HOST]:PORT, got {v!r}")
     return v
@@ -45,14 +45,20 @@ def _log_level(v: str) -> str:
 class Config:
     data_dir: str = field(default="~/.p2p", metadata={"parse": _path})
     db: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/p2p.db
-    master_key_file: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/master.key
+    master_key_file: str | None = field(
+        default=None, metadata={"parse": _path}
+    )  # default: DATA_DIR/master.key
     listen: str = field(default=":3000", metadata={"parse": _listen})
     bootstrap: tuple[str, ...] = field(default=(), metadata={"parse": _addr_list})
     log_level: str = field(default="warning", metadata={"parse": _log_level})
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> "flag" | "file:LINE" | "default"
+    sources: Mapping[str, str] = field(
+        default_factory=dict, compare=False
+    )  # key -> "flag" | "file:LINE" | "default"
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {f.name: f.metadata["parse"] for f in fields(Config) if "parse" in f.metadata}
+PARSERS: dict[str, Callable[[str], Any]] = {
+    f.name: f.metadata["parse"] for f in fields(Config) if "parse" in f.metadata
+}
 
 
 def parse_file(path: Path) -> dict[str, tuple[Any, str]]:

@@ -1,13 +1,13 @@
 """A node's data directory: its layout, `init`, the single-writer lock, and opening the local store.
 
-    DATA_DIR/
-      master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
-      p2p.db          the repo (SQLite, WAL)
-      lock            flock()ed by the one process that may write this data dir
-      objects/        encrypted objects, sharded by an HMAC of their content id
-      objects/tmp/    temp files of writes in progress; removed at open
-      dirty           present while a process has the store open; its presence at open means the last
-                      process did not close cleanly, so disk and repo are reconciled
+DATA_DIR/
+  master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
+  p2p.db          the repo (SQLite, WAL)
+  lock            flock()ed by the one process that may write this data dir
+  objects/        encrypted objects, sharded by an HMAC of their content id
+  objects/tmp/    temp files of writes in progress; removed at open
+  dirty           present while a process has the store open; its presence at open means the last
+                  process did not close cleanly, so disk and repo are reconciled
 """
 
 from __future__ import annotations

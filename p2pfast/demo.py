@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import blake3
 
-from p2pfast import _accel, __version__
+from p2pfast import __version__, _accel
 from p2pfast.datadir import Layout, LocalNode, init
 from p2pfast.errors import IntegrityError
 from p2pfast.store.durable import DurableFile

@@ -25,7 +25,8 @@ def test_compiled_kernels_loaded_unless_pure() -> None:
 def test_reimport_with_pure_picks_twins() -> None:
     code = (
         "from p2pfast import _accel, frames, pump, shard;"
-        "print(_accel.ACCELERATED, frames.FrameParser.__module__, pump.Pump.__module__, shard.shard_path.__module__)"
+        "print(_accel.ACCELERATED, frames.FrameParser.__module__, pump.Pump.__module__,"
+        " shard.shard_path.__module__)"
     )
     env = dict(os.environ, P2PFAST_PURE="1")
     env.pop("P2PFAST_REQUIRE_ACCEL", None)

@@ -9,12 +9,31 @@ import p2pfast
 
 PKG = Path(p2pfast.__file__).parent
 KERNELS = {"_frames_py", "_pump_py", "_shard_py", "frames", "pump", "shard", "wire", "errors", "_accel"}
-FORBIDDEN_IN_KERNELS = {"asyncio", "socket", "apsw", "sqlite3", "p2pfast.store", "p2pfast.repo", "p2pfast.net",
-                        "p2pfast.cli", "p2pfast.node", "p2pfast.config", "logging"}
+FORBIDDEN_IN_KERNELS = {
+    "asyncio",
+    "socket",
+    "apsw",
+    "sqlite3",
+    "p2pfast.store",
+    "p2pfast.repo",
+    "p2pfast.net",
+    "p2pfast.cli",
+    "p2pfast.node",
+    "p2pfast.config",
+    "logging",
+}
 # what each layer may not import
 RULES = {
     "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
-    "repo": {"asyncio", "uvloop", "p2pfast.store", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
+    "repo": {
+        "asyncio",
+        "uvloop",
+        "p2pfast.store",
+        "p2pfast.net",
+        "p2pfast.cli",
+        "p2pfast.node",
+        "p2pfast.datadir",
+    },
 }
 
 
