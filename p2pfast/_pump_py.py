@@ -48,10 +48,10 @@ __all__ = ["MAX_CHUNK_SIZE", "Pump"]
 
 
 def _as_fd(fd: Any, what: str) -> int:
-    fd = operator.index(fd)
-    if not 0 <= fd <= _FD_MAX:
-        raise ValueError(f"{what} must be a file descriptor in 0..{_FD_MAX}, got {fd}")
-    return fd
+    n: int = operator.index(fd)
+    if not 0 <= n <= _FD_MAX:
+        raise ValueError(f"{what} must be a file descriptor in 0..{_FD_MAX}, got {n}")
+    return n
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -210,7 +210,7 @@ class Pump:
                     raise TypeError(f"a transform must return a memoryview or None, got {type(out).__name__}")
                 view = out
         for s in self._sinks:
-            if type(s) is int:
+            if isinstance(s, int):
                 _write_all(s, view)
             else:
                 s(view)

@@ -1,4 +1,4 @@
-"""ruff over the source tree, as a test, when the checkout is at hand (it is in CI)."""
+"""ruff and mypy over the source tree, as tests, when the checkout is at hand (it is in CI)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,10 @@ def test_ruff_clean() -> None:
     out = subprocess.run(
         ["ruff", "check", "p2pfast", "tests", "bench", "setup.py"], cwd=ROOT, capture_output=True, text=True
     )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("mypy") is None, reason="mypy not installed (pip install '.[test]')")
+def test_mypy_strict_clean() -> None:
+    out = subprocess.run(["mypy", "--no-incremental"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
