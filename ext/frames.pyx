@@ -32,6 +32,7 @@ from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memmove
 
 from _common cimport (
+    P2P_DEBUG,
     WIRE_FRAME_TYPE_MAX,
     WIRE_FRAME_TYPE_MIN,
     WIRE_HEADER_SIZE,
@@ -44,13 +45,14 @@ from _common cimport (
     p2p_store_be32,
 )
 
-from collections import deque
+import collections
 
-from p2pfast.errors import RemoteProtocolError
-from p2pfast.wire import ErrorCode
+from p2pfast import errors, wire
 
 cdef extern from "Python.h":
     Py_ssize_t PyNumber_AsSsize_t(object o, PyObject *exc) except? -1
+    object PyMemoryView_FromObject(object o)
+    Py_buffer *PyMemoryView_GET_BUFFER(object mv) noexcept
 
 cdef enum:
     UNKNOWN_FLAGS_C = 0xFFFF & ~WIRE_KNOWN_FLAGS
@@ -106,20 +108,21 @@ cdef object _header_error(const unsigned char *p, Py_ssize_t max_payload):
     cdef unsigned int flags = p2p_load_be16(p + 2)
     cdef uint32_t length = p2p_load_be32(p + 8)
     if version != WIRE_VERSION:
-        return RemoteProtocolError(
-            f"frame version {version} is not supported (expected {WIRE_VERSION})", ErrorCode.BAD_VERSION
+        return errors.RemoteProtocolError(
+            f"frame version {version} is not supported (expected {WIRE_VERSION})", wire.ErrorCode.BAD_VERSION
         )
     if type_ < WIRE_FRAME_TYPE_MIN or type_ > WIRE_FRAME_TYPE_MAX:
-        return RemoteProtocolError(
+        return errors.RemoteProtocolError(
             f"frame type {type_} is unknown (expected {WIRE_FRAME_TYPE_MIN}..{WIRE_FRAME_TYPE_MAX})",
-            ErrorCode.UNKNOWN_TYPE,
+            wire.ErrorCode.UNKNOWN_TYPE,
         )
     if flags & UNKNOWN_FLAGS_C:
-        return RemoteProtocolError(
-            f"frame flags 0x{flags:04x} have unknown bits 0x{flags & UNKNOWN_FLAGS_C:04x}", ErrorCode.BAD_FLAGS
+        return errors.RemoteProtocolError(
+            f"frame flags 0x{flags:04x} have unknown bits 0x{flags & UNKNOWN_FLAGS_C:04x}",
+            wire.ErrorCode.BAD_FLAGS,
         )
-    return RemoteProtocolError(
-        f"frame payload {length} bytes exceeds max {max_payload}", ErrorCode.FRAME_TOO_LARGE
+    return errors.RemoteProtocolError(
+        f"frame payload {length} bytes exceeds max {max_payload}", wire.ErrorCode.FRAME_TOO_LARGE
     )
 
 
@@ -128,10 +131,30 @@ cdef object _truncated(Py_ssize_t have, Py_ssize_t need):
         msg = f"connection closed inside a frame header ({have} of {WIRE_HEADER_SIZE} bytes received)"
     else:
         msg = f"connection closed inside a frame ({have} of {need} bytes received)"
-    return RemoteProtocolError(msg, ErrorCode.TRUNCATED)
+    return errors.RemoteProtocolError(msg, wire.ErrorCode.TRUNCATED)
+
+
+cdef inline object _subview(object base, unsigned char *start, Py_ssize_t n):
+    """base[start - base.buf : ... + n] for a 1-D unsigned-byte memoryview `base`, without a slice object.
+
+    A new view of base's managed buffer, narrowed in place before anyone else sees it: what memoryview's
+    own slicing does (CPython memoryobject.c, init_slice) minus the two ints and the slice it needs to be
+    told the bounds. It keeps the exporter alive like any slice, so a payload held past the parser's life
+    is stale, never dangling. Halves the cost of next_frame() on small frames.
+    """
+    cdef object view = PyMemoryView_FromObject(base)
+    cdef Py_buffer *vb = PyMemoryView_GET_BUFFER(view)
+    if P2P_DEBUG:
+        assert vb.ndim == 1 and vb.itemsize == 1 and vb.suboffsets == NULL and vb.strides[0] == 1
+        assert <char *>vb.buf <= <char *>start and <char *>start + n <= <char *>vb.buf + vb.len
+    vb.buf = start
+    vb.len = n
+    vb.shape[0] = n
+    return view
 
 
 @cython.freelist(8)
+@cython.no_gc  # ints and one memoryview of a parser buffer: nothing that could refer back to a Frame
 @cython.final
 cdef class Frame:
     """One parsed frame. `payload` is BORROWED from the parser's buffer (see the module docstring)."""
@@ -145,7 +168,7 @@ cdef class Frame:
         self.type = type
         self.flags = flags
         self.stream_id = stream_id
-        self.payload = payload
+        self.payload = memoryview(payload)
 
     def __repr__(self):
         return (
@@ -168,6 +191,10 @@ cdef class FrameParser:
     cdef bytearray _scratch
     cdef object _error
 
+    def __cinit__(self, *args, **kwargs):
+        # Until __init__ has allocated the buffer (FrameParser.__new__ alone), the parser is poisoned.
+        self._error = TypeError("FrameParser.__init__() was not called")
+
     def __init__(self, max_payload=65535):
         cdef Py_ssize_t mp = PyNumber_AsSsize_t(max_payload, NULL)
         if mp < 1 or mp > MAX_PARSER_PAYLOAD_C:
@@ -180,7 +207,7 @@ cdef class FrameParser:
         self._data = <unsigned char *>PyByteArray_AS_STRING(self._buf)
         self._start = 0
         self._end = 0
-        self._pending = deque()
+        self._pending = collections.deque()
         self._pending_len = 0
         self._error = None
         self._lent = 0
@@ -280,7 +307,8 @@ cdef class FrameParser:
         self._lent = 0
         if self._lent_scratch:
             if n:
-                self._pending.append(memoryview(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._scratch), n)))
+                copy = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._scratch), n)
+                self._pending.append(memoryview(copy))
                 self._pending_len += n
         else:
             self._end += n
@@ -309,7 +337,7 @@ cdef class FrameParser:
                 self._compact()
                 free = self._cap - self._end
             k = min(n, free)
-            memcpy(self._data + self._end, pb.buf, <size_t>k)
+            memmove(self._data + self._end, pb.buf, <size_t>k)  # data may even be a view of _buf
             self._end += k
             if k < n:
                 self._push_pending(data, <const unsigned char *>pb.buf + k, n - k, k)
@@ -338,8 +366,10 @@ cdef class FrameParser:
                     frame.type = p[1]
                     frame.flags = p2p_load_be16(p + 2)
                     frame.stream_id = p2p_load_be32(p + 4)
-                    frame.payload = self._roview[start + WIRE_HEADER_SIZE:start + need]
-                    if avail == need and self._pending_len == 0:
+                    frame.payload = _subview(
+                        self._roview, self._data + start + WIRE_HEADER_SIZE, need - WIRE_HEADER_SIZE
+                    )
+                    if avail == need:  # empty: restart at the front, no compaction needed later
                         self._start = self._end = 0
                     else:
                         self._start = start + need
@@ -391,8 +421,8 @@ cdef class FrameParser:
             pos += need
 
 
-cdef Py_ssize_t _check_fields(object type, object flags, object stream_id, object length,
-                              unsigned char *out) except -1:
+cdef int _check_fields(object type, object flags, object stream_id, object length,
+                       unsigned char *out) except -1:
     """Validate the encoder's arguments and write the header to out (12 bytes)."""
     cdef Py_ssize_t t = PyNumber_AsSsize_t(type, NULL)
     cdef Py_ssize_t f = PyNumber_AsSsize_t(flags, NULL)

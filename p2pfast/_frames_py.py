@@ -41,14 +41,12 @@ unpack_header(buf, offset) decodes and validates one header against wire.MAX_PAY
 
 from __future__ import annotations
 
+import collections
+import operator
 import struct
-from collections import deque
-from operator import index
 from typing import TYPE_CHECKING
 
-from p2pfast import wire
-from p2pfast.errors import RemoteProtocolError
-from p2pfast.wire import ErrorCode
+from p2pfast import errors, wire
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -89,32 +87,35 @@ _UNKNOWN_FLAGS = 0xFFFF & ~KNOWN_FLAGS
 _U32_MAX = 0xFFFFFFFF
 
 
-def _header_error(version: int, type: int, flags: int, length: int, max_payload: int) -> RemoteProtocolError:
+def _header_error(
+    version: int, type: int, flags: int, length: int, max_payload: int
+) -> errors.RemoteProtocolError:
     """The error for an invalid header, checked in wire order: version, type, flags, length."""
     if version != VERSION:
-        return RemoteProtocolError(
-            f"frame version {version} is not supported (expected {VERSION})", ErrorCode.BAD_VERSION
+        return errors.RemoteProtocolError(
+            f"frame version {version} is not supported (expected {VERSION})", wire.ErrorCode.BAD_VERSION
         )
     if not FRAME_TYPE_MIN <= type <= FRAME_TYPE_MAX:
-        return RemoteProtocolError(
+        return errors.RemoteProtocolError(
             f"frame type {type} is unknown (expected {FRAME_TYPE_MIN}..{FRAME_TYPE_MAX})",
-            ErrorCode.UNKNOWN_TYPE,
+            wire.ErrorCode.UNKNOWN_TYPE,
         )
     if flags & _UNKNOWN_FLAGS:
-        return RemoteProtocolError(
-            f"frame flags 0x{flags:04x} have unknown bits 0x{flags & _UNKNOWN_FLAGS:04x}", ErrorCode.BAD_FLAGS
+        return errors.RemoteProtocolError(
+            f"frame flags 0x{flags:04x} have unknown bits 0x{flags & _UNKNOWN_FLAGS:04x}",
+            wire.ErrorCode.BAD_FLAGS,
         )
-    return RemoteProtocolError(
-        f"frame payload {length} bytes exceeds max {max_payload}", ErrorCode.FRAME_TOO_LARGE
+    return errors.RemoteProtocolError(
+        f"frame payload {length} bytes exceeds max {max_payload}", wire.ErrorCode.FRAME_TOO_LARGE
     )
 
 
-def _truncated(have: int, need: int) -> RemoteProtocolError:
+def _truncated(have: int, need: int) -> errors.RemoteProtocolError:
     if need == HEADER_SIZE and have < HEADER_SIZE:
         msg = f"connection closed inside a frame header ({have} of {HEADER_SIZE} bytes received)"
     else:
         msg = f"connection closed inside a frame ({have} of {need} bytes received)"
-    return RemoteProtocolError(msg, ErrorCode.TRUNCATED)
+    return errors.RemoteProtocolError(msg, wire.ErrorCode.TRUNCATED)
 
 
 def _byte_view(data: Buffer) -> memoryview:
@@ -135,11 +136,11 @@ class Frame:
 
     __slots__ = ("_flags", "_payload", "_stream_id", "_type")
 
-    def __init__(self, type: int, flags: int, stream_id: int, payload: memoryview) -> None:
+    def __init__(self, type: int, flags: int, stream_id: int, payload: Buffer) -> None:
         self._type = type
         self._flags = flags
         self._stream_id = stream_id
-        self._payload = payload
+        self._payload = memoryview(payload)
 
     @property
     def type(self) -> int:
@@ -164,6 +165,9 @@ class Frame:
         )
 
 
+_new_frame = object.__new__  # the parser fills the slots itself: no __init__ call per frame
+
+
 class FrameParser:
     """Incremental frame parser over one preallocated buffer; see the module docstring for the rules."""
 
@@ -184,7 +188,7 @@ class FrameParser:
     )
 
     def __init__(self, max_payload: int = 65535) -> None:
-        max_payload = index(max_payload)
+        max_payload = operator.index(max_payload)
         if not 1 <= max_payload <= MAX_PARSER_PAYLOAD:
             raise ValueError(f"max_payload {max_payload} is not in 1..{MAX_PARSER_PAYLOAD}")
         self._max_payload = max_payload
@@ -194,9 +198,9 @@ class FrameParser:
         self._roview = self._view.toreadonly()  # sliced for payloads
         self._start = 0
         self._end = 0
-        self._pending: deque[memoryview] = deque()
+        self._pending: collections.deque[memoryview] = collections.deque()
         self._pending_len = 0
-        self._error: RemoteProtocolError | None = None
+        self._error: errors.RemoteProtocolError | None = None
         self._lent = 0  # size of the view the last get_buffer() lent, until buffer_updated()
         self._lent_scratch = False
         self._scratch: bytearray | None = None
@@ -210,7 +214,7 @@ class FrameParser:
         """Bytes received and not yet returned as frames, pending feed() input included."""
         return self._end - self._start + self._pending_len
 
-    def _fail(self, error: RemoteProtocolError) -> None:
+    def _fail(self, error: errors.RemoteProtocolError) -> None:
         self._error = error
         raise error
 
@@ -277,7 +281,7 @@ class FrameParser:
         """`nbytes` bytes were written into the view the last get_buffer() returned."""
         if self._error is not None:
             self._raise_error()
-        nbytes = index(nbytes)
+        nbytes = operator.index(nbytes)
         if not 0 <= nbytes <= self._lent:
             raise ValueError(f"buffer_updated({nbytes}) but the last get_buffer() lent {self._lent} bytes")
         self._lent = 0
@@ -333,8 +337,12 @@ class FrameParser:
                 need = HEADER_SIZE + length
                 if avail >= need:
                     end = start + need
-                    frame = Frame(type_, flags, stream_id, self._roview[start + HEADER_SIZE : end])
-                    if end == self._end and not self._pending_len:
+                    frame = _new_frame(Frame)
+                    frame._type = type_
+                    frame._flags = flags
+                    frame._stream_id = stream_id
+                    frame._payload = self._roview[start + HEADER_SIZE : end]
+                    if end == self._end:  # empty: restart at the front, no compaction needed later
                         self._start = self._end = 0
                     else:
                         self._start = end
@@ -382,7 +390,14 @@ class FrameParser:
             pos += HEADER_SIZE + length
 
 
-def _check_fields(type: int, flags: int, stream_id: int, length: int) -> None:
+def _check_fields(type: int, flags: int, stream_id: int, length: int) -> tuple[int, int, int, int]:
+    """The encoder's arguments as ints, each checked against the wire format (ValueError)."""
+    type, flags, stream_id, length = (
+        operator.index(type),
+        operator.index(flags),
+        operator.index(stream_id),
+        operator.index(length),
+    )
     if not FRAME_TYPE_MIN <= type <= FRAME_TYPE_MAX:
         raise ValueError(f"frame type {type} is not in {FRAME_TYPE_MIN}..{FRAME_TYPE_MAX}")
     if not 0 <= flags <= 0xFFFF or flags & _UNKNOWN_FLAGS:
@@ -391,6 +406,7 @@ def _check_fields(type: int, flags: int, stream_id: int, length: int) -> None:
         raise ValueError(f"stream id {stream_id} is not in 0..{_U32_MAX}")
     if not 0 <= length <= MAX_PAYLOAD:
         raise ValueError(f"frame payload length {length} is not in 0..{MAX_PAYLOAD}")
+    return type, flags, stream_id, length
 
 
 def pack_header_into(buf: Buffer, offset: int, type: int, flags: int, stream_id: int, length: int) -> None:
@@ -398,24 +414,23 @@ def pack_header_into(buf: Buffer, offset: int, type: int, flags: int, stream_id:
     view = memoryview(buf)
     if view.readonly or not view.c_contiguous:
         raise TypeError(f"pack_header_into needs a writable contiguous buffer, not {buf.__class__.__name__}")
-    offset, type, flags, stream_id, length = index(offset), index(type), index(flags), index(stream_id), index(length)
-    _check_fields(type, flags, stream_id, length)
-    if not 0 <= offset <= view.nbytes - HEADER_SIZE:
-        raise ValueError(f"a {HEADER_SIZE}-byte header does not fit at offset {offset} of {view.nbytes} bytes")
-    _HEADER.pack_into(view, offset, VERSION, type, flags, stream_id, length)
+    offset = operator.index(offset)
+    fields = _check_fields(type, flags, stream_id, length)
+    size = view.nbytes
+    if not 0 <= offset <= size - HEADER_SIZE:
+        raise ValueError(f"a {HEADER_SIZE}-byte header does not fit at offset {offset} of {size} bytes")
+    _HEADER.pack_into(view, offset, VERSION, *fields)
 
 
 def pack_header(type: int, flags: int, stream_id: int, length: int) -> bytes:
     """The 12-byte header as bytes."""
-    type, flags, stream_id, length = index(type), index(flags), index(stream_id), index(length)
-    _check_fields(type, flags, stream_id, length)
-    return _HEADER.pack(VERSION, type, flags, stream_id, length)
+    return _HEADER.pack(VERSION, *_check_fields(type, flags, stream_id, length))
 
 
 def unpack_header(buf: Buffer, offset: int = 0) -> tuple[int, int, int, int]:
     """(type, flags, stream_id, length) of the header at `offset`, validated against wire.MAX_PAYLOAD."""
     view = _byte_view(buf)
-    offset = index(offset)
+    offset = operator.index(offset)
     if not 0 <= offset <= len(view) - HEADER_SIZE:
         raise ValueError(f"a {HEADER_SIZE}-byte header does not fit at offset {offset} of {len(view)} bytes")
     version, type_, flags, stream_id, length = _unpack_from(view, offset)

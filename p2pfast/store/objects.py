@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,16 +93,19 @@ class ContentStore:
         self.repo = repo
         self.segment_size = segment_size
         self._hash_pool: ThreadPoolExecutor | None = None
+        self._write_pool: ThreadPoolExecutor | None = None
 
-    def _hasher(self) -> ThreadPoolExecutor:
-        if self._hash_pool is None:
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        if self._hash_pool is None or self._write_pool is None:
             self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pfast-hash")
-        return self._hash_pool
+            self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pfast-write")
+        return self._hash_pool, self._write_pool
 
     def close(self) -> None:
-        if self._hash_pool is not None:
-            self._hash_pool.shutdown(wait=True)
-            self._hash_pool = None
+        for pool in (self._hash_pool, self._write_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._hash_pool = self._write_pool = None
 
     # -- paths ---------------------------------------------------------------------------------------
     def object_path(self, cid: str) -> Path:
@@ -120,32 +123,11 @@ class ContentStore:
         )
         fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
         prefix = header.nonce_prefix
-        out = bytearray(seg + segments.TAG_SIZE)
-        out_view = memoryview(out)
-        leaves = bytearray()
-
-        hasher = self._hasher()
-
-        def seal(view: memoryview, index: int, last: bool) -> memoryview:
-            if index >= segments.MAX_SEGMENTS:
-                raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
-            # BLAKE3 and AES-GCM both release the GIL: hashing on a second core while this one encrypts
-            # doubles the rate. `view` stays valid: the result is awaited before returning.
-            leaf = hasher.submit(contentid.leaf, view)
-            # encrypt_into wants an output of exactly len(view) + tag bytes.
-            n = aead.encrypt_into(
-                segments.segment_nonce(prefix, index, last),
-                view,
-                fixed_aad,
-                out_view[: len(view) + segments.TAG_SIZE],
-            )
-            leaves.extend(leaf.result())
-            return out_view[:n]
-
-        transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
-        transforms.append(seal)
         make_dirs(self.tmp_dir)
         with DurableFile(self.tmp_dir) as tmp:
+            sealer = _Sealer(aead, prefix, fixed_aad, seg, tmp.fd, *self._pools())
+            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
+            transforms.append(sealer)
             try:
                 expected = _remaining(fd)
                 if expected is not None:
@@ -153,8 +135,12 @@ class ContentStore:
                     # ext4 alike, makes the writes below about twice as fast (no allocation per page).
                     os.posix_fallocate(tmp.fd, 0, segments.file_size(expected, seg))
                 os.write(tmp.fd, header.pack())
-                pump = Pump(seg, transforms, [tmp.fd])
-                length = pump.run_fd(fd)
+                try:
+                    length = Pump(seg, transforms).run_fd(fd)
+                finally:
+                    # No write may still be running when the temp file is closed or finished.
+                    sealer.drain()
+                leaves = sealer.leaves
                 cid = contentid.root(length, leaves)
                 final_header = segments.Header(segment_size=seg, nonce_prefix=prefix, length=length)
                 index = aead.encrypt(
@@ -405,6 +391,78 @@ class ContentStore:
         return report
 
 
+class _Sealer:
+    """The store's pump transform: per plaintext segment, hash it (BLAKE3), encrypt it (AES-256-GCM) and
+    write the ciphertext to the temp file.
+
+    The three run at once: BLAKE3, AES-GCM and write() all release the GIL, so the hash runs on one worker
+    thread and the write of segment i on another while this thread encrypts segment i+1 into the second of
+    two output buffers. A buffer is reused only after its write has finished; the pump's view is used only
+    until the hash of it has returned. Small segments (below PIPELINE_MIN) are done inline: a thread
+    hand-off costs more than it saves there.
+    """
+
+    PIPELINE_MIN = 64 << 10
+
+    def __init__(
+        self,
+        aead: AESGCM,
+        prefix: bytes,
+        fixed_aad: bytes,
+        segment_size: int,
+        fd: int,
+        hash_pool: ThreadPoolExecutor,
+        write_pool: ThreadPoolExecutor,
+    ) -> None:
+        self.aead = aead
+        self.prefix = prefix
+        self.fixed_aad = fixed_aad
+        self.fd = fd
+        self.hash_pool = hash_pool
+        self.write_pool = write_pool
+        self.bufs = (
+            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
+            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
+        )
+        self.writes: list[Future[None] | None] = [None, None]
+        self.leaves = bytearray()
+
+    def __call__(self, view: memoryview, index: int, last: bool) -> None:
+        if index >= segments.MAX_SEGMENTS:
+            raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
+        slot = index & 1
+        pending = self.writes[slot]
+        if pending is not None:
+            self.writes[slot] = None
+            pending.result()  # its buffer is free again (and a write error surfaces here)
+        # encrypt_into wants an output of exactly len(view) + tag bytes.
+        out = self.bufs[slot][: len(view) + segments.TAG_SIZE]
+        nonce = segments.segment_nonce(self.prefix, index, last)
+        if len(view) < self.PIPELINE_MIN:
+            self.drain()  # writes go to the file in order: the previous segment's first
+            self.leaves.extend(contentid.leaf(view))
+            self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
+            _write_all(self.fd, out)
+            return
+        leaf = self.hash_pool.submit(contentid.leaf, view)
+        self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
+        self.writes[slot] = self.write_pool.submit(_write_all, self.fd, out)
+        self.leaves.extend(leaf.result())
+
+    def drain(self) -> None:
+        """Wait for every write; the first error raises (after all have finished)."""
+        error: BaseException | None = None
+        for slot, pending in enumerate(self.writes):
+            self.writes[slot] = None
+            if pending is not None:
+                try:
+                    pending.result()
+                except BaseException as exc:
+                    error = error or exc
+        if error is not None:
+            raise error
+
+
 def _progress_transform(progress: Progress) -> Transform:
     def report(view: memoryview, index: int, last: bool) -> None:
         progress(len(view))
@@ -424,7 +482,7 @@ def _remaining(fd: int) -> int | None:
     return max(0, st.st_size - pos)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
