@@ -30,13 +30,13 @@ def test_reimport_with_pure_picks_twins() -> None:
     )
     env = dict(os.environ, P2PFAST_PURE="1")
     env.pop("P2PFAST_REQUIRE_ACCEL", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "p2pfast._frames_py", "p2pfast._pump_py", "p2pfast._shard_py"]
 
 
 def test_version_reports_kernels() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "p2pfast", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-P", "-m", "p2pfast", "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert out.startswith("p2pfast ")
     assert ("accelerated" in out) == _accel.ACCELERATED

@@ -102,15 +102,16 @@ def pattern(n: int, seed: int = 0) -> bytes:
 
 # -- subprocesses ------------------------------------------------------------------------------------------
 def cli_env(**extra: str) -> dict[str, str]:
+    # The package under test is the installed one (or whatever PYTHONPATH the developer set): never the
+    # checkout by accident, hence no PYTHONPATH here and `-P` (no cwd on sys.path) in every argv.
     env = dict(os.environ)
-    env["PYTHONPATH"] = PROJECT
     env.pop("P2PFAST_DATA_DIR", None)
     env.update(extra)
     return env
 
 
 def cli_argv(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "p2pfast.cli", *map(os.fspath, args)]
+    return [sys.executable, "-P", "-m", "p2pfast", *map(os.fspath, args)]
 
 
 def run_cli(
@@ -163,4 +164,4 @@ def sigkill(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
 def python_script(
     code: str, args: Sequence[str] = (), env: dict[str, str] | None = None, **kw: Any
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env or cli_env(), **kw)
+    return subprocess.Popen([sys.executable, "-P", "-c", code, *args], env=env or cli_env(), **kw)

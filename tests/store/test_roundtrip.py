@@ -14,7 +14,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from nodetools import PROJECT, assert_layout, cli_env, object_files, pattern, temp_files
+from nodetools import assert_layout, cli_env, object_files, pattern, temp_files
 
 from p2pfast.datadir import Layout, LocalNode, init
 from p2pfast.errors import BadInput, NotFound
@@ -392,8 +392,8 @@ print(json.dumps({
 def test_one_gib_round_trip_in_bounded_memory(tmp_path: Path) -> None:
     size = 1 << 30
     proc = subprocess.run(
-        [sys.executable, "-c", BIG_SCRIPT, str(tmp_path), str(size)],
-        env=cli_env(PYTHONPATH=PROJECT),
+        [sys.executable, "-P", "-c", BIG_SCRIPT, str(tmp_path), str(size)],
+        env=cli_env(),
         capture_output=True,
         timeout=300,
         check=False,
