@@ -30,7 +30,9 @@ def test_reimport_with_pure_picks_twins() -> None:
     )
     env = dict(os.environ, P2PFAST_PURE="1")
     env.pop("P2PFAST_REQUIRE_ACCEL", None)
-    out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["False", "p2pfast._frames_py", "p2pfast._pump_py", "p2pfast._shard_py"]
 
 

@@ -333,7 +333,11 @@ def test_other_process_sees_committed_rows(repo: Repo) -> None:
         "print(c.execute('SELECT hex(key), cid FROM files').fetchall())\n"
     )
     out = subprocess.run(
-        [sys.executable, "-P", "-c", code, str(repo.path)], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-P", "-c", code, str(repo.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert out.stdout.strip() == repr([("610062", A)])
 
