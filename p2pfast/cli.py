@@ -47,8 +47,10 @@ def _layout(args: argparse.Namespace) -> Layout:
 
 @contextmanager
 def _node(args: argparse.Namespace) -> Iterator[LocalNode]:
+    from p2pfast import selftest
     from p2pfast.datadir import LocalNode
 
+    selftest.run()
     node = LocalNode(_layout(args))
     try:
         yield node

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import blake3
 
-from p2pfast import __version__, _accel
+from p2pfast import __version__, _accel, selftest
 from p2pfast.datadir import Layout, LocalNode, init
 from p2pfast.errors import IntegrityError
 from p2pfast.store.durable import DurableFile
@@ -60,6 +60,7 @@ def _step(name: str, size: int | None, fn: Callable[[], T]) -> T:
 
 
 def run_demo(size: int, keep: bool = False) -> int:
+    selftest.run()
     kernels = "Cython kernels" if _accel.ACCELERATED else "pure-Python kernels"
     tmp = Path(tempfile.mkdtemp(prefix="p2pfast-demo-"))
     print(f"p2pfast {__version__} demo ({kernels}), {size:,} bytes, in {tmp}")
