@@ -10,8 +10,7 @@ machine's TCP loopback rate from the same run (can one core parse what the socke
 
 from __future__ import annotations
 
-import importlib
-import os
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -20,14 +19,9 @@ SIZES = (16, 256, 4096)
 _RATES: dict[tuple[str, int], float] = {}
 
 
-@pytest.fixture(params=["c", "py"])
-def frames(request: pytest.FixtureRequest) -> ModuleType:
-    try:
-        return importlib.import_module(f"p2pfast._frames_{request.param}")
-    except ImportError:
-        if os.environ.get("P2PFAST_REQUIRE_ACCEL") == "1":
-            raise
-        pytest.skip(f"p2pfast._frames_{request.param} is not built")
+@pytest.fixture
+def frames(impl: Callable[[str], ModuleType]) -> ModuleType:
+    return impl("frames")
 
 
 def _blob(m: ModuleType, size: int) -> tuple[bytes, int]:

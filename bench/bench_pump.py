@@ -11,7 +11,6 @@ Run: PYTHONPATH=. pytest bench/bench_pump.py --benchmark-only -q
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -28,14 +27,9 @@ KEY = os.urandom(32)
 RATES: dict[str, float] = {}
 
 
-@pytest.fixture(params=["c", "py"])
-def pump(request: pytest.FixtureRequest) -> ModuleType:
-    try:
-        return importlib.import_module(f"p2pfast._pump_{request.param}")
-    except ImportError:
-        if os.environ.get("P2PFAST_REQUIRE_ACCEL") == "1":
-            raise
-        pytest.skip(f"p2pfast._pump_{request.param} is not built")
+@pytest.fixture
+def pump(impl: Callable[[str], ModuleType]) -> ModuleType:
+    return impl("pump")
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ Run: PYTHONPATH=. pytest bench/bench_shard.py --benchmark-only -q   (compare row
 
 from __future__ import annotations
 
-import importlib
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -15,14 +15,9 @@ DIGEST = os.urandom(32)
 BATCH = os.urandom(32 * 1000)
 
 
-@pytest.fixture(params=["c", "py"])
-def shard(request: pytest.FixtureRequest) -> ModuleType:
-    try:
-        return importlib.import_module(f"p2pfast._shard_{request.param}")
-    except ImportError:
-        if os.environ.get("P2PFAST_REQUIRE_ACCEL") == "1":
-            raise
-        pytest.skip(f"p2pfast._shard_{request.param} is not built")
+@pytest.fixture
+def shard(impl: Callable[[str], ModuleType]) -> ModuleType:
+    return impl("shard")
 
 
 def test_shard_path(benchmark, shard):

@@ -10,10 +10,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import blake3
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from p2pfast import _accel
 
 REF_BYTES = 256 << 20
 BLOCK = 1 << 20
@@ -88,6 +91,22 @@ def reference_rates() -> dict[str, float]:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(params=["c", "py"])
+def impl(request: pytest.FixtureRequest) -> Callable[[str], ModuleType]:
+    """impl("frames") -> the compiled kernel or its pure twin, per parameter (as in tests/conftest.py)."""
+    kind = request.param
+
+    def load(name: str) -> ModuleType:
+        try:
+            return _accel.twin(name, kind)
+        except ImportError:
+            if _accel.REQUIRE:
+                raise
+            pytest.skip(f"p2pfast._{name}_{kind} is not built")
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -42,3 +42,11 @@ ACCELERATED: bool = all(compiled for _, compiled in _LOADED.values())
 
 def module(name: str) -> ModuleType:
     return MODULES[name]
+
+
+def twin(name: str, kind: str) -> ModuleType:
+    """p2pfast._NAME_c (kind "c") or p2pfast._NAME_py (kind "py") itself, for tests and benches that run
+    both; raises ImportError when the compiled one is not built."""
+    if kind not in ("c", "py"):
+        raise ValueError(f"kind must be 'c' or 'py', not {kind!r}")
+    return importlib.import_module(f"p2pfast._{name}_{kind}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from types import ModuleType
 
@@ -15,7 +14,7 @@ def load_kernel(name: str, kind: str) -> ModuleType:
     if kind == "c" and _accel.PURE:
         pytest.skip("P2PFAST_PURE=1: the compiled kernels are not in use")
     try:
-        return importlib.import_module(f"p2pfast._{name}_{kind}")
+        return _accel.twin(name, kind)
     except ImportError:
         if _accel.REQUIRE:
             raise

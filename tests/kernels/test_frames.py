@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import array
 import gc
-import inspect
 import random
-import re
 import struct
 
 import pytest
@@ -135,50 +133,7 @@ def test_compiled_loaded_unless_pure():
 # ---------------------------------------------------------------------------------------------- interface
 
 
-def _split_params(text: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [*parts, cur]
-
-
-def _params_from_doc(obj) -> list[tuple[str, str | None]]:
-    """Parameters from an embedsignature line, 'name(a, int b: int = 1) -> X' (either format)."""
-    line = (obj.__doc__ or "").lstrip().splitlines()[0]
-    match = re.match(r"^[\w.]+\((.*)\)(\s*->.*)?$", line)
-    assert match, f"no embedded signature in {obj!r}: {line!r}"
-    out = []
-    for part in _split_params(match.group(1)):
-        part = part.strip()
-        if not part or part in ("/", "*"):
-            continue
-        default = None
-        if "=" in part:
-            part, default = (s.strip() for s in part.split("=", 1))
-        out.append((part.split(":", 1)[0].split()[-1].lstrip("*"), default))
-    return out
-
-
-def params_of(obj) -> list[tuple[str, str | None]]:
-    """(name, repr(default) or None) per parameter, from inspect or the embedded docstring signature."""
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return _params_from_doc(obj)
-    if isinstance(obj, type) and list(sig.parameters) == ["args", "kwargs"]:
-        return _params_from_doc(obj)
-    return [
-        (p.name, None if p.default is inspect.Parameter.empty else repr(p.default))
-        for p in sig.parameters.values()
-    ]
+# Signatures of both twins are compared in test_iface.py, with the other kernels.
 
 
 def public(obj) -> set[str]:
@@ -203,25 +158,6 @@ def test_same_public_api(both):
         "next_frame",
         "feed_eof",
     }
-
-
-def test_same_signatures(both):
-    c, py = both("frames")
-    for name in ("pack_header_into", "pack_header", "unpack_header", "Frame", "FrameParser"):
-        assert params_of(getattr(c, name)) == params_of(getattr(py, name)), name
-    for method in ("get_buffer", "buffer_updated", "feed", "next_frame", "feed_eof"):
-        cm, pm = getattr(c.FrameParser, method), getattr(py.FrameParser, method)
-        assert params_of(cm) == params_of(pm), method
-    assert params_of(py.FrameParser) == [("max_payload", "65535")]
-    assert params_of(py.unpack_header) == [("buf", None), ("offset", "0")]
-
-
-def test_embedded_signatures_parse():
-    # The helper above must understand both embedsignature formats, or the comparison proves nothing.
-    class C:
-        """C(int a: int, b=3, *, c: str = 'x') -> None"""
-
-    assert _params_from_doc(C) == [("a", None), ("b", "3"), ("c", "'x'")]
 
 
 def test_values_agree(both):
