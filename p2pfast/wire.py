@@ -60,3 +60,7 @@ class ErrorCode(enum.IntEnum):
     INTEGRITY = 7
     REFUSED = 8
     INTERNAL = 9
+    FLOW_CONTROL = 10  # the peer sent more DATA on a stream than it had credit for
+    STREAM_LIMIT = 11  # no stream id or stream slot left (local: open_stream at max_streams)
+    IDLE_TIMEOUT = 12  # nothing received for Limits.idle_timeout
+    HANDSHAKE_TIMEOUT = 13  # the handshake did not complete within Limits.handshake_timeout

@@ -1,0 +1,269 @@
+"""Control messages: orjson objects on stream 0, size-capped before parsing and checked field by field.
+
+Every message is a JSON object with a string "t" naming its kind and exactly the fields its schema lists
+(required or optional); an unknown kind or an unknown field is an error, not ignored. `decode` checks the
+size before orjson sees a byte, then every field's type and bounds, and turns anything wrong into
+RemoteProtocolError(code=PROTOCOL); `encode` runs the same checks on what we are about to send and raises
+LocalProtocolError. Payload bytes never pass through orjson: they travel in DATA frames. The schema table
+is `SCHEMAS`; docs/protocol.md, "Control messages", is its long form.
+
+The HELLO (handshake payload of messages 2 and 3) has its own pair, `encode_hello`/`decode_hello`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from p2pfast import errors, wire
+
+__all__ = [
+    "HELLO_VERSION",
+    "MAX_ADDR",
+    "MAX_AGENT",
+    "MAX_ID",
+    "MAX_KEY_BYTES",
+    "MAX_PEX_PEERS",
+    "MAX_REASON_BYTES",
+    "SCHEMAS",
+    "decode",
+    "decode_hello",
+    "encode",
+    "encode_hello",
+]
+
+MAX_ID = 2**53  # request ids and sizes stay exact in any JSON reader (IEEE double)
+MAX_KEY_BYTES = 1024  # a user's object key, UTF-8
+MAX_ADDR = 255  # "host:port": a DNS name is at most 253 characters
+MAX_PEX_PEERS = 256  # one pex message; 256 entries of ~150 bytes stay well under MAX_CONTROL_SIZE
+MAX_REASON_BYTES = 512  # an error reply's text, UTF-8
+MAX_AGENT = 128  # the HELLO's software name and version
+MAX_STREAM_ID = 0xFFFFFFFF
+MAX_CODE = 0xFFFFFFFF
+HELLO_VERSION = 1
+
+_CID_RE = re.compile(r"b3:[0-9a-f]{64}")
+_NODE_ID_RE = re.compile(r"[0-9a-f]{64}")
+# host is a DNS name or IPv4 address, or an IPv6 address in brackets; port 1..65535 is checked apart.
+_ADDR_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})?:([0-9]{1,5})")
+_HEX_RE = re.compile(r"(?:[0-9a-f]{64})*")
+
+
+class _Invalid(Exception):
+    """A schema violation; decode re-raises it as RemoteProtocolError, encode as LocalProtocolError."""
+
+
+Check = Callable[[str, Any], None]
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(name: str, v: Any) -> None:
+        if type(v) is not int or not lo <= v <= hi:
+            raise _Invalid(f"{name} must be an int in {lo}..{hi}")
+
+    return check
+
+
+def _optional(inner: Check) -> Check:
+    def check(name: str, v: Any) -> None:
+        if v is not None:
+            inner(name, v)
+
+    return check
+
+
+def _time(name: str, v: Any) -> None:
+    # seconds since the epoch; ints are accepted because JSON writers may drop ".0"
+    if type(v) not in (int, float) or not (math.isfinite(v) and 0 <= v <= MAX_ID):
+        raise _Invalid(f"{name} must be a finite number in 0..2**53")
+
+
+def _utf8(max_bytes: int, *, min_chars: int = 0) -> Check:
+    def check(name: str, v: Any) -> None:
+        if type(v) is not str or len(v) < min_chars or len(v) > max_bytes:
+            raise _Invalid(f"{name} must be a string of {min_chars}..{max_bytes} UTF-8 bytes")
+        try:
+            size = len(v.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates (from "\ud800" escapes)
+            raise _Invalid(f"{name} is not valid UTF-8") from None
+        if size > max_bytes:
+            raise _Invalid(f"{name} must be a string of {min_chars}..{max_bytes} UTF-8 bytes")
+
+    return check
+
+
+def _regex(pattern: re.Pattern[str], what: str) -> Check:
+    def check(name: str, v: Any) -> None:
+        if type(v) is not str or pattern.fullmatch(v) is None:
+            raise _Invalid(f"{name} must be {what}")
+
+    return check
+
+
+def _addr(*, host_required: bool, empty_ok: bool) -> Check:
+    def check(name: str, v: Any) -> None:
+        if type(v) is not str or len(v) > MAX_ADDR:
+            raise _Invalid(f"{name} must be a 'host:port' string of at most {MAX_ADDR} characters")
+        if v == "" and empty_ok:
+            return
+        m = _ADDR_RE.fullmatch(v)
+        if m is None or not 1 <= int(m.group(1)) <= 65535 or (host_required and v.startswith(":")):
+            raise _Invalid(f"{name} must be 'host:port'{' or :port' if not host_required else ''}")
+
+    return check
+
+
+def _leaves(name: str, v: Any) -> None:
+    if type(v) is not str or _HEX_RE.fullmatch(v) is None:
+        raise _Invalid(f"{name} must be lowercase hex of whole 32-byte hashes")
+
+
+_id = _int(0, MAX_ID)
+_cid = _regex(_CID_RE, "'b3:' and 64 lowercase hex digits")
+_node_id = _regex(_NODE_ID_RE, "64 lowercase hex digits")
+_key = _utf8(MAX_KEY_BYTES, min_chars=1)
+_sid = _int(1, MAX_STREAM_ID)
+_size = _int(0, MAX_ID)
+_peer_fields: dict[str, Check] = {
+    "addr": _addr(host_required=True, empty_ok=False),
+    "id": _node_id,
+    "seen": _time,
+}
+
+
+def _fields(name: str, obj: Any, required: Mapping[str, Check], optional: Mapping[str, Check]) -> None:
+    if type(obj) is not dict:
+        raise _Invalid(f"{name} must be an object")
+    for key, value in obj.items():
+        check = required.get(key) or optional.get(key)
+        if check is None:
+            raise _Invalid(f"{name} has an unknown field {str(key)[:40]!r}")
+        check(f"{name}.{key}", value)
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise _Invalid(f"{name} lacks {', '.join(missing)}")
+
+
+def _peers(name: str, v: Any) -> None:
+    if type(v) is not list or len(v) > MAX_PEX_PEERS:
+        raise _Invalid(f"{name} must be a list of at most {MAX_PEX_PEERS} peers")
+    for i, peer in enumerate(v):
+        _fields(f"{name}[{i}]", peer, _peer_fields, {})
+
+
+def _t(name: str, v: Any) -> None:  # "t" is looked up in SCHEMAS before the fields are checked
+    pass
+
+
+# kind -> (required fields, optional fields); "t" is required everywhere.
+SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
+    "ping": ({"id": _id}, {}),
+    "pong": ({"re": _id}, {}),
+    "pex": ({"peers": _peers}, {}),
+    "who_has": ({"id": _id, "cid": _cid}, {}),
+    "have": ({"re": _id, "cid": _cid, "size": _optional(_size), "segments": _optional(_size)}, {}),
+    "get": (
+        {"id": _id, "cid": _cid, "offset": _size, "length": _int(-1, MAX_ID), "sid": _sid},
+        {},
+    ),
+    "leaves": ({"id": _id, "cid": _cid}, {}),
+    "store": ({"id": _id, "sid": _sid, "cid": _cid, "size": _size, "key": _key}, {}),
+    "delete": ({"id": _id, "key": _key, "cid": _cid, "origin": _node_id, "at": _time}, {}),
+    "ok": ({"re": _id}, {"size": _size, "leaves": _leaves}),
+    "error": ({"re": _id, "code": _int(0, MAX_CODE), "reason": _utf8(MAX_REASON_BYTES)}, {}),
+}
+for _required, _ in SCHEMAS.values():
+    _required["t"] = _t
+del _required, _
+
+HELLO_SCHEMA: dict[str, Check] = {
+    "v": _int(HELLO_VERSION, HELLO_VERSION),
+    "listen": _addr(host_required=False, empty_ok=True),
+    "agent": _utf8(MAX_AGENT, min_chars=1),
+}
+
+
+def _check_message(msg: Any) -> None:
+    if type(msg) is not dict:
+        raise _Invalid("a control message must be a JSON object")
+    kind = msg.get("t")
+    schema = SCHEMAS.get(kind) if type(kind) is str else None
+    if schema is None:
+        raise _Invalid(f"unknown control message kind {str(kind)[:40]!r}")
+    _fields(str(kind), msg, *schema)
+
+
+def _dumps(msg: Any, max_size: int, what: str) -> bytes:
+    try:
+        raw = orjson.dumps(msg)
+    except orjson.JSONEncodeError as exc:
+        raise errors.LocalProtocolError(
+            f"{what} is not serializable: {exc}", wire.ErrorCode.PROTOCOL
+        ) from None
+    if len(raw) > max_size:
+        raise errors.LocalProtocolError(
+            f"{what} of {len(raw)} bytes exceeds max {max_size}", wire.ErrorCode.PROTOCOL
+        )
+    return raw
+
+
+def _loads(raw: bytes | bytearray | memoryview, max_size: int, what: str) -> Any:
+    size = memoryview(raw).nbytes
+    if size > max_size:  # before parsing: orjson never sees an oversized message
+        raise errors.RemoteProtocolError(
+            f"{what} of {size} bytes exceeds max {max_size}", wire.ErrorCode.PROTOCOL
+        )
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.RemoteProtocolError(
+            f"{what} is not valid JSON: {exc}", wire.ErrorCode.PROTOCOL
+        ) from None
+
+
+def encode(msg: dict[str, Any], max_size: int = wire.MAX_CONTROL_SIZE) -> bytes:
+    """The wire bytes of a control message; LocalProtocolError if it breaks the schema or the size cap."""
+    try:
+        _check_message(msg)
+    except _Invalid as exc:
+        raise errors.LocalProtocolError(f"invalid control message: {exc}", wire.ErrorCode.PROTOCOL) from None
+    return _dumps(msg, max_size, "control message")
+
+
+def decode(raw: bytes | bytearray | memoryview, max_size: int = wire.MAX_CONTROL_SIZE) -> dict[str, Any]:
+    """A validated control message from the peer; RemoteProtocolError(PROTOCOL) for anything wrong."""
+    msg = _loads(raw, max_size, "control message")
+    try:
+        _check_message(msg)
+    except _Invalid as exc:
+        raise errors.RemoteProtocolError(f"invalid control message: {exc}", wire.ErrorCode.PROTOCOL) from None
+    assert type(msg) is dict
+    return msg
+
+
+def _check_hello(hello: Any) -> None:
+    _fields("hello", hello, HELLO_SCHEMA, {})
+
+
+def encode_hello(hello: dict[str, Any]) -> bytes:
+    """The HELLO as handshake payload: {"v": 1, "listen": "host:port" | ":port" | "", "agent": str}."""
+    try:
+        _check_hello(hello)
+    except _Invalid as exc:
+        raise errors.LocalProtocolError(f"invalid hello: {exc}", wire.ErrorCode.PROTOCOL) from None
+    return _dumps(hello, wire.MAX_CONTROL_SIZE, "hello")
+
+
+def decode_hello(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """The peer's HELLO; RemoteProtocolError(PROTOCOL) for anything wrong."""
+    hello = _loads(raw, wire.MAX_CONTROL_SIZE, "hello")
+    try:
+        _check_hello(hello)
+    except _Invalid as exc:
+        raise errors.RemoteProtocolError(f"invalid hello: {exc}", wire.ErrorCode.PROTOCOL) from None
+    assert type(hello) is dict
+    return hello

@@ -1,0 +1,203 @@
+"""control: every message kind round trips; every field is checked for type and bounds, both ways."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from p2pfast import wire
+from p2pfast.errors import LocalProtocolError, RemoteProtocolError
+from p2pfast.proto import control
+
+CID = "b3:" + "0123456789abcdef" * 4
+NODE = "ab" * 32
+
+VALID: list[dict[str, Any]] = [
+    {"t": "ping", "id": 0},
+    {"t": "pong", "re": 2**53},
+    {"t": "pex", "peers": []},
+    {
+        "t": "pex",
+        "peers": [
+            {"addr": "10.0.0.1:7400", "id": NODE, "seen": 1700000000.5},
+            {"addr": "[::1]:1", "id": NODE, "seen": 0},
+            {"addr": "node-7.example.org:65535", "id": NODE, "seen": 12},
+        ],
+    },
+    {"t": "who_has", "id": 7, "cid": CID},
+    {"t": "have", "re": 7, "cid": CID, "size": 123, "segments": 1},
+    {"t": "have", "re": 7, "cid": CID, "size": None, "segments": None},
+    {"t": "get", "id": 1, "cid": CID, "offset": 0, "length": -1, "sid": 5},
+    {"t": "get", "id": 1, "cid": CID, "offset": 10, "length": 0, "sid": 2**32 - 1},
+    {"t": "leaves", "id": 3, "cid": CID},
+    {"t": "store", "id": 4, "sid": 2, "cid": CID, "size": 0, "key": "k"},
+    {"t": "store", "id": 4, "sid": 2, "cid": CID, "size": 10, "key": "é" * 512},
+    {"t": "delete", "id": 5, "key": "photos/2024/a.jpg", "cid": CID, "origin": NODE, "at": 1.5},
+    {"t": "ok", "re": 4},
+    {"t": "ok", "re": 4, "size": 99},
+    {"t": "ok", "re": 4, "leaves": "00" * 64},
+    {"t": "ok", "re": 4, "leaves": ""},
+    {"t": "error", "re": 4, "code": 3, "reason": "not found"},
+    {"t": "error", "re": 4, "code": 2**32 - 1, "reason": ""},
+]
+
+
+@pytest.mark.parametrize("msg", VALID, ids=lambda m: str(m["t"]))
+def test_valid_messages_round_trip(msg: dict[str, Any]) -> None:
+    raw = control.encode(msg)
+    assert orjson.loads(raw) == msg
+    assert control.decode(raw) == msg
+    assert control.decode(memoryview(raw)) == msg
+    assert control.decode(bytearray(raw)) == msg
+
+
+# (base message index in VALID, path to change, new value); "DEL" removes the field
+INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
+    (0, ("id",), -1),
+    (0, ("id",), 2**53 + 1),
+    (0, ("id",), True),
+    (0, ("id",), 1.0),
+    (0, ("id",), "1"),
+    (0, ("id",), "DEL"),
+    (0, ("extra",), 1),
+    (0, ("t",), "pingg"),
+    (0, ("t",), 1),
+    (0, ("t",), "DEL"),
+    (3, ("peers",), [{"addr": "h:1", "id": NODE, "seen": 1}] * (control.MAX_PEX_PEERS + 1)),
+    (3, ("peers", 0, "addr"), ":7400"),
+    (3, ("peers", 0, "addr"), "host:0"),
+    (3, ("peers", 0, "addr"), "host:65536"),
+    (3, ("peers", 0, "addr"), "host"),
+    (3, ("peers", 0, "addr"), "a b:80"),
+    (3, ("peers", 0, "addr"), "a" * 250 + ".com:80"),
+    (3, ("peers", 0, "id"), "AB" * 32),
+    (3, ("peers", 0, "id"), "ab" * 31),
+    (3, ("peers", 0, "seen"), -1),
+    (3, ("peers", 0, "seen"), "now"),
+    (3, ("peers", 0, "port"), 1),
+    (3, ("peers", 0), "10.0.0.1:7400"),
+    (3, ("peers",), {"addr": "h:1"}),
+    (4, ("cid",), "b3:" + "0" * 63),
+    (4, ("cid",), "b3:" + "A" * 64),
+    (4, ("cid",), "sha256:" + "0" * 64),
+    (4, ("cid",), "b3:" + "0" * 64 + "\n"),
+    (5, ("size",), -1),
+    (5, ("segments",), "DEL"),
+    (7, ("offset",), -1),
+    (7, ("length",), -2),
+    (7, ("sid",), 0),
+    (7, ("sid",), 2**32),
+    (10, ("key",), ""),
+    (10, ("key",), "x" * (control.MAX_KEY_BYTES + 1)),
+    (10, ("key",), "é" * 513),  # 1026 UTF-8 bytes
+    (10, ("key",), "\ud800"),  # a lone surrogate is not UTF-8
+    (10, ("key",), 5),
+    (12, ("origin",), "me"),
+    (12, ("at",), None),
+    (15, ("leaves",), "0" * 63),
+    (15, ("leaves",), "zz" * 32),
+    (17, ("reason",), "r" * (control.MAX_REASON_BYTES + 1)),
+    (17, ("code",), -1),
+    (17, ("code",), 2**32),
+]
+
+
+def _mutate(base: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    msg = copy.deepcopy(base)
+    target: Any = msg
+    for key in path[:-1]:
+        target = target[key]
+    if value == "DEL":
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return msg
+
+
+@pytest.mark.parametrize(("index", "path", "value"), INVALID, ids=lambda v: str(v)[:30])
+def test_invalid_messages_are_rejected_both_ways(index: int, path: tuple[Any, ...], value: Any) -> None:
+    msg = _mutate(VALID[index], path, value)
+    with pytest.raises(LocalProtocolError):
+        control.encode(msg)
+    try:
+        raw = orjson.dumps(msg)
+    except TypeError:  # the lone surrogate: orjson will not write it, so send it escaped
+        raw = orjson.dumps(_mutate(VALID[index], path, "SURROGATE")).replace(b"SURROGATE", b"\\ud800")
+    with pytest.raises(RemoteProtocolError) as info:
+        control.decode(raw)
+    assert info.value.code == wire.ErrorCode.PROTOCOL
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b"1",
+        b'"t"',
+        b'{"t": "ping", "id": 1',
+        b"\xff\xfe",
+        b'{"t":"ping","id":1e400}',
+    ],
+)
+def test_garbage_is_a_remote_protocol_error(raw: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        control.decode(raw)
+    assert info.value.code == wire.ErrorCode.PROTOCOL
+
+
+def test_size_is_checked_before_parsing() -> None:
+    raw = b"[" * (wire.MAX_CONTROL_SIZE + 1)  # would be a nesting error if orjson saw it
+    with pytest.raises(RemoteProtocolError, match="exceeds max"):
+        control.decode(raw)
+    with pytest.raises(RemoteProtocolError, match="exceeds max 100"):
+        control.decode(control.encode({"t": "error", "re": 1, "code": 1, "reason": "x" * 200}), max_size=100)
+
+
+def test_encode_caps_the_size() -> None:
+    msg = {"t": "ok", "re": 1, "leaves": "00" * 32 * 300}  # 19 KiB of hex
+    with pytest.raises(LocalProtocolError, match="exceeds max"):
+        control.encode(msg)
+    assert control.decode(control.encode(msg, max_size=32 * 1024), max_size=32 * 1024) == msg
+
+
+def test_encode_rejects_non_dicts_and_odd_keys() -> None:
+    bads: list[Any] = [None, [], "ping", {"t": "ping", "id": 1, 2: 3}]
+    for bad in bads:
+        with pytest.raises(LocalProtocolError):
+            control.encode(bad)
+
+
+@pytest.mark.parametrize("listen", ["", ":7400", "127.0.0.1:7400", "[2001:db8::1]:443", "example.org:1"])
+def test_hello_round_trip(listen: str) -> None:
+    hello = {"v": 1, "listen": listen, "agent": "p2pfast/0.1.0"}
+    assert control.decode_hello(control.encode_hello(hello)) == hello
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        {"v": 2, "listen": "", "agent": "a"},
+        {"v": 1, "listen": "host", "agent": "a"},
+        {"v": 1, "listen": ":0", "agent": "a"},
+        {"v": 1, "listen": "", "agent": ""},
+        {"v": 1, "listen": "", "agent": "a" * (control.MAX_AGENT + 1)},
+        {"v": 1, "listen": ""},
+        {"v": 1, "listen": "", "agent": "a", "x": 1},
+        {"v": True, "listen": "", "agent": "a"},
+    ],
+)
+def test_bad_hellos(hello: dict[str, Any]) -> None:
+    with pytest.raises(LocalProtocolError):
+        control.encode_hello(hello)
+    with pytest.raises(RemoteProtocolError):
+        control.decode_hello(orjson.dumps(hello))
+
+
+def test_every_kind_has_a_valid_sample() -> None:
+    assert {m["t"] for m in VALID} == set(control.SCHEMAS)
