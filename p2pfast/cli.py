@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -78,12 +79,141 @@ def _print_json(obj: Any) -> None:
 
 # -- commands ---------------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace) -> int:
+    from p2pfast import identity
     from p2pfast.datadir import init
 
     layout = _layout(args)
-    created = init(layout)
+    network_key = identity.parse_invite(args.join)[0] if args.join else None
+    created = init(layout, network_key)
+    ident = identity.load(layout.node_key, layout.network_key)
     print(f"{'initialised' if created else 'already initialised'} {layout.root}")
+    print(f"node id {ident.node_id}")
     return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from p2pfast import identity
+
+    layout = _layout(args)
+    print(identity.load(layout.node_key, layout.network_key).node_id)
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    import socket
+
+    import orjson
+
+    from p2pfast import identity
+
+    layout = _layout(args)
+    ident = identity.load(layout.node_key, layout.network_key)
+    addr = args.address
+    if addr is None:
+        listen = args.config_obj.listen
+        with contextlib.suppress(OSError, ValueError, KeyError):  # a running node knows its real port
+            listen = orjson.loads((layout.root / "node.json").read_bytes())["listen"]
+        host, _, port = listen.rpartition(":")
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        addr = f"{host}:{port}"
+    print(identity.make_invite(ident.network_key, addr, ident.node_id))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from p2pfast import identity, runtime
+    from p2pfast.datadir import init
+    from p2pfast.node import Node
+
+    cfg = args.config_obj
+    layout = _layout(args)
+    bootstrap = list(cfg.bootstrap)
+    if args.join:
+        key, addr, _ = identity.parse_invite(args.join)
+        init(layout, key)
+        bootstrap.append(addr)
+    ident = identity.load(layout.node_key, layout.network_key)
+
+    async def main() -> None:
+        node = Node(layout, ident, listen=cfg.listen, bootstrap=tuple(bootstrap), limits=net_limits(cfg))
+        runtime.install_signals(node.stop)
+        await node.run()
+
+    runtime.run(main())
+    return 0
+
+
+def net_limits(cfg: Any) -> Any:
+    from p2pfast.net.limits import NetLimits
+    from p2pfast.proto.connection import Limits
+
+    proto = Limits(
+        max_streams=cfg.max_streams,
+        handshake_timeout=cfg.handshake_timeout,
+        idle_timeout=cfg.idle_timeout,
+        # Ping well before the idle timeout, so a quiet but live peer is never dropped.
+        ping_interval=min(15.0, cfg.idle_timeout / 4),
+    )
+    return NetLimits(
+        max_connections=cfg.max_connections, max_pre_handshake=cfg.max_pre_handshake, proto=proto
+    )
+
+
+def _open_repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The repo alone, without the data dir lock: peer rows may be read and pruned beside a running node
+    (SQLite WAL serialises the writes)."""
+    from p2pfast.errors import ConfigError
+    from p2pfast.repo.repo import Repo
+
+    layout = _layout(args)
+    if not layout.db.exists():
+        raise ConfigError(f"{layout.root} is not an initialised data dir (run 'p2pfast init')")
+    return Repo.open(layout.db)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    import datetime
+
+    with _open_repo(args) as repo:
+        rows = repo.list_peers()
+    if args.json:
+        _print_json(
+            [
+                {"id": r.node_id, "address": r.address, "last_seen": r.last_seen, "status": r.status}
+                for r in rows
+            ]
+        )
+        return 0
+    table = [("ID", "ADDRESS", "LAST SEEN", "STATUS")]
+    for r in rows:
+        seen = datetime.datetime.fromtimestamp(r.last_seen).strftime("%Y-%m-%d %H:%M:%S")
+        table.append(((r.node_id or "?")[:16], r.address, seen, r.status))
+    _print_table(table)
+    if not rows:
+        print("(no peers)")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    import time
+
+    with _open_repo(args) as repo:
+        n = repo.remove_peers_older_than(time.time() - args.older_than)
+    print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s")
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m, 1h, 7d)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("duration must not be negative")
+    return value
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -153,8 +283,8 @@ def cmd_files(args: argparse.Namespace) -> int:
 
     from p2pfast.store.objects import show_key
 
-    with _node(args) as node:
-        rows = node.repo.list_files()
+    with _open_repo(args) as repo:
+        rows = repo.list_files()
     if args.json:
         _print_json(
             [{"key": show_key(r.key), "cid": r.cid, "size": r.size, "created": r.created} for r in rows]
@@ -164,17 +294,19 @@ def cmd_files(args: argparse.Namespace) -> int:
     for r in rows:
         created = datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
         table.append((show_key(r.key), human(r.size), r.cid[:15] + "…", created))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print(
-            "  ".join(
-                cell.ljust(w) if i != 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    _print_table(table, right=frozenset({1}))
     if not rows:
         print("(no files)")
     return 0
+
+
+def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        cells = (
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        print("  ".join(cells).rstrip())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -215,8 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("init", parents=[common], help="create the data dir, master key and repo")
+    s = sub.add_parser("init", parents=[common], help="create the data dir, keys and repo")
+    s.add_argument("--join", metavar="INVITE", help="join the network of this invite (from 'p2pfast invite')")
     s.set_defaults(func=cmd_init)
+    s = sub.add_parser("serve", parents=[common], help="run the node: listen, join the network, serve peers")
+    s.add_argument("--listen", help="address to listen on (default :3000)")
+    s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
+    s.add_argument("--join", metavar="INVITE", help="an invite line: network key, a member's address and id")
+    s.set_defaults(func=cmd_serve)
+    s = sub.add_parser("id", parents=[common], help="print this node's id")
+    s.set_defaults(func=cmd_id)
+    s = sub.add_parser("invite", parents=[common], help="print an invite line for another node to join with")
+    s.add_argument("--address", help="HOST:PORT others reach this node at (default: the listen address)")
+    s.set_defaults(func=cmd_invite)
+    s = sub.add_parser("peers", parents=[common], help="list connected and known peers")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_peers)
+    s = sub.add_parser("cleanup", parents=[common], help="remove peers unseen for longer than --older-than")
+    s.add_argument("--older-than", type=parse_duration, default=3600.0, help="duration (default 1h)")
+    s.set_defaults(func=cmd_cleanup)
     s = sub.add_parser("store", parents=[common], help="store FILE (- for stdin) under KEY")
     s.add_argument("key")
     s.add_argument("file")
@@ -252,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "data_dir": args.data_dir,
                     "master_key_file": args.master_key_file,
                     "log_level": args.log_level,
+                    "listen": getattr(args, "listen", None),
+                    "bootstrap": getattr(args, "bootstrap", None),
                 },
                 args.config,
             )

@@ -41,6 +41,27 @@ def _log_level(v: str) -> str:
     return v.lower()
 
 
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n <= 0:
+        raise ValueError(f"expected a positive integer, got {v!r}")
+    return n
+
+
+def _seconds(v: str) -> float:
+    n = float(v)
+    if not 0 < n < 1e7:
+        raise ValueError(f"expected seconds > 0, got {v!r}")
+    return n
+
+
+def _max_frame(v: str) -> int:
+    n = _positive_int(v)
+    if not 1024 <= n <= 65535:
+        raise ValueError("max_frame must be 1024..65535 (a frame carries one Noise message)")
+    return n
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     data_dir: str = field(default="~/.p2p", metadata={"parse": _path})
@@ -51,6 +72,13 @@ class Config:
     listen: str = field(default=":3000", metadata={"parse": _listen})
     bootstrap: tuple[str, ...] = field(default=(), metadata={"parse": _addr_list})
     log_level: str = field(default="warning", metadata={"parse": _log_level})
+    # network limits (p2pfast.net.limits and p2pfast.proto.connection.Limits say why each default)
+    max_frame: int = field(default=65535, metadata={"parse": _max_frame})
+    max_streams: int = field(default=64, metadata={"parse": _positive_int})
+    max_connections: int = field(default=256, metadata={"parse": _positive_int})
+    max_pre_handshake: int = field(default=32, metadata={"parse": _positive_int})
+    handshake_timeout: float = field(default=10.0, metadata={"parse": _seconds})
+    idle_timeout: float = field(default=60.0, metadata={"parse": _seconds})
     sources: Mapping[str, str] = field(
         default_factory=dict, compare=False
     )  # key -> "flag" | "file:LINE" | "default"

@@ -2,6 +2,9 @@
 
 DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
+  node.key        the node's X25519 static key (its identity), mode 0600
+  network.key     the network's 32-byte key (the Noise PSK), mode 0600
+  node.json       pid and listen address of the serving process, while it runs
   p2p.db          the repo (SQLite, WAL)
   lock            flock()ed by the one process that may write this data dir
   objects/        encrypted objects, sharded by an HMAC of their content id
@@ -50,6 +53,14 @@ class Layout:
         return cls(root, key, Path(db).expanduser() if db else root / "p2p.db")
 
     @property
+    def node_key(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def network_key(self) -> Path:
+        return self.root / "network.key"
+
+    @property
     def objects(self) -> Path:
         return self.root / "objects"
 
@@ -62,8 +73,11 @@ class Layout:
         return self.root / "dirty"
 
 
-def init(layout: Layout) -> bool:
-    """Create the data dir, master key and repo. Returns False when it was initialised already."""
+def init(layout: Layout, network_key: bytes | None = None) -> bool:
+    """Create the data dir, master key, node key, network key (random unless given) and repo.
+    Returns False when it was initialised already."""
+    from p2pfast import identity
+
     created = False
     try:
         make_dirs(layout.root)
@@ -73,6 +87,8 @@ def init(layout: Layout) -> bool:
             create_master_key(layout.master_key_file)
             created = True
         load_master_key(layout.master_key_file)
+        created |= identity.create_node_key(layout.node_key)
+        created |= identity.create_network_key(layout.network_key, network_key)
         make_dirs(layout.objects / "tmp")
         if not layout.db.exists():
             created = True

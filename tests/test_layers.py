@@ -24,6 +24,20 @@ FORBIDDEN_IN_KERNELS = {
 }
 # what each layer may not import
 RULES = {
+    "proto": {
+        "asyncio",
+        "socket",
+        "time",
+        "logging",
+        "uvloop",
+        "p2pfast.store",
+        "p2pfast.repo",
+        "p2pfast.net",
+        "p2pfast.cli",
+        "p2pfast.node",
+        "p2pfast.datadir",
+    },
+    "net": {"p2pfast.cli", "p2pfast.node", "p2pfast.store", "p2pfast.repo", "p2pfast.datadir"},
     "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
     "repo": {
         "asyncio",

@@ -34,37 +34,45 @@ WRAP_LABEL = b"p2pfast v1 data key\x00"
 WRAPPED_SIZE = WRAP_NONCE_SIZE + DATA_KEY_SIZE + 16
 
 
+def create_secret_file(path: Path, data: bytes) -> None:
+    """Write a new secret file (mode 0600, durably). Never replaces an existing one."""
+    write_file_durably(path.parent, path, data, mode=0o600, exclusive=True)
+
+
+def load_secret_file(path: Path, size: int, what: str, hint: str = "run 'p2pfast init'") -> bytes:
+    """Read a secret file of exactly `size` bytes; refuse one that others could read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist ({hint})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot open {what} file {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"{what} file {path} is readable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to start: chmod 600 {path}"
+            )
+        data = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise ConfigError(f"{what} file {path} must hold exactly {size} bytes, not {len(data)}")
+    return data
+
+
 def create_master_key(path: Path) -> bytes:
     """Create a new master key file (mode 0600). Never replaces an existing one."""
     key = os.urandom(MASTER_KEY_SIZE)
-    write_file_durably(path.parent, path, key, mode=0o600, exclusive=True)
+    create_secret_file(path, key)
     return key
 
 
 def load_master_key(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(f"master key file {path} does not exist (run 'p2pfast init')") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot open master key file {path}: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"master key file {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"master key file {path} is readable by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):04o}); refusing to start: chmod 600 {path}"
-            )
-        data = os.read(fd, MASTER_KEY_SIZE + 1)
-    finally:
-        os.close(fd)
-    if len(data) != MASTER_KEY_SIZE:
-        raise ConfigError(
-            f"master key file {path} must hold exactly {MASTER_KEY_SIZE} bytes, not {len(data)}"
-        )
-    return data
+    return load_secret_file(path, MASTER_KEY_SIZE, "master key")
 
 
 def _derive(master: bytes, info: bytes) -> bytes:

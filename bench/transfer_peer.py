@@ -1,0 +1,190 @@
+"""One side of a loopback transfer, run as its own process by bench_transfer.py.
+
+    transfer_peer.py session-server      serve: on a "get", stream `length` bytes on the request's stream
+    transfer_peer.py session-client PORT SIZE
+    transfer_peer.py raw-server          plain uvloop TCP: send SIZE bytes to whoever connects
+    transfer_peer.py raw-client PORT SIZE
+
+Servers print "PORT <n>" when listening; clients print one JSON line {"bytes", "seconds", "maxrss_mib"};
+servers print the same kind of line (their peak RSS) after their one transfer, then exit.
+Both session sides share the network key passed in P2PFAST_BENCH_NETKEY (hex).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+import time
+from typing import Any, cast
+
+import orjson
+
+from p2pfast import runtime
+from p2pfast.identity import node_id_of
+from p2pfast.net.limits import NetLimits
+from p2pfast.net.peers import PeerEvents, PeerManager
+from p2pfast.net.session import Session
+from p2pfast.proto import noise
+
+CHUNK = 1 << 20
+
+
+def _rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _manager(handler: Any, ready: Any = None) -> PeerManager:
+    key = noise.generate_keypair()
+
+    async def on_ready(session: Session) -> None:
+        if ready is not None:
+            ready(session)
+
+    async def on_closed(session: Session) -> None:
+        return None
+
+    return PeerManager(
+        node_id=node_id_of(noise.public_bytes(key)),
+        static_key=key,
+        network_key=bytes.fromhex(os.environ["P2PFAST_BENCH_NETKEY"]),
+        limits=NetLimits(),
+        handler=handler,
+        events=PeerEvents(on_ready=on_ready, on_closed=on_closed),
+    )
+
+
+async def session_server() -> None:
+    done = asyncio.Event()
+    payload = memoryview(bytes(CHUNK))
+
+    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        stream = session.stream(msg["sid"])
+        left = msg["length"]
+        while left > 0:
+            n = min(left, CHUNK)
+            await stream.write(payload[:n])
+            left -= n
+        await stream.write_eof()
+        done.set()
+        return {"t": "ok"}
+
+    mgr = _manager(handler)
+    addr = await mgr.listen("127.0.0.1:0")
+    print("PORT", addr.rsplit(":", 1)[1], flush=True)
+    await done.wait()
+    await asyncio.sleep(0.5)  # let the reply and the end of the stream drain before closing
+    await mgr.close()
+    print(orjson.dumps({"maxrss_mib": _rss()}).decode(), flush=True)
+
+
+async def session_client(port: int, size: int) -> None:
+    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+    mgr = _manager(handler, lambda s: ready.done() or ready.set_result(s))
+    await mgr.listen("127.0.0.1:0")
+    mgr.start()
+    mgr.dial_soon(f"127.0.0.1:{port}")
+    session = await asyncio.wait_for(ready, 10)
+    got = 0
+
+    def sink(view: memoryview) -> None:
+        nonlocal got
+        got += len(view)
+
+    stream = session.open_stream()
+    stream.set_sink(sink)
+    t0 = time.perf_counter()
+    reply = session.request(
+        {"t": "get", "cid": "b3:" + "0" * 64, "offset": 0, "length": size, "sid": stream.sid}, timeout=600
+    )
+    await stream.wait_eof()
+    dt = time.perf_counter() - t0
+    await reply
+    await mgr.close()
+    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss()}).decode(), flush=True)
+
+
+class _RawSender(asyncio.Protocol):
+    def __init__(self, size: int, done: asyncio.Event) -> None:
+        self.size, self.done = size, done
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        payload = memoryview(bytes(CHUNK))
+        left = self.size
+        while left > 0:
+            await self.can_write.wait()
+            n = min(left, CHUNK)
+            self.transport.write(payload[:n])
+            left -= n
+        self.transport.close()
+        self.done.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+
+class _RawReceiver(asyncio.BufferedProtocol):
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self.buf = memoryview(bytearray(256 * 1024))
+        self.got = 0
+        self.done = done
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.got += nbytes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.got)
+
+
+async def raw_server(size: int) -> None:
+    done = asyncio.Event()
+    server = await asyncio.get_running_loop().create_server(lambda: _RawSender(size, done), "127.0.0.1", 0)
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    await done.wait()
+    server.close()
+    print(orjson.dumps({"maxrss_mib": _rss()}).decode(), flush=True)
+
+
+async def raw_client(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    t0 = time.perf_counter()
+    await loop.create_connection(lambda: _RawReceiver(done), "127.0.0.1", port)
+    got = await done
+    dt = time.perf_counter() - t0
+    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss()}).decode(), flush=True)
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "session-server":
+        runtime.run(session_server())
+    elif mode == "session-client":
+        runtime.run(session_client(int(sys.argv[2]), int(sys.argv[3])))
+    elif mode == "raw-server":
+        runtime.run(raw_server(int(sys.argv[2])))
+    elif mode == "raw-client":
+        runtime.run(raw_client(int(sys.argv[2])))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""The peer table in memory: the listener, the dialer (rate-limited, with backoff per address), one session
+per peer id, and reconnecting to bootstrap nodes when alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from p2pfast.errors import ConfigError, PeerUnavailable
+from p2pfast.net.limits import NetLimits
+from p2pfast.net.protocol import PeerProtocol
+from p2pfast.net.session import Handler, Session
+
+log = logging.getLogger("p2pfast.net")
+
+
+def split_addr(addr: str, default_host: str = "") -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bad address {addr!r}: expected HOST:PORT")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+@dataclass(slots=True)
+class _Backoff:
+    delay: float
+    not_before: float
+
+
+@dataclass(slots=True)
+class PeerEvents:
+    """What the node hears from the peer table."""
+
+    on_ready: Callable[[Session], Coroutine[Any, Any, None]]
+    on_closed: Callable[[Session], Coroutine[Any, Any, None]]
+
+
+class PeerManager:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        static_key: Any,
+        network_key: bytes,
+        limits: NetLimits,
+        handler: Handler,
+        events: PeerEvents,
+    ) -> None:
+        self.node_id = node_id
+        self.static_key = static_key
+        self.network_key = network_key
+        self.limits = limits
+        self.handler = handler
+        self.events = events
+        self.sessions: dict[str, Session] = {}
+        self.listen_addr = ""  # host:port actually bound
+        self.bootstrap: list[str] = []
+        self._server: asyncio.Server | None = None
+        # Weak: a protocol leaves the set when its connection is gone and nothing else holds it.
+        self._protocols: weakref.WeakSet[PeerProtocol] = weakref.WeakSet()
+        self._bg_tasks: set[asyncio.Task[None]] = set()
+        self._pending_handshake = 0
+        self._dialing: set[str] = set()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._backoff: dict[str, _Backoff] = {}
+        self._self_addrs: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dial_slots = asyncio.Semaphore(limits.max_dials_in_flight)
+        self._ready_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def listen(self, addr: str) -> str:
+        host, port = split_addr(addr)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: self._protocol(initiator=False), host or None, port, reuse_address=True, backlog=128
+        )
+        sock = self._server.sockets[0].getsockname()
+        bound_host = host or ("0.0.0.0" if ":" not in sock[0] else "::")
+        self.listen_addr = f"{bound_host}:{sock[1]}"
+        if host:
+            self._self_addrs.add(f"{host}:{sock[1]}")
+        self._self_addrs.update({f"127.0.0.1:{sock[1]}", f"localhost:{sock[1]}"})
+        return self.listen_addr
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._dialer()))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for session in list(self.sessions.values()):
+            session.close(0, "shutting down")
+        for proto in list(self._protocols):
+            proto.close_transport()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    # -- connections ---------------------------------------------------------------------------------
+    def _hello(self) -> dict[str, Any]:
+        from p2pfast import __version__
+
+        return {"v": 1, "listen": self.listen_addr, "agent": f"p2pfast/{__version__}"}
+
+    def _protocol(self, initiator: bool) -> PeerProtocol:
+        proto = PeerProtocol(
+            initiator=initiator,
+            static_key=self.static_key,
+            network_key=self.network_key,
+            hello=self._hello(),
+            handler=self.handler,
+            net_limits=self.limits,
+            on_ready=self._ready,
+            on_closed=self._closed,
+            on_made=self._admit,
+        )
+        return proto
+
+    def _admit(self, proto: PeerProtocol) -> bool:
+        """Called when a transport is made: enforce the connection limits before any crypto runs."""
+        if len(self._protocols) >= self.limits.max_connections:
+            log.warning("event=connection_refused peer=%s reason=max_connections", proto.peer_host)
+            return False
+        if self._pending_handshake >= self.limits.max_pre_handshake and not proto.initiator:
+            log.warning("event=connection_refused peer=%s reason=max_pre_handshake", proto.peer_host)
+            return False
+        self._protocols.add(proto)
+        self._pending_handshake += 1
+        # `ready` resolves when the handshake completes and fails when the connection goes first.
+        proto.session.ready.add_done_callback(self._handshake_over)
+        return True
+
+    def _handshake_over(self, _: asyncio.Future[None]) -> None:
+        self._pending_handshake -= 1
+
+    def _ready(self, session: Session) -> None:
+        if session.peer_id == self.node_id:
+            # We dialled ourselves through an address someone gossiped: remember it, never again.
+            addr = session.listen_addr
+            if addr:
+                self._self_addrs.add(addr)
+            session.close(0, "self")
+            return
+        other = self.sessions.get(session.peer_id)
+        if other is not None and not other.closed:
+            # Both sides dialled at once: keep the connection whose initiator has the smaller id, both ends.
+            def initiator_id(s: Session) -> str:
+                return self.node_id if s.initiator else s.peer_id
+
+            keep, drop = (
+                (other, session) if initiator_id(other) <= initiator_id(session) else (session, other)
+            )
+            drop.close(0, "duplicate connection")
+            if keep is other:
+                return
+        self.sessions[session.peer_id] = session
+        addr = session.listen_addr
+        if addr:
+            self._backoff.pop(addr, None)
+        log.info(
+            "event=peer_connected peer=%s addr=%s initiator=%s", session.peer_id[:12], addr, session.initiator
+        )
+        self._spawn(self.events.on_ready(session))
+        self._notify_waiters()
+
+    def _closed(self, session: Session) -> None:
+        if self.sessions.get(session.peer_id) is session:
+            del self.sessions[session.peer_id]
+            log.info("event=peer_disconnected peer=%s reason=%r", session.peer_id[:12], session.close_reason)
+            self._spawn(self.events.on_closed(session))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg_tasks.add(task)
+        task.add_done_callback(self._bg_tasks.discard)
+
+    # -- dialing -------------------------------------------------------------------------------------
+    def connected_addrs(self) -> set[str]:
+        return {a for s in self.sessions.values() if (a := s.listen_addr)}
+
+    def dial_soon(self, addr: str) -> None:
+        if addr in self._self_addrs or addr in self._queued or addr in self._dialing:
+            return
+        if addr in self.connected_addrs():
+            return
+        self._queued.add(addr)
+        self._queue.put_nowait(addr)
+
+    async def _dialer(self) -> None:
+        interval = 1.0 / self.limits.dials_per_second
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            addr = await self._queue.get()
+            self._queued.discard(addr)
+            b = self._backoff.get(addr)
+            if b is not None and b.not_before > loop.time():
+                continue  # dialled again when it comes up again after its backoff
+            if addr in self.connected_addrs() or addr in self._self_addrs:
+                continue
+            # Rate limit: at most dials_per_second new dials, at most max_dials_in_flight at once.
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            next_at = max(loop.time(), next_at) + interval
+            await self._dial_slots.acquire()
+            self._dialing.add(addr)
+            self._spawn(self._dial(addr))
+
+    async def _dial(self, addr: str) -> None:
+        try:
+            await self._try_dial(addr)
+        finally:
+            self._dialing.discard(addr)
+            self._dial_slots.release()
+
+    async def _try_dial(self, addr: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            host, port = split_addr(addr, "127.0.0.1")
+            deadline = self.limits.proto.handshake_timeout
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: self._protocol(initiator=True), host, port), deadline
+            )
+            await asyncio.wait_for(asyncio.shield(proto.session.ready), deadline)
+        except (TimeoutError, OSError, PeerUnavailable, ConfigError) as exc:
+            why = str(exc) or type(exc).__name__
+            b = self._backoff.get(addr)
+            delay = self.limits.backoff_min if b is None else min(b.delay * 2, self.limits.backoff_max)
+            self._backoff[addr] = _Backoff(delay, loop.time() + delay)
+            log.debug("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
+
+    def backoff_remaining(self, addr: str) -> float:
+        b = self._backoff.get(addr)
+        return 0.0 if b is None else max(0.0, b.not_before - asyncio.get_running_loop().time())
+
+    # -- waiting -------------------------------------------------------------------------------------
+    def _notify_waiters(self) -> None:
+        for n, fut in self._ready_waiters:
+            if len(self.sessions) >= n and not fut.done():
+                fut.set_result(None)
+        self._ready_waiters = [(n, f) for n, f in self._ready_waiters if not f.done()]
+
+    async def wait_for_peers(self, n: int, timeout: float) -> bool:
+        """True once at least n peers are connected; False if timeout passes first."""
+        if len(self.sessions) >= n:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ready_waiters.append((n, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,328 @@
+"""An awaitable API over one authenticated connection: requests with replies, notices, and streams.
+
+The protocol logic is in p2pfast.proto.Connection; this module only turns its events into futures and
+queues, and its credit into awaits. Producers wait on `writable` (cleared by pause_writing) and on stream
+credit before each chunk, so memory stays bounded whatever is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from p2pfast import wire
+from p2pfast.errors import LocalProtocolError, PeerUnavailable, ProtocolError
+from p2pfast.net import limits
+from p2pfast.proto import events as ev
+
+if TYPE_CHECKING:
+    from p2pfast.net.protocol import PeerProtocol
+
+log = logging.getLogger("p2pfast.net")
+
+Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+class RequestFailed(PeerUnavailable):
+    """peer refused: {}"""
+
+
+class StreamError(PeerUnavailable):
+    """stream failed: {}"""
+
+
+class Stream:
+    """One stream of a session. Received bytes go to a sink callback (no copy) or are queued (one copy,
+    bounded by the stream window, since the peer cannot send beyond the credit we grant)."""
+
+    def __init__(self, session: Session, sid: int) -> None:
+        self.session = session
+        self.sid = sid
+        self._queue: deque[bytes] = deque()
+        self._sink: Callable[[memoryview], object] | None = None
+        self._readable = asyncio.Event()
+        self._credit = asyncio.Event()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.received = 0
+
+    # -- receiving -----------------------------------------------------------------------------------
+    def set_sink(self, sink: Callable[[memoryview], object]) -> None:
+        """Hand every received chunk to `sink` as it arrives (borrowed view: consume it in the call)."""
+        self._sink = sink
+        while self._queue:
+            chunk = self._queue.popleft()
+            sink(memoryview(chunk))
+            self.session._consumed(self.sid, len(chunk))
+
+    def _deliver(self, data: memoryview, end: bool) -> None:
+        self.received += len(data)
+        if data:
+            if self._sink is not None:
+                self._sink(data)
+                self.session._consumed(self.sid, len(data))
+            else:
+                self._queue.append(bytes(data))
+        if end:
+            self.eof = True
+        self._readable.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self._readable.set()
+        self._credit.set()
+
+    async def read(self) -> bytes:
+        """The next received chunk; b"" at the end of the stream."""
+        while True:
+            if self._queue:
+                chunk = self._queue.popleft()
+                self.session._consumed(self.sid, len(chunk))
+                return chunk
+            if self.error is not None:
+                raise self.error
+            if self.eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+
+    async def wait_eof(self) -> None:
+        while not self.eof:
+            if self.error is not None:
+                raise self.error
+            self._readable.clear()
+            await self._readable.wait()
+        if self.error is not None:
+            raise self.error
+
+    # -- sending -------------------------------------------------------------------------------------
+    async def write(self, data: bytes | bytearray | memoryview, end: bool = False) -> None:
+        """Send all of `data`, waiting for stream credit and transport writability as needed."""
+        view = memoryview(data).cast("B")
+        s = self.session
+        while True:
+            if self.error is not None:
+                raise self.error
+            await s.wait_writable()
+            taken = s.conn.send_data(self.sid, view, end_stream=end)
+            s.flush()
+            view = view[taken:]
+            if not view:
+                return
+            if s.conn.send_credit(self.sid) == 0:
+                self._credit.clear()
+                await self._credit.wait()
+
+    async def write_eof(self) -> None:
+        await self.write(b"", end=True)
+
+    def reset(self, code: int = wire.ErrorCode.NO_ERROR) -> None:
+        if self.session.closed:
+            return
+        try:
+            self.session.conn.reset_stream(self.sid, code)
+            self.session.flush()
+        except ProtocolError:
+            pass
+        self.session._streams.pop(self.sid, None)
+
+
+class Session:
+    def __init__(self, proto: PeerProtocol, handler: Handler) -> None:
+        self.proto = proto
+        self.conn = proto.conn
+        self.handler = handler
+        self.peer_id: str = ""
+        self.hello: dict[str, Any] = {}
+        self.peer_host: str = proto.peer_host
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: dict[int, Stream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed_event = asyncio.Event()
+        self.close_reason: str = ""
+        self.closed = False
+
+    # -- API -----------------------------------------------------------------------------------------
+    @property
+    def initiator(self) -> bool:
+        return self.proto.initiator
+
+    @property
+    def listen_addr(self) -> str | None:
+        """host:port where the peer accepts connections, from its hello and the address it came from."""
+        listen = str(self.hello.get("listen") or "")
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit() or int(port) == 0:
+            return None
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = self.peer_host
+        return f"{host}:{port}"
+
+    async def request(
+        self, message: dict[str, Any], timeout: float = limits.REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        """Send a request (an "id" is assigned) and await its reply; an error reply raises RequestFailed."""
+        self._check_open()
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.wait_writable()
+            self.conn.send_control({**message, "id": rid})
+            self.flush()
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+        if reply.get("t") == "error":
+            raise RequestFailed(f"{reply.get('reason', '')} (code {reply.get('code')})")
+        return reply
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """Send a message that gets no reply (peer exchange)."""
+        self._check_open()
+        self.conn.send_control(message)
+        self.flush()
+
+    def open_stream(self) -> Stream:
+        self._check_open()
+        sid = self.conn.open_stream()
+        stream = self._streams[sid] = Stream(self, sid)
+        return stream
+
+    def stream(self, sid: int) -> Stream:
+        """The stream with this id (one the peer announced in a request), created on first use."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            stream = self._streams[sid] = Stream(self, sid)
+        return stream
+
+    def release_stream(self, sid: int) -> None:
+        self._streams.pop(sid, None)
+
+    async def wait_writable(self) -> None:
+        while not self._writable.is_set():
+            if self.closed:
+                raise PeerUnavailable(f"connection to {self.peer_id[:12]} closed: {self.close_reason}")
+            await self._writable.wait()
+        self._check_open()
+
+    def flush(self) -> None:
+        self.proto.flush()
+
+    def close(self, code: int = wire.ErrorCode.NO_ERROR, reason: str = "") -> None:
+        if not self.closed:
+            with contextlib.suppress(ProtocolError):
+                self.conn.close(code, reason)
+            self.proto.flush()
+            self.proto.close_transport()
+
+    # -- from the protocol ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PeerUnavailable(
+                f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
+            )
+
+    def _consumed(self, sid: int, n: int) -> None:
+        if not self.closed:
+            try:
+                self.conn.consumed(sid, n)
+            except LocalProtocolError:
+                return  # the stream is gone (reset); nothing to grant
+            self.proto.flush()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, ev.DataReceived):
+            self.stream(event.stream_id)._deliver(event.data, event.end_stream)
+        elif isinstance(event, ev.ControlReceived):
+            msg = event.message
+            if "re" in msg:
+                fut = self._pending.get(msg["re"])
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            else:
+                self._spawn(msg)
+        elif isinstance(event, ev.WindowUpdated):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._credit.set()
+        elif isinstance(event, ev.StreamReset):
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream._fail(StreamError(f"stream {event.stream_id} reset by peer (code {event.code})"))
+        elif isinstance(event, ev.HandshakeComplete):
+            self.peer_id = event.peer_id
+            self.hello = dict(event.hello)
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif isinstance(event, ev.ConnectionClosed):
+            self.close_reason = event.reason or f"code {event.code}"
+
+    def _spawn(self, msg: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if len(self._tasks) >= limits.MAX_INFLIGHT_REQUESTS:
+            self.proto.pause_reading()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < limits.MAX_INFLIGHT_REQUESTS:
+            self.proto.resume_reading()
+
+    async def _serve(self, msg: dict[str, Any]) -> None:
+        rid = msg.get("id")
+        try:
+            reply = await self.handler(self, msg)
+        except ProtocolError as exc:
+            reply = {"t": "error", "code": int(exc.code), "reason": str(exc)[:500]}
+        except PeerUnavailable:
+            return  # the connection went away while we served it
+        except Exception as exc:
+            log.error("event=handler_failed peer=%s type=%s error=%r", self.peer_id[:12], msg.get("t"), exc)
+            reply = {"t": "error", "code": int(wire.ErrorCode.INTERNAL), "reason": type(exc).__name__}
+        if reply is None or rid is None or self.closed:
+            return
+        try:
+            await self.wait_writable()
+            self.conn.send_control({**reply, "re": rid})
+            self.flush()
+        except PeerUnavailable:
+            pass
+
+    def connection_lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        exc = PeerUnavailable(
+            f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
+        )
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for stream in self._streams.values():
+            if not stream.eof:
+                stream._fail(exc)
+        self._writable.set()
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # retrieved: a failed handshake is logged by the protocol, not here
+        for task in self._tasks:
+            task.cancel()
+        self.closed_event.set()

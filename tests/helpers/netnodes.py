@@ -1,0 +1,122 @@
+"""Real node processes on 127.0.0.1 for network tests: `p2pfast serve` on port 0 (the node writes the port
+it bound to DATA_DIR/node.json), bounded waits, and every process killed by PID at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nodetools import cli_env
+
+from p2pfast.datadir import Layout, init
+from p2pfast.repo.repo import Repo
+
+
+@dataclass
+class NodeProc:
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+    listen: str = ""
+    node_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root.parent / f"{self.root.name}.log"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.root)
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> NodeProc:
+        argv = [sys.executable, "-P", "-m", "p2pfast", "serve", "--data-dir", str(self.root)]
+        argv += ["--listen", "127.0.0.1:0", "--log-level", "info", *args]
+        runtime = self.root / "node.json"
+        with contextlib.suppress(FileNotFoundError):
+            runtime.unlink()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=env or cli_env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                info = orjson.loads(runtime.read_bytes())
+            except (FileNotFoundError, orjson.JSONDecodeError):
+                time.sleep(0.02)  # polling the node's own start-up, bounded by the deadline
+                continue
+            if info["pid"] == self.proc.pid:
+                self.listen, self.node_id = info["listen"], info["node_id"]
+                return self
+            time.sleep(0.02)
+        raise AssertionError(f"node did not start listening within 20 s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def connected(self) -> set[str]:
+        """Node ids this node's peers table marks connected (read beside the running node, WAL)."""
+        with Repo.open(self.layout.db) as repo:
+            return {r.node_id for r in repo.list_peers() if r.status == "connected" and r.node_id}
+
+    def known(self) -> set[str]:
+        with Repo.open(self.layout.db) as repo:
+            return {r.node_id for r in repo.list_peers() if r.node_id}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def make_nodes(base: Path, n: int, network_key: bytes | None = None) -> list[NodeProc]:
+    """n initialised data dirs sharing one network key (a fresh one unless given)."""
+    nodes = []
+    for i in range(n):
+        root = base / f"n{i}"
+        init(Layout.of(root), network_key)
+        if network_key is None:
+            network_key = (root / "network.key").read_bytes()
+        nodes.append(NodeProc(root))
+    return nodes
+
+
+@contextlib.contextmanager
+def running(nodes: Sequence[NodeProc]) -> Iterator[Sequence[NodeProc]]:
+    try:
+        yield nodes
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def wait_until(pred: Any, timeout: float, what: str, nodes: Sequence[NodeProc] = ()) -> float:
+    """Poll pred() until true; returns the seconds it took. Bounded by timeout."""
+    t0 = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            logs = "\n".join(f"--- {n.root.name}\n{n.log()[-1500:]}" for n in nodes[:3])
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+        time.sleep(0.05)
