@@ -149,6 +149,7 @@ def net_limits(cfg: Any) -> Any:
     from p2pfast.proto.connection import Limits
 
     proto = Limits(
+        max_frame=cfg.max_frame,
         max_streams=cfg.max_streams,
         handshake_timeout=cfg.handshake_timeout,
         idle_timeout=cfg.idle_timeout,
@@ -165,10 +166,12 @@ def _open_repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     (SQLite WAL serialises the writes)."""
     from p2pfast.errors import ConfigError
     from p2pfast.repo.repo import Repo
+    from p2pfast.store.keys import load_master_key
 
     layout = _layout(args)
     if not layout.db.exists():
         raise ConfigError(f"{layout.root} is not an initialised data dir (run 'p2pfast init')")
+    load_master_key(layout.master_key_file)  # a leaked key stops every command, not only those using it
     return Repo.open(layout.db)
 
 

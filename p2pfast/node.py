@@ -91,16 +91,15 @@ class Node:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        sessions = list(self.peers.sessions.items())
         await self.peers.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.runtime_file)
         if self.local is not None:
             now = time.time()
-            for peer_id, session in list(self.peers.sessions.items()):
+            for peer_id, session in sessions:
                 if session.listen_addr:
-                    await self.db(
-                        self.local.repo.upsert_peer, session.listen_addr, peer_id, now, "disconnected"
-                    )
+                    await self.db(self.repo.upsert_peer, session.listen_addr, peer_id, now, "disconnected")
             await self.db(self.local.close)
         self._db.shutdown(wait=True)
 

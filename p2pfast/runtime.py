@@ -1,5 +1,7 @@
-"""Starting the event loop, once: uvloop when it is installed (asyncio otherwise), with SIGTERM/SIGINT
-asking for a graceful stop and a second signal exiting at once."""
+"""Starting the event loop, once: uvloop when it is installed (asyncio otherwise, or when
+P2PFAST_LOOP=asyncio, which the tests use to run the network on both loops), with SIGTERM/SIGINT asking
+for a graceful stop and a second signal exiting at once. An exception that reaches the loop's handler is
+a bug: it is logged as one `event=loop_exception` line, which the tests look for."""
 
 from __future__ import annotations
 
@@ -15,12 +17,27 @@ T = TypeVar("T")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if os.environ.get("P2PFAST_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            log.warning("event=no_uvloop action=using_asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.get_loop().set_exception_handler(_on_loop_exception)
         return runner.run(main)
+
+
+def _on_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    log.error(
+        "event=loop_exception message=%r error=%r",
+        context.get("message"),
+        exc,
+        exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+    )
 
 
 def loop_name() -> str:

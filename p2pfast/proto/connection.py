@@ -111,6 +111,9 @@ _FRAME_RULES: dict[int, tuple[int, bool]] = {
 class Limits:
     """Per-connection bounds, each with its reason; net/limits.py picks the values a node runs with."""
 
+    # largest frame payload accepted, checked on the header before anything is buffered; one Noise
+    # message at most. There is no settings exchange: every node of a network should use the default.
+    max_frame: int = wire.MAX_PAYLOAD
     # live streams on ids of each parity: one get/store each, enough to keep a link busy
     max_streams: int = 64
     # credit per stream direction: 256 KiB keeps ~4 frames in flight per stream before a WINDOW comes back
@@ -125,6 +128,8 @@ class Limits:
     ping_interval: float = 15.0
 
     def __post_init__(self) -> None:
+        if not 1024 <= self.max_frame <= wire.MAX_PAYLOAD:
+            raise ValueError(f"max_frame {self.max_frame} is not in 1024..{wire.MAX_PAYLOAD}")
         if not 1 <= self.max_streams <= 2**20:
             raise ValueError(f"max_streams {self.max_streams} is not in 1..2**20")
         if not 2 <= self.initial_window <= MAX_WINDOW:
@@ -197,7 +202,7 @@ class Connection:
         self._phase = _Phase.START
         self._state = ConnState.HANDSHAKE
         self._error: errors.ProtocolError | None = None
-        self._parser = frames.FrameParser(wire.MAX_PAYLOAD)
+        self._parser = frames.FrameParser(limits.max_frame)
         self._streams = StreamTable(
             initiator=role is Role.INITIATOR,
             max_streams=limits.max_streams,

@@ -92,16 +92,21 @@ def test_init(tmp_path: Path) -> None:
     d = tmp_path / "node"
     r = run_cli("init", "--data-dir", d)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode().strip() == f"initialised {d}"
+    first, second = r.stdout.decode().strip().splitlines()
+    assert first == f"initialised {d}"
+    node_id = second.removeprefix("node id ")
+    assert len(node_id) == 64 and run_cli("id", "--data-dir", d).stdout.decode().strip() == node_id
     key = d / "master.key"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    for name in ("master.key", "node.key", "network.key"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
+        assert len((d / name).read_bytes()) == 32, name
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert len(key.read_bytes()) == 32
     assert (d / "p2p.db").is_file() and (d / "objects" / "tmp").is_dir()
     before = key.read_bytes()
     r = run_cli("init", "--data-dir", d)
     assert r.returncode == 0
-    assert r.stdout.decode().strip() == f"already initialised {d}"
+    assert r.stdout.decode().strip().splitlines() == [f"already initialised {d}", f"node id {node_id}"]
     assert key.read_bytes() == before
     assert_layout(d)
 

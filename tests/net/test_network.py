@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from netnodes import NodeProc, make_nodes, running, wait_until
+from nodetools import cli_env
 
 from p2pfast.datadir import Layout, init
 
@@ -26,6 +27,29 @@ def test_network_converges_from_one_bootstrap(tmp_path: Path, count: int) -> Non
             n.start("--bootstrap", boot.listen)
         took = wait_until(lambda: _full_mesh(nodes), 30 + count * 3, f"{count}-node full membership", nodes)
         print(f"\n{count}-node network converged to full membership in {took:.2f} s")
+        for n in nodes:
+            assert n.stop() == 0
+    for n in nodes:
+        assert "event=loop_exception" not in n.log() and "Traceback" not in n.log(), n.log()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "asyncio-debug"])
+def test_network_on_plain_asyncio(tmp_path: Path, loop: str) -> None:
+    """The same network on asyncio's own loop (once in debug mode): uvloop is not load-bearing, and no
+    exception reaches either loop's handler."""
+    env = cli_env(P2PFAST_LOOP="asyncio")
+    if loop == "asyncio-debug":
+        env["PYTHONASYNCIODEBUG"] = "1"
+    nodes = make_nodes(tmp_path, 3)
+    with running(nodes):
+        boot = nodes[0].start(env=env)
+        for n in nodes[1:]:
+            n.start("--bootstrap", boot.listen, env=env)
+        wait_until(lambda: _full_mesh(nodes), 30, "3-node membership on asyncio", nodes)
+        for n in nodes:
+            assert n.stop() == 0
+    for n in nodes:
+        assert "event=loop_exception" not in n.log() and "Traceback" not in n.log(), n.log()
 
 
 def test_wrong_network_key_gets_nowhere(tmp_path: Path) -> None:
@@ -76,8 +100,6 @@ def test_invite_join(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from nodetools import cli_env
-
     a = make_nodes(tmp_path, 1)[0]
     with running([a]):
         a.start()
@@ -117,3 +139,37 @@ def test_uninitialised_serve_is_config_error(tmp_path: Path) -> None:
     n = NodeProc(tmp_path / "x")
     with pytest.raises(AssertionError, match="exited with 8"):
         n.start()
+
+
+def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import orjson
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-P", "-m", "p2pfast", *args, "--data-dir", str(nodes[0].root)],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+
+    nodes = make_nodes(tmp_path, 3)
+    with running(nodes):
+        boot = nodes[0].start()
+        for n in nodes[1:]:
+            n.start("--bootstrap", boot.listen)
+        wait_until(lambda: _full_mesh(nodes), 30, "3-node membership", nodes)
+        live = orjson.loads(cli("peers", "--json"))  # beside the running node
+        assert {p["id"] for p in live if p["status"] == "connected"} == {nodes[1].node_id, nodes[2].node_id}
+        assert "ADDRESS" in cli("peers")
+        for n in nodes:
+            assert n.stop() == 0
+    after = orjson.loads(cli("peers", "--json"))
+    assert len(after) == 2 and all(p["status"] == "disconnected" for p in after)
+    assert "removed 0 peers" in cli("cleanup")  # default: unseen for more than 1 h
+    assert "removed 2 peers" in cli("cleanup", "--older-than", "0s")
+    assert orjson.loads(cli("peers", "--json")) == []
