@@ -31,6 +31,11 @@ from p2pfast.proto import noise
 CHUNK = 1 << 20
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -76,7 +81,7 @@ async def session_server() -> None:
     await done.wait()
     await asyncio.sleep(0.5)  # let the reply and the end of the stream drain before closing
     await mgr.close()
-    print(orjson.dumps({"maxrss_mib": _rss()}).decode(), flush=True)
+    print(orjson.dumps({"maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
 
 
 async def session_client(port: int, size: int) -> None:
@@ -98,14 +103,20 @@ async def session_client(port: int, size: int) -> None:
     stream = session.open_stream()
     stream.set_sink(sink)
     t0 = time.perf_counter()
-    reply = session.request(
-        {"t": "get", "cid": "b3:" + "0" * 64, "offset": 0, "length": size, "sid": stream.sid}, timeout=600
+    reply = asyncio.ensure_future(
+        session.request(
+            {"t": "get", "cid": "b3:" + "0" * 64, "offset": 0, "length": size, "sid": stream.sid}, timeout=600
+        )
     )
-    await stream.wait_eof()
+    eof = asyncio.ensure_future(stream.wait_eof())
+    await asyncio.wait([reply, eof], return_when=asyncio.FIRST_EXCEPTION)
+    if reply.done() and reply.exception():
+        raise reply.exception()  # type: ignore[misc]
+    await eof
     dt = time.perf_counter() - t0
     await reply
     await mgr.close()
-    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss()}).decode(), flush=True)
+    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
 
 
 class _RawSender(asyncio.Protocol):
@@ -159,7 +170,7 @@ async def raw_server(size: int) -> None:
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     await done.wait()
     server.close()
-    print(orjson.dumps({"maxrss_mib": _rss()}).decode(), flush=True)
+    print(orjson.dumps({"maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
 
 
 async def raw_client(port: int) -> None:
@@ -169,7 +180,7 @@ async def raw_client(port: int) -> None:
     await loop.create_connection(lambda: _RawReceiver(done), "127.0.0.1", port)
     got = await done
     dt = time.perf_counter() - t0
-    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss()}).decode(), flush=True)
+    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
 
 
 def main() -> None:

@@ -15,7 +15,10 @@ WRITE_LOW = WRITE_HIGH // 4
 # a peer that sends requests without reading our answers fills our write buffer, not our memory.
 MAX_INFLIGHT_REQUESTS = 32
 
-# Copied, not yet consumed bytes per stream are bounded by the stream window (proto Limits.initial_window).
+# Received bytes a session holds that the application has not read yet (streams without a sink), across
+# all streams of a connection. Each stream is bounded by its window already (proto Limits.initial_window),
+# but max_streams windows could add up to 64 MiB; past this cap the connection stops reading instead.
+MAX_QUEUED_PER_CONNECTION = 8 << 20
 
 # How long a request waits for its answer.
 REQUEST_TIMEOUT = 30.0

@@ -55,6 +55,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._on_made = on_made
         self._timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
+        self._pause_reasons: set[str] = set()
         self._closing = False
         self.session = Session(self, handler)
 
@@ -148,28 +149,44 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._closing = True
             self.transport.close()
 
-    def pause_reading(self) -> None:
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading until every reason given here has been withdrawn with resume_reading."""
+        self._pause_reasons.add(reason)
         if not self._reading_paused and self.transport is not None and not self._closing:
             self._reading_paused = True
             self.transport.pause_reading()
 
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self._closing:
+    def resume_reading(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if (
+            self._reading_paused
+            and not self._pause_reasons
+            and self.transport is not None
+            and not self._closing
+        ):
             self._reading_paused = False
             self.transport.resume_reading()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._closing:
             return
         when = self.conn.get_timer()
+        if self._timer is not None:
+            # Received bytes push the idle deadline later on every read; a timer that fires early just
+            # re-arms, which is far cheaper than replacing it per read.
+            if when is not None and self._timer.when() <= when:
+                return
+            self._timer.cancel()
+            self._timer = None
         if when is not None:
             self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        when = self.conn.get_timer()
+        if when is not None and when > self.loop.time():
+            self._arm_timer()  # fired early: the deadline moved since it was set
+            return
         try:
             self.conn.handle_timer(self.loop.time())
         except ProtocolError as exc:

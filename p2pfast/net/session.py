@@ -57,6 +57,7 @@ class Stream:
         self._sink = sink
         while self._queue:
             chunk = self._queue.popleft()
+            self.session._queued(-len(chunk))
             sink(memoryview(chunk))
             self.session._consumed(self.sid, len(chunk))
 
@@ -68,6 +69,7 @@ class Stream:
                 self.session._consumed(self.sid, len(data))
             else:
                 self._queue.append(bytes(data))
+                self.session._queued(len(data))
         if end:
             self.eof = True
         self._readable.set()
@@ -82,6 +84,7 @@ class Stream:
         while True:
             if self._queue:
                 chunk = self._queue.popleft()
+                self.session._queued(-len(chunk))
                 self.session._consumed(self.sid, len(chunk))
                 return chunk
             if self.error is not None:
@@ -144,6 +147,7 @@ class Session:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[int, Stream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queued_bytes = 0
         self._writable = asyncio.Event()
         self._writable.set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -232,6 +236,14 @@ class Session:
                 f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
             )
 
+    def _queued(self, delta: int) -> None:
+        """Track bytes received but not yet read across all streams; past the cap, stop reading."""
+        self._queued_bytes += delta
+        if self._queued_bytes > limits.MAX_QUEUED_PER_CONNECTION:
+            self.proto.pause_reading("queued")
+        elif self._queued_bytes <= limits.MAX_QUEUED_PER_CONNECTION // 2:
+            self.proto.resume_reading("queued")
+
     def _consumed(self, sid: int, n: int) -> None:
         if not self.closed:
             try:
@@ -278,12 +290,12 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if len(self._tasks) >= limits.MAX_INFLIGHT_REQUESTS:
-            self.proto.pause_reading()
+            self.proto.pause_reading("requests")
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if len(self._tasks) < limits.MAX_INFLIGHT_REQUESTS:
-            self.proto.resume_reading()
+            self.proto.resume_reading("requests")
 
     async def _serve(self, msg: dict[str, Any]) -> None:
         rid = msg.get("id")

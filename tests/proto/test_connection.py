@@ -309,17 +309,18 @@ def test_many_concurrent_streams_interleaved() -> None:
 
 
 def test_sender_is_blocked_at_the_initial_window_until_consumed() -> None:
-    window = 256 * 1024
+    window = Limits().initial_window
     pair = opened()
     sid = pair.client.open_stream()
-    data = bytes(range(256)) * 4096  # 1 MiB
+    data = bytes(range(256)) * (2 * window // 256)  # twice the window
     assert pair.client.send_credit(sid) == window
     assert pair.client.send_data(sid, data, end_stream=True) == window
     assert pair.client.send_credit(sid) == 0
     assert pair.client.send_data(sid, data[window:], end_stream=True) == 0
     out = pair.client.data_to_send()
     sizes = [len(f) - wire.HEADER_SIZE - noise.TAG for f in out]
-    assert sizes == [MAX_PLAINTEXT] * 4 + [window - 4 * MAX_PLAINTEXT]
+    full, rest = divmod(window, MAX_PLAINTEXT)
+    assert sizes == [MAX_PLAINTEXT] * full + ([rest] if rest else [])
     pair.server.receive_data(b"".join(out))
     received = sum(len(ev.data) for ev in drain(pair.server, pair.now))
     assert received == window
@@ -336,7 +337,8 @@ def test_sender_is_blocked_at_the_initial_window_until_consumed() -> None:
 def test_receiving_beyond_credit_is_a_flow_control_error() -> None:
     pair = opened()
     sid = pair.client.open_stream()
-    assert pair.client.send_data(sid, bytes(256 * 1024)) == 256 * 1024
+    window = Limits().initial_window
+    assert pair.client.send_data(sid, bytes(window)) == window
     pair.client._streams.streams[sid].send_credit = 10  # a sender that ignores its credit
     assert pair.client.send_data(sid, b"0123456789x") == 10
     pair.transfer(pair.client)
