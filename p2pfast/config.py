@@ -74,7 +74,7 @@ class Config:
     log_level: str = field(default="warning", metadata={"parse": _log_level})
     # network limits (p2pfast.net.limits and p2pfast.proto.connection.Limits say why each default)
     max_frame: int = field(default=65535, metadata={"parse": _max_frame})
-    max_streams: int = field(default=64, metadata={"parse": _positive_int})
+    max_streams: int = field(default=16, metadata={"parse": _positive_int})
     max_connections: int = field(default=256, metadata={"parse": _positive_int})
     max_pre_handshake: int = field(default=32, metadata={"parse": _positive_int})
     handshake_timeout: float = field(default=10.0, metadata={"parse": _seconds})

@@ -15,10 +15,8 @@ WRITE_LOW = WRITE_HIGH // 4
 # a peer that sends requests without reading our answers fills our write buffer, not our memory.
 MAX_INFLIGHT_REQUESTS = 32
 
-# Received bytes a session holds that the application has not read yet (streams without a sink), across
-# all streams of a connection. Each stream is bounded by its window already (proto Limits.initial_window),
-# but max_streams windows could add up to 64 MiB; past this cap the connection stops reading instead.
-MAX_QUEUED_PER_CONNECTION = 8 << 20
+# Unread received bytes per connection are bounded by credit: max_streams x initial_window
+# (proto Limits: 16 x 1 MiB = 16 MiB at the defaults), whatever the peer sends.
 
 # How long a request waits for its answer.
 REQUEST_TIMEOUT = 30.0

@@ -38,7 +38,10 @@ class StreamError(PeerUnavailable):
 
 class Stream:
     """One stream of a session. Received bytes go to a sink callback (no copy) or are queued (one copy,
-    bounded by the stream window, since the peer cannot send beyond the credit we grant)."""
+    bounded by the stream window, since the peer cannot send beyond the credit we grant: a connection
+    holds at most max_streams x initial_window unread bytes). There is deliberately no connection-wide
+    pause on unread bytes: with per-stream credit it would deadlock a reader that reads one stream at a
+    time while the bytes it waits for sit behind other streams' in the socket."""
 
     def __init__(self, session: Session, sid: int) -> None:
         self.session = session
@@ -57,7 +60,6 @@ class Stream:
         self._sink = sink
         while self._queue:
             chunk = self._queue.popleft()
-            self.session._queued(-len(chunk))
             sink(memoryview(chunk))
             self.session._consumed(self.sid, len(chunk))
 
@@ -69,7 +71,6 @@ class Stream:
                 self.session._consumed(self.sid, len(data))
             else:
                 self._queue.append(bytes(data))
-                self.session._queued(len(data))
         if end:
             self.eof = True
         self._readable.set()
@@ -84,7 +85,6 @@ class Stream:
         while True:
             if self._queue:
                 chunk = self._queue.popleft()
-                self.session._queued(-len(chunk))
                 self.session._consumed(self.sid, len(chunk))
                 return chunk
             if self.error is not None:
@@ -147,7 +147,6 @@ class Session:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[int, Stream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queued_bytes = 0
         self._writable = asyncio.Event()
         self._writable.set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -235,14 +234,6 @@ class Session:
             raise PeerUnavailable(
                 f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
             )
-
-    def _queued(self, delta: int) -> None:
-        """Track bytes received but not yet read across all streams; past the cap, stop reading."""
-        self._queued_bytes += delta
-        if self._queued_bytes > limits.MAX_QUEUED_PER_CONNECTION:
-            self.proto.pause_reading("queued")
-        elif self._queued_bytes <= limits.MAX_QUEUED_PER_CONNECTION // 2:
-            self.proto.resume_reading("queued")
 
     def _consumed(self, sid: int, n: int) -> None:
         if not self.closed:

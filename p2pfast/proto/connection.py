@@ -114,11 +114,12 @@ class Limits:
     # largest frame payload accepted, checked on the header before anything is buffered; one Noise
     # message at most. There is no settings exchange: every node of a network should use the default.
     max_frame: int = wire.MAX_PAYLOAD
-    # live streams on ids of each parity: one get/store each, enough to keep a link busy
-    max_streams: int = 64
+    # live streams on ids of each parity: one get/store each. 16 concurrent transfers keep any link busy,
+    # and with initial_window they bound what one connection can make us hold unread: 16 x 1 MiB.
+    max_streams: int = 16
     # credit per stream direction. Measured on loopback (bench_transfer.py): 256 KiB left the sender
     # waiting for WINDOW frames (0.72 GB/s), 1 MiB did not (1.07 GB/s), 4 MiB gained nothing more. What a
-    # session queues unread is capped separately (net/limits.py MAX_QUEUED_PER_CONNECTION).
+    # session queues unread is bounded by max_streams x initial_window.
     initial_window: int = 1024 * 1024
     # largest control message accepted and sent (wire.MAX_CONTROL_SIZE, 16 KiB)
     max_control_size: int = wire.MAX_CONTROL_SIZE

@@ -284,7 +284,7 @@ def test_many_concurrent_streams_interleaved() -> None:
     rng = random.Random(7)
     pair = opened()
     payloads = {}
-    for _ in range(20):
+    for _ in range(Limits().max_streams):
         sid = pair.client.open_stream()
         payloads[sid] = rng.randbytes(rng.randint(0, 200_000))
     sent = dict.fromkeys(payloads, 0)
