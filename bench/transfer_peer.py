@@ -40,6 +40,11 @@ def _rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _report(fields: dict[str, Any]) -> None:
+    """One JSON line: the figures, this process's peak RSS and CPU seconds."""
+    print(orjson.dumps({**fields, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+
+
 def _manager(handler: Any, ready: Any = None) -> PeerManager:
     key = noise.generate_keypair()
 
@@ -81,7 +86,7 @@ async def session_server() -> None:
     await done.wait()
     await asyncio.sleep(0.5)  # let the reply and the end of the stream drain before closing
     await mgr.close()
-    print(orjson.dumps({"maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+    _report({})
 
 
 async def session_client(port: int, size: int) -> None:
@@ -116,7 +121,7 @@ async def session_client(port: int, size: int) -> None:
     dt = time.perf_counter() - t0
     await reply
     await mgr.close()
-    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+    _report({"bytes": got, "seconds": dt})
 
 
 class _RawSender(asyncio.Protocol):
@@ -170,7 +175,7 @@ async def raw_server(size: int) -> None:
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     await done.wait()
     server.close()
-    print(orjson.dumps({"maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+    _report({})
 
 
 async def raw_client(port: int) -> None:
@@ -180,7 +185,7 @@ async def raw_client(port: int) -> None:
     await loop.create_connection(lambda: _RawReceiver(done), "127.0.0.1", port)
     got = await done
     dt = time.perf_counter() - t0
-    print(orjson.dumps({"bytes": got, "seconds": dt, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+    _report({"bytes": got, "seconds": dt})
 
 
 def main() -> None:
