@@ -243,7 +243,7 @@ class PeerManager:
             b = self._backoff.get(addr)
             delay = self.limits.backoff_min if b is None else min(b.delay * 2, self.limits.backoff_max)
             self._backoff[addr] = _Backoff(delay, loop.time() + delay)
-            log.debug("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
+            log.info("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
 
     def backoff_remaining(self, addr: str) -> float:
         b = self._backoff.get(addr)

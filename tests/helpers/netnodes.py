@@ -110,6 +110,24 @@ def running(nodes: Sequence[NodeProc]) -> Iterator[Sequence[NodeProc]]:
             n.kill()
 
 
+def diagnose(nodes: Sequence[NodeProc]) -> str:
+    """Who is missing whom, and every log line of the nodes that is not a routine connect."""
+    ids = {n.node_id: n.root.name for n in nodes}
+    out = []
+    for n in nodes:
+        try:
+            missing = sorted(ids[i] for i in set(ids) - n.connected() - {n.node_id})
+        except Exception as exc:  # the repo of a dead node may be unreadable: say so
+            missing = [f"(unreadable: {exc})"]
+        if missing:
+            out.append(f"{n.root.name} ({n.node_id[:12]}) lacks {', '.join(missing)}")
+    for n in nodes:
+        lines = [ln for ln in n.log().splitlines() if "event=peer_connected" not in ln]
+        if lines:
+            out.append(f"--- {n.root.name}\n" + "\n".join(lines[-15:]))
+    return "\n".join(out)
+
+
 def wait_until(pred: Any, timeout: float, what: str, nodes: Sequence[NodeProc] = ()) -> float:
     """Poll pred() until true; returns the seconds it took. Bounded by timeout."""
     t0 = time.monotonic()
@@ -117,6 +135,5 @@ def wait_until(pred: Any, timeout: float, what: str, nodes: Sequence[NodeProc] =
         if pred():
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout:
-            logs = "\n".join(f"--- {n.root.name}\n{n.log()[-1500:]}" for n in nodes[:3])
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{diagnose(nodes)}")
         time.sleep(0.05)
