@@ -161,7 +161,7 @@ def net_limits(cfg: Any) -> Any:
     )
 
 
-def _open_repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_repo(args: argparse.Namespace, readonly: bool = True):  # type: ignore[no-untyped-def]
     """The repo alone, without the data dir lock: peer rows may be read and pruned beside a running node
     (SQLite WAL serialises the writes)."""
     from p2pfast.errors import ConfigError
@@ -172,7 +172,7 @@ def _open_repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not layout.db.exists():
         raise ConfigError(f"{layout.root} is not an initialised data dir (run 'p2pfast init')")
     load_master_key(layout.master_key_file)  # a leaked key stops every command, not only those using it
-    return Repo.open(layout.db)
+    return Repo.open(layout.db, readonly=readonly)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -201,7 +201,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     import time
 
-    with _open_repo(args) as repo:
+    with _open_repo(args, readonly=False) as repo:
         n = repo.remove_peers_older_than(time.time() - args.older_than)
     print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s")
     return 0

@@ -19,7 +19,7 @@ import orjson
 
 from p2pfast import wire
 from p2pfast.datadir import Layout, LocalNode
-from p2pfast.errors import RemoteProtocolError
+from p2pfast.errors import PeerUnavailable, RemoteProtocolError, StorageError
 from p2pfast.identity import Identity
 from p2pfast.net import gossip
 from p2pfast.net.limits import NetLimits
@@ -136,16 +136,27 @@ class Node:
         return gossip.pex_message(known, self.peers, exclude=session.peer_id)
 
     async def _on_ready(self, session: Session) -> None:
-        addr = session.listen_addr
-        if addr:
-            await self.db(self.repo.upsert_peer, addr, session.peer_id, time.time(), "connected")
-        with contextlib.suppress(Exception):
+        try:
             session.notify(await self._pex_for(session))
+        except PeerUnavailable:
+            return  # gone already
+        await self._record(session, "connected")
 
     async def _on_closed(self, session: Session) -> None:
+        if self.local is not None and not self._stop.is_set():
+            await self._record(session, "disconnected")
+
+    async def _record(self, session: Session, status: str) -> None:
         addr = session.listen_addr
-        if addr and self.local is not None and not self._stop.is_set():
-            await self.db(self.repo.upsert_peer, addr, session.peer_id, time.time(), "disconnected")
+        if not addr:
+            return
+        try:
+            await self.db(self.repo.upsert_peer, addr, session.peer_id, time.time(), status)
+        except StorageError as exc:
+            # A busy or failing repo must not stop the node talking to its peers; the next event records.
+            log.warning(
+                "event=peer_not_recorded peer=%s status=%s reason=%r", session.peer_id[:12], status, str(exc)
+            )
 
     async def _maintain(self) -> None:
         """Re-gossip periodically; when alone, go back to the bootstrap nodes and known peers."""

@@ -79,29 +79,48 @@ def key_text(key: bytes) -> str:
 class Repo:
     """The node's metadata repo over one SQLite file. Open with :meth:`Repo.open`; one owning thread."""
 
-    __slots__ = ("_conn", "path")
+    __slots__ = ("_conn", "_readonly", "path")
 
     def __init__(self, conn: apsw.Connection, path: Path) -> None:
+        self._readonly = False
         self._conn: apsw.Connection | None = conn
         self.path = path
 
     # -- life cycle -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = db.BUSY_TIMEOUT_MS) -> Repo:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = db.BUSY_TIMEOUT_MS,
+        readonly: bool = False,
+    ) -> Repo:
         """Open the repo at ``path``, creating the file if missing; quick_check, then migrate to LATEST.
 
-        Raises StorageError if the file is not a sound database or its schema is newer than this code.
+        ``readonly`` opens an existing repo for reading beside a running node: no migration, and no
+        optimize or checkpoint at close, so a reader never takes the write lock the node needs.
+        Raises StorageError if the file is not a sound database or its schema is not this code's.
         """
         p = Path(os.fspath(path))
-        conn = db.open_db(p, busy_timeout_ms=busy_timeout_ms)
+        conn = db.open_db(p, busy_timeout_ms=busy_timeout_ms, readonly=readonly)
         try:
             with db.sql_errors(p):
-                schema.migrate(conn)
+                if readonly:
+                    version = conn.pragma("user_version")
+                    if version != schema.LATEST:
+                        raise StorageError(
+                            f"repo schema version {version} is not {schema.LATEST}: "
+                            f"open it read-write first: {p}"
+                        )
+                else:
+                    schema.migrate(conn)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, p)
+        repo = cls(conn, p)
+        repo._readonly = readonly
+        return repo
 
     def close(self) -> None:
         """TRUNCATE-checkpoint the WAL, then close. Idempotent.
@@ -111,6 +130,10 @@ class Repo:
         """
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if self._readonly:
+            with db.sql_errors(self.path):
+                conn.close()
             return
         try:
             with contextlib.suppress(apsw.Error):

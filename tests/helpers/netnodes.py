@@ -69,11 +69,11 @@ class NodeProc:
 
     def connected(self) -> set[str]:
         """Node ids this node's peers table marks connected (read beside the running node, WAL)."""
-        with Repo.open(self.layout.db) as repo:
+        with Repo.open(self.layout.db, readonly=True) as repo:
             return {r.node_id for r in repo.list_peers() if r.status == "connected" and r.node_id}
 
     def known(self) -> set[str]:
-        with Repo.open(self.layout.db) as repo:
+        with Repo.open(self.layout.db, readonly=True) as repo:
             return {r.node_id for r in repo.list_peers() if r.node_id}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from p2pfast.errors import InternalError, NotFound, StorageError
+from p2pfast.errors import InternalError, NotFound, P2PError, StorageError
 from p2pfast.repo import FileRow, ObjectRow, PeerRow, Repo, ShareRow
 
 
@@ -389,3 +389,24 @@ def test_repr(tmp_path: Path) -> None:
     assert "p2p.db" in repr(repo)
     repo.close()
     assert "closed" in repr(repo)
+
+
+def test_readonly_open_reads_beside_a_writer_and_never_writes(tmp_path: Path) -> None:
+    """`p2pfast peers` and the network tests read the repo of a running node: a read-only open must not
+    migrate, optimize or checkpoint (each takes the write lock the node needs), and cannot write."""
+    path = tmp_path / "p2p.db"
+    writer = Repo.open(path)
+    try:
+        writer.upsert_peer("127.0.0.1:1", "ab" * 32, 1.0, "connected")
+        reader = Repo.open(path, readonly=True)
+        assert [p.address for p in reader.list_peers()] == ["127.0.0.1:1"]
+        wal_before = writer.wal_size()
+        with pytest.raises(P2PError):
+            reader.upsert_peer("127.0.0.1:2", None, 2.0, "known")
+        reader.close()
+        assert writer.wal_size() == wal_before > 0  # the reader's close did not checkpoint
+        writer.upsert_peer("127.0.0.1:3", None, 3.0, "known")  # and left no lock behind
+    finally:
+        writer.close()
+    with pytest.raises(StorageError):
+        Repo.open(tmp_path / "missing.db", readonly=True)
