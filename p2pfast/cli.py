@@ -157,7 +157,10 @@ def net_limits(cfg: Any) -> Any:
         ping_interval=min(15.0, cfg.idle_timeout / 4),
     )
     return NetLimits(
-        max_connections=cfg.max_connections, max_pre_handshake=cfg.max_pre_handshake, proto=proto
+        max_connections=cfg.max_connections,
+        max_pre_handshake=cfg.max_pre_handshake,
+        gossip_interval=cfg.gossip_interval,
+        proto=proto,
     )
 
 

@@ -79,6 +79,7 @@ class Config:
     max_pre_handshake: int = field(default=32, metadata={"parse": _positive_int})
     handshake_timeout: float = field(default=10.0, metadata={"parse": _seconds})
     idle_timeout: float = field(default=60.0, metadata={"parse": _seconds})
+    gossip_interval: float = field(default=30.0, metadata={"parse": _seconds})
     sources: Mapping[str, str] = field(
         default_factory=dict, compare=False
     )  # key -> "flag" | "file:LINE" | "default"

@@ -19,7 +19,7 @@ import orjson
 
 from p2pfast import wire
 from p2pfast.datadir import Layout, LocalNode
-from p2pfast.errors import PeerUnavailable, RemoteProtocolError, StorageError
+from p2pfast.errors import LocalProtocolError, PeerUnavailable, RemoteProtocolError, StorageError
 from p2pfast.identity import Identity
 from p2pfast.net import gossip
 from p2pfast.net.limits import NetLimits
@@ -159,15 +159,28 @@ class Node:
             )
 
     async def _maintain(self) -> None:
-        """Re-gossip periodically; when alone, go back to the bootstrap nodes and known peers."""
+        """Every gossip interval: re-gossip to every peer, and dial the peers of the table (seen within
+        the gossip window) that we are not connected to, so a peer exchange lost in a race heals by
+        itself. When alone, go back to the bootstrap nodes too."""
         while True:
             await asyncio.sleep(self.limits.gossip_interval)
-            for session in list(self.peers.sessions.values()):
-                with contextlib.suppress(Exception):
-                    session.notify(await self._pex_for(session))
-            if not self.peers.sessions:
-                for a in [*self.bootstrap, *await self._known_addrs()]:
+            try:
+                for session in list(self.peers.sessions.values()):
+                    with contextlib.suppress(PeerUnavailable, LocalProtocolError):
+                        session.notify(await self._pex_for(session))
+                rows = await self.db(self.repo.list_peers, time.time() - self.limits.gossip_window)
+                wanted = [
+                    r.address
+                    for r in rows
+                    if r.node_id not in self.peers.sessions and r.node_id != self.node_id
+                ]
+                if not self.peers.sessions:
+                    wanted = [*self.bootstrap, *await self._known_addrs()]
+                for a in wanted:
                     self.peers.dial_soon(a)
+                log.debug("event=gossip peers=%d redial=%d", len(self.peers.sessions), len(wanted))
+            except StorageError as exc:
+                log.warning("event=gossip_skipped reason=%r", str(exc))
 
     # -- requests from peers -------------------------------------------------------------------------
     async def handle(self, session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:

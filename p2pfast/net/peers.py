@@ -195,6 +195,7 @@ class PeerManager:
 
     def dial_soon(self, addr: str) -> None:
         if addr in self._self_addrs or addr in self._queued or addr in self._dialing:
+            log.debug("event=dial_skipped addr=%s why=self_queued_or_dialing", addr)
             return
         if addr in self.connected_addrs():
             return
@@ -210,6 +211,9 @@ class PeerManager:
             self._queued.discard(addr)
             b = self._backoff.get(addr)
             if b is not None and b.not_before > loop.time():
+                log.debug(
+                    "event=dial_skipped addr=%s why=backoff left=%.1fs", addr, b.not_before - loop.time()
+                )
                 continue  # dialled again when it comes up again after its backoff
             if addr in self.connected_addrs() or addr in self._self_addrs:
                 continue
@@ -219,6 +223,7 @@ class PeerManager:
                 await asyncio.sleep(delay)
             next_at = max(loop.time(), next_at) + interval
             await self._dial_slots.acquire()
+            log.debug("event=dialing addr=%s", addr)
             self._dialing.add(addr)
             self._spawn(self._dial(addr))
 

@@ -38,7 +38,12 @@ class NodeProc:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> NodeProc:
         argv = [sys.executable, "-P", "-m", "p2pfast", "serve", "--data-dir", str(self.root)]
-        argv += ["--listen", "127.0.0.1:0", "--log-level", "info", *args]
+        argv += [
+            "--listen",
+            "127.0.0.1:0",
+            *(() if "--log-level" in args else ("--log-level", "info")),
+            *args,
+        ]
         runtime = self.root / "node.json"
         with contextlib.suppress(FileNotFoundError):
             runtime.unlink()
@@ -111,20 +116,20 @@ def running(nodes: Sequence[NodeProc]) -> Iterator[Sequence[NodeProc]]:
 
 
 def diagnose(nodes: Sequence[NodeProc]) -> str:
-    """Who is missing whom, and every log line of the nodes that is not a routine connect."""
+    """Who is missing whom, and the last log lines (not routine connects) of the nodes missing someone."""
     ids = {n.node_id: n.root.name for n in nodes}
-    out = []
+    out, lacking = [], []
     for n in nodes:
         try:
             missing = sorted(ids[i] for i in set(ids) - n.connected() - {n.node_id})
         except Exception as exc:  # the repo of a dead node may be unreadable: say so
             missing = [f"(unreadable: {exc})"]
         if missing:
+            lacking.append(n)
             out.append(f"{n.root.name} ({n.node_id[:12]}) lacks {', '.join(missing)}")
-    for n in nodes:
+    for n in lacking:
         lines = [ln for ln in n.log().splitlines() if "event=peer_connected" not in ln]
-        if lines:
-            out.append(f"--- {n.root.name}\n" + "\n".join(lines[-15:]))
+        out.append(f"--- {n.root.name}\n" + "\n".join(lines[-40:]))
     return "\n".join(out)
 
 
