@@ -136,11 +136,11 @@ class Node:
         return gossip.pex_message(known, self.peers, exclude=session.peer_id)
 
     async def _on_ready(self, session: Session) -> None:
-        try:
-            session.notify(await self._pex_for(session))
-        except PeerUnavailable:
-            return  # gone already
+        # Record first: this task's first repo write then precedes that of a later on_closed task for the
+        # same peer (the DB thread runs them in order), so the table ends with the last word.
         await self._record(session, "connected")
+        with contextlib.suppress(PeerUnavailable, LocalProtocolError):
+            session.notify(await self._pex_for(session))
 
     async def _on_closed(self, session: Session) -> None:
         if self.local is not None and not self._stop.is_set():
@@ -190,7 +190,7 @@ class Node:
         if kind == "pex":
             fresh = gossip.new_peers(msg, self.peers)
             for addr, node_id, seen in fresh:
-                await self.db(self.repo.upsert_peer, addr, node_id, seen, "known")
+                await self.db(self.repo.learn_peer, addr, node_id, seen)
                 self.peers.dial_soon(addr)
             return None
         if kind == "who_has":

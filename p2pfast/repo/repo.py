@@ -349,6 +349,18 @@ class Repo:
                 (address, node_id, last_seen, status),
             )
 
+    def learn_peer(self, address: str, node_id: str, seen: float) -> None:
+        """Record a peer heard of through gossip: a new one is `known`; for one already in the table only
+        the node id and a later last_seen are taken, and the status is never touched (gossip about a
+        peer must not overwrite what our own connection to it says)."""
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, 'known')"
+                " ON CONFLICT (address) DO UPDATE SET node_id = excluded.node_id,"
+                " last_seen = max(last_seen, excluded.last_seen)",
+                (address, node_id, seen),
+            )
+
     def list_peers(self, since: float | None = None) -> list[PeerRow]:
         """Peers seen at or after ``since`` (all if None), newest first (ties by address)."""
         if since is None:

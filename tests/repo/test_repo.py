@@ -410,3 +410,19 @@ def test_readonly_open_reads_beside_a_writer_and_never_writes(tmp_path: Path) ->
         writer.close()
     with pytest.raises(StorageError):
         Repo.open(tmp_path / "missing.db", readonly=True)
+
+
+def test_gossip_never_overwrites_a_peer_status(tmp_path: Path) -> None:
+    """A peer exchange that lands after our own connection to that peer must not mark it `known`."""
+    with Repo.open(tmp_path / "p2p.db") as repo:
+        repo.upsert_peer("127.0.0.1:1", "ab" * 32, 10.0, "connected")
+        repo.learn_peer("127.0.0.1:1", "ab" * 32, 5.0)
+        (row,) = repo.list_peers()
+        assert (row.status, row.last_seen) == ("connected", 10.0)
+        repo.learn_peer("127.0.0.1:1", "ab" * 32, 20.0)
+        assert repo.list_peers()[0].last_seen == 20.0 and repo.list_peers()[0].status == "connected"
+        repo.learn_peer("127.0.0.1:2", "cd" * 32, 7.0)
+        assert {(p.address, p.status) for p in repo.list_peers()} == {
+            ("127.0.0.1:1", "connected"),
+            ("127.0.0.1:2", "known"),
+        }
