@@ -708,3 +708,31 @@ def test_events_are_frozen_and_validated() -> None:
         StreamReset(0, 0)
     with pytest.raises(ValueError):
         WindowUpdated(1, 0)
+
+
+def test_pooled_frame_buffers_are_never_reused_while_handed_out() -> None:
+    """Outgoing frames come from a pool; a buffer the caller still holds (a transport that has not
+    written it yet) must never be written again, and one released is reused."""
+    pair = opened()
+    sid = pair.client.open_stream()
+    first = pair.client.send_data(sid, bytes(range(256)) * 256)  # 64 KiB: a pooled frame
+    held = pair.client.data_to_send()
+    snapshot = [bytes(b) for b in held]
+    pair.server.receive_data(b"".join(snapshot))
+    drain(pair.server, pair.now)
+    pair.server.consumed(sid, first)
+    pair.pump()
+    for _ in range(8):  # many more frames while `held` is alive
+        pair.client.send_data(sid, b"\xff" * 65519)
+        sent = pair.client.data_to_send()
+        pair.server.receive_data(b"".join(bytes(b) for b in sent))
+        for ev in drain(pair.server, pair.now):
+            pair.server.consumed(sid, len(ev.data))
+        pair.pump()
+        del sent
+    assert [bytes(b) for b in held] == snapshot
+    pool_size = len(pair.client._pool)
+    del held
+    pair.client.send_data(sid, b"\x01" * 65519)
+    pair.client.data_to_send()
+    assert len(pair.client._pool) == pool_size  # a released buffer was taken, not a new one
