@@ -73,6 +73,7 @@ class Stream:
                 self._queue.append(bytes(data))
         if end:
             self.eof = True
+            self.session._forget(self)
         self._readable.set()
 
     def _fail(self, exc: BaseException) -> None:
@@ -116,6 +117,8 @@ class Stream:
             s.flush()
             view = view[taken:]
             if not view:
+                if end:
+                    s._forget(self)
                 return
             if s.conn.send_credit(self.sid) == 0:
                 self._credit.clear()
@@ -208,14 +211,13 @@ class Session:
             stream = self._streams[sid] = Stream(self, sid)
         return stream
 
-    def release_stream(self, sid: int) -> None:
-        self._streams.pop(sid, None)
+    def _forget(self, stream: Stream) -> None:
+        """Drop a finished stream (its END_STREAM went out or came in); the caller may still hold it."""
+        if self._streams.get(stream.sid) is stream:
+            del self._streams[stream.sid]
 
     async def wait_writable(self) -> None:
-        while not self._writable.is_set():
-            if self.closed:
-                raise PeerUnavailable(f"connection to {self.peer_id[:12]} closed: {self.close_reason}")
-            await self._writable.wait()
+        await self._writable.wait()  # connection_lost sets it too, so a closed session never blocks here
         self._check_open()
 
     def flush(self) -> None:
@@ -229,11 +231,14 @@ class Session:
             self.proto.close_transport()
 
     # -- from the protocol ---------------------------------------------------------------------------
+    def _gone(self) -> PeerUnavailable:
+        return PeerUnavailable(
+            f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
+        )
+
     def _check_open(self) -> None:
         if self.closed:
-            raise PeerUnavailable(
-                f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
-            )
+            raise self._gone()
 
     def _consumed(self, sid: int, n: int) -> None:
         if not self.closed:
@@ -313,9 +318,7 @@ class Session:
             return
         self.closed = True
         self.close_reason = self.close_reason or reason
-        exc = PeerUnavailable(
-            f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
-        )
+        exc = self._gone()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)

@@ -126,6 +126,8 @@ def test_streams_both_ways_byte_exact(loop_kind: str) -> None:
             await sink_stream.wait_eof()
             assert [r["t"] for r in await replies] == ["ok", "ok"]
             assert bytes(got) == blob and bytes(queued) == blob[: size // 2]
+            # Finished streams are forgotten on both ends: a long-lived session does not pile them up.
+            assert c._streams == {} and _s._streams == {}
         finally:
             await client.close()
             await server.close()
