@@ -31,7 +31,6 @@ from p2pfast.store.objects import ContentStore, ReconcileReport
 
 log = logging.getLogger("p2pfast.datadir")
 
-DEFAULT_DATA_DIR = "~/.p2p"
 LOCK_WAIT_S = 10.0  # a CLI command waits this long for another process to finish with the data dir
 
 

@@ -130,17 +130,22 @@ class Node:
         rows = await self.db(self.repo.list_peers, since)
         return [r.address for r in rows if r.node_id != self.node_id]
 
-    async def _pex_for(self, session: Session) -> dict[str, Any]:
+    async def _recent_peers(self) -> list[tuple[str, str, float]]:
+        """(address, node id, last seen) of the peers seen within the gossip window."""
         rows = await self.db(self.repo.list_peers, time.time() - self.limits.gossip_window)
-        known = [(r.address, r.node_id or "", r.last_seen) for r in rows]
-        return gossip.pex_message(known, self.peers, exclude=session.peer_id)
+        return [(r.address, r.node_id or "", r.last_seen) for r in rows]
 
     async def _on_ready(self, session: Session) -> None:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
         # same peer (the DB thread runs them in order), so the table ends with the last word.
         await self._record(session, "connected")
+        try:
+            known = await self._recent_peers()
+        except StorageError as exc:
+            log.warning("event=gossip_skipped peer=%s reason=%r", session.peer_id[:12], str(exc))
+            return
         with contextlib.suppress(PeerUnavailable, LocalProtocolError):
-            session.notify(await self._pex_for(session))
+            session.notify(gossip.pex_message(known, self.peers, exclude=session.peer_id))
 
     async def _on_closed(self, session: Session) -> None:
         if self.local is not None and not self._stop.is_set():
@@ -165,15 +170,11 @@ class Node:
         while True:
             await asyncio.sleep(self.limits.gossip_interval)
             try:
+                known = await self._recent_peers()  # one query a round, not one per peer
                 for session in list(self.peers.sessions.values()):
                     with contextlib.suppress(PeerUnavailable, LocalProtocolError):
-                        session.notify(await self._pex_for(session))
-                rows = await self.db(self.repo.list_peers, time.time() - self.limits.gossip_window)
-                wanted = [
-                    r.address
-                    for r in rows
-                    if r.node_id not in self.peers.sessions and r.node_id != self.node_id
-                ]
+                        session.notify(gossip.pex_message(known, self.peers, exclude=session.peer_id))
+                wanted = [a for a, nid, _ in known if nid not in self.peers.sessions and nid != self.node_id]
                 if not self.peers.sessions:
                     wanted = [*self.bootstrap, *await self._known_addrs()]
                 for a in wanted:

@@ -40,10 +40,6 @@ def _on_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     )
 
 
-def loop_name() -> str:
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
-
 def install_signals(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     seen = {"n": 0}

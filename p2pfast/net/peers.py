@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -74,7 +73,6 @@ class PeerManager:
         self._self_addrs: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._dial_slots = asyncio.Semaphore(limits.max_dials_in_flight)
-        self._ready_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def listen(self, addr: str) -> str:
@@ -175,7 +173,6 @@ class PeerManager:
             "event=peer_connected peer=%s addr=%s initiator=%s", session.peer_id[:12], addr, session.initiator
         )
         self._spawn(self.events.on_ready(session))
-        self._notify_waiters()
 
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.peer_id) is session:
@@ -249,30 +246,3 @@ class PeerManager:
             delay = self.limits.backoff_min if b is None else min(b.delay * 2, self.limits.backoff_max)
             self._backoff[addr] = _Backoff(delay, loop.time() + delay)
             log.info("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
-
-    def backoff_remaining(self, addr: str) -> float:
-        b = self._backoff.get(addr)
-        return 0.0 if b is None else max(0.0, b.not_before - asyncio.get_running_loop().time())
-
-    # -- waiting -------------------------------------------------------------------------------------
-    def _notify_waiters(self) -> None:
-        for n, fut in self._ready_waiters:
-            if len(self.sessions) >= n and not fut.done():
-                fut.set_result(None)
-        self._ready_waiters = [(n, f) for n, f in self._ready_waiters if not f.done()]
-
-    async def wait_for_peers(self, n: int, timeout: float) -> bool:
-        """True once at least n peers are connected; False if timeout passes first."""
-        if len(self.sessions) >= n:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._ready_waiters.append((n, fut))
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
-
-
-def now() -> float:
-    return time.time()

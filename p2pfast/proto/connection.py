@@ -3,9 +3,10 @@
 Receiving: `get_buffer()` + `buffer_updated(n)` (asyncio.BufferedProtocol, no copy) or `receive_data(b)`
 (`b""` is EOF); then `next_event(now)` until it returns `NEED_DATA`. Sending: `send_control`,
 `open_stream`, `send_data`, `consumed`, `reset_stream`, `close` queue frames; `data_to_send()` drains
-them, one fresh bytearray per frame (header + ciphertext), so the caller may hand them to
-`transport.writelines` and nothing here ever writes to them again. Time: `get_timer()` is the deadline for
-the next `handle_timer(now)`; `now` is monotonic seconds, never read from a clock here.
+them, one buffer per frame (header + ciphertext), so the caller may hand them to `transport.writelines`:
+nothing here writes to a buffer again while any view of it is alive (`_frame_buffer`). Time:
+`get_timer()` is the deadline for the next `handle_timer(now)`; `now` is monotonic seconds, never read
+from a clock here.
 
 Protocol (docs/protocol.md has the long form):
 
@@ -622,7 +623,8 @@ class Connection:
         self._pending = None
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
-        """Drain the queued frames (one buffer each, never touched again here); works in every state."""
+        """Drain the queued frames (one buffer each, not written again while the caller holds it); works in
+        every state."""
         out = self._out
         if not out:
             return []

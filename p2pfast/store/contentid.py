@@ -12,18 +12,16 @@ names the scheme so the format can evolve.
 
 from __future__ import annotations
 
-import re
 import struct
 
 import blake3
 
-from p2pfast.errors import BadInput, IntegrityError
+from p2pfast.errors import IntegrityError
 
 SCHEME = "b3"
 PREFIX = SCHEME + ":"
 DIGEST_SIZE = 32
 ROOT_LABEL = b"p2pfast cid v1\x00"
-CID_RE = re.compile(r"b3:[0-9a-f]{64}")
 
 
 def leaf(segment: bytes | bytearray | memoryview) -> bytes:
@@ -37,9 +35,3 @@ def root(total_length: int, leaves: bytes | bytearray | memoryview) -> str:
     h.update(struct.pack(">Q", total_length))
     h.update(leaves)
     return PREFIX + h.hexdigest()
-
-
-def check(cid: str) -> str:
-    if not CID_RE.fullmatch(cid):
-        raise BadInput(f"not a content id: {cid!r} (expected b3: and 64 hex digits)")
-    return cid

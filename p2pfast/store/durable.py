@@ -117,15 +117,19 @@ class DurableFile:
         self.abort()
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """os.write until every byte is written (a short write is not an error; an OSError is)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_file_durably(
     tmp_dir: Path, final: Path, data: bytes, mode: int = 0o600, exclusive: bool = False
 ) -> None:
     with DurableFile(tmp_dir, mode=mode) as f:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(f.fd, view)
-            except OSError as exc:
-                raise os_error(exc, f"cannot write {final}") from exc
-            view = view[n:]
+        try:
+            write_all(f.fd, data)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write {final}") from exc
         f.commit(final, exclusive=exclusive)

@@ -25,7 +25,7 @@ from p2pfast.pump import Pump
 from p2pfast.repo.repo import ObjectRow, Repo
 from p2pfast.shard import shard_path
 from p2pfast.store import contentid, segments
-from p2pfast.store.durable import TMP_SUFFIX, DurableFile, fsync_dir, make_dirs, os_error
+from p2pfast.store.durable import TMP_SUFFIX, DurableFile, fsync_dir, make_dirs, os_error, write_all
 from p2pfast.store.keys import KeyRing
 
 MAX_KEY_BYTES = 1024
@@ -146,7 +146,7 @@ class ContentStore:
                 index = aead.encrypt(
                     segments.index_nonce(prefix), bytes(leaves), final_header.pack() + cid.encode()
                 )
-                _write_all(tmp.fd, index)
+                write_all(tmp.fd, index)
                 if expected != length:  # the source changed size while we read it
                     os.ftruncate(tmp.fd, segments.file_size(length, seg))
                 os.pwrite(tmp.fd, final_header.pack(), 0)
@@ -442,11 +442,11 @@ class _Sealer:
             self.drain()  # writes go to the file in order: the previous segment's first
             self.leaves.extend(contentid.leaf(view))
             self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
-            _write_all(self.fd, out)
+            write_all(self.fd, out)
             return
         leaf = self.hash_pool.submit(contentid.leaf, view)
         self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
-        self.writes[slot] = self.write_pool.submit(_write_all, self.fd, out)
+        self.writes[slot] = self.write_pool.submit(write_all, self.fd, out)
         self.leaves.extend(leaf.result())
 
     def drain(self) -> None:
@@ -480,12 +480,6 @@ def _remaining(fd: int) -> int | None:
     except OSError:
         return None
     return max(0, st.st_size - pos)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 __all__ = ["ContentStore", "PutResult", "ReconcileReport", "StorageError", "encode_key", "show_key"]

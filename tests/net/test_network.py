@@ -19,6 +19,17 @@ def _full_mesh(nodes: list[NodeProc]) -> bool:
     return all(n.connected() >= ids - {n.node_id} for n in nodes)
 
 
+def _start_from_bootstrap(
+    nodes: list[NodeProc], *opts: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> float:
+    """Start nodes[0], then the rest with it as bootstrap; wait for full membership. Returns the time
+    that took after the last node started."""
+    boot = nodes[0].start(*opts, env=env)
+    for n in nodes[1:]:
+        n.start("--bootstrap", boot.listen, *opts, env=env)
+    return wait_until(lambda: _full_mesh(nodes), timeout, f"{len(nodes)}-node full membership", nodes)
+
+
 @pytest.mark.parametrize("count", [3, 20])
 def test_network_converges_from_one_bootstrap(
     tmp_path: Path, count: int, report_figure: Callable[[str], None]
@@ -30,10 +41,7 @@ def test_network_converges_from_one_bootstrap(
     cfg.write_text("gossip_interval=5\n")
     opts = ("--config", str(cfg), "--log-level", "debug")
     with running(nodes):
-        boot = nodes[0].start(*opts)
-        for n in nodes[1:]:
-            n.start("--bootstrap", boot.listen, *opts)
-        took = wait_until(lambda: _full_mesh(nodes), 30 + count * 3, f"{count}-node full membership", nodes)
+        took = _start_from_bootstrap(nodes, *opts, timeout=30 + count * 3)
         report_figure(f"{count}-node network converged to full membership in {took:.2f} s")
         for n in nodes:
             assert n.stop() == 0
@@ -50,10 +58,7 @@ def test_network_on_plain_asyncio(tmp_path: Path, loop: str) -> None:
         env["PYTHONASYNCIODEBUG"] = "1"
     nodes = make_nodes(tmp_path, 3)
     with running(nodes):
-        boot = nodes[0].start(env=env)
-        for n in nodes[1:]:
-            n.start("--bootstrap", boot.listen, env=env)
-        wait_until(lambda: _full_mesh(nodes), 30, "3-node membership on asyncio", nodes)
+        _start_from_bootstrap(nodes, env=env)
         for n in nodes:
             assert n.stop() == 0
     for n in nodes:
@@ -79,10 +84,7 @@ def test_wrong_network_key_gets_nowhere(tmp_path: Path) -> None:
 def test_restart_rejoins_from_its_peers_table(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, 3)
     with running(nodes):
-        boot = nodes[0].start()
-        for n in nodes[1:]:
-            n.start("--bootstrap", boot.listen)
-        wait_until(lambda: _full_mesh(nodes), 30, "3-node membership", nodes)
+        _start_from_bootstrap(nodes)
         assert nodes[2].stop() == 0
         # Restarted without --bootstrap: it knows its peers from its own table.
         nodes[2].start()
@@ -92,9 +94,8 @@ def test_restart_rejoins_from_its_peers_table(tmp_path: Path) -> None:
 def test_sigterm_exits_cleanly_and_marks_peers(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, 2)
     with running(nodes):
-        a = nodes[0].start()
-        b = nodes[1].start("--bootstrap", a.listen)
-        wait_until(lambda: _full_mesh(nodes), 20, "2-node membership", nodes)
+        _start_from_bootstrap(nodes)
+        a, b = nodes
         t0 = time.monotonic()
         assert b.stop() == 0
         assert time.monotonic() - t0 < 10
@@ -167,10 +168,7 @@ def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
 
     nodes = make_nodes(tmp_path, 3)
     with running(nodes):
-        boot = nodes[0].start()
-        for n in nodes[1:]:
-            n.start("--bootstrap", boot.listen)
-        wait_until(lambda: _full_mesh(nodes), 30, "3-node membership", nodes)
+        _start_from_bootstrap(nodes)
         live = orjson.loads(cli("peers", "--json"))  # beside the running node
         assert {p["id"] for p in live if p["status"] == "connected"} == {nodes[1].node_id, nodes[2].node_id}
         assert "ADDRESS" in cli("peers")
