@@ -68,8 +68,10 @@ def _manager(handler: Any, ready: Any = None) -> PeerManager:
 async def session_server() -> None:
     done = asyncio.Event()
     payload = memoryview(bytes(CHUNK))
+    served: list[Session] = []
 
     async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        served.append(session)
         stream = session.stream(msg["sid"])
         left = msg["length"]
         while left > 0:
@@ -84,7 +86,8 @@ async def session_server() -> None:
     addr = await mgr.listen("127.0.0.1:0")
     print("PORT", addr.rsplit(":", 1)[1], flush=True)
     await done.wait()
-    await asyncio.sleep(0.5)  # let the reply and the end of the stream drain before closing
+    # The client closes once it has the whole stream and the reply: close only after that.
+    await asyncio.wait_for(served[0].closed_event.wait(), 60)
     await mgr.close()
     _report({})
 

@@ -159,10 +159,16 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
                 for st in opened
             ]
             await started.wait()
-            for _ in range(100):  # let the transfer run until credit stops it: bounded
-                await asyncio.sleep(0.01)
-            held = sum(len(chunk) for st in opened for chunk in st._queue)
-            assert held == streams * window, held
+
+            def held() -> int:
+                return sum(len(chunk) for st in opened for chunk in st._queue)
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while held() < streams * window and loop.time() < deadline:
+                await asyncio.sleep(0.01)  # polling our own queues, bounded by the deadline
+            # Exactly one window per stream: the peer had more to send and no credit for it.
+            assert held() == streams * window, held()
             total = 0
             for st in opened:
                 while chunk := await st.read():
@@ -177,15 +183,18 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
 
 
 def test_peer_going_away_fails_pending_work() -> None:
+    serving = asyncio.Event()
+
     async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
-        await asyncio.sleep(3600)  # never answers
+        serving.set()
+        await asyncio.Event().wait()  # never answers
         return None
 
     async def main() -> None:
         server, client, _s, c = await connected_pair(handler)
         try:
             req = asyncio.ensure_future(c.request({"t": "ping"}))
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(serving.wait(), 10)  # the request is in the server's hands
             await server.close()
             with pytest.raises(PeerUnavailable):
                 await asyncio.wait_for(req, 10)
