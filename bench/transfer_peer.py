@@ -5,8 +5,10 @@
     transfer_peer.py raw-server          plain uvloop TCP: send SIZE bytes to whoever connects
     transfer_peer.py raw-client PORT SIZE
 
-Servers print "PORT <n>" when listening; clients print one JSON line {"bytes", "seconds", "maxrss_mib"};
-servers print the same kind of line (their peak RSS) after their one transfer, then exit.
+Servers print "PORT <n>" when listening; clients print one JSON line {"bytes", "seconds", "maxrss_mib",
+"cpu_s", "xfer_cpu_s"}; servers print the same kind of line (their peak RSS) after their one transfer, then
+exit. `xfer_cpu_s` is the CPU time (user + system) the process spent from the start to the end of the
+transfer, without interpreter start-up and imports.
 Both session sides share the network key passed in P2PFAST_BENCH_NETKEY (hex).
 """
 
@@ -40,9 +42,10 @@ def _rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _report(fields: dict[str, Any]) -> None:
-    """One JSON line: the figures, this process's peak RSS and CPU seconds."""
-    print(orjson.dumps({**fields, "maxrss_mib": _rss(), "cpu_s": _cpu()}).decode(), flush=True)
+def _report(fields: dict[str, Any], xfer_cpu: float) -> None:
+    """One JSON line: the figures, this process's peak RSS and CPU seconds (all, and the transfer's)."""
+    line = {**fields, "maxrss_mib": _rss(), "cpu_s": _cpu(), "xfer_cpu_s": xfer_cpu}
+    print(orjson.dumps(line).decode(), flush=True)
 
 
 def _manager(handler: Any, ready: Any = None) -> PeerManager:
@@ -69,9 +72,11 @@ async def session_server() -> None:
     done = asyncio.Event()
     payload = memoryview(bytes(CHUNK))
     served: list[Session] = []
+    cpu: list[float] = []
 
     async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
         served.append(session)
+        cpu.append(_cpu())
         stream = session.stream(msg["sid"])
         left = msg["length"]
         while left > 0:
@@ -79,6 +84,7 @@ async def session_server() -> None:
             await stream.write(payload[:n])
             left -= n
         await stream.write_eof()
+        cpu.append(_cpu())
         done.set()
         return {"t": "ok"}
 
@@ -89,7 +95,7 @@ async def session_server() -> None:
     # The client closes once it has the whole stream and the reply: close only after that.
     await asyncio.wait_for(served[0].closed_event.wait(), 60)
     await mgr.close()
-    _report({})
+    _report({}, cpu[1] - cpu[0])
 
 
 async def session_client(port: int, size: int) -> None:
@@ -110,7 +116,7 @@ async def session_client(port: int, size: int) -> None:
 
     stream = session.open_stream()
     stream.set_sink(sink)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     reply = asyncio.ensure_future(
         session.request(
             {"t": "get", "cid": "b3:" + "0" * 64, "offset": 0, "length": size, "sid": stream.sid}, timeout=600
@@ -121,10 +127,10 @@ async def session_client(port: int, size: int) -> None:
     if reply.done() and reply.exception():
         raise reply.exception()  # type: ignore[misc]
     await eof
-    dt = time.perf_counter() - t0
+    dt, cpu1 = time.perf_counter() - t0, _cpu()
     await reply
     await mgr.close()
-    _report({"bytes": got, "seconds": dt})
+    _report({"bytes": got, "seconds": dt}, cpu1 - cpu0)
 
 
 class _RawSender(asyncio.Protocol):
@@ -134,6 +140,7 @@ class _RawSender(asyncio.Protocol):
         self.can_write.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.cpu0 = _cpu()
         self.transport = cast(asyncio.Transport, transport)
         asyncio.get_running_loop().create_task(self._send())
 
@@ -146,6 +153,7 @@ class _RawSender(asyncio.Protocol):
             self.transport.write(payload[:n])
             left -= n
         self.transport.close()
+        self.cpu = _cpu() - self.cpu0
         self.done.set()
 
     def pause_writing(self) -> None:
@@ -174,21 +182,27 @@ class _RawReceiver(asyncio.BufferedProtocol):
 
 async def raw_server(size: int) -> None:
     done = asyncio.Event()
-    server = await asyncio.get_running_loop().create_server(lambda: _RawSender(size, done), "127.0.0.1", 0)
+    senders: list[_RawSender] = []
+
+    def factory() -> _RawSender:
+        senders.append(_RawSender(size, done))
+        return senders[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
     print("PORT", server.sockets[0].getsockname()[1], flush=True)
     await done.wait()
     server.close()
-    _report({})
+    _report({}, senders[0].cpu)
 
 
 async def raw_client(port: int) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu()
     await loop.create_connection(lambda: _RawReceiver(done), "127.0.0.1", port)
     got = await done
     dt = time.perf_counter() - t0
-    _report({"bytes": got, "seconds": dt})
+    _report({"bytes": got, "seconds": dt}, _cpu() - cpu0)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ next_frame() -> Frame | None out.
   payload (BAD_VERSION, UNKNOWN_TYPE, BAD_FLAGS, FRAME_TOO_LARGE), and any error poisons the parser:
   next_frame/feed/buffer_updated/feed_eof raise it again. get_buffer never raises and never lends an
   empty view. Only RemoteProtocolError comes out for any input bytes; TypeError/ValueError mean a caller bug.
-* One bytearray of capacity max(2 * (12 + max_payload), 64 KiB), allocated in __init__, never resized;
+* One bytearray of capacity max(4 * (12 + max_payload), 64 KiB), allocated in __init__, never resized;
   unread bytes are [start, end) and are moved to the front (memmove) only when the free tail cannot take
   the frame at the head.
 * Frame.payload is a read-only memoryview slice of that buffer, BORROWED until the next call to
@@ -200,7 +200,7 @@ cdef class FrameParser:
         if mp < 1 or mp > MAX_PARSER_PAYLOAD_C:
             raise ValueError(f"max_payload {max_payload} is not in 1..{MAX_PARSER_PAYLOAD_C}")
         self._max_payload = mp
-        self._cap = max(2 * (WIRE_HEADER_SIZE + mp), <Py_ssize_t>MIN_CAPACITY_C)
+        self._cap = max(4 * (WIRE_HEADER_SIZE + mp), <Py_ssize_t>MIN_CAPACITY_C)
         self._buf = bytearray(self._cap)
         self._view = memoryview(self._buf)
         self._roview = self._view.toreadonly()

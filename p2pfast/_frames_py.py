@@ -14,7 +14,7 @@ copy) or `feed(data)` (one copy); frames come out of `next_frame()`, which retur
   Wrong argument types are a TypeError, and buffer_updated(n) with n outside what the last get_buffer()
   lent is a ValueError: those are bugs in the caller, not in the peer.
 
-Buffer and bounds: one bytearray of capacity max(2 * (12 + max_payload), 64 KiB), allocated in __init__ and
+Buffer and bounds: one bytearray of capacity max(4 * (12 + max_payload), 64 KiB), allocated in __init__ and
 never resized. Unread bytes live in [start, end). Compaction moves them to the front (one memmove) only
 when the free tail cannot take the frame at the head (or is empty); it never reallocates.
 
@@ -192,7 +192,7 @@ class FrameParser:
         if not 1 <= max_payload <= MAX_PARSER_PAYLOAD:
             raise ValueError(f"max_payload {max_payload} is not in 1..{MAX_PARSER_PAYLOAD}")
         self._max_payload = max_payload
-        self._cap = max(2 * (HEADER_SIZE + max_payload), MIN_CAPACITY)
+        self._cap = max(4 * (HEADER_SIZE + max_payload), MIN_CAPACITY)
         self._buf = bytearray(self._cap)
         self._view = memoryview(self._buf)  # writable, lent by get_buffer()
         self._roview = self._view.toreadonly()  # sliced for payloads

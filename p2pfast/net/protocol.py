@@ -18,7 +18,7 @@ from p2pfast.errors import ProtocolError
 from p2pfast.net import limits
 from p2pfast.net.session import Handler, Session
 from p2pfast.proto.connection import Connection, Role
-from p2pfast.proto.events import NEED_DATA, ConnectionClosed, HandshakeComplete
+from p2pfast.proto.events import NEED_DATA, ConnectionClosed, DataReceived, HandshakeComplete
 
 log = logging.getLogger("p2pfast.net")
 
@@ -108,17 +108,22 @@ class PeerProtocol(asyncio.BufferedProtocol):
     def _process(self) -> None:
         if self._closing:
             return
+        conn, session = self.conn, self.session
+        now = self.loop.time()  # one clock read per batch of frames: the idle timer needs no finer
         try:
             while True:
-                event = self.conn.next_event(self.loop.time())
+                event = conn.next_event(now)
+                if type(event) is DataReceived:  # the bulk path: once per 64 KiB
+                    session.on_data(event)
+                    continue
                 if event is NEED_DATA:
                     break
-                self.session.handle(event)
+                session.handle(event)
                 if isinstance(event, HandshakeComplete):
-                    self._on_ready(self.session)
+                    self._on_ready(session)
                 elif isinstance(event, ConnectionClosed):
                     # A goodbye or an EOF after a finished exchange is not an error.
-                    log.debug("event=peer_closed peer=%s reason=%r", self.session.peer_id[:12], event.reason)
+                    log.debug("event=peer_closed peer=%s reason=%r", session.peer_id[:12], event.reason)
                     self.close_transport()
                     return
         except ProtocolError as exc:

@@ -254,9 +254,16 @@ class Session:
     def resume_writing(self) -> None:
         self._writable.set()
 
+    def on_data(self, event: ev.DataReceived) -> None:
+        sid = event.stream_id
+        stream = self._streams.get(sid)
+        if stream is None:
+            stream = self._streams[sid] = Stream(self, sid)
+        stream._deliver(event.data, event.end_stream)
+
     def handle(self, event: object) -> None:
         if isinstance(event, ev.DataReceived):
-            self.stream(event.stream_id)._deliver(event.data, event.end_stream)
+            self.on_data(event)
         elif isinstance(event, ev.ControlReceived):
             msg = event.message
             if "re" in msg:

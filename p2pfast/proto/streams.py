@@ -213,33 +213,44 @@ class StreamTable:
 
     # -- frames from the peer (RemoteProtocolError on faults) ------------------------------------------------
 
-    def recv_data(self, stream_id: int, nbytes: int, end: bool) -> tuple[RecvVerdict, Stream | None]:
-        """Account for a DATA frame: ("deliver", stream), ("drop", None) or ("refuse", None)."""
+    def recv_data(self, stream_id: int, nbytes: int, end: bool) -> RecvVerdict:
+        """Account for a DATA frame: "deliver" it, "drop" it quietly, or "refuse" its stream (RESET)."""
         stream = self.streams.get(stream_id)
+        if stream is not None and not end and stream.state is StreamState.RECEIVING:
+            # the bulk path (RECEIVING + RECV_DATA stays RECEIVING): once per 64 KiB received
+            if nbytes > stream.recv_credit:
+                raise self._over_credit(stream, nbytes)
+            stream.recv_credit -= nbytes
+            stream.recv_unconsumed += nbytes
+            return "deliver"
         if stream is None:
             gone = self._closed.get(stream_id)
             if gone is not None:
                 if gone:
-                    return "drop", None
+                    return "drop"
                 raise _remote(f"DATA on closed stream {stream_id}")
             if self.is_local(stream_id):
                 what = "closed" if stream_id < self.next_local else "not open"
                 raise _remote(f"DATA on stream {stream_id}, which is {what}")
             if self._counts[stream_id & 1] >= self.max_streams:
                 self._remember(stream_id, True)
-                return "refuse", None
+                return "refuse"
             stream = self._add(stream_id)
         if nbytes > stream.recv_credit:
-            raise _remote(
-                f"DATA of {nbytes} bytes on stream {stream_id} exceeds its credit of {stream.recv_credit}",
-                _ErrorCode.FLOW_CONTROL,
-            )
+            raise self._over_credit(stream, nbytes)
         self._move(stream, _E.RECV_END if end else _E.RECV_DATA, remote=True)
         stream.recv_credit -= nbytes
         stream.recv_unconsumed += nbytes
         if end:
             self._close(stream, reset_by_us=False)
-        return "deliver", stream
+        return "deliver"
+
+    @staticmethod
+    def _over_credit(stream: Stream, nbytes: int) -> errors.RemoteProtocolError:
+        return _remote(
+            f"DATA of {nbytes} bytes on stream {stream.id} exceeds its credit of {stream.recv_credit}",
+            _ErrorCode.FLOW_CONTROL,
+        )
 
     def recv_window(self, stream_id: int, increment: int) -> bool:
         """Account for a WINDOW frame; True when our credit grew (False: a late frame, dropped)."""
