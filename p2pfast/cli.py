@@ -122,7 +122,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pfast import identity, runtime
+    from p2pfast import commands, ctl, identity, runtime
     from p2pfast.datadir import init
     from p2pfast.node import Node
 
@@ -136,9 +136,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ident = identity.load(layout.node_key, layout.network_key)
 
     async def main() -> None:
-        node = Node(layout, ident, listen=cfg.listen, bootstrap=tuple(bootstrap), limits=net_limits(cfg))
+        node = Node(
+            layout,
+            ident,
+            listen=cfg.listen,
+            bootstrap=tuple(bootstrap),
+            limits=net_limits(cfg),
+            replicas=cfg.replicas,
+            tombstone_grace=cfg.tombstone_grace,
+            max_object=cfg.max_object,
+        )
         runtime.install_signals(node.stop)
-        await node.run()
+
+        async def handle(request: dict[str, Any], fds: list[int], progress: Any) -> dict[str, Any]:
+            return await commands.execute(node, request, fds, progress)
+
+        server = ctl.CtlServer(layout.root / ctl.SOCKET_NAME, handle)
+        try:
+            await node.start()
+            await server.start()  # after the repo is open and the node listens: commands can run
+            await node.wait_stopped()
+        finally:
+            await server.close()
+            await node.close()
 
     runtime.run(main())
     return 0
@@ -222,65 +242,144 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def _network(
+    args: argparse.Namespace, request: dict[str, Any], fds: Sequence[int], total: int | None, desc: str
+) -> dict[str, Any]:
+    """Run a network command: through the daemon serving this data dir if one runs, else in a node
+    started for this command alone (it dials out, waits until its peer table settles, does the work)."""
+    from p2pfast import ctl
+
+    sock = _layout(args).root / ctl.SOCKET_NAME
+    with _progress(total, desc) as bar:
+        shown = 0
+
+        def on_progress(p: dict[str, Any]) -> None:
+            nonlocal shown
+            done = p.get("done")
+            if bar is not None and type(done) is int and done > shown:
+                bar(done - shown)
+                shown = done
+
+        if ctl.running(sock):
+            return ctl.call(sock, request, fds, on_progress=on_progress)
+        return _embedded(args, request, list(fds), on_progress)
+
+
+def _embedded(
+    args: argparse.Namespace, request: dict[str, Any], fds: list[int], on_progress: Callable[[Any], None]
+) -> dict[str, Any]:
+    from p2pfast import commands, identity, runtime, selftest
+    from p2pfast.node import Node
+
+    selftest.run()
+    cfg = args.config_obj
+    layout = _layout(args)
+    ident = identity.load(layout.node_key, layout.network_key)
+
+    async def main() -> dict[str, Any]:
+        node = Node(
+            layout,
+            ident,
+            listen=None,
+            bootstrap=cfg.bootstrap,
+            limits=net_limits(cfg),
+            replicas=cfg.replicas,
+            tombstone_grace=cfg.tombstone_grace,
+            max_object=cfg.max_object,
+        )
+        try:
+            await node.start()
+            await node.wait_settled(cfg.connect_timeout)
+            return await commands.execute(node, request, fds, on_progress)
+        finally:
+            await node.close()
+
+    return runtime.run(main())
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from p2pfast.errors import BadInput
-    from p2pfast.store.objects import show_key
 
-    with _node(args) as node:
-        if args.file == "-":
-            with _progress(None, "store") as progress:
-                result = node.store.put_fd(args.key, sys.stdin.fileno(), progress)
-        else:
-            path = Path(args.file)
-            try:
-                size = path.stat().st_size
-            except OSError as exc:
-                raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
-            with _progress(size, "store") as progress:
-                result = node.store.put_path(args.key, path, progress)
-    if args.json:
-        _print_json(
-            {
-                "key": show_key(result.key),
-                "cid": result.cid,
-                "size": result.size,
-                "deduplicated": result.deduplicated,
-            }
-        )
+    if args.file == "-":
+        fd, size, close = sys.stdin.fileno(), None, False
     else:
-        dedup = "  (deduplicated)" if result.deduplicated else ""
-        print(f"stored {show_key(result.key)}  {human(result.size)}  {result.cid[:15]}…{dedup}")
+        path = Path(args.file)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BadInput(f"cannot read {path}: {exc.strerror}") from exc
+        close = True
+        st = os.fstat(fd)
+        if os.path.isdir(path):
+            os.close(fd)
+            raise BadInput(f"cannot store {path}: it is a directory")
+        size = st.st_size
+    try:
+        r = _network(args, {"cmd": "store", "key": args.key, "size": size}, [fd], size, "store")
+    finally:
+        if close:
+            os.close(fd)
+    if args.json:
+        _print_json(r)
+        return 0
+    dedup = "  (deduplicated)" if r["deduplicated"] else ""
+    where = f"on {len(r['replicas'])}/{r['targets']} peers" if r["targets"] else "on no peer (none connected)"
+    print(f"stored {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {where}{dedup}")
+    for peer, why in sorted(r["failed"].items()):
+        print(f"  not on {peer[:16]}: {why}", file=sys.stderr)
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from p2pfast.store.durable import DurableFile
 
-    with _node(args) as node:
-        _, _, size = node.store.stat(args.key)
-        with _progress(size, "get") as progress:
-            if args.output is None or args.output == "-":
-                sys.stdout.flush()
-                node.store.read(args.key, sys.stdout.fileno(), progress=progress)
-                return 0
-            out = Path(args.output)
-            # The output appears only once it is complete and verified; a failure leaves nothing.
-            with DurableFile(out.parent, mode=0o644, prefix=f".{out.name}.") as f:
-                node.store.read(args.key, f.fd, progress=progress)
-                f.commit(out)
+    request = {"cmd": "get", "key": args.key}
+    if args.output is None or args.output == "-":
+        sys.stdout.flush()
+        r = _network(args, request, [sys.stdout.fileno()], None, "get")
+    else:
+        out = Path(args.output)
+        # The output appears only once it is complete and verified; a failure leaves nothing.
+        with DurableFile(out.parent, mode=0o644, prefix=f".{out.name}.") as f:
+            r = _network(args, request, [f.fd], None, "get")
+            f.commit(out)
+    if args.output in (None, "-"):
+        return 0  # stdout carries the data: nothing else goes there
+    if args.json:
+        _print_json(r)
+    else:
+        source = "local" if r["source"] == "local" else f"from {r['source'][:16]}"
+        print(f"got {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from p2pfast.store.objects import encode_key, show_key
-
-    key = show_key(encode_key(args.key))
-    with _node(args) as node:
-        cid, orphaned = node.store.delete(args.key)
+    r = _network(args, {"cmd": "delete", "key": args.key}, [], None, "delete")
     if args.json:
-        _print_json({"key": key, "cid": cid, "object_removed": orphaned})
+        _print_json(r)
     else:
-        print(f"deleted {key}" + ("" if orphaned else "  (object kept: other keys refer to it)"))
+        here = "here and " if r["local"] else ""
+        kept = "  (object kept: other keys refer to it)" if r["local"] and not r["object_removed"] else ""
+        n = len(r["peers"])
+        print(f"deleted {r['key']}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
+    return 0
+
+
+def cmd_shares(args: argparse.Namespace) -> int:
+    import datetime
+
+    with _open_repo(args) as repo:
+        rows = repo.list_shares()
+    if args.json:
+        _print_json([{"cid": r.cid, "peer": r.peer, "acked_at": r.acked_at} for r in rows])
+        return 0
+    table = [("CONTENT ID", "PEER", "ACKNOWLEDGED")]
+    for r in rows:
+        acked = datetime.datetime.fromtimestamp(r.acked_at).strftime("%Y-%m-%d %H:%M:%S")
+        table.append((r.cid[:15] + "…", r.peer[:16], acked))
+    _print_table(table)
+    if not rows:
+        print("(no shares)")
     return 0
 
 
@@ -380,11 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
     s.add_argument("key")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
     s.set_defaults(func=cmd_get)
     s = sub.add_parser("delete", parents=[common], help="delete KEY")
     s.add_argument("key")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_delete)
+    s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_shares)
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_files)

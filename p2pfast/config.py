@@ -55,6 +55,26 @@ def _seconds(v: str) -> float:
     return n
 
 
+def _replicas(v: str) -> int | None:
+    if v.strip().lower() in ("all", ""):
+        return None
+    return _positive_int(v)
+
+
+def _size(v: str) -> int | None:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = v.strip().lower().removesuffix("ib").removesuffix("b")
+    if t in ("", "none", "unlimited"):
+        return None
+    num = t.rstrip("kmgt")
+    if t[len(num) :] not in units:
+        raise ValueError(f"expected a size like 512M or 2G, got {v!r}")
+    n = int(float(num) * units[t[len(num) :]])
+    if n <= 0:
+        raise ValueError(f"expected a positive size, got {v!r}")
+    return n
+
+
 def _max_frame(v: str) -> int:
     n = _positive_int(v)
     if not 1024 <= n <= 65535:
@@ -80,6 +100,14 @@ class Config:
     handshake_timeout: float = field(default=10.0, metadata={"parse": _seconds})
     idle_timeout: float = field(default=60.0, metadata={"parse": _seconds})
     gossip_interval: float = field(default=30.0, metadata={"parse": _seconds})
+    # replication: copies a store places (all = every connected peer, as the original system does)
+    replicas: int | None = field(default=None, metadata={"parse": _replicas})
+    # largest object this node accepts from a peer (none = only free space limits it)
+    max_object: int | None = field(default=None, metadata={"parse": _size})
+    # how long a delete is remembered, so a peer that was offline cannot bring the file back
+    tombstone_grace: float = field(default=7 * 86400.0, metadata={"parse": _seconds})
+    # how long a CLI command with no daemon waits for its embedded node to find its peers
+    connect_timeout: float = field(default=5.0, metadata={"parse": _seconds})
     sources: Mapping[str, str] = field(
         default_factory=dict, compare=False
     )  # key -> "flag" | "file:LINE" | "default"

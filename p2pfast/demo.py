@@ -1,27 +1,29 @@
-"""`p2pfast demo`: the main job end to end in a temporary data dir, each step timed.
-
-init a node, store a generated file, list it, read it back and verify it byte for byte (by BLAKE3 of
-both files), delete it and check that nothing is left. The temporary directory is removed at the end,
-also on Ctrl-C, unless --keep.
+"""`p2pfast demo`: the main job end to end, each step timed: a network of three nodes (A, B, C) on
+loopback ports in a temporary directory, in this process. A stores a generated file with `replicas = 1`,
+so exactly one of B and C gets a copy; the other gets the file back over the network (verified segment
+by segment, then compared by BLAKE3 with the input); the holder deletes it and the delete reaches every
+node. The temporary directory is removed at the end, also on Ctrl-C, unless --keep.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import blake3
 
-from p2pfast import __version__, _accel, selftest
-from p2pfast.datadir import Layout, LocalNode, init
-from p2pfast.errors import IntegrityError
+from p2pfast import __version__, _accel, identity, runtime, selftest
+from p2pfast.datadir import Layout, init
+from p2pfast.errors import IntegrityError, PeerUnavailable
+from p2pfast.node import Node
 from p2pfast.store.durable import DurableFile
-from p2pfast.store.objects import show_key
 
 T = TypeVar("T")
 CHUNK = 4 << 20
@@ -50,48 +52,97 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _step(name: str, size: int | None, fn: Callable[[], T]) -> T:
+async def _step(name: str, size: int | None, aw: Awaitable[T]) -> T:
     t0 = time.perf_counter()
-    result = fn()
+    result = await aw
     dt = time.perf_counter() - t0
     rate = f"  {size / dt / 1e6:9.1f} MB/s" if size and dt > 0 else ""
-    print(f"  {name:<28} {dt * 1000:9.1f} ms{rate}", flush=True)
+    print(f"  {name:<34} {dt * 1000:9.1f} ms{rate}", flush=True)
     return result
+
+
+async def _timed(name: str, size: int | None, fn: Callable[[], T]) -> T:
+    async def call() -> T:
+        return await asyncio.to_thread(fn)
+
+    return await _step(name, size, call())
+
+
+async def _start(root: Path, key: bytes, bootstrap: list[str]) -> Node:
+    layout = Layout.of(root)
+    init(layout, key)
+    node = Node(
+        layout,
+        identity.load(layout.node_key, layout.network_key),
+        listen="127.0.0.1:0",
+        bootstrap=tuple(bootstrap),
+        replicas=1,
+    )
+    await node.start()
+    return node
+
+
+async def _demo(tmp: Path, size: int) -> None:
+    src, dst = tmp / "input.bin", tmp / "output.bin"
+    expected = await _timed("generate input file", size, lambda: _generate(src, size))
+    key = os.urandom(32)
+    nodes: list[Node] = []
+    try:
+
+        async def network() -> None:
+            for name in "abc":
+                nodes.append(await _start(tmp / name, key, [nodes[0].peers.listen_addr] if nodes else []))
+            deadline = asyncio.get_running_loop().time() + 30
+            while not all(len(n.peers.sessions) == 2 for n in nodes):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise PeerUnavailable("the three demo nodes did not connect within 30 s")
+                await asyncio.sleep(0.02)
+
+        await _step("start 3 nodes, connect (Noise)", None, network())
+        a, b, c = nodes
+        names = {n.node_id: name for n, name in zip(nodes, "ABC", strict=True)}
+        for n, name in zip(nodes, "ABC", strict=True):
+            print(f"    node {name}  {n.peers.listen_addr}  id {n.node_id[:16]}")
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            report = await _step("store on A (+1 replica, replicas=1)", size, a.store_fd("demo/file.bin", fd))
+        finally:
+            os.close(fd)
+        print(f"    stored {report.key} as {report.cid}")
+        print(f"    replicas: {', '.join(names[p] for p in report.replicas) or 'none'} (and A itself)")
+        holder = b if b.node_id in report.replicas else c
+        other = c if holder is b else b
+        other_name = names[other.node_id]
+
+        async def get() -> None:
+            with DurableFile(tmp) as f:
+                await other.get_fd("demo/file.bin", f.fd)
+                f.commit(dst)
+
+        await _step(f"get on {other_name} (network, verified)", size, get())
+        got = await _timed("compare with input", size, lambda: _hash_file(dst))
+        if got != expected:
+            raise IntegrityError(f"demo read back different bytes: {got} != {expected}")
+        print("    read back identical bytes (verified)")
+        await _step(f"delete on {names[holder.node_id]} (propagated)", None, holder.delete("demo/file.bin"))
+        for n, name in zip(nodes, "ABC", strict=True):
+            left = [p for p in n.layout.objects.rglob("*") if p.is_file()]
+            files = await n.db(n.repo.list_files)
+            if files or left:
+                raise IntegrityError(f"delete left {len(files)} files, {len(left)} objects on node {name}")
+        print("    gone everywhere: no files listed, no object files on A, B or C")
+    finally:
+        for n in nodes:
+            await n.close()
 
 
 def run_demo(size: int, keep: bool = False) -> int:
     selftest.run()
     kernels = "Cython kernels" if _accel.ACCELERATED else "pure-Python kernels"
     tmp = Path(tempfile.mkdtemp(prefix="p2pfast-demo-"))
-    print(f"p2pfast {__version__} demo ({kernels}), {size:,} bytes, in {tmp}")
+    print(f"p2pfast {__version__} demo ({kernels}), {size:,} bytes, 3 nodes on loopback, in {tmp}")
     try:
-        layout = Layout.of(tmp / "node")
-        src = tmp / "input.bin"
-        dst = tmp / "output.bin"
-        expected = _step("generate input file", size, lambda: _generate(src, size))
-        _step("init node", None, lambda: init(layout))
-        with LocalNode(layout) as node:
-            res = _step("store (hash+encrypt+fsync)", size, lambda: node.store.put_path("demo/file.bin", src))
-            print(f"    stored {show_key(res.key)} as {res.cid}")
-            rows = _step("list files", None, node.repo.list_files)
-            for r in rows:
-                print(f"    {show_key(r.key)}  {r.size:,} bytes  {r.cid[:15]}…")
-
-            def get() -> None:
-                with DurableFile(tmp) as f:
-                    node.store.read("demo/file.bin", f.fd)
-                    f.commit(dst)
-
-            _step("get (decrypt+verify)", size, get)
-            got = _step("compare with input", size, lambda: _hash_file(dst))
-            if got != expected:
-                raise IntegrityError(f"demo read back different bytes: {got} != {expected}")
-            print("    read back identical bytes (verified)")
-            _step("delete", None, lambda: node.store.delete("demo/file.bin"))
-            left = [p for p in layout.objects.rglob("*") if p.is_file()]
-            if node.repo.list_files() or left:
-                raise IntegrityError(f"delete left {len(left)} object files behind")
-            print("    gone: no files listed, no object files on disk")
+        runtime.run(_demo(tmp, size))
         print("demo ok")
         return 0
     finally:

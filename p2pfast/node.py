@@ -12,23 +12,66 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import blake3
 import orjson
 
 from p2pfast import wire
 from p2pfast.datadir import Layout, LocalNode
-from p2pfast.errors import LocalProtocolError, PeerUnavailable, RemoteProtocolError, StorageError
+from p2pfast.errors import (
+    LocalProtocolError,
+    NotFound,
+    P2PError,
+    PeerUnavailable,
+    RemoteProtocolError,
+    StorageError,
+)
 from p2pfast.identity import Identity
-from p2pfast.net import gossip
+from p2pfast.net import gossip, transfer
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import Session
 from p2pfast.store.durable import write_file_durably
+from p2pfast.store.objects import ContentStore, encode_key, show_key
 
 log = logging.getLogger("p2pfast.node")
 T = TypeVar("T")
+
+# How long a delete is remembered, so a peer that was offline cannot bring the file back (config).
+TOMBSTONE_GRACE = 7 * 86400.0
+# who_has answers waited for, per peer, when looking for a holder.
+LOOKUP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReport:
+    key: str
+    cid: str
+    size: int
+    deduplicated: bool
+    replicas: list[str]  # node ids that acknowledged a durable copy
+    failed: dict[str, str]  # node id -> why it holds no copy
+    targets: int  # peers chosen as replicas
+
+
+@dataclass(frozen=True, slots=True)
+class GetReport:
+    key: str
+    cid: str
+    size: int
+    source: str  # "local" or the node id it came from
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReport:
+    key: str
+    cid: str
+    local: bool  # this node held the file
+    object_removed: bool  # its object went too (no other key here referred to it)
+    peers: list[str]  # peers that confirmed the delete
 
 
 class Node:
@@ -37,11 +80,17 @@ class Node:
         layout: Layout,
         identity: Identity,
         *,
-        listen: str = ":3000",
+        listen: str | None = ":3000",
         bootstrap: tuple[str, ...] = (),
         limits: NetLimits | None = None,
+        replicas: int | None = None,
+        tombstone_grace: float = TOMBSTONE_GRACE,
+        max_object: int | None = None,
     ) -> None:
         self.layout = layout
+        self.replicas = replicas  # None: every connected peer, as the original system does
+        self.tombstone_grace = tombstone_grace
+        self.max_object = max_object
         self.identity = identity
         self.node_id = identity.node_id
         self.listen = listen
@@ -51,6 +100,8 @@ class Node:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2pfast-db")
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
         self.started = time.time()
         self.peers = PeerManager(
             node_id=self.node_id,
@@ -65,13 +116,19 @@ class Node:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
+    def db_later(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue fn on the DB thread without waiting: it runs after every job queued before it."""
+        self._db.submit(fn, *args)
+
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> str:
         self.local = await self.db(LocalNode, self.layout)
-        addr = await self.peers.listen(self.listen)
+        addr = ""
+        if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
+            addr = await self.peers.listen(self.listen)
+            self._write_runtime_file(addr)
+            log.info("event=listening addr=%s node=%s", addr, self.node_id)
         self.peers.start()
-        self._write_runtime_file(addr)
-        log.info("event=listening addr=%s node=%s", addr, self.node_id)
         for a in self.bootstrap:
             self.peers.dial_soon(a)
         for a in await self._known_addrs():
@@ -86,15 +143,16 @@ class Node:
         await self._stop.wait()
 
     async def close(self) -> None:
-        for t in self._tasks:
+        for t in [*self._tasks, *self._bg]:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for t in [*self._tasks, *self._bg]:
+            with contextlib.suppress(asyncio.CancelledError, P2PError):
                 await t
         sessions = list(self.peers.sessions.items())
         await self.peers.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.runtime_file)
+        if self.listen is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.runtime_file)
         if self.local is not None:
             now = time.time()
             for peer_id, session in sessions:
@@ -139,6 +197,7 @@ class Node:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
         # same peer (the DB thread runs them in order), so the table ends with the last word.
         await self._record(session, "connected")
+        self._spawn(self._send_tombstones(session))
         try:
             known = await self._recent_peers()
         except StorageError as exc:
@@ -148,6 +207,7 @@ class Node:
             session.notify(gossip.pex_message(known, self.peers, exclude=session.peer_id))
 
     async def _on_closed(self, session: Session) -> None:
+        self._pex_from.discard(session.peer_id)
         if self.local is not None and not self._stop.is_set():
             await self._record(session, "disconnected")
 
@@ -179,11 +239,22 @@ class Node:
                     wanted = [*self.bootstrap, *await self._known_addrs()]
                 for a in wanted:
                     self.peers.dial_soon(a)
-                log.debug("event=gossip peers=%d redial=%d", len(self.peers.sessions), len(wanted))
+                expired = await self.db(self.repo.expire_tombstones, time.time() - self.tombstone_grace)
+                log.debug(
+                    "event=gossip peers=%d redial=%d tombstones_expired=%d",
+                    len(self.peers.sessions),
+                    len(wanted),
+                    expired,
+                )
             except StorageError as exc:
                 log.warning("event=gossip_skipped reason=%r", str(exc))
 
     # -- requests from peers -------------------------------------------------------------------------
+    @property
+    def store(self) -> ContentStore:
+        assert self.local is not None
+        return self.local.store
+
     async def handle(self, session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
         kind = msg["t"]
         if kind == "ping":
@@ -193,15 +264,208 @@ class Node:
             for addr, node_id, seen in fresh:
                 await self.db(self.repo.learn_peer, addr, node_id, seen)
                 self.peers.dial_soon(addr)
+            self._pex_from.add(session.peer_id)
+            self.peers.changed.set()
             return None
         if kind == "who_has":
-            obj = await self.db(self.repo.get_object, msg["cid"])
-            return {
-                "t": "have",
-                "cid": msg["cid"],
-                "size": None if obj is None else obj.size,
-                "segments": None if obj is None else obj.segments,
-            }
-        raise RemoteProtocolError(
-            f"request {kind!r} is not served by this node yet", code=wire.ErrorCode.REFUSED
+            return await self._who_has(msg)
+        if kind == "store":
+            # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
+            # tombstone prevents is an old copy outliving its delete (see _apply_delete).
+            reply = await transfer.receive(session, msg, self.store, self.db, self.max_object)
+            # the peer that sent it holds a copy too (it stored locally first)
+            await self.db(self.repo.add_share, msg["cid"], session.peer_id, time.time())
+            return reply
+        if kind == "get":
+            return await transfer.serve_get(session, msg, self.store, self.db)
+        if kind == "leaves":
+            return await transfer.serve_leaves(session, msg, self.store, self.db)
+        if kind == "delete":
+            changed, _ = await self._apply_delete(
+                encode_key(msg["key"]), msg["cid"], float(msg["at"]), msg["origin"]
+            )
+            if changed:  # news to us: pass it on, so it reaches peers the origin is not connected to
+                self._spawn(
+                    self._propagate_delete(msg, exclude={session.peer_id, msg["origin"]}, forwarded=True)
+                )
+            return {"t": "ok"}
+        raise RemoteProtocolError(f"request {kind!r} is not served by this node", code=wire.ErrorCode.REFUSED)
+
+    async def _who_has(self, msg: dict[str, Any]) -> dict[str, Any]:
+        cid = msg.get("cid")
+        if (cid is None) == (msg.get("key") is None):
+            raise RemoteProtocolError("who_has needs exactly one of cid and key")
+        if cid is None:
+            row = await self.db(self.repo.get_file, encode_key(msg["key"]))
+            cid = None if row is None else row.cid
+        obj = None if cid is None else await self.db(self.repo.get_object, cid)
+        return {
+            "t": "have",
+            "cid": cid if obj is not None else None,
+            "size": None if obj is None else obj.size,
+            "segments": None if obj is None else obj.segments,
+        }
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # -- store, get, delete: what the CLI asks for ---------------------------------------------------
+    def replica_set(self, cid: str) -> list[Session]:
+        """The peers a new object goes to: every connected peer, or with `replicas = N` the N connected
+        peers ranked highest by rendezvous hashing of (cid, node id), so each object's placement is stable
+        and spreads evenly without any coordination."""
+        sessions = list(self.peers.sessions.values())
+        if self.replicas is None or self.replicas >= len(sessions):
+            return sessions
+        ranked = sorted(
+            sessions, key=lambda s: blake3.blake3(f"{cid}/{s.peer_id}".encode()).digest(), reverse=True
         )
+        return ranked[: self.replicas]
+
+    async def store_fd(self, key: str, fd: int, progress: Any = None) -> StoreReport:
+        """Store locally (durable), then replicate; returns who acknowledged a copy."""
+        result = await self.db(self.store.put_fd, key, fd, progress)
+        targets = self.replica_set(result.cid)
+        outcome = await transfer.replicate(targets, self.store, self.db, result.key, result.cid, result.size)
+        now = time.time()
+        for peer in outcome.acked:
+            await self.db(self.repo.add_share, result.cid, peer, now)
+        log.info(
+            "event=stored key=%s cid=%s size=%d replicas=%d/%d",
+            show_key(result.key),
+            result.cid,
+            result.size,
+            len(outcome.acked),
+            len(targets),
+        )
+        return StoreReport(
+            show_key(result.key),
+            result.cid,
+            result.size,
+            result.deduplicated,
+            outcome.acked,
+            outcome.failed,
+            len(targets),
+        )
+
+    async def locate(self, key: bytes) -> tuple[str, list[Session]]:
+        """The content id under `key` and the connected peers that hold it, best first: those `shares`
+        names, then the others that answer who_has."""
+        sessions = list(self.peers.sessions.values())
+        if not sessions:
+            raise NotFound(f"no file under key {show_key(key)} here, and no peer is connected to ask")
+
+        async def ask(s: Session) -> dict[str, Any] | None:
+            try:
+                return await s.request({"t": "who_has", "key": key.decode()}, timeout=LOOKUP_TIMEOUT)
+            except (P2PError, TimeoutError):
+                return None
+
+        replies = await asyncio.gather(*(ask(s) for s in sessions))
+        by_cid: dict[str, list[Session]] = {}
+        for s, reply in zip(sessions, replies, strict=True):
+            if reply is not None and reply.get("cid") is not None:
+                by_cid.setdefault(reply["cid"], []).append(s)
+        if not by_cid:
+            raise NotFound(f"no file under key {show_key(key)} on this node or its {len(sessions)} peers")
+        cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced
+        shared = {r.peer for r in await self.db(self.repo.shares_for, cid)}
+        holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
+        return cid, holders
+
+    async def get_fd(self, key: str, out_fd: int, progress: Any = None) -> GetReport:
+        """Write the plaintext of `key` to out_fd: from the local store, else verified from a peer."""
+        raw = encode_key(key)
+        try:
+            _, cid, size = await self.db(self.store.stat, raw)
+        except NotFound:
+            pass
+        else:
+            await self.db(self.store.read, raw, out_fd, 0, -1, progress)
+            return GetReport(show_key(raw), cid, size, "local")
+        cid, holders = await self.locate(raw)
+        size = await transfer.fetch(holders, cid, out_fd, self.db, progress)
+        return GetReport(show_key(raw), cid, size, holders[0].peer_id if holders else "")
+
+    async def delete(self, key: str) -> DeleteReport:
+        """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""
+        raw = encode_key(key)
+        row = await self.db(self.repo.get_file, raw)
+        if row is not None:
+            cid = row.cid
+        else:
+            cid, _ = await self.locate(raw)
+        at = time.time()
+        _, orphaned = await self._apply_delete(raw, cid, at, self.node_id)
+        msg = {"t": "delete", "key": raw.decode(), "cid": cid, "origin": self.node_id, "at": at}
+        peers = await self._propagate_delete(msg, exclude=set())
+        log.info(
+            "event=deleted key=%s cid=%s local=%s peers=%d", show_key(raw), cid, row is not None, len(peers)
+        )
+        return DeleteReport(show_key(raw), cid, row is not None, orphaned, peers)
+
+    async def _apply_delete(self, key: bytes, cid: str, at: float, origin: str) -> tuple[bool, bool]:
+        """Record the tombstone and drop the file (row first, then the object); returns (news to us,
+        the object was removed).
+
+        A file stored here after the delete happened (a re-store of the same key) stays: the delete only
+        removes what existed when it was issued, as clocks allow."""
+        before = await self.db(self.repo.get_tombstone, key)
+        row = await self.db(self.repo.get_file, key)
+        if row is not None and row.created > at:
+            await self.db(self.repo.add_tombstone, key, cid, at, origin, time.time())
+            removed, orphaned = None, False
+        else:
+            removed, orphaned = await self.db(
+                self.repo.delete_file_with_tombstone, key, cid, at, origin, time.time()
+            )
+        if orphaned and removed is not None:
+            await self.db(self.store._unlink_orphan, removed)
+        after = await self.db(self.repo.get_tombstone, key)
+        return removed is not None or before != after, orphaned and removed is not None
+
+    async def _propagate_delete(
+        self, msg: dict[str, Any], exclude: set[str], forwarded: bool = False
+    ) -> list[str]:
+        """Send a delete to every connected peer but `exclude`; returns those that confirmed. A peer for
+        which the delete is news forwards it (flooding, stopped by the tombstone), so a miss here is only
+        worth a warning at the origin."""
+        sessions = [s for s in self.peers.sessions.values() if s.peer_id not in exclude]
+        level = logging.DEBUG if forwarded else logging.WARNING
+
+        async def send(s: Session) -> str | None:
+            try:
+                await s.request(msg, timeout=LOOKUP_TIMEOUT)
+                return s.peer_id
+            except (P2PError, TimeoutError) as exc:
+                log.log(level, "event=delete_not_confirmed peer=%s reason=%r", s.peer_id[:12], str(exc))
+                return None
+
+        return [p for p in await asyncio.gather(*(send(s) for s in sessions)) if p is not None]
+
+    async def _send_tombstones(self, session: Session) -> None:
+        """A peer that was offline hears about the deletes it missed (within the grace period)."""
+        for t in await self.db(self.repo.list_tombstones):
+            msg = {"t": "delete", "key": t.key.decode(), "cid": t.cid, "origin": t.origin, "at": t.deleted_at}
+            try:
+                await session.request(msg, timeout=LOOKUP_TIMEOUT)
+            except (P2PError, TimeoutError):
+                return
+
+    async def wait_settled(self, timeout: float) -> int:
+        """Wait until the peer table stops growing (no dial queued or in flight, and every connected peer
+        has sent its first peer exchange, which may name more peers) or `timeout` passes; returns the
+        number of connected peers. A short-lived node (a CLI command with no daemon) calls this before
+        storing, so its store reaches the whole network, not only the bootstrap node."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.peers.busy() or not set(self.peers.sessions) <= self._pex_from:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self.peers.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.peers.changed.wait(), left)
+        return len(self.peers.sessions)

@@ -73,6 +73,13 @@ class PeerManager:
         self._self_addrs: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._dial_slots = asyncio.Semaphore(limits.max_dials_in_flight)
+        self._next_dial: str | None = None  # taken from the queue, waiting for its rate-limit slot
+        # set on every connect, disconnect and finished dial: waiters re-check what they wait for
+        self.changed = asyncio.Event()
+
+    def busy(self) -> bool:
+        """Dials are queued or in flight: the peer table may still grow."""
+        return bool(self._queued or self._dialing or self._next_dial)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def listen(self, addr: str) -> str:
@@ -166,6 +173,7 @@ class PeerManager:
             if keep is other:
                 return
         self.sessions[session.peer_id] = session
+        self.changed.set()
         addr = session.listen_addr
         if addr:
             self._backoff.pop(addr, None)
@@ -177,6 +185,7 @@ class PeerManager:
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
+            self.changed.set()
             log.info("event=peer_disconnected peer=%s reason=%r", session.peer_id[:12], session.close_reason)
             self._spawn(self.events.on_closed(session))
 
@@ -215,6 +224,7 @@ class PeerManager:
             if addr in self.connected_addrs() or addr in self._self_addrs:
                 continue
             # Rate limit: at most dials_per_second new dials, at most max_dials_in_flight at once.
+            self._next_dial = addr
             delay = next_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -222,6 +232,7 @@ class PeerManager:
             await self._dial_slots.acquire()
             log.debug("event=dialing addr=%s", addr)
             self._dialing.add(addr)
+            self._next_dial = None
             self._spawn(self._dial(addr))
 
     async def _dial(self, addr: str) -> None:
@@ -230,6 +241,7 @@ class PeerManager:
         finally:
             self._dialing.discard(addr)
             self._dial_slots.release()
+            self.changed.set()
 
     async def _try_dial(self, addr: str) -> None:
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pfast import wire
-from p2pfast.errors import LocalProtocolError, PeerUnavailable, ProtocolError
+from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
 
@@ -95,6 +95,20 @@ class Stream:
             self._readable.clear()
             await self._readable.wait()
 
+    async def read_some(self, limit: int) -> bytes:
+        """Every queued chunk up to about `limit` bytes, joined (at least one chunk; b"" at the end): one
+        hand-off per megabyte instead of one per frame for a consumer that works on a thread."""
+        first = await self.read()
+        if not first or not self._queue:
+            return first
+        parts, size = [first], len(first)
+        while self._queue and size < limit:
+            chunk = self._queue.popleft()
+            self.session._consumed(self.sid, len(chunk))
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
     async def wait_eof(self) -> None:
         while not self.eof:
             if self.error is not None:
@@ -136,6 +150,7 @@ class Stream:
         except ProtocolError:
             pass
         self.session._streams.pop(self.sid, None)
+        self.session._slot_freed.set()
 
 
 class Session:
@@ -149,9 +164,13 @@ class Session:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[int, Stream] = {}
+        # streams the peer announced in a request, kept until its handler claims them with stream(sid):
+        # all their data (END_STREAM included) may arrive before the handler task first runs
+        self._announced: dict[int, Stream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._slot_freed = asyncio.Event()  # set whenever a stream ends: open_stream_wait() retries
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed_event = asyncio.Event()
         self.close_reason: str = ""
@@ -199,14 +218,33 @@ class Session:
         self.flush()
 
     def open_stream(self) -> Stream:
+        """A new stream of ours; LocalProtocolError(STREAM_LIMIT) when max_streams are open already."""
         self._check_open()
         sid = self.conn.open_stream()
         stream = self._streams[sid] = Stream(self, sid)
         return stream
 
+    async def open_stream_wait(self, timeout: float = limits.REQUEST_TIMEOUT) -> Stream:
+        """open_stream(), waiting up to `timeout` for a slot when max_streams are open: many transfers
+        to one peer queue here instead of failing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                return self.open_stream()
+            except LocalProtocolError as exc:
+                if exc.code != wire.ErrorCode.STREAM_LIMIT:
+                    raise
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), left)
+
     def stream(self, sid: int) -> Stream:
         """The stream with this id (one the peer announced in a request), created on first use."""
-        stream = self._streams.get(sid)
+        stream = self._announced.pop(sid, None) or self._streams.get(sid)
         if stream is None:
             stream = self._streams[sid] = Stream(self, sid)
         return stream
@@ -215,6 +253,7 @@ class Session:
         """Drop a finished stream (its END_STREAM went out or came in); the caller may still hold it."""
         if self._streams.get(stream.sid) is stream:
             del self._streams[stream.sid]
+        self._slot_freed.set()
 
     async def wait_writable(self) -> None:
         await self._writable.wait()  # connection_lost sets it too, so a closed session never blocks here
@@ -271,6 +310,9 @@ class Session:
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
             else:
+                sid = msg.get("sid")
+                if msg["t"] == "store" and type(sid) is int:  # data flows from the peer on sid
+                    self._announced[sid] = self.stream(sid)
                 self._spawn(msg)
         elif isinstance(event, ev.WindowUpdated):
             stream = self._streams.get(event.stream_id)
@@ -278,6 +320,7 @@ class Session:
                 stream._credit.set()
         elif isinstance(event, ev.StreamReset):
             stream = self._streams.pop(event.stream_id, None)
+            self._slot_freed.set()
             if stream is not None:
                 stream._fail(StreamError(f"stream {event.stream_id} reset by peer (code {event.code})"))
         elif isinstance(event, ev.HandshakeComplete):
@@ -308,9 +351,16 @@ class Session:
             reply = {"t": "error", "code": int(exc.code), "reason": str(exc)[:500]}
         except PeerUnavailable:
             return  # the connection went away while we served it
+        except P2PError as exc:  # a refusal with its reason: integrity, storage, input
+            code = wire.ErrorCode.INTEGRITY if isinstance(exc, IntegrityError) else wire.ErrorCode.REFUSED
+            reply = {"t": "error", "code": int(code), "reason": str(exc)[:500]}
         except Exception as exc:
             log.error("event=handler_failed peer=%s type=%s error=%r", self.peer_id[:12], msg.get("t"), exc)
             reply = {"t": "error", "code": int(wire.ErrorCode.INTERNAL), "reason": type(exc).__name__}
+        finally:
+            sid = msg.get("sid")
+            if type(sid) is int:
+                self._announced.pop(sid, None)
         if reply is None or rid is None or self.closed:
             return
         try:
@@ -333,6 +383,7 @@ class Session:
             if not stream.eof:
                 stream._fail(exc)
         self._writable.set()
+        self._slot_freed.set()
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()  # retrieved: a failed handshake is logged by the protocol, not here

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from p2pfast.repo.db import checkpoint, open_db, wal_size
-from p2pfast.repo.repo import FileRow, ObjectRow, PeerRow, Repo, ShareRow
+from p2pfast.repo.repo import FileRow, ObjectRow, PeerRow, Repo, ShareRow, TombstoneRow
 from p2pfast.repo.schema import LATEST
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "PeerRow",
     "Repo",
     "ShareRow",
+    "TombstoneRow",
     "checkpoint",
     "open_db",
     "wal_size",

@@ -61,10 +61,20 @@ class ShareRow:
     acked_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class TombstoneRow:
+    key: bytes
+    cid: str
+    deleted_at: float
+    origin: str
+    recorded_at: float
+
+
 _FILE_COLS = "key, cid, size, created"
 _OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
 _PEER_COLS = "address, node_id, last_seen, status"
 _SHARE_COLS = "cid, peer, acked_at"
+_TOMBSTONE_COLS = "key, cid, deleted_at, origin, recorded_at"
 
 _KEY_TEXT_MAX = 200
 
@@ -286,11 +296,10 @@ class Repo:
         A missing key raises NotFound.
         """
         with self._write() as conn:
-            cid = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
-            if cid is None:
+            removed = _unlink_file(conn, key)
+            if removed is None:
                 raise NotFound(key_text(key))
-            conn.execute("DELETE FROM files WHERE key = ?", (key,))
-            return cid, _release(conn, cid)
+            return removed
 
     def delete_object_rows(self, cid: str) -> None:
         """For reconcile: drop the object, key and shares rows of ``cid``.
@@ -336,6 +345,70 @@ class Repo:
                 "UPDATE objects SET refcount = ? WHERE cid = ?", [(new, c) for c, _, new in changed]
             )
             return changed
+
+    # -- tombstones ---------------------------------------------------------------------------------------
+    #
+    # A tombstone says "key was deleted at deleted_at by origin, and named cid then". One per key; of two
+    # for the same key the one with the greater (deleted_at, origin, cid) is kept, so every node ends up
+    # with the same tombstone whatever order the deletes reach it in. cid and origin are CHECKed against
+    # their wire forms: a malformed one is a caller's bug (InternalError), as for the other tables' CHECKs.
+
+    def add_tombstone(self, key: bytes, cid: str, deleted_at: float, origin: str, recorded_at: float) -> bool:
+        """Record a delete of ``key``, unless the stored tombstone for it is as new or newer.
+
+        Newer means a greater ``(deleted_at, origin, cid)``: the later delete wins, and the rare tie in
+        time is settled the same way on every node. ``recorded_at`` is stored with a tombstone that wins
+        and otherwise ignored (the same delete heard twice keeps its first recording time). Returns True
+        when the stored tombstone changed (inserted or replaced).
+        """
+        with self._write() as conn:
+            return _put_tombstone(conn, key, cid, deleted_at, origin, recorded_at)
+
+    def get_tombstone(self, key: bytes) -> TombstoneRow | None:
+        rows = self._rows(f"SELECT {_TOMBSTONE_COLS} FROM tombstones WHERE key = ?", (key,))
+        return TombstoneRow(*rows[0]) if rows else None
+
+    def list_tombstones(self) -> list[TombstoneRow]:
+        """All tombstones, oldest delete first (ties by key)."""
+        rows = self._rows(f"SELECT {_TOMBSTONE_COLS} FROM tombstones ORDER BY deleted_at, key")
+        return [TombstoneRow(*r) for r in rows]
+
+    def expire_tombstones(self, cutoff: float) -> int:
+        """Delete the tombstones of deletes made strictly before ``cutoff``; returns how many."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM tombstones WHERE deleted_at < ?", (cutoff,))
+            return conn.changes()
+
+    def delete_file_with_tombstone(
+        self, key: bytes, cid: str, deleted_at: float, origin: str, recorded_at: float
+    ) -> tuple[str | None, bool]:
+        """Apply a delete of ``key`` naming ``cid``: drop the file and record the tombstone, in one txn.
+
+        The files row goes only if it names ``cid``: a row naming other content was stored again after the
+        delete was issued and stays. Its object loses a reference as in :meth:`remove_file`. The tombstone
+        is recorded as :meth:`add_tombstone` does, whether or not a row went; if that fails (e.g. a
+        malformed ``origin``), the file row stays too. Returns (``cid``, orphaned) when the row went,
+        orphaned meaning the object's rows went with it and the caller unlinks its file after this
+        commit; (None, False) when nothing was removed.
+        """
+        with self._write() as conn:
+            removed = _unlink_file(conn, key, cid)
+            _put_tombstone(conn, key, cid, deleted_at, origin, recorded_at)
+            return removed if removed is not None else (None, False)
+
+    def tombstoned(self, key: bytes, cid: str, stored_at: float) -> bool:
+        """Whether a copy of ``key`` with content ``cid``, stored at ``stored_at``, was deleted since.
+
+        True exactly when a tombstone for ``key`` exists and either names this same ``cid`` (whatever the
+        times: that content was deleted, and a peer's clock cannot revive it) or has ``deleted_at >=
+        stored_at`` (the delete came at or after that store; a tie counts as deleted). False when there is
+        no tombstone for ``key``, or it names other content and ``deleted_at < stored_at`` (the key was
+        stored again after the delete). Used to refuse re-adding a file a peer offers back.
+        """
+        rows = self._rows(
+            "SELECT 1 FROM tombstones WHERE key = ? AND (cid = ? OR deleted_at >= ?)", (key, cid, stored_at)
+        )
+        return bool(rows)
 
     # -- peers and shares ---------------------------------------------------------------------------------
 
@@ -402,6 +475,38 @@ def _busy(exc: StorageError) -> bool:
 def _scalar(conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> Any:
     rows = conn.execute(sql, params).fetchall()
     return rows[0][0] if rows else None
+
+
+def _unlink_file(conn: apsw.Connection, key: bytes, cid: str | None = None) -> tuple[str, bool] | None:
+    """Delete the files row of ``key`` (only if it names ``cid``, when given) and release its object.
+
+    Returns (its cid, orphaned) as :func:`_release` says, or None when no row went (inside a txn).
+    """
+    current = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
+    if current is None or (cid is not None and current != cid):
+        return None
+    conn.execute("DELETE FROM files WHERE key = ?", (key,))
+    return current, _release(conn, current)
+
+
+def _put_tombstone(
+    conn: apsw.Connection, key: bytes, cid: str, deleted_at: float, origin: str, recorded_at: float
+) -> bool:
+    """Insert, or replace a smaller (deleted_at, origin, cid); True if the row changed (inside a txn)."""
+    # RETURNING yields a row only when the insert or the update happened, so the WHERE that keeps the
+    # newer tombstone is also what tells the caller whether anything changed.
+    return (
+        _scalar(
+            conn,
+            f"INSERT INTO tombstones ({_TOMBSTONE_COLS}) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET cid = excluded.cid, deleted_at = excluded.deleted_at,"
+            " origin = excluded.origin, recorded_at = excluded.recorded_at"
+            " WHERE (excluded.deleted_at, excluded.origin, excluded.cid) > (deleted_at, origin, cid)"
+            " RETURNING 1",
+            (key, cid, deleted_at, origin, recorded_at),
+        )
+        is not None
+    )
 
 
 def _release(conn: apsw.Connection, cid: str) -> bool:

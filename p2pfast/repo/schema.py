@@ -1,10 +1,10 @@
 """The repo's DDL and its migrations, stepped on ``PRAGMA user_version`` (described in docs/schema.md).
 
-``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; version 1 creates everything. Each
-step runs in its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding
-the GIL) together with the ``user_version`` bump, so a step is all-or-nothing and a crash between steps
-leaves a valid, older version. The version is read again inside the transaction, so two processes opening
-the same file at once apply each step once.
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
+peers and shares; step 2 adds tombstones. Each step runs in its own ``BEGIN IMMEDIATE`` transaction
+(``db.transaction``: ``with conn:`` without holding the GIL) together with the ``user_version`` bump, so a
+step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
+inside the transaction, so two processes opening the same file at once apply each step once.
 
 Rules for new steps: append, never edit a released step; one step per schema change; a database newer
 than :data:`LATEST` is refused (an older p2pfast must not write a schema it does not know).
@@ -40,6 +40,13 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
     shares   which peer acknowledged storing which object
       cid, peer  TEXT       PK (cid, peer)
       acked_at   REAL
+
+    tombstones  deletes this node knows of, so a copy offered back by a peer that missed one is refused
+      key          BLOB PK    the deleted file's key (as files.key); one tombstone per key, newest wins
+      cid          TEXT       the content the delete removed, "b3:" + 64 lowercase hex (CHECKed)
+      deleted_at   REAL       unix time of the delete at its origin (indexed: expiry)
+      origin       TEXT       node id of the node that issued it, 64 lowercase hex (CHECKed)
+      recorded_at  REAL       unix time this node recorded it
 """
 
 from __future__ import annotations
@@ -92,7 +99,22 @@ CREATE TABLE shares (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+# No foreign keys: a tombstone outlives the files and objects rows of what it deleted. The CHECKs hold
+# cid and origin to the wire's forms, since a tombstone is compared with what peers send and sent on again.
+SCHEMA_V2 = """
+CREATE TABLE tombstones (
+    key         BLOB PRIMARY KEY,
+    cid         TEXT NOT NULL CHECK (
+                    length(cid) = 67 AND substr(cid, 1, 3) = 'b3:' AND substr(cid, 4) NOT GLOB '*[^0-9a-f]*'
+                ),
+    deleted_at  REAL NOT NULL,
+    origin      TEXT NOT NULL CHECK (length(origin) = 64 AND origin NOT GLOB '*[^0-9a-f]*'),
+    recorded_at REAL NOT NULL
+) STRICT;
+CREATE INDEX tombstones_deleted_at ON tombstones(deleted_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -9,6 +9,7 @@ file without a row, which reconcile() removes: it was never acknowledged and not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -114,56 +115,37 @@ class ContentStore:
     # -- put -----------------------------------------------------------------------------------------
     def put_fd(self, key: str | bytes, fd: int, progress: Progress | None = None) -> PutResult:
         """Store what `fd` yields until EOF under `key`. Returns once the object and its row are durable."""
-        raw_key = encode_key(key)
-        seg = self.segment_size
-        data_key = self.keyring.new_data_key()
-        aead = AESGCM(data_key)
-        header = segments.Header(
-            segment_size=seg, nonce_prefix=os.urandom(segments.NONCE_PREFIX_SIZE), length=0
-        )
-        fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
-        prefix = header.nonce_prefix
-        make_dirs(self.tmp_dir)
-        with DurableFile(self.tmp_dir) as tmp:
-            sealer = _Sealer(aead, prefix, fixed_aad, seg, tmp.fd, *self._pools())
-            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
-            transforms.append(sealer)
+        upload = self.begin(key, _remaining(fd), progress)
+        try:
             try:
-                expected = _remaining(fd)
-                if expected is not None:
-                    # Reserving the whole object up front fails early on a full disk and, on tmpfs and
-                    # ext4 alike, makes the writes below about twice as fast (no allocation per page).
-                    os.posix_fallocate(tmp.fd, 0, segments.file_size(expected, seg))
-                os.write(tmp.fd, header.pack())
-                try:
-                    length = Pump(seg, transforms).run_fd(fd)
-                finally:
-                    # No write may still be running when the temp file is closed or finished.
-                    sealer.drain()
-                leaves = sealer.leaves
-                cid = contentid.root(length, leaves)
-                final_header = segments.Header(segment_size=seg, nonce_prefix=prefix, length=length)
-                index = aead.encrypt(
-                    segments.index_nonce(prefix), bytes(leaves), final_header.pack() + cid.encode()
-                )
-                write_all(tmp.fd, index)
-                if expected != length:  # the source changed size while we read it
-                    os.ftruncate(tmp.fd, segments.file_size(length, seg))
-                os.pwrite(tmp.fd, final_header.pack(), 0)
+                upload.length = upload.pump.run_fd(fd)
             except OSError as exc:
-                raise os_error(exc, f"cannot store {show_key(raw_key)}") from exc
-            now = time.time()
-            existing = self.repo.get_object(cid)
-            final = self.object_path(cid)
-            if existing is not None and final.exists():
-                # Same content already stored: one object, one more reference. The temp file goes.
-                tmp.abort()
-                self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now))
-                return PutResult(raw_key, cid, length, True)
-            make_dirs(final.parent)
-            tmp.commit(final)
+                raise os_error(exc, f"cannot store {show_key(upload.key)}") from exc
+            return upload.finish()
+        finally:
+            upload.abort()
+
+    def begin(self, key: str | bytes, size: int | None = None, progress: Progress | None = None) -> Upload:
+        """A put fed by pushes (the network receive path): `write()` chunks, then `finish()`.
+
+        `size`, when known, reserves the space up front (a full disk fails here, before any byte moves).
+        """
+        return Upload(self, encode_key(key), size, progress)
+
+    def _commit(self, upload: Upload, cid: str, length: int) -> PutResult:
+        raw_key, tmp, seg = upload.key, upload.tmp, self.segment_size
+        now = time.time()
+        existing = self.repo.get_object(cid)
+        final = self.object_path(cid)
+        if existing is not None and final.exists():
+            # Same content already stored: one object, one more reference. The temp file goes.
+            tmp.abort()
+            self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now))
+            return PutResult(raw_key, cid, length, True)
+        make_dirs(final.parent)
+        tmp.commit(final)
         row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, now)
-        wrapped = self.keyring.wrap(cid, data_key)
+        wrapped = self.keyring.wrap(cid, upload.data_key)
         try:
             if existing is not None:
                 # The row outlived its file (reconcile reports it missing): this write restores the
@@ -223,13 +205,49 @@ class ContentStore:
         content id, so what reaches the sink is exactly what was stored. On a failure an IntegrityError names
         the key; bytes of earlier segments may already be in the sink (they were verified).
         """
-        raw_key, cid, size = self.stat(key)
-        name = show_key(raw_key)
+        raw_key, cid, _size = self.stat(key)
+        return self.read_object(cid, sink, offset, length, progress, name=show_key(raw_key))
+
+    def read_object(
+        self,
+        cid: str,
+        sink: Sink,
+        offset: int = 0,
+        length: int = -1,
+        progress: Progress | None = None,
+        *,
+        name: str | None = None,
+    ) -> int:
+        """read() by content id (what peers ask for); NotFound when this node does not hold it."""
+        name = name or cid
         if offset < 0:
             raise BadInput(f"negative offset {offset}")
-        end = size if length < 0 else min(size, offset + length)
+        fd, aead, obj = self._open_object(cid, name)
+        try:
+            size, seg = obj.size, obj.segment_size
+            end = size if length < 0 else min(size, offset + length)
+            return self._read_fd(fd, aead, name, cid, size, seg, offset, end, sink, progress)
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {name}") from exc
+        finally:
+            os.close(fd)
+
+    def leaves(self, cid: str) -> tuple[int, bytes]:
+        """(size, segment hash list) of a held object, checked against its content id."""
+        fd, aead, obj = self._open_object(cid, cid)
+        try:
+            leaves = self._read_index(fd, aead, cid, cid, obj.size, obj.segment_size)[1]
+            return obj.size, leaves
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {cid}") from exc
+        finally:
+            os.close(fd)
+
+    def _open_object(self, cid: str, name: str) -> tuple[int, AESGCM, ObjectRow]:
         obj = self.repo.get_object(cid)
         wrapped = self.repo.get_key(cid)
+        if obj is None and wrapped is None:
+            raise NotFound(f"object {cid} is not held here")
         if obj is None or wrapped is None:
             raise IntegrityError(f"{name}: repo has no object or key row for {cid}")
         try:
@@ -243,12 +261,33 @@ class ContentStore:
             raise IntegrityError(f"{name}: object file for {cid} is missing") from None
         except OSError as exc:
             raise os_error(exc, f"cannot open object for {name}") from exc
+        return fd, aead, obj
+
+    def _read_index(
+        self, fd: int, aead: AESGCM, name: str, cid: str, size: int, seg: int
+    ) -> tuple[bytes, bytes]:
+        """(raw header, leaves) of an open object, every check made."""
+        actual = os.fstat(fd).st_size
+        if actual != segments.file_size(size, seg):
+            raise IntegrityError(
+                f"{name}: object file is {actual} bytes, expected {segments.file_size(size, seg)}"
+                " (truncated or extended)"
+            )
+        raw_header = os.pread(fd, segments.HEADER_SIZE, 0)
+        header = segments.Header.unpack(raw_header, name)
+        if header.length != size or header.segment_size != seg:
+            raise IntegrityError(f"{name}: object header does not match the repo")
         try:
-            return self._read_fd(fd, aead, name, cid, size, obj.segment_size, offset, end, sink, progress)
-        except OSError as exc:
-            raise os_error(exc, f"cannot read {name}") from exc
-        finally:
-            os.close(fd)
+            leaves = aead.decrypt(
+                segments.index_nonce(header.nonce_prefix),
+                os.pread(fd, segments.index_size(size, seg), segments.data_end(size, seg)),
+                raw_header + cid.encode(),
+            )
+        except InvalidTag:
+            raise IntegrityError(f"{name}: segment index failed authentication") from None
+        if contentid.root(size, leaves) != cid:
+            raise IntegrityError(f"{name}: segment index does not match content id {cid}")
+        return raw_header, leaves
 
     def _read_fd(
         self,
@@ -263,27 +302,9 @@ class ContentStore:
         sink: Sink,
         progress: Progress | None,
     ) -> int:
-        actual = os.fstat(fd).st_size
-        if actual != segments.file_size(size, seg):
-            raise IntegrityError(
-                f"{name}: object file is {actual} bytes, expected {segments.file_size(size, seg)}"
-                " (truncated or extended)"
-            )
-        raw_header = os.pread(fd, segments.HEADER_SIZE, 0)
+        raw_header, leaves = self._read_index(fd, aead, name, cid, size, seg)
         header = segments.Header.unpack(raw_header, name)
-        if header.length != size or header.segment_size != seg:
-            raise IntegrityError(f"{name}: object header does not match the repo")
         nsegs = segments.segment_count(size, seg)
-        try:
-            leaves = aead.decrypt(
-                segments.index_nonce(header.nonce_prefix),
-                os.pread(fd, segments.index_size(size, seg), segments.data_end(size, seg)),
-                raw_header + cid.encode(),
-            )
-        except InvalidTag:
-            raise IntegrityError(f"{name}: segment index failed authentication") from None
-        if contentid.root(size, leaves) != cid:
-            raise IntegrityError(f"{name}: segment index does not match content id {cid}")
         if offset >= end and not (size == 0 and offset == 0):
             return 0  # nothing in range; an empty object read from 0 still verifies its one segment
         first = offset // seg
@@ -391,6 +412,81 @@ class ContentStore:
         return report
 
 
+class Upload:
+    """One put in progress: plaintext in (pulled by put_fd, or pushed with write()), a durable encrypted
+    object and its repo rows out. Until finish() returns, nothing is visible: the bytes sit in a temp file
+    that abort() (or a failure) removes."""
+
+    def __init__(self, store: ContentStore, key: bytes, size: int | None, progress: Progress | None) -> None:
+        self.store = store
+        self.key = key
+        self.size = size
+        seg = store.segment_size
+        self.data_key = store.keyring.new_data_key()
+        self.aead = AESGCM(self.data_key)
+        self.prefix = os.urandom(segments.NONCE_PREFIX_SIZE)
+        header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=0)
+        make_dirs(store.tmp_dir)
+        self.tmp = DurableFile(store.tmp_dir)
+        try:
+            fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
+            self.sealer = _Sealer(self.aead, self.prefix, fixed_aad, seg, self.tmp.fd, *store._pools())
+            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
+            transforms.append(self.sealer)
+            self.pump = Pump(seg, transforms)
+            if size is not None:
+                # Reserving the whole object up front fails early on a full disk and, on tmpfs and
+                # ext4 alike, makes the writes below about twice as fast (no allocation per page).
+                os.posix_fallocate(self.tmp.fd, 0, segments.file_size(size, seg))
+            os.write(self.tmp.fd, header.pack())
+        except OSError as exc:
+            self.tmp.abort()
+            raise os_error(exc, f"cannot store {show_key(key)}") from exc
+        except BaseException:
+            self.tmp.abort()
+            raise
+        self.length: int | None = None  # set when a pull (run_fd) ended the stream
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.pump.push(data)
+        except OSError as exc:
+            raise os_error(exc, f"cannot store {show_key(self.key)}") from exc
+
+    def finish(self, expect_cid: str | None = None) -> PutResult:
+        """Seal and commit; with `expect_cid`, an object whose content id differs is an IntegrityError and
+        leaves nothing behind (a replica checks what it received against what the sender announced)."""
+        seg = self.store.segment_size
+        name = show_key(self.key)
+        try:
+            try:
+                length = self.length if self.length is not None else self.pump.finish()
+            finally:
+                # No write may still be running when the temp file is closed or finished.
+                self.sealer.drain()
+            leaves = self.sealer.leaves
+            cid = contentid.root(length, leaves)
+            if expect_cid is not None and cid != expect_cid:
+                raise IntegrityError(f"{name}: received {length} bytes hash to {cid}, not {expect_cid}")
+            final_header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=length)
+            index = self.aead.encrypt(
+                segments.index_nonce(self.prefix), bytes(leaves), final_header.pack() + cid.encode()
+            )
+            write_all(self.tmp.fd, index)
+            if self.size != length:  # the source changed size while we read it
+                os.ftruncate(self.tmp.fd, segments.file_size(length, seg))
+            os.pwrite(self.tmp.fd, final_header.pack(), 0)
+        except OSError as exc:
+            raise os_error(exc, f"cannot store {name}") from exc
+        return self.store._commit(self, cid, length)
+
+    def abort(self) -> None:
+        """Drop the upload if it did not finish (idempotent; a no-op after finish())."""
+        with contextlib.suppress(BaseException):
+            self.sealer.drain()
+        self.tmp.abort()
+
+
 class _Sealer:
     """The store's pump transform: per plaintext segment, hash it (BLAKE3), encrypt it (AES-256-GCM) and
     write the ciphertext to the temp file.
@@ -482,4 +578,4 @@ def _remaining(fd: int) -> int | None:
     return max(0, st.st_size - pos)
 
 
-__all__ = ["ContentStore", "PutResult", "ReconcileReport", "StorageError", "encode_key", "show_key"]
+__all__ = ["ContentStore", "PutResult", "ReconcileReport", "StorageError", "Upload", "encode_key", "show_key"]

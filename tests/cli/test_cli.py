@@ -167,7 +167,13 @@ def test_store_list_get_delete(data_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "object kept" in r.stdout.decode()
     r = cli(data_dir, "delete", "same/again", "--json")
-    assert json.loads(r.stdout) == {"key": "same/again", "cid": rows[1]["cid"], "object_removed": True}
+    assert json.loads(r.stdout) == {
+        "key": "same/again",
+        "cid": rows[1]["cid"],
+        "local": True,
+        "object_removed": True,
+        "peers": [],
+    }
     assert len(object_files(data_dir)) == 1
 
     r = cli(data_dir, "get", "photos/cat.jpg")

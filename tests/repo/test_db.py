@@ -116,14 +116,16 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
         assert tables(repo._conn) == [
             ("index", "files_cid"),
             ("index", "peers_last_seen"),
+            ("index", "tombstones_deleted_at"),
             ("table", "files"),
             ("table", "keys"),
             ("table", "objects"),
             ("table", "peers"),
             ("table", "shares"),
+            ("table", "tombstones"),
         ]
         strict = repo._conn.execute("SELECT name FROM pragma_table_list WHERE strict = 1 ORDER BY name")
-        assert [r[0] for r in strict] == ["files", "keys", "objects", "peers", "shares"]
+        assert [r[0] for r in strict] == ["files", "keys", "objects", "peers", "shares", "tombstones"]
 
 
 def test_reopen_is_idempotent(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""What the CLI asks a node to do, in one place: the daemon's control socket (ctl.py) and the short-lived
+embedded node of a CLI command run with no daemon both call `execute()`, so both paths behave alike.
+
+A request is a JSON object with "cmd"; file descriptors travel beside it (SCM_RIGHTS on the control
+socket, plain ints in the embedded case) and stay owned by the caller: execute() never closes them.
+
+    store   {"key", "size": int|null}   fds[0]: the source, read to EOF
+    get     {"key"}                     fds[0]: where the plaintext goes (a temp file or stdout)
+    delete  {"key"}
+
+Results are JSON objects too; progress goes to `progress({"done": bytes, "total": bytes|null})`, at most
+every PROGRESS_STEP bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from p2pfast.ctl import ClientGone
+from p2pfast.errors import BadInput, P2PError
+from p2pfast.node import Node
+
+Progress = Callable[[dict[str, Any]], None]
+
+PROGRESS_STEP = 8 * 1024 * 1024
+
+
+class _Meter:
+    """Counts bytes (from the loop or a worker thread) and reports to `progress` on the loop thread.
+
+    It is also how a cancelled request stops work already running on the DB thread (cancelling the
+    coroutine does not stop a thread): once `gone` is set, the next count raises, and the store or read
+    in that thread aborts and cleans up. A client that hits Ctrl-C in the middle of `store -` must not
+    leave a truncated file stored as a success."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.reported = 0
+        self.gone = False
+        self.lock = threading.Lock()
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, n: int) -> None:
+        if self.gone:
+            raise ClientGone("the request was cancelled")
+        if self.progress is None:
+            return
+        with self.lock:
+            self.done += n
+            if self.done - self.reported < PROGRESS_STEP and self.done != self.total:
+                return
+            self.reported = done = self.done
+        self.loop.call_soon_threadsafe(self._report, done)
+
+    def _report(self, done: int) -> None:
+        assert self.progress is not None
+        # ClientGone: the client went away; the control socket cancels the request itself
+        with contextlib.suppress(P2PError):
+            self.progress({"done": done, "total": self.total})
+
+
+def _fd(fds: list[int], what: str) -> int:
+    if not fds:
+        raise BadInput(f"{what} needs a file descriptor passed with the request")
+    return fds[0]
+
+
+def _key(request: dict[str, Any]) -> str:
+    key = request.get("key")
+    if type(key) is not str:
+        raise BadInput("the request needs a string 'key'")
+    return key
+
+
+async def execute(
+    node: Node, request: dict[str, Any], fds: list[int], progress: Progress | None
+) -> dict[str, Any]:
+    cmd = request.get("cmd")
+    if cmd not in ("store", "get", "delete"):
+        raise BadInput(f"unknown command {str(cmd)[:40]!r}")
+    size = request.get("size")
+    meter = _Meter(progress, size if cmd == "store" and type(size) is int else None)
+    # The DB thread gets its own copy of the caller's fd: the caller (the control socket) closes its fds
+    # when this coroutine ends, which on cancellation is before the thread has finished with them. The
+    # copy is closed by a job queued on that same one-thread executor, so after every job that uses it.
+    dup = os.dup(_fd(fds, str(cmd))) if cmd in ("store", "get") else -1
+    try:
+        return await _execute(node, str(cmd), request, dup, meter)
+    except asyncio.CancelledError:
+        meter.gone = True
+        raise
+    finally:
+        if dup >= 0:
+            node.db_later(os.close, dup)
+
+
+async def _execute(node: Node, cmd: str, request: dict[str, Any], fd: int, meter: _Meter) -> dict[str, Any]:
+    if cmd == "store":
+        r = await node.store_fd(_key(request), fd, meter)
+        return {
+            "key": r.key,
+            "cid": r.cid,
+            "size": r.size,
+            "deduplicated": r.deduplicated,
+            "replicas": r.replicas,
+            "targets": r.targets,
+            "failed": r.failed,
+        }
+    if cmd == "get":
+        g = await node.get_fd(_key(request), fd, meter)
+        return {"key": g.key, "cid": g.cid, "size": g.size, "source": g.source}
+    d = await node.delete(_key(request))
+    return {
+        "key": d.key,
+        "cid": d.cid,
+        "local": d.local,
+        "object_removed": d.object_removed,
+        "peers": d.peers,
+    }

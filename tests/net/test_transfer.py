@@ -1,0 +1,233 @@
+"""Store fan-out, verified get and delete between real nodes: each Node has its own data dir, repo and
+store, and they talk over real TCP on 127.0.0.1 (all in one event loop, so a test can look inside each
+node between steps). Process-level tests of the same paths go through the CLI in tests/cli/."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from p2pfast import identity
+from p2pfast.datadir import Layout, init
+from p2pfast.errors import NotFound
+from p2pfast.net import transfer
+from p2pfast.net.limits import NetLimits
+from p2pfast.node import Node
+from p2pfast.store import contentid
+
+T = TypeVar("T")
+NETKEY = bytes(range(32))
+WAIT = 20.0
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    from p2pfast import runtime
+
+    return runtime.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp: Path, n: int, **kw: Any) -> AsyncIterator[list[Node]]:
+    nodes: list[Node] = []
+    try:
+        for i in range(n):
+            nodes.append(await start_node(tmp / f"n{i}", [nodes[0].peers.listen_addr] if nodes else [], **kw))
+        await connected(nodes)
+        yield nodes
+    finally:
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                await node.close()
+
+
+async def start_node(root: Path, bootstrap: list[str], **kw: Any) -> Node:
+    layout = Layout.of(root)
+    init(layout, NETKEY)
+    ident = identity.load(layout.node_key, layout.network_key)
+    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=NetLimits(), **kw)
+    await node.start()
+    return node
+
+
+async def connected(nodes: list[Node]) -> None:
+    """Every node connected to every other (gossip from the first one's bootstrap), bounded."""
+    await wait_until(lambda: all(len(n.peers.sessions) == len(nodes) - 1 for n in nodes))
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
+
+
+def source(tmp: Path, size: int, seed: int = 1) -> Path:
+    path = tmp / f"src-{seed}-{size}"
+    rnd = bytes((i * 131 + seed) & 0xFF for i in range(4096))
+    path.write_bytes((rnd * (size // 4096 + 1))[:size])
+    return path
+
+
+async def store(node: Node, key: str, path: Path) -> Any:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return await node.store_fd(key, fd)
+    finally:
+        os.close(fd)
+
+
+async def get(node: Node, key: str, out: Path) -> Any:
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return await node.get_fd(key, fd)
+    finally:
+        os.close(fd)
+
+
+def holds(node: Node, key: str) -> bool:
+    return node.repo.get_file(key.encode()) is not None
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 1024 * 1024 + 17])
+def test_store_replicates_and_get_fetches_verified(tmp_path: Path, size: int) -> None:
+    src = source(tmp_path, size)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            report = await store(a, "doc", src)
+            assert sorted(report.replicas) == sorted([b.node_id, c.node_id])
+            assert report.failed == {}
+            for peer in (b, c):  # each replica holds it under its own keys, and it reads back
+                assert peer.store.read_bytes("doc") == src.read_bytes()
+            assert {s.peer for s in a.repo.shares_for(report.cid)} == {b.node_id, c.node_id}
+            d = await start_node(tmp_path / "d", [a.peers.listen_addr])
+            try:
+                await wait_until(lambda: len(d.peers.sessions) == 3)
+                out = tmp_path / "out"
+                got = await get(d, "doc", out)
+                assert got.source in (a.node_id, b.node_id, c.node_id)
+                assert got.cid == report.cid and out.read_bytes() == src.read_bytes()
+                assert not holds(d, "doc")  # a get does not keep a copy
+            finally:
+                await d.close()
+
+    run(main())
+
+
+def test_replicas_setting_places_exactly_n_copies(tmp_path: Path) -> None:
+    src = source(tmp_path, 5000)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 5, replicas=2) as nodes:
+            report = await store(nodes[0], "k", src)
+            assert len(report.replicas) == 2 and report.targets == 2
+            holders = [n.node_id for n in nodes[1:] if holds(n, "k")]
+            assert sorted(holders) == sorted(report.replicas)
+            # placement is a function of the content id: the same choice on every node
+            assert sorted(s.peer_id for s in nodes[0].replica_set(report.cid)) == sorted(report.replicas)
+
+    run(main())
+
+
+def test_delete_reaches_every_copy_and_an_offline_peer_later(tmp_path: Path) -> None:
+    src = source(tmp_path, 200_000)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            e = await start_node(tmp_path / "e", [a.peers.listen_addr])
+            await wait_until(lambda: len(e.peers.sessions) == 3)
+            await store(a, "gone", src)
+            assert all(holds(n, "gone") for n in (a, b, c, e))
+            e_root = e.layout.root
+            await e.close()  # E goes offline holding a copy
+            await wait_until(lambda: all(len(n.peers.sessions) == 2 for n in (a, b, c)))
+            report = await b.delete("gone")
+            assert report.local and sorted(report.peers) == sorted([a.node_id, c.node_id])
+            for n in (a, b, c):
+                assert not holds(n, "gone")
+                assert n.repo.get_tombstone(b"gone") is not None
+            e = await start_node(e_root, [a.peers.listen_addr])  # back, with its stale copy
+            try:
+                await wait_until(lambda: not holds(e, "gone"))  # it learns the tombstone on connect
+                assert not any(e.store.object_path(report.cid).exists() for _ in [0])
+                with pytest.raises(NotFound):
+                    await get(e, "gone", tmp_path / "o")
+            finally:
+                await e.close()
+
+    run(main())
+
+
+def test_get_fails_over_from_a_holder_serving_corrupt_bytes(tmp_path: Path) -> None:
+    src = source(tmp_path, 3 * 1024 * 1024 + 5)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            report = await store(a, "x", src)
+            await a.db(a.store.delete, "x")  # only B and C hold it now
+            # B's copy gets one flipped byte inside segment 1 of its object file
+            path = b.store.object_path(report.cid)
+            raw = bytearray(path.read_bytes())
+            raw[1024 * 1024 + 4096] ^= 1
+            path.write_bytes(bytes(raw))
+            out = tmp_path / "out"
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                holders = [a.peers.sessions[b.node_id], a.peers.sessions[c.node_id]]
+                size = await transfer.fetch(holders, report.cid, fd, a.db)
+            finally:
+                os.close(fd)
+            assert size == src.stat().st_size
+            assert out.read_bytes() == src.read_bytes()
+
+    run(main())
+
+
+def test_get_with_no_holder_is_a_clear_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, _):
+            with pytest.raises(NotFound, match="no file under key"):
+                await get(a, "nothing", tmp_path / "o")
+        lone = await start_node(tmp_path / "lone", [])
+        try:
+            with pytest.raises(NotFound, match="no peer is connected"):
+                await get(lone, "nothing", tmp_path / "o")
+        finally:
+            await lone.close()
+
+    run(main())
+
+
+def test_concurrent_stores_through_one_node(tmp_path: Path) -> None:
+    srcs = [source(tmp_path, 10_000 + i * 777, seed=i) for i in range(50)]
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            reports = await asyncio.gather(*(store(a, f"f{i}", p) for i, p in enumerate(srcs)))
+            assert all(len(r.replicas) == 2 for r in reports)
+            for i, p in enumerate(srcs):
+                for n in (b, c):
+                    assert n.store.read_bytes(f"f{i}") == p.read_bytes()
+
+    run(main())
+
+
+def test_leaves_check_against_the_content_id(tmp_path: Path) -> None:
+    src = source(tmp_path, 2 * 1024 * 1024 + 1)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, b):
+            report = await store(a, "l", src)
+            size, leaves = await transfer.fetch_leaves(b.peers.sessions[a.node_id], report.cid)
+            assert size == src.stat().st_size and contentid.root(size, leaves) == report.cid
+            assert len(leaves) == 3 * 32
+
+    run(main())
