@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from p2pfast.datadir import Layout, LocalNode
 
 PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
+BOOTSTRAP_HELP = "HOST:PORT[,HOST:PORT...] to reach the network through when no daemon runs"
 
 
 def human(n: float) -> str:
@@ -260,9 +261,10 @@ def _network(
                 bar(done - shown)
                 shown = done
 
-        if ctl.running(sock):
+        try:
             return ctl.call(sock, request, fds, on_progress=on_progress)
-        return _embedded(args, request, list(fds), on_progress)
+        except ctl.DaemonNotRunning:
+            return _embedded(args, request, list(fds), on_progress)
 
 
 def _embedded(
@@ -475,15 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("key")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_store)
     s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
     s.add_argument("key")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
     s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_get)
-    s = sub.add_parser("delete", parents=[common], help="delete KEY")
+    s = sub.add_parser("delete", parents=[common], help="delete KEY here and on every peer")
     s.add_argument("key")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_delete)
     s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
     s.add_argument("--json", action="store_true")

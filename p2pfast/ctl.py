@@ -38,6 +38,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,22 +171,34 @@ def remote_error(exit_code: int, message: str) -> P2PError:
 
 
 def _connect(path: Path, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(os.fspath(path))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        sock.close()
-        raise DaemonNotRunning(f"nothing serves {path} (start one with 'p2pfast serve')") from exc
-    except TimeoutError as exc:
-        sock.close()
-        raise PeerUnavailable(f"the daemon at {path} did not accept within {timeout} s") from exc
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
+    # With a timeout the socket is non-blocking inside, and a connect to a Unix socket whose listen
+    # queue is full fails at once with EAGAIN instead of waiting as a blocking connect does: retry it,
+    # briefly backing off, until the timeout (a busy daemon is there, just behind on accepting).
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(os.fspath(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
             raise DaemonNotRunning(f"nothing serves {path} (start one with 'p2pfast serve')") from exc
-        raise ConfigError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-    return sock
+        except TimeoutError as exc:
+            sock.close()
+            raise PeerUnavailable(f"the daemon at {path} did not accept within {timeout} s") from exc
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EAGAIN and (deadline is None or time.monotonic() < deadline):
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            if exc.errno == errno.EAGAIN:
+                raise PeerUnavailable(f"the daemon at {path} did not accept within {timeout} s") from exc
+            if exc.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
+                raise DaemonNotRunning(f"nothing serves {path} (start one with 'p2pfast serve')") from exc
+            raise ConfigError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
 
 
 def running(path: Path) -> bool:

@@ -386,8 +386,8 @@ class Node:
             await self.db(self.store.read, raw, out_fd, 0, -1, progress)
             return GetReport(show_key(raw), cid, size, "local")
         cid, holders = await self.locate(raw)
-        size = await transfer.fetch(holders, cid, out_fd, self.db, progress)
-        return GetReport(show_key(raw), cid, size, holders[0].peer_id if holders else "")
+        size, source = await transfer.fetch(holders, cid, out_fd, self.db, progress)
+        return GetReport(show_key(raw), cid, size, source)
 
     async def delete(self, key: str) -> DeleteReport:
         """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""

@@ -294,9 +294,10 @@ async def fetch(
     out_fd: int,
     run: Run,
     progress: Callable[[int], object] | None = None,
-) -> int:
+) -> tuple[int, str]:
     """Write the verified plaintext of `cid` to out_fd (at its current position, in order); returns the
-    size. Holders are tried in order; each continues from the last verified segment of the one before."""
+    size and the node id of the holder that finished it. Holders are tried in order; each continues from
+    the last verified segment of the one before."""
     failures: list[str] = []
     leaves: bytes | None = None
     size = 0
@@ -325,7 +326,7 @@ async def fetch(
                 if progress is not None:
                     progress(verifier.verified - before)
                 await asyncio.wait_for(reply, STALL_TIMEOUT)
-                return size
+                return size, session.peer_id
             except BaseException:
                 stream.reset(int(wire.ErrorCode.REFUSED))
                 if reply.done() and not reply.cancelled() and reply.exception() is not None:

@@ -182,10 +182,10 @@ def test_get_fails_over_from_a_holder_serving_corrupt_bytes(tmp_path: Path) -> N
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 holders = [a.peers.sessions[b.node_id], a.peers.sessions[c.node_id]]
-                size = await transfer.fetch(holders, report.cid, fd, a.db)
+                size, source = await transfer.fetch(holders, report.cid, fd, a.db)
             finally:
                 os.close(fd)
-            assert size == src.stat().st_size
+            assert size == src.stat().st_size and source == c.node_id  # B failed, C finished
             assert out.read_bytes() == src.read_bytes()
 
     run(main())
