@@ -1,0 +1,230 @@
+"""Replication with real node processes (`p2pfast serve`, default settings: encrypted wire and disk).
+
+A storing node and 3 serving nodes, data dirs on tmpfs (/dev/shm, so the figure measures the software)
+and once more on disk (the bench's tmp dir):
+* store + replicate 500 MiB through the storing node's daemon (control socket, the CLI's path);
+* get 500 MiB from the network on a fifth node that holds no copy;
+* 1000 x 4 KiB replicated stores through the daemon, 16 at a time;
+* peak RSS (VmHWM) of every node.
+
+Beside each figure: the CPU-bound limit this run's AES-256-GCM and BLAKE3 rates imply, i.e. all the
+crypto and hashing work of all the processes spread over this machine's cores:
+
+* store + replicate, per byte: the storing node hashes and encrypts it once (its copy), reads it back
+  (decrypt + hash check), and encrypts it once per replica for the wire; each replica decrypts it from
+  the wire, hashes it and encrypts it for its disk: (2 + R) AES + 2 B3 + R x (2 AES + 1 B3).
+* get, per byte: the holder decrypts from disk, hashes, encrypts for the wire; the getter decrypts and
+  hashes: 3 AES + 2 B3.
+
+Issue 5 targets: store + replicate within 1.5x its limit, get within 2x, >= 500 small stores/s, <= 100 MiB
+RSS per node. Run: P2PFAST_REQUIRE_ACCEL=1 pytest bench/bench_replication.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from p2pfast import ctl
+from p2pfast.datadir import Layout, init
+from p2pfast.repo.repo import Repo
+
+SIZE = 500 * 1024 * 1024
+SMALL = 4096
+SMALL_COUNT = 1000
+SMALL_PARALLEL = 16
+REPLICAS = 3
+CORES = len(os.sched_getaffinity(0))
+START_TIMEOUT = 30.0
+
+
+class Node:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.listen = ""
+        self.node_id = ""
+
+    @property
+    def sock(self) -> Path:
+        return self.root / ctl.SOCKET_NAME
+
+    def start(self, bootstrap: str | None) -> Node:
+        argv = [sys.executable, "-P", "-m", "p2pfast", "serve", "--data-dir", str(self.root)]
+        argv += ["--listen", "127.0.0.1:0", "--log-level", "warning"]
+        if bootstrap:
+            argv += ["--bootstrap", bootstrap]
+        log = open(self.root.parent / f"{self.root.name}.log", "ab")  # noqa: SIM115 (kept for the child)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node {self.root.name} exited with {self.proc.returncode}")
+            with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+                info = orjson.loads((self.root / "node.json").read_bytes())
+                if info["pid"] == self.proc.pid and ctl.running(self.sock):
+                    self.listen, self.node_id = info["listen"], info["node_id"]
+                    return self
+            time.sleep(0.02)  # polls the node's own start-up, bounded by the deadline
+        raise AssertionError(f"node {self.root.name} did not start within {START_TIMEOUT} s")
+
+    def connected(self) -> int:
+        with Repo.open(Layout.of(self.root).db, readonly=True) as repo:
+            return sum(1 for r in repo.list_peers() if r.status == "connected")
+
+    def peak_rss_mib(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def network(base: Path, n: int) -> Iterator[list[Node]]:
+    key = os.urandom(32)
+    nodes: list[Node] = []
+    try:
+        for i in range(n):
+            root = base / f"n{i}"
+            init(Layout.of(root), key)
+            nodes.append(Node(root).start(nodes[0].listen if nodes else None))
+        wait(lambda: all(node.connected() >= n - 1 for node in nodes), "full membership")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+def wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def make_file(path: Path, size: int) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for i in range(0, size, len(block)):
+            f.write(block[: min(len(block), size - i)])
+
+
+def store(node: Node, key: str, path: Path) -> dict[str, Any]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return ctl.call(node.sock, {"cmd": "store", "key": key, "size": os.fstat(fd).st_size}, [fd])
+    finally:
+        os.close(fd)
+
+
+def get(node: Node, key: str, out: Path) -> dict[str, Any]:
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return ctl.call(node.sock, {"cmd": "get", "key": key}, [fd])
+    finally:
+        os.close(fd)
+
+
+def limits(ref: dict[str, float]) -> tuple[float, float]:
+    aes, b3 = ref["aes256gcm"], ref["blake3"]
+    r = REPLICAS
+    store_work = (2 + r) / aes + 2 / b3 + r * (2 / aes + 1 / b3)  # CPU seconds per byte, all processes
+    get_work = 3 / aes + 2 / b3
+    return CORES / store_work, CORES / get_work
+
+
+@contextlib.contextmanager
+def base_dir(where: str) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="p2pfast-bench-", dir="/dev/shm" if where == "tmpfs" else None))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["tmpfs", "disk"])
+def test_replication(
+    where: str, benchmark: Any, ref: dict[str, float], bench_report: Callable[[str], None]
+) -> None:
+    if where == "tmpfs" and not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    store_limit, get_limit = limits(ref)
+    with base_dir(where) as base, network(base, REPLICAS + 1) as nodes:
+        src = base / "src.bin"
+        make_file(src, SIZE)
+        a = nodes[0]
+        rounds: list[float] = []
+
+        def run_store() -> None:
+            t0 = time.perf_counter()
+            r = store(a, f"big-{len(rounds)}", src)
+            rounds.append(time.perf_counter() - t0)
+            assert len(r["replicas"]) == REPLICAS, r
+
+        benchmark.pedantic(run_store, rounds=1, iterations=1)
+        store_rate = SIZE / min(rounds)
+
+        getter = Node(base / "getter")
+        init(Layout.of(getter.root), (a.root / "network.key").read_bytes())
+        getter.start(a.listen)
+        nodes.append(getter)
+        wait(lambda: getter.connected() >= REPLICAS + 1, "the getter to join")
+        out = base / "out.bin"
+        t0 = time.perf_counter()
+        g = get(getter, "big-0", out)
+        get_rate = SIZE / (time.perf_counter() - t0)
+        assert g["size"] == SIZE and g["source"] != "local"
+        assert out.stat().st_size == SIZE
+        with open(out, "rb") as f1, open(src, "rb") as f2:
+            assert f1.read(1 << 20) == f2.read(1 << 20)
+        out.unlink()
+
+        small = base / "small.bin"
+        make_file(small, SMALL)
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(SMALL_PARALLEL) as pool:
+            results = list(pool.map(lambda i: store(a, f"small-{i}", small), range(SMALL_COUNT)))
+        small_rate = SMALL_COUNT / (time.perf_counter() - t0)
+        # the getter is a peer now too: every connected peer gets a copy
+        short = [
+            r["failed"] for r in results if len(r["replicas"]) != r["targets"] or r["targets"] < REPLICAS
+        ]
+        assert not short, f"{len(short)} small stores missed replicas, e.g. {short[:3]}"
+        rss = [n.peak_rss_mib() for n in nodes]
+
+    bench_report(
+        f"replication on {where}: store + replicate {SIZE >> 20} MiB to {REPLICAS} peers "
+        f"{store_rate / 1e6:.0f} MB/s (CPU-bound limit {store_limit / 1e6:.0f} MB/s: "
+        f"{store_limit / store_rate:.1f}x from it, target 1.5x); get {SIZE >> 20} MiB from the network "
+        f"{get_rate / 1e6:.0f} MB/s (limit {get_limit / 1e6:.0f} MB/s: {get_limit / get_rate:.1f}x, "
+        f"target 2x); {SMALL_COUNT} x {SMALL >> 10} KiB stores through the daemon, each to {REPLICAS + 1} peers, "
+        f"{small_rate:.0f}/s (target 500/s); peak RSS per node "
+        + ", ".join(f"{x:.0f}" for x in rss)
+        + " MiB (target 100)"
+    )
