@@ -47,6 +47,7 @@ class Stream:
         self.session = session
         self.sid = sid
         self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes in _queue
         self._sink: Callable[[memoryview], object] | None = None
         self._readable = asyncio.Event()
         self._credit = asyncio.Event()
@@ -60,6 +61,7 @@ class Stream:
         self._sink = sink
         while self._queue:
             chunk = self._queue.popleft()
+            self._queued -= len(chunk)
             sink(memoryview(chunk))
             self.session._consumed(self.sid, len(chunk))
 
@@ -71,6 +73,7 @@ class Stream:
                 self.session._consumed(self.sid, len(data))
             else:
                 self._queue.append(bytes(data))
+                self._queued += len(data)
         if end:
             self.eof = True
             self.session._forget(self)
@@ -86,6 +89,7 @@ class Stream:
         while True:
             if self._queue:
                 chunk = self._queue.popleft()
+                self._queued -= len(chunk)
                 self.session._consumed(self.sid, len(chunk))
                 return chunk
             if self.error is not None:
@@ -95,15 +99,21 @@ class Stream:
             self._readable.clear()
             await self._readable.wait()
 
-    async def read_some(self, limit: int) -> bytes:
-        """Every queued chunk up to about `limit` bytes, joined (at least one chunk; b"" at the end): one
-        hand-off per megabyte instead of one per frame for a consumer that works on a thread."""
+    async def read_some(self, limit: int, at_least: int = 0) -> bytes:
+        """Queued chunks joined, up to about `limit` bytes, once `at_least` bytes are queued (or the stream
+        ended); b"" at the end. A consumer working on a thread makes one hand-off per `at_least` bytes
+        instead of one per 64 KiB frame. `at_least` must stay below the stream window (the peer cannot
+        send more than that before we read)."""
+        while self._queued < at_least and not self.eof and self.error is None:
+            self._readable.clear()
+            await self._readable.wait()
         first = await self.read()
         if not first or not self._queue:
             return first
         parts, size = [first], len(first)
         while self._queue and size < limit:
             chunk = self._queue.popleft()
+            self._queued -= len(chunk)
             self.session._consumed(self.sid, len(chunk))
             parts.append(chunk)
             size += len(chunk)

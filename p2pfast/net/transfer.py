@@ -19,9 +19,11 @@ verified segment. Nothing unverified reaches `out_fd`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,11 @@ CHUNK = 4 * 1024 * 1024
 STALL_TIMEOUT = 30.0
 # After the last byte, a replica must seal, fsync and commit; a large object on a slow disk takes a while.
 ACK_TIMEOUT = 120.0
+# A receiver hands data to the DB thread once this much is queued (below the 1 MiB stream window, so the
+# sender can always fill it), and keeps at most PIPELINE such jobs in flight: the network keeps receiving
+# while the thread hashes and writes.
+HANDOFF = 512 * 1024
+PIPELINE = 3
 # Free space a replica keeps after accepting an object: never fill a disk to the last byte.
 FREE_RESERVE = 64 * 1024 * 1024
 
@@ -73,10 +80,34 @@ class _Collect:
         self.buf += view
 
 
-def _read_chunk(store: ContentStore, cid: str, offset: int, length: int) -> bytes:
+def _read_chunk(store: ContentStore, cid: str, offset: int, length: int) -> bytearray:
     sink = _Collect()
     store.read_object(cid, sink, offset, length)
-    return bytes(sink.buf)
+    return sink.buf
+
+
+async def _chunks(
+    run: Run, store: ContentStore, cid: str, start: int, end: int
+) -> AsyncGenerator[bytearray, None]:
+    """The plaintext of [start, end) in CHUNK pieces (one empty piece for an empty range), each read on the
+    DB thread while the caller sends the one before: reading and sending overlap, and at most two chunks
+    are in memory."""
+    pos = start
+    ahead: asyncio.Future[bytearray] = asyncio.ensure_future(
+        run(_read_chunk, store, cid, pos, min(CHUNK, end - pos))
+    )
+    try:
+        while True:
+            chunk = await ahead
+            pos += len(chunk)
+            last = pos >= end or not chunk
+            if not last:
+                ahead = asyncio.ensure_future(run(_read_chunk, store, cid, pos, min(CHUNK, end - pos)))
+            yield chunk
+            if last:
+                return
+    finally:
+        ahead.cancel()
 
 
 # -- store: the sender ---------------------------------------------------------------------------------
@@ -106,27 +137,28 @@ async def replicate(
         ack.cancel()
         log.warning("event=replica_dropped peer=%s cid=%s reason=%r", peer[:12], cid, why)
 
-    async def send(stream: Stream, chunk: bytes, end: bool) -> None:
+    async def send(stream: Stream, chunk: bytearray, end: bool) -> None:
         await asyncio.wait_for(stream.write(chunk, end=end), STALL_TIMEOUT)
 
     offset = 0
-    while live:
-        for peer, (_, _, ack) in list(live.items()):
-            if ack.done():  # replied before the data ended: a refusal (no space, a tombstone, ...)
-                drop(peer, _reason(ack))
-        if not live:
-            break
-        n = min(CHUNK, size - offset)
-        chunk = await run(_read_chunk, store, cid, offset, n) if n else b""
-        offset += n
-        end = offset >= size
-        peers = list(live)
-        results = await asyncio.gather(*(send(live[p][1], chunk, end) for p in peers), return_exceptions=True)
-        for peer, result in zip(peers, results, strict=True):
-            if isinstance(result, BaseException) and peer in live:
-                drop(peer, _describe(result))
-        if end:
-            break
+    async with contextlib.aclosing(_chunks(run, store, cid, 0, size)) as chunks:
+        async for chunk in chunks:
+            for peer, (_, _, ack) in list(live.items()):
+                if ack.done():  # replied before the data ended: a refusal (no space, a tombstone, ...)
+                    drop(peer, _reason(ack))
+            if not live:
+                break
+            offset += len(chunk)
+            end = offset >= size
+            peers = list(live)
+            results = await asyncio.gather(
+                *(send(live[p][1], chunk, end) for p in peers), return_exceptions=True
+            )
+            for peer, result in zip(peers, results, strict=True):
+                if isinstance(result, BaseException) and peer in live:
+                    drop(peer, _describe(result))
+            if end:
+                break
     for peer, (_, _, ack) in list(live.items()):
         try:
             await asyncio.wait_for(asyncio.shield(ack), ACK_TIMEOUT)
@@ -172,14 +204,19 @@ async def receive(
         raise
     try:
         received = 0
+        jobs: deque[asyncio.Future[None]] = deque()
         while True:
-            chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
+            chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
             if not chunk:
                 break
             received += len(chunk)
             if received > size:
                 raise RemoteProtocolError(f"sent more than the {size} bytes announced for {cid}")
-            await run(upload.write, chunk)
+            jobs.append(asyncio.ensure_future(run(upload.write, chunk)))  # one thread: in order
+            while len(jobs) >= PIPELINE:
+                await jobs.popleft()
+        while jobs:
+            await jobs.popleft()
         if received != size:
             raise RemoteProtocolError(f"sent {received} of the {size} bytes announced for {cid}")
         result = await run(upload.finish, cid)
@@ -212,19 +249,16 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise NotFound(f"object {cid} is not held here")
     end = obj.size if length < 0 else min(obj.size, offset + length)
-    pos = min(offset, end)
+    start = pos = min(offset, end)
     try:
-        while True:
-            n = min(CHUNK, end - pos)
-            chunk = await run(_read_chunk, store, cid, pos, n) if n else b""
-            pos += n
-            await asyncio.wait_for(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
-            if pos >= end:
-                break
+        async with contextlib.aclosing(_chunks(run, store, cid, start, end)) as chunks:
+            async for chunk in chunks:
+                pos += len(chunk)
+                await asyncio.wait_for(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
     except BaseException:
         stream.reset(int(wire.ErrorCode.INTERNAL))
         raise
-    return {"t": "ok", "size": pos - min(offset, end)}
+    return {"t": "ok", "size": pos - start}
 
 
 async def serve_leaves(
@@ -288,6 +322,10 @@ class _Verifier:
         self.verified += n
 
 
+def _barrier() -> None:
+    return None
+
+
 async def fetch(
     holders: Sequence[Session],
     cid: str,
@@ -312,15 +350,23 @@ async def fetch(
             stream = await session.open_stream_wait(STALL_TIMEOUT)
             request = {"t": "get", "cid": cid, "offset": done * seg, "length": -1, "sid": stream.sid}
             reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
+            jobs: deque[asyncio.Future[None]] = deque()
             try:
+                reported = verifier.verified
                 while True:
-                    chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
+                    chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
                     if not chunk:
                         break
-                    before = verifier.verified
-                    await run(verifier.feed, chunk)
-                    if progress is not None:
-                        progress(verifier.verified - before)
+                    jobs.append(asyncio.ensure_future(run(verifier.feed, chunk)))  # one thread: in order
+                    while len(jobs) >= PIPELINE:
+                        await jobs.popleft()
+                    if progress is not None and verifier.verified > reported:
+                        progress(verifier.verified - reported)
+                        reported = verifier.verified
+                while jobs:
+                    await jobs.popleft()
+                if progress is not None and verifier.verified > reported:
+                    progress(verifier.verified - reported)
                 before = verifier.verified
                 await run(verifier.finish, size)
                 if progress is not None:
@@ -328,6 +374,12 @@ async def fetch(
                 await asyncio.wait_for(reply, STALL_TIMEOUT)
                 return size, session.peer_id
             except BaseException:
+                for job in jobs:
+                    job.cancel()
+                # A job already running finishes anyway; once a no-op queued behind it has run on the one
+                # DB thread, verifier.index is final and the next holder resumes exactly there.
+                with contextlib.suppress(BaseException):
+                    await run(_barrier)
                 stream.reset(int(wire.ErrorCode.REFUSED))
                 if reply.done() and not reply.cancelled() and reply.exception() is not None:
                     raise reply.exception() from None  # type: ignore[misc]  # the holder's reason

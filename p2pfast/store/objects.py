@@ -115,10 +115,16 @@ class ContentStore:
     # -- put -----------------------------------------------------------------------------------------
     def put_fd(self, key: str | bytes, fd: int, progress: Progress | None = None) -> PutResult:
         """Store what `fd` yields until EOF under `key`. Returns once the object and its row are durable."""
-        upload = self.begin(key, _remaining(fd), progress)
+        expected = _remaining(fd)
+        upload = self.begin(key, expected, progress)
         try:
             try:
-                upload.length = upload.pump.run_fd(fd)
+                if expected is not None and expected <= self.segment_size:
+                    # A small file: read it whole (the pump's buffers would cost more than the work).
+                    while chunk := os.read(fd, max(expected, 1 << 16)):
+                        upload.write(chunk)
+                else:
+                    upload.length = upload.pump.run_fd(fd)
             except OSError as exc:
                 raise os_error(exc, f"cannot store {show_key(upload.key)}") from exc
             return upload.finish()
@@ -312,7 +318,7 @@ class ContentStore:
         start_in_first = offset - first * seg
         fixed_aad = raw_header[: segments.FIXED_AAD_SIZE]
         prefix = header.nonce_prefix
-        plain = bytearray(seg)
+        plain = bytearray(min(seg, max(size, 1)))
         plain_view = memoryview(plain)
         written = 0
 
@@ -340,7 +346,9 @@ class ContentStore:
             transforms.append(_progress_transform(progress))
         start = segments.segment_offset(first, seg)
         stop = min(segments.segment_offset(last + 1, seg), segments.data_end(size, seg))
-        Pump(seg + segments.TAG_SIZE, transforms, [sink]).run_fd(fd, start, stop - start)
+        # A range within one segment (every small object) needs buffers of that segment's size, not 1 MiB.
+        chunk = max(1, min(seg + segments.TAG_SIZE, stop - start))
+        Pump(chunk, transforms, [sink]).run_fd(fd, start, stop - start)
         return written
 
     def read_bytes(self, key: str | bytes, offset: int = 0, length: int = -1) -> bytes:
@@ -415,25 +423,29 @@ class ContentStore:
 class Upload:
     """One put in progress: plaintext in (pulled by put_fd, or pushed with write()), a durable encrypted
     object and its repo rows out. Until finish() returns, nothing is visible: the bytes sit in a temp file
-    that abort() (or a failure) removes."""
+    that abort() (or a failure) removes.
+
+    An object of one segment at most (most small files) never builds the pump and its four segment-sized
+    buffers: its bytes collect in a small buffer and are sealed in one step at finish(), exactly as the
+    pump would seal a single final segment. The pump starts as soon as the data outgrow one segment."""
 
     def __init__(self, store: ContentStore, key: bytes, size: int | None, progress: Progress | None) -> None:
         self.store = store
         self.key = key
         self.size = size
+        self.progress = progress
         seg = store.segment_size
         self.data_key = store.keyring.new_data_key()
         self.aead = AESGCM(self.data_key)
         self.prefix = os.urandom(segments.NONCE_PREFIX_SIZE)
         header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=0)
+        self.fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
+        self._pump: Pump | None = None
+        self._sealer: _Sealer | None = None
+        self._small = bytearray()
         make_dirs(store.tmp_dir)
         self.tmp = DurableFile(store.tmp_dir)
         try:
-            fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
-            self.sealer = _Sealer(self.aead, self.prefix, fixed_aad, seg, self.tmp.fd, *store._pools())
-            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
-            transforms.append(self.sealer)
-            self.pump = Pump(seg, transforms)
             if size is not None:
                 # Reserving the whole object up front fails early on a full disk and, on tmpfs and
                 # ext4 alike, makes the writes below about twice as fast (no allocation per page).
@@ -447,11 +459,41 @@ class Upload:
             raise
         self.length: int | None = None  # set when a pull (run_fd) ended the stream
 
+    @property
+    def pump(self) -> Pump:
+        if self._pump is None:
+            store = self.store
+            self._sealer = _Sealer(
+                self.aead, self.prefix, self.fixed_aad, store.segment_size, self.tmp.fd, *store._pools()
+            )
+            progress = self.progress
+            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
+            transforms.append(self._sealer)
+            self._pump = Pump(store.segment_size, transforms)
+            if self._small:
+                small, self._small = self._small, bytearray()
+                self._pump.push(small)
+        return self._pump
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
+            if self._pump is None and len(self._small) + len(data) <= self.store.segment_size:
+                self._small += data
+                return
             self.pump.push(data)
         except OSError as exc:
             raise os_error(exc, f"cannot store {show_key(self.key)}") from exc
+
+    def _seal_small(self) -> tuple[int, bytes]:
+        """The whole object as its one final segment: what the pump and sealer would write for it."""
+        data = self._small
+        ciphertext = self.aead.encrypt(
+            segments.segment_nonce(self.prefix, 0, True), bytes(data), self.fixed_aad
+        )
+        write_all(self.tmp.fd, ciphertext)
+        if self.progress is not None:
+            self.progress(len(data))
+        return len(data), contentid.leaf(data)
 
     def finish(self, expect_cid: str | None = None) -> PutResult:
         """Seal and commit; with `expect_cid`, an object whose content id differs is an IntegrityError and
@@ -459,18 +501,22 @@ class Upload:
         seg = self.store.segment_size
         name = show_key(self.key)
         try:
-            try:
-                length = self.length if self.length is not None else self.pump.finish()
-            finally:
-                # No write may still be running when the temp file is closed or finished.
-                self.sealer.drain()
-            leaves = self.sealer.leaves
+            if self._pump is None and self.length is None:
+                length, leaves = self._seal_small()
+            else:
+                try:
+                    length = self.length if self.length is not None else self.pump.finish()
+                finally:
+                    # No write may still be running when the temp file is closed or finished.
+                    assert self._sealer is not None
+                    self._sealer.drain()
+                leaves = bytes(self._sealer.leaves)
             cid = contentid.root(length, leaves)
             if expect_cid is not None and cid != expect_cid:
                 raise IntegrityError(f"{name}: received {length} bytes hash to {cid}, not {expect_cid}")
             final_header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=length)
             index = self.aead.encrypt(
-                segments.index_nonce(self.prefix), bytes(leaves), final_header.pack() + cid.encode()
+                segments.index_nonce(self.prefix), leaves, final_header.pack() + cid.encode()
             )
             write_all(self.tmp.fd, index)
             if self.size != length:  # the source changed size while we read it
@@ -482,8 +528,9 @@ class Upload:
 
     def abort(self) -> None:
         """Drop the upload if it did not finish (idempotent; a no-op after finish())."""
-        with contextlib.suppress(BaseException):
-            self.sealer.drain()
+        if self._sealer is not None:
+            with contextlib.suppress(BaseException):
+                self._sealer.drain()
         self.tmp.abort()
 
 
