@@ -223,7 +223,8 @@ def test_replication(
         f"{store_rate / 1e6:.0f} MB/s (CPU-bound limit {store_limit / 1e6:.0f} MB/s: "
         f"{store_limit / store_rate:.1f}x from it, target 1.5x); get {SIZE >> 20} MiB from the network "
         f"{get_rate / 1e6:.0f} MB/s (limit {get_limit / 1e6:.0f} MB/s: {get_limit / get_rate:.1f}x, "
-        f"target 2x); {SMALL_COUNT} x {SMALL >> 10} KiB stores through the daemon, each to {REPLICAS + 1} peers, "
+        f"target 2x); {SMALL_COUNT} x {SMALL >> 10} KiB stores through the daemon, each to "
+        f"{REPLICAS + 1} peers, "
         f"{small_rate:.0f}/s (target 500/s); peak RSS per node "
         + ", ".join(f"{x:.0f}" for x in rss)
         + " MiB (target 100)"

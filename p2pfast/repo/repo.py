@@ -396,20 +396,6 @@ class Repo:
             _put_tombstone(conn, key, cid, deleted_at, origin, recorded_at)
             return removed if removed is not None else (None, False)
 
-    def tombstoned(self, key: bytes, cid: str, stored_at: float) -> bool:
-        """Whether a copy of ``key`` with content ``cid``, stored at ``stored_at``, was deleted since.
-
-        True exactly when a tombstone for ``key`` exists and either names this same ``cid`` (whatever the
-        times: that content was deleted, and a peer's clock cannot revive it) or has ``deleted_at >=
-        stored_at`` (the delete came at or after that store; a tie counts as deleted). False when there is
-        no tombstone for ``key``, or it names other content and ``deleted_at < stored_at`` (the key was
-        stored again after the delete). Used to refuse re-adding a file a peer offers back.
-        """
-        rows = self._rows(
-            "SELECT 1 FROM tombstones WHERE key = ? AND (cid = ? OR deleted_at >= ?)", (key, cid, stored_at)
-        )
-        return bool(rows)
-
     # -- peers and shares ---------------------------------------------------------------------------------
 
     def upsert_peer(self, address: str, node_id: str | None, last_seen: float, status: str) -> None:

@@ -180,7 +180,7 @@ def test_expire_deletes_strictly_before_cutoff(repo: Repo) -> None:
 def test_expired_tombstone_no_longer_blocks_and_can_come_back(repo: Repo) -> None:
     repo.add_tombstone(b"k", A, 5.0, N1, 6.0)
     assert repo.expire_tombstones(6.0) == 1
-    assert repo.tombstoned(b"k", A, 1.0) is False
+    assert repo.get_tombstone(b"k") is None
     assert repo.add_tombstone(b"k", A, 5.0, N1, 7.0) is True  # news again after expiry
 
 
@@ -244,20 +244,6 @@ def test_delete_is_one_transaction(repo: Repo) -> None:
     assert repo.shares_for(A) == [ShareRow(A, "10.0.0.1:7000", 2.0)]
     assert repo.get_tombstone(b"a") is None
     assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, True)  # nothing left half-done
-
-
-# -- tombstoned --------------------------------------------------------------------------------------
-
-
-def test_tombstoned_rules(repo: Repo) -> None:
-    assert repo.tombstoned(b"k", A, 1.0) is False  # no tombstone
-    repo.add_tombstone(b"k", A, 10.0, N1, 11.0)
-    assert repo.tombstoned(b"k", A, 5.0) is True  # the deleted content, stored before
-    assert repo.tombstoned(b"k", A, 50.0) is True  # the deleted content, whatever its time says
-    assert repo.tombstoned(b"k", B, 5.0) is True  # other content, stored before the delete
-    assert repo.tombstoned(b"k", B, 10.0) is True  # stored at the very time of the delete
-    assert repo.tombstoned(b"k", B, 10.5) is False  # other content stored after the delete
-    assert repo.tombstoned(b"other", A, 5.0) is False  # another key
 
 
 # -- invalid input -----------------------------------------------------------------------------------
