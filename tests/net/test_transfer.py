@@ -231,3 +231,22 @@ def test_leaves_check_against_the_content_id(tmp_path: Path) -> None:
             assert len(leaves) == 3 * 32
 
     run(main())
+
+
+def test_replica_refuses_an_object_over_its_limit_and_the_store_says_so(tmp_path: Path) -> None:
+    src = source(tmp_path, 300_000)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, b):
+            small = await start_node(tmp_path / "small", [a.peers.listen_addr], max_object=100_000)
+            try:
+                await wait_until(lambda: len(a.peers.sessions) == 2 and len(small.peers.sessions) == 2)
+                report = await store(a, "big", src)
+                assert report.replicas == [b.node_id]
+                assert "over this node's limit of 100000" in report.failed[small.node_id]
+                assert not holds(small, "big")
+                assert not [p for p in small.store.tmp_dir.iterdir()]  # nothing half-written left
+            finally:
+                await small.close()
+
+    run(main())
