@@ -58,6 +58,8 @@ ACK_TIMEOUT = 120.0
 # while the thread hashes and writes.
 HANDOFF = 512 * 1024
 PIPELINE = 3
+# How long a failed replica's own reason (its error reply) is awaited after its stream broke.
+REASON_WAIT = 2.0
 # Free space a replica keeps after accepting an object: never fill a disk to the last byte.
 FREE_RESERVE = 64 * 1024 * 1024
 
@@ -156,7 +158,12 @@ async def replicate(
             )
             for peer, result in zip(peers, results, strict=True):
                 if isinstance(result, BaseException) and peer in live:
-                    drop(peer, _describe(result))
+                    ack = live[peer][2]
+                    # A replica that refuses resets the stream, then replies with its reason: wait for
+                    # that reply briefly, so the report says "no space", not "stream reset".
+                    await asyncio.wait([ack], timeout=REASON_WAIT)
+                    done_with_error = ack.done() and not ack.cancelled() and ack.exception() is not None
+                    drop(peer, _reason(ack) if done_with_error else _describe(result))
             if end:
                 break
     for peer, (_, _, ack) in list(live.items()):
