@@ -119,6 +119,15 @@ class Stream:
             size += len(chunk)
         return b"".join(parts)
 
+    def extend_window(self, nbytes: int) -> None:
+        """Let the peer send nbytes more than the initial window ahead of what we read: for a reader that
+        drains a bulk transfer promptly (it only takes effect once the peer's first DATA arrived)."""
+        if self.session.closed:
+            return
+        with contextlib.suppress(LocalProtocolError):
+            self.session.conn.grant(self.sid, nbytes)
+            self.session.flush()
+
     async def wait_eof(self) -> None:
         while not self.eof:
             if self.error is not None:

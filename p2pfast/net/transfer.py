@@ -58,6 +58,10 @@ ACK_TIMEOUT = 120.0
 # while the thread hashes and writes.
 HANDOFF = 512 * 1024
 PIPELINE = 3
+# Credit a bulk receiver adds on top of the stream's initial window once data flows: with 1 MiB in
+# flight the sender waits on every hand-off; 4 MiB keeps it busy (bench_replication: get 343 -> 374 MB/s).
+# Only streams we drain get it, so what a peer can make us queue unread stays at the initial window.
+EXTRA_WINDOW = 3 * 1024 * 1024
 # How long a failed replica's own reason (its error reply) is awaited after its stream broke.
 REASON_WAIT = 2.0
 # Free space a replica keeps after accepting an object: never fill a disk to the last byte.
@@ -216,6 +220,8 @@ async def receive(
             chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
             if not chunk:
                 break
+            if not received:
+                stream.extend_window(EXTRA_WINDOW)
             received += len(chunk)
             if received > size:
                 raise RemoteProtocolError(f"sent more than the {size} bytes announced for {cid}")
@@ -358,12 +364,16 @@ async def fetch(
             request = {"t": "get", "cid": cid, "offset": done * seg, "length": -1, "sid": stream.sid}
             reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
             jobs: deque[asyncio.Future[None]] = deque()
+            extended = False
             try:
                 reported = verifier.verified
                 while True:
                     chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
                     if not chunk:
                         break
+                    if not extended:
+                        stream.extend_window(EXTRA_WINDOW)
+                        extended = True
                     jobs.append(asyncio.ensure_future(run(verifier.feed, chunk)))  # one thread: in order
                     while len(jobs) >= PIPELINE:
                         await jobs.popleft()

@@ -618,6 +618,13 @@ class Connection:
         if grant:
             self._queue_frame(_WINDOW, 0, stream_id, grant.to_bytes(4, "big"))
 
+    def grant(self, stream_id: int, nbytes: int) -> None:
+        """Give the peer nbytes more credit on a stream it sends us (StreamTable.grant); may queue WINDOW."""
+        self._check_open()
+        increment = self._streams.grant(stream_id, nbytes)
+        if increment:
+            self._queue_frame(_WINDOW, 0, stream_id, increment.to_bytes(4, "big"))
+
     def reset_stream(self, stream_id: int, code: int) -> None:
         """Abort stream_id with a wire error code (idempotent on a closed stream)."""
         self._check_open()

@@ -194,6 +194,21 @@ class StreamTable:
         stream.recv_credit += grant
         return grant
 
+    def grant(self, stream_id: int, nbytes: int) -> int:
+        """Extra credit for a stream we are receiving on, beyond what consumed() returns: a reader that
+        drains a bulk transfer promptly lets the peer keep more in flight. Returns the WINDOW increment to
+        send (0 when the stream is not receiving, e.g. before its first DATA or after its end)."""
+        if nbytes < 0:
+            raise _local(f"grant({nbytes}) is negative")
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.state is not StreamState.RECEIVING:
+            return 0
+        increment = min(nbytes, MAX_WINDOW - stream.recv_credit - stream.recv_unacked)
+        if increment <= 0:
+            return 0
+        stream.recv_credit += increment
+        return increment
+
     def reset(self, stream_id: int) -> bool:
         """Close stream_id because we reset it; True when a RESET frame should go out."""
         if not 0 < stream_id <= MAX_STREAM_ID:

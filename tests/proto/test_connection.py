@@ -736,3 +736,22 @@ def test_pooled_frame_buffers_are_never_reused_while_handed_out() -> None:
     pair.client.send_data(sid, b"\x01" * 65519)
     pair.client.data_to_send()
     assert len(pair.client._pool) == pool_size  # a released buffer was taken, not a new one
+
+
+def test_grant_gives_the_sender_more_credit_once_data_flows() -> None:
+    pair = opened()
+    sid = pair.client.open_stream()
+    window = pair.client.limits.initial_window
+    pair.server.grant(sid, 1 << 20)  # before any DATA: nothing to grant yet (the stream is not receiving)
+    assert pair.server.data_to_send() == []
+    pair.client.send_data(sid, b"x" * 1000)
+    pair.pump()
+    pair.server.grant(sid, 3 << 20)
+    pair.pump()
+    assert pair.client.send_credit(sid) == window - 1000 + (3 << 20)
+    # the peer may now send more than the initial window before we read: no FLOW_CONTROL error
+    taken = pair.client.send_data(sid, b"y" * (window + (1 << 20)))
+    assert taken == window + (1 << 20)
+    pair.pump()
+    with pytest.raises(LocalProtocolError):
+        pair.server.grant(sid, -1)
