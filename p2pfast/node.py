@@ -328,10 +328,10 @@ class Node:
         """Store locally (durable), then replicate; returns who acknowledged a copy."""
         result = await self.db(self.store.put_fd, key, fd, progress)
         targets = self.replica_set(result.cid)
-        outcome = await transfer.replicate(targets, self.store, self.db, result.key, result.cid, result.size)
-        now = time.time()
-        for peer in outcome.acked:
-            await self.db(self.repo.add_share, result.cid, peer, now)
+        outcome = await transfer.replicate(
+            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext
+        )
+        await self.db(self.repo.add_shares, result.cid, outcome.acked, time.time())
         log.info(
             "event=stored key=%s cid=%s size=%d replicas=%d/%d",
             show_key(result.key),

@@ -92,6 +92,10 @@ def _read_chunk(store: ContentStore, cid: str, offset: int, length: int) -> byte
     return sink.buf
 
 
+async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
 async def _chunks(
     run: Run, store: ContentStore, cid: str, start: int, end: int
 ) -> AsyncGenerator[bytearray, None]:
@@ -118,9 +122,16 @@ async def _chunks(
 
 # -- store: the sender ---------------------------------------------------------------------------------
 async def replicate(
-    sessions: Sequence[Session], store: ContentStore, run: Run, key: bytes, cid: str, size: int
+    sessions: Sequence[Session],
+    store: ContentStore,
+    run: Run,
+    key: bytes,
+    cid: str,
+    size: int,
+    plaintext: bytes | None = None,
 ) -> StoreOutcome:
-    """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc."""
+    """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc.
+    `plaintext`, when the caller still holds the whole (small) object, saves reading it back."""
     outcome = StoreOutcome(cid, size)
     live: dict[str, tuple[Session, Stream, asyncio.Task[dict[str, Any]]]] = {}
     opened = await asyncio.gather(
@@ -143,11 +154,12 @@ async def replicate(
         ack.cancel()
         log.warning("event=replica_dropped peer=%s cid=%s reason=%r", peer[:12], cid, why)
 
-    async def send(stream: Stream, chunk: bytearray, end: bool) -> None:
+    async def send(stream: Stream, chunk: bytes | bytearray, end: bool) -> None:
         await asyncio.wait_for(stream.write(chunk, end=end), STALL_TIMEOUT)
 
     offset = 0
-    async with contextlib.aclosing(_chunks(run, store, cid, 0, size)) as chunks:
+    source = _one(plaintext) if plaintext is not None else _chunks(run, store, cid, 0, size)
+    async with contextlib.aclosing(source) as chunks:
         async for chunk in chunks:
             for peer, (_, _, ack) in list(live.items()):
                 if ack.done():  # replied before the data ended: a refusal (no space, a tombstone, ...)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -439,11 +439,17 @@ class Repo:
 
     def add_share(self, cid: str, peer: str, acked_at: float) -> None:
         """Record that ``peer`` acknowledged storing ``cid`` (a repeat updates ``acked_at``)."""
+        self.add_shares(cid, [peer], acked_at)
+
+    def add_shares(self, cid: str, peers: Sequence[str], acked_at: float) -> None:
+        """add_share for several peers in one transaction (a store's replicas answer together)."""
+        if not peers:
+            return
         with self._write() as conn:
-            conn.execute(
+            conn.executemany(
                 f"INSERT INTO shares ({_SHARE_COLS}) VALUES (?, ?, ?)"
                 " ON CONFLICT (cid, peer) DO UPDATE SET acked_at = excluded.acked_at",
-                (cid, peer, acked_at),
+                [(cid, peer, acked_at) for peer in peers],
             )
 
     def shares_for(self, cid: str) -> list[ShareRow]:

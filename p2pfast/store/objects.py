@@ -70,6 +70,9 @@ class PutResult:
     cid: str
     size: int
     deduplicated: bool
+    # the whole plaintext, for an object of one segment at most that was stored from memory: what a
+    # store fans out to its replicas without reading the object back
+    plaintext: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -147,7 +150,7 @@ class ContentStore:
             # Same content already stored: one object, one more reference. The temp file goes.
             tmp.abort()
             self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now))
-            return PutResult(raw_key, cid, length, True)
+            return PutResult(raw_key, cid, length, True, upload.plaintext)
         make_dirs(final.parent)
         tmp.commit(final)
         row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, now)
@@ -175,7 +178,7 @@ class ContentStore:
                 self._unlink_orphan(cid)
             raise
         self._unlink_orphan(old)
-        return PutResult(raw_key, cid, length, False)
+        return PutResult(raw_key, cid, length, False, upload.plaintext)
 
     def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
         try:
@@ -458,6 +461,7 @@ class Upload:
             self.tmp.abort()
             raise
         self.length: int | None = None  # set when a pull (run_fd) ended the stream
+        self.plaintext: bytes | None = None  # set by finish() for an object sealed in one step
 
     @property
     def pump(self) -> Pump:
@@ -486,7 +490,7 @@ class Upload:
 
     def _seal_small(self) -> tuple[int, bytes]:
         """The whole object as its one final segment: what the pump and sealer would write for it."""
-        data = self._small
+        data = self.plaintext = bytes(self._small)
         ciphertext = self.aead.encrypt(
             segments.segment_nonce(self.prefix, 0, True), bytes(data), self.fixed_aad
         )
