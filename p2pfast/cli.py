@@ -335,7 +335,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from p2pfast.store.durable import DurableFile
 
-    request = {"cmd": "get", "key": args.key}
+    request = {"cmd": "get", "key": args.key, "keep": args.keep}
     if args.output is None or args.output == "-":
         sys.stdout.flush()
         r = _network(args, request, [sys.stdout.fileno()], None, "get")
@@ -351,6 +351,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         _print_json(r)
     else:
         source = "local" if r["source"] == "local" else f"from {r['source'][:16]}"
+        if r.get("kept"):
+            source += ", kept a local replica"
         print(f"got {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
 
@@ -483,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("key")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
     s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
+    s.add_argument("--keep", action="store_true", help="also store a local replica of a fetched file")
     s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_get)
     s = sub.add_parser("delete", parents=[common], help="delete KEY here and on every peer")

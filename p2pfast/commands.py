@@ -5,7 +5,8 @@ A request is a JSON object with "cmd"; file descriptors travel beside it (SCM_RI
 socket, plain ints in the embedded case) and stay owned by the caller: execute() never closes them.
 
     store   {"key", "size": int|null}   fds[0]: the source, read to EOF
-    get     {"key"}                     fds[0]: where the plaintext goes (a temp file or stdout)
+    get     {"key", "keep": bool}       fds[0]: where the plaintext goes (a temp file or stdout);
+                                        keep: store a local replica of a fetched file too
     delete  {"key"}
 
 Results are JSON objects too; progress goes to `progress({"done": bytes, "total": bytes|null})`, at most
@@ -114,8 +115,8 @@ async def _execute(node: Node, cmd: str, request: dict[str, Any], fd: int, meter
             "failed": r.failed,
         }
     if cmd == "get":
-        g = await node.get_fd(_key(request), fd, meter)
-        return {"key": g.key, "cid": g.cid, "size": g.size, "source": g.source}
+        g = await node.get_fd(_key(request), fd, meter, keep=request.get("keep") is True)
+        return {"key": g.key, "cid": g.cid, "size": g.size, "source": g.source, "kept": g.kept}
     d = await node.delete(_key(request))
     return {
         "key": d.key,

@@ -63,6 +63,7 @@ class GetReport:
     cid: str
     size: int
     source: str  # "local" or the node id it came from
+    kept: bool = False  # a local replica was stored (get --keep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,8 +376,9 @@ class Node:
         holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
         return cid, holders
 
-    async def get_fd(self, key: str, out_fd: int, progress: Any = None) -> GetReport:
-        """Write the plaintext of `key` to out_fd: from the local store, else verified from a peer."""
+    async def get_fd(self, key: str, out_fd: int, progress: Any = None, keep: bool = False) -> GetReport:
+        """Write the plaintext of `key` to out_fd: from the local store, else verified from a peer; with
+        `keep`, a fetched file is also stored here (a local replica, under this node's keys)."""
         raw = encode_key(key)
         try:
             _, cid, size = await self.db(self.store.stat, raw)
@@ -386,8 +388,16 @@ class Node:
             await self.db(self.store.read, raw, out_fd, 0, -1, progress)
             return GetReport(show_key(raw), cid, size, "local")
         cid, holders = await self.locate(raw)
-        size, source = await transfer.fetch(holders, cid, out_fd, self.db, progress)
-        return GetReport(show_key(raw), cid, size, source)
+        upload = await self.db(self.store.begin, raw) if keep else None
+        try:
+            size, source = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            if upload is not None:
+                await self.db(upload.finish, cid)
+                await self.db(self.repo.add_shares, cid, [source], time.time())
+        finally:
+            if upload is not None:
+                self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
+        return GetReport(show_key(raw), cid, size, source, upload is not None)
 
     async def delete(self, key: str) -> DeleteReport:
         """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""

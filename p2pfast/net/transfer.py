@@ -40,7 +40,7 @@ from p2pfast.errors import (
 from p2pfast.net.session import Session, Stream
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import write_all
-from p2pfast.store.objects import ContentStore, show_key
+from p2pfast.store.objects import ContentStore, Upload, show_key
 
 log = logging.getLogger("p2pfast.transfer")
 
@@ -315,8 +315,11 @@ class _Verifier:
     """Collects one segment at a time, checks it against its leaf and writes it to out_fd (on the DB
     thread: hashing and writing are blocking work)."""
 
-    def __init__(self, out_fd: int, leaves: bytes, segment_size: int, start_segment: int) -> None:
+    def __init__(
+        self, out_fd: int, leaves: bytes, segment_size: int, start_segment: int, keep: Upload | None = None
+    ) -> None:
         self.out_fd = out_fd
+        self.keep = keep  # a local copy being stored as the verified segments go by (get --keep)
         self.leaves = leaves
         self.seg = segment_size
         self.index = start_segment
@@ -340,6 +343,8 @@ class _Verifier:
             if contentid.leaf(piece) != self.leaves[32 * self.index : 32 * self.index + 32]:
                 raise IntegrityError(f"segment {self.index} does not match its hash")
             write_all(self.out_fd, piece)
+            if self.keep is not None:
+                self.keep.write(piece)
         finally:
             piece.release()
         del self.buf[:n]
@@ -357,10 +362,12 @@ async def fetch(
     out_fd: int,
     run: Run,
     progress: Callable[[int], object] | None = None,
+    keep: Upload | None = None,
 ) -> tuple[int, str]:
     """Write the verified plaintext of `cid` to out_fd (at its current position, in order); returns the
     size and the node id of the holder that finished it. Holders are tried in order; each continues from
-    the last verified segment of the one before."""
+    the last verified segment of the one before. With `keep`, every verified segment also goes into that
+    upload (the caller finishes it)."""
     failures: list[str] = []
     leaves: bytes | None = None
     size = 0
@@ -371,7 +378,7 @@ async def fetch(
         try:
             if leaves is None:
                 size, leaves = await fetch_leaves(session, cid)
-            verifier = _Verifier(out_fd, leaves, seg, done)
+            verifier = _Verifier(out_fd, leaves, seg, done, keep)
             stream = await session.open_stream_wait(STALL_TIMEOUT)
             request = {"t": "get", "cid": cid, "offset": done * seg, "length": -1, "sid": stream.sid}
             reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))

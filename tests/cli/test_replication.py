@@ -167,6 +167,10 @@ def test_get_on_a_fresh_node_fetches_from_a_holder(tmp_path: Path) -> None:
         assert out.read_bytes() == src.read_bytes()
         assert files(d) == {}  # a get keeps no copy
         assert object_files(d.root) == []
+        kept = ok(cli(d, "get", "doc", "-o", tmp_path / "kept", "--keep", "--json"), nodes)
+        assert kept["kept"] is True and (tmp_path / "kept").read_bytes() == src.read_bytes()
+        assert "doc" in files(d)  # now a local replica, under D's keys
+        assert ok(cli(d, "get", "doc", "-o", tmp_path / "again", "--json"), nodes)["source"] == "local"
 
 
 # -- 3. delete everywhere, and on a node that was offline --------------------------------------------------

@@ -250,3 +250,30 @@ def test_replica_refuses_an_object_over_its_limit_and_the_store_says_so(tmp_path
                 await small.close()
 
     run(main())
+
+
+def test_get_keep_stores_a_verified_local_replica(tmp_path: Path) -> None:
+    src = source(tmp_path, 2 * 1024 * 1024 + 99)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, _):
+            report = await store(a, "kept", src)
+            d = await start_node(tmp_path / "d", [a.peers.listen_addr])
+            try:
+                await wait_until(lambda: len(d.peers.sessions) == 2)
+                out = tmp_path / "out"
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    got = await d.get_fd("kept", fd, keep=True)
+                finally:
+                    os.close(fd)
+                assert got.kept and got.source != "local" and out.read_bytes() == src.read_bytes()
+                assert d.store.read_bytes("kept") == src.read_bytes()  # under D's own keys
+                assert d.repo.get_file(b"kept").cid == report.cid
+                assert [s.peer for s in d.repo.shares_for(report.cid)] == [got.source]
+                again = await get(d, "kept", tmp_path / "again")
+                assert again.source == "local"
+            finally:
+                await d.close()
+
+    run(main())
