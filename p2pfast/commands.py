@@ -116,7 +116,14 @@ async def _execute(node: Node, cmd: str, request: dict[str, Any], fd: int, meter
         }
     if cmd == "get":
         g = await node.get_fd(_key(request), fd, meter, keep=request.get("keep") is True)
-        return {"key": g.key, "cid": g.cid, "size": g.size, "source": g.source, "kept": g.kept}
+        return {
+            "key": g.key,
+            "cid": g.cid,
+            "size": g.size,
+            "source": g.source,
+            "holders": g.holders,
+            "kept": g.kept,
+        }
     d = await node.delete(_key(request))
     return {
         "key": d.key,

@@ -64,6 +64,7 @@ class GetReport:
     size: int
     source: str  # "local" or the node id it came from
     kept: bool = False  # a local replica was stored (get --keep)
+    holders: int = 0  # peers that served part of it (a get fetches from several at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,14 +391,16 @@ class Node:
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
         try:
-            size, source = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            # the holder that served the most (an empty object: the first asked)
+            source = max(served, key=lambda p: served[p]) if served else holders[0].peer_id
             if upload is not None:
                 await self.db(upload.finish, cid)
                 await self.db(self.repo.add_shares, cid, [source], time.time())
         finally:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
-        return GetReport(show_key(raw), cid, size, source, upload is not None)
+        return GetReport(show_key(raw), cid, size, source, upload is not None, len(served))
 
     async def delete(self, key: str) -> DeleteReport:
         """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""

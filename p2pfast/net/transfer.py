@@ -311,49 +311,167 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
     return size, leaves
 
 
-class _Verifier:
-    """Collects one segment at a time, checks it against its leaf and writes it to out_fd (on the DB
-    thread: hashing and writing are blocking work)."""
+# Parallel get: the object is cut into pieces of PIECE segments; each holder (MAX_HOLDERS at most) takes
+# the next piece not taken, verifies every segment alone as it completes, and the pieces are written in
+# order. Pieces are taken at most AHEAD beyond the first one not yet written, which bounds what waits in
+# memory (AHEAD x PIECE MiB). A holder with nothing left to take helps with the oldest unfinished piece
+# (BitTorrent's endgame): a slow holder's piece is then finished by a faster one, and the slow copy is
+# dropped. A holder that fails or sends a bad segment is dropped; its piece goes back, from its first
+# unverified segment.
+PIECE = 4
+AHEAD = 4
+MAX_HOLDERS = 4
 
+
+@dataclass(slots=True)
+class _Piece:
+    index: int
+    first: int  # first segment not yet verified
+    end: int  # one past its last segment
+    segments: dict[int, bytes] = field(default_factory=dict)  # verified, not yet written
+    workers: set[str] = field(default_factory=set)  # holders fetching it now
+    done: bool = False
+
+
+def _check_segment(data: bytes, leaves: bytes, index: int) -> None:
+    if contentid.leaf(data) != leaves[32 * index : 32 * index + 32]:
+        raise IntegrityError(f"segment {index} does not match its hash")
+
+
+def _write_piece(out_fd: int, parts: list[bytes], keep: Upload | None) -> None:
+    for part in parts:
+        write_all(out_fd, part)
+        if keep is not None:
+            keep.write(part)
+
+
+class _Fetch:
     def __init__(
-        self, out_fd: int, leaves: bytes, segment_size: int, start_segment: int, keep: Upload | None = None
+        self,
+        cid: str,
+        size: int,
+        leaves: bytes,
+        out_fd: int,
+        run: Run,
+        progress: Callable[[int], object] | None,
+        keep: Upload | None,
     ) -> None:
-        self.out_fd = out_fd
-        self.keep = keep  # a local copy being stored as the verified segments go by (get --keep)
-        self.leaves = leaves
-        self.seg = segment_size
-        self.index = start_segment
-        self.buf = bytearray()
-        self.verified = start_segment * segment_size  # bytes of verified plaintext written so far
+        self.cid, self.size, self.leaves = cid, size, leaves
+        self.out_fd, self.run, self.progress, self.keep = out_fd, run, progress, keep
+        self.seg = segments.SEGMENT_SIZE
+        nsegs = segments.segment_count(size, self.seg)
+        self.pieces = [_Piece(i // PIECE, i, min(i + PIECE, nsegs)) for i in range(0, nsegs, PIECE)]
+        self.next_write = 0  # the first piece not yet written
+        self.changed = asyncio.Event()
+        self.write_lock = asyncio.Lock()
+        self.failures: list[str] = []
+        self.served: dict[str, int] = {}
+        self.complete = asyncio.Event()  # every piece written
 
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-        while len(self.buf) >= self.seg:
-            self._segment(self.seg)
+    def seg_len(self, index: int) -> int:
+        return max(0, min(self.seg, self.size - index * self.seg))
 
-    def finish(self, size: int) -> None:
-        if self.buf or size == 0:
-            self._segment(len(self.buf))
-        if self.verified != size:
-            raise IntegrityError(f"got {self.verified} of {size} bytes")
+    def pick(self, peer: str) -> _Piece | bool | None:
+        """A piece for `peer`; None when everything is written; False: nothing to do yet, wait."""
+        if self.next_write >= len(self.pieces):
+            return None
+        window = self.pieces[self.next_write : self.next_write + AHEAD]
+        for piece in window:
+            if not piece.done and not piece.workers:
+                return piece
+        for piece in window:  # endgame: help with the oldest unfinished piece, two holders at most
+            if not piece.done and peer not in piece.workers and len(piece.workers) < 2:
+                return piece
+        return False
 
-    def _segment(self, n: int) -> None:
-        piece = memoryview(self.buf)[:n]
+    async def worker(self, session: Session) -> None:
+        peer = session.peer_id
+        while True:
+            piece = self.pick(peer)
+            if piece is None:
+                return
+            if piece is False:
+                self.changed.clear()
+                await self.changed.wait()
+                continue
+            assert isinstance(piece, _Piece)
+            piece.workers.add(peer)
+            try:
+                await self.fetch_piece(session, piece)
+            except (P2PError, TimeoutError) as exc:
+                self.failures.append(f"{peer[:12]}: {_describe(exc)}")
+                log.warning(
+                    "event=holder_failed peer=%s cid=%s reason=%r", peer[:12], self.cid, _describe(exc)
+                )
+                return  # this holder is out; its piece is free for the others
+            finally:
+                piece.workers.discard(peer)
+                self.changed.set()
+            if piece.done:
+                await self.write_ready()
+
+    async def fetch_piece(self, session: Session, piece: _Piece) -> None:
+        peer = session.peer_id
+        index = piece.first
+        offset = index * self.seg
+        length = sum(self.seg_len(i) for i in range(index, piece.end))
+        stream = await session.open_stream_wait(STALL_TIMEOUT)
+        request = {"t": "get", "cid": self.cid, "offset": offset, "length": length, "sid": stream.sid}
+        reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
+        buf = bytearray()
+        extended = False
+        finished = False
         try:
-            if contentid.leaf(piece) != self.leaves[32 * self.index : 32 * self.index + 32]:
-                raise IntegrityError(f"segment {self.index} does not match its hash")
-            write_all(self.out_fd, piece)
-            if self.keep is not None:
-                self.keep.write(piece)
+            while index < piece.end and not piece.done:
+                if self.seg_len(index) == 0:  # the one empty segment of an empty object
+                    chunk = b""
+                else:
+                    chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
+                    if not chunk:
+                        raise PeerUnavailable(f"{peer[:12]} ended the stream early")
+                    if not extended:
+                        stream.extend_window(EXTRA_WINDOW)
+                        extended = True
+                buf += chunk
+                while index < piece.end and len(buf) >= self.seg_len(index):
+                    n = self.seg_len(index)
+                    data = bytes(buf[:n])
+                    del buf[:n]
+                    if index not in piece.segments and index >= piece.first:
+                        await self.run(_check_segment, data, self.leaves, index)
+                        piece.segments[index] = data
+                        self.served[peer] = self.served.get(peer, 0) + n
+                    index += 1
+                while piece.first < piece.end and piece.first in piece.segments:
+                    piece.first += 1
+                if piece.first >= piece.end:
+                    piece.done = True
+            finished = index >= piece.end
+            if finished:
+                await asyncio.wait_for(reply, STALL_TIMEOUT)
+        except BaseException:
+            if reply.done() and not reply.cancelled() and reply.exception() is not None:
+                raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
+            raise
         finally:
-            piece.release()
-        del self.buf[:n]
-        self.index += 1
-        self.verified += n
+            if not finished:
+                stream.reset(int(wire.ErrorCode.REFUSED))  # done by another holder, or failed
+                reply.cancel()
 
-
-def _barrier() -> None:
-    return None
+    async def write_ready(self) -> None:
+        """Write every finished piece at the front, in order (one writer at a time)."""
+        async with self.write_lock:
+            while self.next_write < len(self.pieces) and self.pieces[self.next_write].done:
+                piece = self.pieces[self.next_write]
+                parts = [piece.segments[i] for i in range(piece.index * PIECE, piece.end)]
+                piece.segments = {}
+                await self.run(_write_piece, self.out_fd, parts, self.keep)
+                if self.progress is not None:
+                    self.progress(sum(len(p) for p in parts))
+                self.next_write += 1
+                self.changed.set()
+            if self.next_write >= len(self.pieces):
+                self.complete.set()
 
 
 async def fetch(
@@ -363,67 +481,64 @@ async def fetch(
     run: Run,
     progress: Callable[[int], object] | None = None,
     keep: Upload | None = None,
-) -> tuple[int, str]:
-    """Write the verified plaintext of `cid` to out_fd (at its current position, in order); returns the
-    size and the node id of the holder that finished it. Holders are tried in order; each continues from
-    the last verified segment of the one before. With `keep`, every verified segment also goes into that
-    upload (the caller finishes it)."""
+) -> tuple[int, dict[str, int]]:
+    """Write the verified plaintext of `cid` to out_fd (at its current position, in order), fetched from
+    up to MAX_HOLDERS holders at once (see above); returns the size and the bytes each holder served
+    (node id -> bytes). With `keep`, every verified segment also goes into that upload (the caller finishes
+    it). Nothing unverified reaches out_fd."""
     failures: list[str] = []
-    leaves: bytes | None = None
-    size = 0
-    seg = segments.SEGMENT_SIZE
-    done = 0  # segments verified and written
-    for session in holders:
-        who = session.peer_id[:12]
-        try:
-            if leaves is None:
-                size, leaves = await fetch_leaves(session, cid)
-            verifier = _Verifier(out_fd, leaves, seg, done, keep)
-            stream = await session.open_stream_wait(STALL_TIMEOUT)
-            request = {"t": "get", "cid": cid, "offset": done * seg, "length": -1, "sid": stream.sid}
-            reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
-            jobs: deque[asyncio.Future[None]] = deque()
-            extended = False
-            try:
-                reported = verifier.verified
-                while True:
-                    chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
-                    if not chunk:
-                        break
-                    if not extended:
-                        stream.extend_window(EXTRA_WINDOW)
-                        extended = True
-                    jobs.append(asyncio.ensure_future(run(verifier.feed, chunk)))  # one thread: in order
-                    while len(jobs) >= PIPELINE:
-                        await jobs.popleft()
-                    if progress is not None and verifier.verified > reported:
-                        progress(verifier.verified - reported)
-                        reported = verifier.verified
-                while jobs:
-                    await jobs.popleft()
-                if progress is not None and verifier.verified > reported:
-                    progress(verifier.verified - reported)
-                before = verifier.verified
-                await run(verifier.finish, size)
-                if progress is not None:
-                    progress(verifier.verified - before)
-                await asyncio.wait_for(reply, STALL_TIMEOUT)
-                return size, session.peer_id
-            except BaseException:
-                for job in jobs:
-                    job.cancel()
-                # A job already running finishes anyway; once a no-op queued behind it has run on the one
-                # DB thread, verifier.index is final and the next holder resumes exactly there.
-                with contextlib.suppress(BaseException):
-                    await run(_barrier)
-                stream.reset(int(wire.ErrorCode.REFUSED))
-                if reply.done() and not reply.cancelled() and reply.exception() is not None:
-                    raise reply.exception() from None  # type: ignore[misc]  # the holder's reason
-                reply.cancel()
-                raise
-            finally:
-                done = verifier.index
-        except (P2PError, TimeoutError) as exc:
-            failures.append(f"{who}: {_describe(exc)}")
-            log.warning("event=holder_failed peer=%s cid=%s reason=%r", who, cid, _describe(exc))
-    raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+    found = await _first_leaves(holders[:MAX_HOLDERS], cid, failures)
+    if found is None:
+        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+    size, leaves = found
+    job = _Fetch(cid, size, leaves, out_fd, run, progress, keep)
+    job.failures = failures
+    workers = [asyncio.ensure_future(job.worker(s)) for s in holders[:MAX_HOLDERS]]
+    try:
+        # Done when every piece is written: a holder still stuck on a piece others finished is not waited
+        # for. Or when every worker has given up.
+        all_out: asyncio.Future[list[None]] = asyncio.ensure_future(asyncio.gather(*workers))
+        complete: asyncio.Future[bool] = asyncio.ensure_future(job.complete.wait())
+        waits: list[asyncio.Future[Any]] = [all_out, complete]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        complete.cancel()
+        if all_out.done():
+            all_out.result()  # an unexpected error in a worker surfaces here
+    finally:
+        for w in workers:
+            w.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*workers, return_exceptions=True)
+        # a job already running on the DB thread finishes anyway; wait for it before out_fd is reused
+        with contextlib.suppress(BaseException):
+            await run(_barrier)
+    if job.next_write < len(job.pieces):
+        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+    return size, job.served
+
+
+async def _first_leaves(
+    holders: Sequence[Session], cid: str, failures: list[str]
+) -> tuple[int, bytes] | None:
+    """The segment hashes from whichever holder gives valid ones first: all are asked at once (a few
+    KiB each), so one stalled holder costs nothing."""
+    asks = {asyncio.ensure_future(fetch_leaves(s, cid)): s for s in holders}
+    try:
+        pending = set(asks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for ask in done:
+                exc = ask.exception()
+                if exc is None:
+                    return ask.result()
+                if not isinstance(exc, (P2PError, TimeoutError)):
+                    raise exc
+                failures.append(f"{asks[ask].peer_id[:12]}: {_describe(exc)}")
+        return None
+    finally:
+        for ask in asks:
+            ask.cancel()
+
+
+def _barrier() -> None:
+    return None

@@ -141,7 +141,14 @@ def test_store_through_daemon_places_verified_copies(tmp_path: Path) -> None:
         for peer in (b, c):  # each replica serves the get itself, from its own verified copy
             out = tmp_path / f"out-{peer.root.name}"
             got = get_to(peer, "doc", out, nodes)
-            assert got == {"key": "doc", "cid": r["cid"], "size": SMALL, "source": "local"}
+            assert got == {
+                "key": "doc",
+                "cid": r["cid"],
+                "size": SMALL,
+                "source": "local",
+                "holders": 0,
+                "kept": False,
+            }
             assert out.read_bytes() == src.read_bytes()
             assert files(peer)["doc"]["cid"] == r["cid"]
 
