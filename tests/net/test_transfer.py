@@ -282,7 +282,7 @@ def test_get_keep_stores_a_verified_local_replica(tmp_path: Path) -> None:
 
 
 def test_get_fetches_from_several_holders_and_a_stalled_one_is_overtaken(tmp_path: Path) -> None:
-    src = source(tmp_path, 24 * 1024 * 1024 + 3)  # 25 segments: 7 pieces
+    src = source(tmp_path, 24 * 1024 * 1024 + 3)  # 25 segments: 4 pieces
 
     async def main() -> None:
         async with cluster(tmp_path, 4) as (a, b, c, d):
