@@ -274,10 +274,7 @@ class Node:
         if kind == "store":
             # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
             # tombstone prevents is an old copy outliving its delete (see _apply_delete).
-            reply = await transfer.receive(session, msg, self.store, self.db, self.max_object)
-            # the peer that sent it holds a copy too (it stored locally first)
-            await self.db(self.repo.add_share, msg["cid"], session.peer_id, time.time())
-            return reply
+            return await transfer.receive(session, msg, self.store, self.db, self.max_object)
         if kind == "get":
             return await transfer.serve_get(session, msg, self.store, self.db)
         if kind == "leaves":

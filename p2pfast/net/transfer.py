@@ -40,7 +40,7 @@ from p2pfast.errors import (
 from p2pfast.net.session import Session, Stream
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import write_all
-from p2pfast.store.objects import ContentStore, Upload, show_key
+from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
 
 log = logging.getLogger("p2pfast.transfer")
 
@@ -209,9 +209,10 @@ async def receive(
     session: Session, msg: dict[str, Any], store: ContentStore, run: Run, max_object: int | None = None
 ) -> dict[str, Any]:
     """Serve a peer's "store": receive the plaintext, re-encrypt it with our keys, check the content id,
-    commit, and only then reply ok."""
+    commit (with the sender recorded as a holder), and only then reply ok."""
     stream = session.stream(msg["sid"])
     size, cid, key = msg["size"], msg["cid"], msg["key"]
+    holders = (session.peer_id,)
     try:
         if max_object is not None and size > max_object:
             raise LocalProtocolError(
@@ -221,10 +222,68 @@ async def receive(
         need = segments.file_size(size, store.segment_size) + FREE_RESERVE
         if need > free:
             raise DiskFull(f"object of {size} bytes does not fit: {free} bytes free")
-        upload = await run(store.begin, key, size)
     except P2PError:
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise
+    try:
+        if size <= HANDOFF:
+            # Small (it fits the stream window): take it all, then one trip to the DB thread.
+            data = await _read_exactly(stream, size, cid)
+            result = await run(_store_small, store, key, data, cid, holders)
+        else:
+            result = await _receive_large(stream, size, cid, key, store, run, holders)
+    except TimeoutError:
+        stream.reset(int(wire.ErrorCode.REFUSED))
+        raise PeerUnavailable(f"store of {cid} stalled for {STALL_TIMEOUT:g}s") from None
+    except BaseException:
+        stream.reset(int(wire.ErrorCode.REFUSED))
+        raise
+    log.info(
+        "event=replica_stored peer=%s key=%s cid=%s size=%d dedup=%s",
+        session.peer_id[:12],
+        show_key(result.key),
+        cid,
+        size,
+        result.deduplicated,
+    )
+    return {"t": "ok", "size": size}
+
+
+async def _read_exactly(stream: Stream, size: int, cid: str) -> bytes:
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > size:
+            raise RemoteProtocolError(f"sent more than the {size} bytes announced for {cid}")
+        parts.append(chunk)
+    if received != size:
+        raise RemoteProtocolError(f"sent {received} of the {size} bytes announced for {cid}")
+    return b"".join(parts)
+
+
+def _store_small(store: ContentStore, key: str, data: bytes, cid: str, holders: Sequence[str]) -> PutResult:
+    upload = store.begin(key, len(data))
+    try:
+        upload.write(data)
+        return upload.finish(cid, holders)
+    finally:
+        upload.abort()  # a no-op once finished
+
+
+async def _receive_large(
+    stream: Stream,
+    size: int,
+    cid: str,
+    key: str,
+    store: ContentStore,
+    run: Run,
+    holders: Sequence[str],
+) -> PutResult:
+    upload = await run(store.begin, key, size)
     try:
         received = 0
         jobs: deque[asyncio.Future[None]] = deque()
@@ -244,24 +303,12 @@ async def receive(
             await jobs.popleft()
         if received != size:
             raise RemoteProtocolError(f"sent {received} of the {size} bytes announced for {cid}")
-        result = await run(upload.finish, cid)
-    except TimeoutError:
-        stream.reset(int(wire.ErrorCode.REFUSED))
-        raise PeerUnavailable(f"store of {cid} stalled for {STALL_TIMEOUT:g}s") from None
-    except BaseException:
-        stream.reset(int(wire.ErrorCode.REFUSED))
-        raise
+        result: PutResult = await run(upload.finish, cid, holders)
+        return result
     finally:
-        await run(upload.abort)  # a no-op once finished; otherwise no partial object is left
-    log.info(
-        "event=replica_stored peer=%s key=%s cid=%s size=%d dedup=%s",
-        session.peer_id[:12],
-        show_key(result.key),
-        cid,
-        size,
-        result.deduplicated,
-    )
-    return {"t": "ok", "size": size}
+        # A no-op once finished; otherwise no partial object is left. Queued behind any write still
+        # running on the DB thread.
+        await run(upload.abort)
 
 
 # -- get: the holder -----------------------------------------------------------------------------------

@@ -249,6 +249,7 @@ class Repo:
         new_object: ObjectRow | None = None,
         wrapped_key: bytes | None = None,
         algorithm: str | None = None,
+        holders: Sequence[str] = (),
     ) -> str | None:
         """Point ``key`` at ``cid``, in one transaction. Returns a cid whose object became orphaned, or None.
 
@@ -258,37 +259,18 @@ class Repo:
         * ``key`` pointed at another cid: that object's refcount goes down; at 0 its object, key and shares
           rows are deleted and its cid returned, so the caller unlinks the file after this commit.
         * ``key`` already pointed at ``cid``: no refcount change, ``size`` and ``created`` updated.
+        * ``holders``: peers known to hold ``cid`` too, recorded in ``shares`` in the same transaction (a
+          replica records the node that sent it the object).
         """
         with self._write() as conn:
-            old = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
-            if old == cid:
-                conn.execute("UPDATE files SET size = ?, created = ? WHERE key = ?", (size, now, key))
-                return None
-            if _scalar(conn, "SELECT 1 FROM objects WHERE cid = ?", (cid,)) is not None:
-                conn.execute("UPDATE objects SET refcount = refcount + 1 WHERE cid = ?", (cid,))
-            else:
-                if new_object is None:
-                    raise NotFound(f"object {cid} is not in the repo")
-                if new_object.cid != cid:
-                    raise InternalError(f"add_file: new_object.cid {new_object.cid} != cid {cid}")
-                if wrapped_key is None or algorithm is None:
-                    raise InternalError(f"add_file: new object {cid} needs wrapped_key and algorithm")
-                o = new_object
-                conn.execute(
-                    f"INSERT INTO objects ({_OBJECT_COLS}) VALUES (?, ?, ?, ?, 1, ?)",
-                    (cid, o.size, o.segment_size, o.segments, o.created),
+            orphan = _add_file(conn, key, cid, size, now, new_object, wrapped_key, algorithm)
+            if holders:
+                conn.executemany(
+                    f"INSERT INTO shares ({_SHARE_COLS}) VALUES (?, ?, ?)"
+                    " ON CONFLICT (cid, peer) DO UPDATE SET acked_at = excluded.acked_at",
+                    [(cid, peer, now) for peer in holders],
                 )
-                conn.execute(
-                    "INSERT INTO keys (cid, wrapped, algorithm, created) VALUES (?, ?, ?, ?)",
-                    (cid, wrapped_key, algorithm, o.created),
-                )
-            if old is None:
-                conn.execute(f"INSERT INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?)", (key, cid, size, now))
-                return None
-            conn.execute(
-                "UPDATE files SET cid = ?, size = ?, created = ? WHERE key = ?", (cid, size, now, key)
-            )
-            return old if _release(conn, old) else None
+            return orphan
 
     def remove_file(self, key: bytes) -> tuple[str, bool]:
         """Delete ``key``; returns (its cid, orphaned). Orphaned: the object's last reference went, so its
@@ -517,3 +499,43 @@ def _release(conn: apsw.Connection, cid: str) -> bool:
 def _delete_object(conn: apsw.Connection, cid: str) -> None:
     conn.execute("DELETE FROM shares WHERE cid = ?", (cid,))
     conn.execute("DELETE FROM objects WHERE cid = ?", (cid,))  # the keys row goes by ON DELETE CASCADE
+
+
+def _add_file(
+    conn: apsw.Connection,
+    key: bytes,
+    cid: str,
+    size: int,
+    now: float,
+    new_object: ObjectRow | None,
+    wrapped_key: bytes | None,
+    algorithm: str | None,
+) -> str | None:
+    """Repo.add_file's work inside its transaction."""
+    old = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
+    if old == cid:
+        conn.execute("UPDATE files SET size = ?, created = ? WHERE key = ?", (size, now, key))
+        return None
+    if _scalar(conn, "SELECT 1 FROM objects WHERE cid = ?", (cid,)) is not None:
+        conn.execute("UPDATE objects SET refcount = refcount + 1 WHERE cid = ?", (cid,))
+    else:
+        if new_object is None:
+            raise NotFound(f"object {cid} is not in the repo")
+        if new_object.cid != cid:
+            raise InternalError(f"add_file: new_object.cid {new_object.cid} != cid {cid}")
+        if wrapped_key is None or algorithm is None:
+            raise InternalError(f"add_file: new object {cid} needs wrapped_key and algorithm")
+        o = new_object
+        conn.execute(
+            f"INSERT INTO objects ({_OBJECT_COLS}) VALUES (?, ?, ?, ?, 1, ?)",
+            (cid, o.size, o.segment_size, o.segments, o.created),
+        )
+        conn.execute(
+            "INSERT INTO keys (cid, wrapped, algorithm, created) VALUES (?, ?, ?, ?)",
+            (cid, wrapped_key, algorithm, o.created),
+        )
+    if old is None:
+        conn.execute(f"INSERT INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?)", (key, cid, size, now))
+        return None
+    conn.execute("UPDATE files SET cid = ?, size = ?, created = ? WHERE key = ?", (cid, size, now, key))
+    return old if _release(conn, old) else None

@@ -13,7 +13,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +141,7 @@ class ContentStore:
         """
         return Upload(self, encode_key(key), size, progress)
 
-    def _commit(self, upload: Upload, cid: str, length: int) -> PutResult:
+    def _commit(self, upload: Upload, cid: str, length: int, holders: Sequence[str] = ()) -> PutResult:
         raw_key, tmp, seg = upload.key, upload.tmp, self.segment_size
         now = time.time()
         existing = self.repo.get_object(cid)
@@ -149,7 +149,7 @@ class ContentStore:
         if existing is not None and final.exists():
             # Same content already stored: one object, one more reference. The temp file goes.
             tmp.abort()
-            self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now))
+            self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now, holders=holders))
             return PutResult(raw_key, cid, length, True, upload.plaintext)
         make_dirs(final.parent)
         tmp.commit(final)
@@ -161,7 +161,7 @@ class ContentStore:
                 # object, under the new data key.
                 self.repo.replace_object(row, wrapped, segments.ALGORITHM)
                 existing = None
-                old = self.repo.add_file(raw_key, cid, length, now)
+                old = self.repo.add_file(raw_key, cid, length, now, holders=holders)
             else:
                 old = self.repo.add_file(
                     raw_key,
@@ -171,6 +171,7 @@ class ContentStore:
                     new_object=row,
                     wrapped_key=wrapped,
                     algorithm=segments.ALGORITHM,
+                    holders=holders,
                 )
         except BaseException:
             if existing is None and self.repo.get_object(cid) is None:
@@ -499,9 +500,10 @@ class Upload:
             self.progress(len(data))
         return len(data), contentid.leaf(data)
 
-    def finish(self, expect_cid: str | None = None) -> PutResult:
+    def finish(self, expect_cid: str | None = None, holders: Sequence[str] = ()) -> PutResult:
         """Seal and commit; with `expect_cid`, an object whose content id differs is an IntegrityError and
-        leaves nothing behind (a replica checks what it received against what the sender announced)."""
+        leaves nothing behind (a replica checks what it received against what the sender announced).
+        `holders` go into `shares` in the same transaction (the peer that sent the object)."""
         seg = self.store.segment_size
         name = show_key(self.key)
         try:
@@ -528,7 +530,7 @@ class Upload:
             os.pwrite(self.tmp.fd, final_header.pack(), 0)
         except OSError as exc:
             raise os_error(exc, f"cannot store {name}") from exc
-        return self.store._commit(self, cid, length)
+        return self.store._commit(self, cid, length, holders)
 
     def abort(self) -> None:
         """Drop the upload if it did not finish (idempotent; a no-op after finish())."""
