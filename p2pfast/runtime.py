@@ -16,7 +16,37 @@ log = logging.getLogger("p2pfast.runtime")
 T = TypeVar("T")
 
 
+# glibc serves allocations above a dynamic threshold (128 KiB at first) with a fresh mmap each time, and
+# gives the pages back on free: every megabyte-sized buffer a transfer makes and drops (joined stream
+# chunks, segments, pump buffers) then costs page faults and page zeroing again. Keeping buffers up to
+# 32 MiB in the heap, and trimming it only past 128 MiB free, lets them be reused. Measured (500 MiB get
+# from a holder, bench_replication's setting): getter CPU 1.38 -> 0.95 s, holder 0.61 -> 0.38 s,
+# 309 -> 440 MB/s. P2PFAST_MALLOC=default leaves glibc alone.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 128 * 1024 * 1024
+
+
+def tune_malloc() -> bool:
+    """Apply the thresholds above on glibc; False where there is no glibc mallopt (musl, macOS)."""
+    if os.environ.get("P2PFAST_MALLOC") == "default":
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
+    tune_malloc()
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if os.environ.get("P2PFAST_LOOP", "uvloop") != "asyncio":
         try:

@@ -472,6 +472,21 @@ class _Fetch:
         buf = bytearray()
         extended = False
         finished = False
+        # segment checks run on the DB thread while the stream keeps being read; settled in order
+        checks: deque[tuple[int, bytes, asyncio.Future[None]]] = deque()
+
+        async def settle(wait_all: bool) -> None:
+            while checks and (wait_all or checks[0][2].done()):
+                i, data, check = checks.popleft()
+                await check  # IntegrityError: this holder sent a bad segment
+                if i not in piece.segments:
+                    piece.segments[i] = data
+                    self.served[peer] = self.served.get(peer, 0) + len(data)
+            while piece.first < piece.end and piece.first in piece.segments:
+                piece.first += 1
+            if piece.first >= piece.end:
+                piece.done = True
+
         try:
             while index < piece.end and not piece.done:
                 if self.seg_len(index) == 0:  # the one empty segment of an empty object
@@ -489,14 +504,15 @@ class _Fetch:
                     data = bytes(buf[:n])
                     del buf[:n]
                     if index not in piece.segments and index >= piece.first:
-                        await self.run(_check_segment, data, self.leaves, index)
-                        piece.segments[index] = data
-                        self.served[peer] = self.served.get(peer, 0) + n
+                        checks.append(
+                            (
+                                index,
+                                data,
+                                asyncio.ensure_future(self.run(_check_segment, data, self.leaves, index)),
+                            )
+                        )
                     index += 1
-                while piece.first < piece.end and piece.first in piece.segments:
-                    piece.first += 1
-                if piece.first >= piece.end:
-                    piece.done = True
+                await settle(wait_all=index >= piece.end)
             finished = index >= piece.end
             if finished:
                 await asyncio.wait_for(reply, STALL_TIMEOUT)
@@ -505,6 +521,10 @@ class _Fetch:
                 raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
             raise
         finally:
+            for _, _, pending in checks:
+                if pending.done() and not pending.cancelled():
+                    pending.exception()  # retrieved: another holder finished the piece meanwhile
+                pending.cancel()
             if not finished:
                 stream.reset(int(wire.ErrorCode.REFUSED))  # done by another holder, or failed
                 reply.cancel()
