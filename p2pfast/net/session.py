@@ -316,6 +316,14 @@ class Session:
         sid = event.stream_id
         stream = self._streams.get(sid)
         if stream is None:
+            if sid & 1 != (1 if self.initiator else 0):
+                # The peer opened a stream without announcing it in a request: nothing will ever read
+                # it, so refuse it rather than hold its data for the life of the connection.
+                with contextlib.suppress(ProtocolError):
+                    self.conn.reset_stream(sid, int(wire.ErrorCode.REFUSED))
+                    self.flush()
+                log.debug("event=stream_refused peer=%s sid=%d reason=unannounced", self.peer_id[:12], sid)
+                return
             stream = self._streams[sid] = Stream(self, sid)
         stream._deliver(event.data, event.end_stream)
 

@@ -204,3 +204,25 @@ def test_peer_going_away_fails_pending_work() -> None:
             await client.close()
 
     run_on("uvloop", main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_stream_nobody_announced_is_refused_not_held(loop_kind: str) -> None:
+    async def pong(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        return {"t": "pong"}
+
+    async def main() -> None:
+        server, client, s, c = await connected_pair(pong)
+        try:
+            stream = c.open_stream()  # data with no request announcing it: nothing would ever read it
+            with pytest.raises(PeerUnavailable, match="reset by peer"):
+                for _ in range(64):  # bounded: the refusal comes back within the first window
+                    await stream.write(b"x" * 65536)
+                    await asyncio.sleep(0)
+            assert stream.sid not in s._streams
+            assert (await c.request({"t": "ping"}, timeout=10))["t"] == "pong"  # the link lives on
+        finally:
+            await client.close()
+            await server.close()
+
+    run_on(loop_kind, main)
