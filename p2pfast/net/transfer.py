@@ -1,19 +1,21 @@
 """Moving objects between nodes: store fan-out, verified ranged get, and the peer side of both.
 
 Blocking work (reading, decrypting, hashing, encrypting, writing, SQL) never runs on the event loop: every
-call into the ContentStore goes through `run`, the node's DB thread (`Node.db`). Data moves in CHUNK
-pieces, so one hand-off to that thread carries megabytes, not one 64 KiB frame.
+call into the ContentStore goes through `run`, the node's DB thread (`Node.db`). Data moves in pieces of
+hundreds of KiB to a few MiB, so one hand-off to that thread carries far more than one 64 KiB frame.
 
-Store (the sender): the object is read and decrypted once per CHUNK and that chunk is written to every
-replica's stream at once. Each replica has its own stream credit; a replica that takes no data for
-`stall_timeout` or fails is dropped from this transfer (its stream reset) and the rest go on, so one slow
-replica holds the others back by at most one CHUNK and one stall timeout. A replica counts only once it
-replied `ok`, which it does after the object is durable under its own keys and its content id checked.
+Store (the sender): the object is read and decrypted once per CHUNK (the next one while this one is
+sent) and each chunk is written to every replica's stream at once. Each replica has its own stream
+credit; a replica that takes no data for STALL_TIMEOUT, fails or refuses is dropped from this transfer
+(its stream reset, its own reason reported) and the rest go on, so one slow replica holds the others back
+by at most one CHUNK and one stall timeout. A replica counts only once it replied `ok`, which it does
+after the object is durable under its own keys and its content id checked (`receive`).
 
-Get (the fetcher): the leaf list first, checked against the content id; then the bytes from one holder,
-each segment checked against its leaf as it completes, written to `out_fd` in order. A holder that fails,
-stalls or sends a segment that does not match is dropped and the next holder continues from the last
-verified segment. Nothing unverified reaches `out_fd`.
+Get (the fetcher, `fetch`): the leaf list first, checked against the content id; then the bytes, in
+pieces from up to MAX_HOLDERS holders at once, each segment checked against its leaf as it completes and
+written to `out_fd` in order (the piece rules are above `_Piece`). A holder that fails, stalls or sends a
+segment that does not match is dropped and another continues from the first unverified segment. Nothing
+unverified reaches `out_fd`.
 """
 
 from __future__ import annotations
