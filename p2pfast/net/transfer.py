@@ -153,9 +153,34 @@ async def replicate(
         _, stream, ack = live.pop(peer)
         outcome.failed[peer] = why
         stream.reset(int(wire.ErrorCode.REFUSED))
-        ack.cancel()
+        _settle(ack)
         log.warning("event=replica_dropped peer=%s cid=%s reason=%r", peer[:12], cid, why)
 
+    try:
+        await _fan_out(live, drop, run, store, cid, size, plaintext)
+        for peer, (_, _, ack) in list(live.items()):
+            try:
+                await asyncio.wait_for(asyncio.shield(ack), ACK_TIMEOUT)
+                outcome.acked.append(peer)
+            except (P2PError, TimeoutError) as exc:
+                drop(peer, _describe(exc))
+    finally:
+        for _, stream, ack in live.values():  # cancelled midway (a node shutting down, a client gone)
+            if not ack.done():
+                stream.reset(int(wire.ErrorCode.REFUSED))
+            _settle(ack)
+    return outcome
+
+
+async def _fan_out(
+    live: dict[str, tuple[Session, Stream, asyncio.Task[dict[str, Any]]]],
+    drop: Callable[[str, str], None],
+    run: Run,
+    store: ContentStore,
+    cid: str,
+    size: int,
+    plaintext: bytes | None,
+) -> None:
     async def send(stream: Stream, chunk: bytes | bytearray, end: bool) -> None:
         await asyncio.wait_for(stream.write(chunk, end=end), STALL_TIMEOUT)
 
@@ -167,7 +192,7 @@ async def replicate(
                 if ack.done():  # replied before the data ended: a refusal (no space, a tombstone, ...)
                     drop(peer, _reason(ack))
             if not live:
-                break
+                return
             offset += len(chunk)
             end = offset >= size
             peers = list(live)
@@ -183,14 +208,16 @@ async def replicate(
                     done_with_error = ack.done() and not ack.cancelled() and ack.exception() is not None
                     drop(peer, _reason(ack) if done_with_error else _describe(result))
             if end:
-                break
-    for peer, (_, _, ack) in list(live.items()):
-        try:
-            await asyncio.wait_for(asyncio.shield(ack), ACK_TIMEOUT)
-            outcome.acked.append(peer)
-        except (P2PError, TimeoutError) as exc:
-            drop(peer, _describe(exc))
-    return outcome
+                return
+
+
+def _settle(ack: asyncio.Future[Any]) -> None:
+    """Cancel a reply still awaited, or retrieve the error of one that failed (never left unread)."""
+    if ack.done():
+        if not ack.cancelled():
+            ack.exception()
+    else:
+        ack.cancel()
 
 
 def _reason(ack: asyncio.Task[dict[str, Any]]) -> str:
