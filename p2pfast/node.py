@@ -418,23 +418,15 @@ class Node:
 
     async def _apply_delete(self, key: bytes, cid: str, at: float, origin: str) -> tuple[bool, bool]:
         """Record the tombstone and drop the file (row first, then the object); returns (news to us,
-        the object was removed).
-
-        A file stored here after the delete happened (a re-store of the same key) stays: the delete only
-        removes what existed when it was issued, as clocks allow."""
-        before = await self.db(self.repo.get_tombstone, key)
-        row = await self.db(self.repo.get_file, key)
-        if row is not None and row.created > at:
-            await self.db(self.repo.add_tombstone, key, cid, at, origin, time.time())
-            removed, orphaned = None, False
-        else:
-            removed, orphaned = await self.db(
-                self.repo.delete_file_with_tombstone, key, cid, at, origin, time.time()
-            )
-        if orphaned and removed is not None:
-            await self.db(self.store._unlink_orphan, removed)
-        after = await self.db(self.repo.get_tombstone, key)
-        return removed is not None or before != after, orphaned and removed is not None
+        the object was removed). A file stored here after the delete happened (a re-store of the same
+        key) stays: the delete only removes what existed when it was issued, as clocks allow
+        (Repo.delete_file_with_tombstone)."""
+        removed, orphaned, changed = await self.db(
+            self.repo.delete_file_with_tombstone, key, cid, at, origin, time.time()
+        )
+        if orphaned:
+            await self.db(self.store.unlink_orphan, removed)
+        return removed is not None or changed, orphaned
 
     async def _propagate_delete(
         self, msg: dict[str, Any], exclude: set[str], forwarded: bool = False

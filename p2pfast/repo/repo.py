@@ -363,20 +363,22 @@ class Repo:
 
     def delete_file_with_tombstone(
         self, key: bytes, cid: str, deleted_at: float, origin: str, recorded_at: float
-    ) -> tuple[str | None, bool]:
+    ) -> tuple[str | None, bool, bool]:
         """Apply a delete of ``key`` naming ``cid``: drop the file and record the tombstone, in one txn.
 
-        The files row goes only if it names ``cid``: a row naming other content was stored again after the
-        delete was issued and stays. Its object loses a reference as in :meth:`remove_file`. The tombstone
-        is recorded as :meth:`add_tombstone` does, whether or not a row went; if that fails (e.g. a
-        malformed ``origin``), the file row stays too. Returns (``cid``, orphaned) when the row went,
-        orphaned meaning the object's rows went with it and the caller unlinks its file after this
-        commit; (None, False) when nothing was removed.
+        The files row goes only if it names ``cid`` and was stored no later than ``deleted_at``: a row
+        naming other content, or stored after the delete was issued (a re-store of the same content),
+        stays. Its object loses a reference as in :meth:`remove_file`. The tombstone is recorded as
+        :meth:`add_tombstone` does, whether or not a row went; if that fails (e.g. a malformed
+        ``origin``), the file row stays too. Returns (``cid``, orphaned, tombstone changed) when the row
+        went, orphaned meaning the object's rows went with it and the caller unlinks its file after this
+        commit; (None, False, tombstone changed) when nothing was removed.
         """
         with self._write() as conn:
-            removed = _unlink_file(conn, key, cid)
-            _put_tombstone(conn, key, cid, deleted_at, origin, recorded_at)
-            return removed if removed is not None else (None, False)
+            removed = _unlink_file(conn, key, cid, stored_by=deleted_at)
+            changed = _put_tombstone(conn, key, cid, deleted_at, origin, recorded_at)
+            gone, orphaned = removed if removed is not None else (None, False)
+            return gone, orphaned, changed
 
     # -- peers and shares ---------------------------------------------------------------------------------
 
@@ -451,13 +453,19 @@ def _scalar(conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> Any:
     return rows[0][0] if rows else None
 
 
-def _unlink_file(conn: apsw.Connection, key: bytes, cid: str | None = None) -> tuple[str, bool] | None:
-    """Delete the files row of ``key`` (only if it names ``cid``, when given) and release its object.
+def _unlink_file(
+    conn: apsw.Connection, key: bytes, cid: str | None = None, stored_by: float | None = None
+) -> tuple[str, bool] | None:
+    """Delete the files row of ``key`` (only if it names ``cid``, and was created no later than
+    ``stored_by``, when given) and release its object.
 
     Returns (its cid, orphaned) as :func:`_release` says, or None when no row went (inside a txn).
     """
-    current = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
-    if current is None or (cid is not None and current != cid):
+    row = conn.execute("SELECT cid, created FROM files WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        return None
+    current, created = str(row[0]), float(row[1])
+    if (cid is not None and current != cid) or (stored_by is not None and created > stored_by):
         return None
     conn.execute("DELETE FROM files WHERE key = ?", (key,))
     return current, _release(conn, current)

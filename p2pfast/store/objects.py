@@ -149,7 +149,7 @@ class ContentStore:
         if existing is not None and final.exists():
             # Same content already stored: one object, one more reference. The temp file goes.
             tmp.abort()
-            self._unlink_orphan(self.repo.add_file(raw_key, cid, length, now, holders=holders))
+            self.unlink_orphan(self.repo.add_file(raw_key, cid, length, now, holders=holders))
             return PutResult(raw_key, cid, length, True, upload.plaintext)
         make_dirs(final.parent)
         tmp.commit(final)
@@ -176,9 +176,9 @@ class ContentStore:
         except BaseException:
             if existing is None and self.repo.get_object(cid) is None:
                 # Never acknowledged: the file has no row and no key, so it goes.
-                self._unlink_orphan(cid)
+                self.unlink_orphan(cid)
             raise
-        self._unlink_orphan(old)
+        self.unlink_orphan(old)
         return PutResult(raw_key, cid, length, False, upload.plaintext)
 
     def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
@@ -375,10 +375,11 @@ class ContentStore:
         except NotFound:
             raise NotFound(f"no file under key {show_key(raw_key)}") from None
         if orphaned:
-            self._unlink_orphan(cid)
+            self.unlink_orphan(cid)
         return cid, orphaned
 
-    def _unlink_orphan(self, cid: str | None) -> None:
+    def unlink_orphan(self, cid: str | None) -> None:
+        """Remove the object file of `cid` after its rows went (a no-op for None or a missing file)."""
         if cid is None:
             return
         path = self.object_path(cid)

@@ -190,7 +190,7 @@ def test_expired_tombstone_no_longer_blocks_and_can_come_back(repo: Repo) -> Non
 def test_delete_removes_file_and_reports_orphan(repo: Repo) -> None:
     add_new(repo, b"a", A)
     repo.add_share(A, "10.0.0.1:7000", 2.0)
-    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, True)
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, True, True)
     assert repo.get_file(b"a") is None
     assert repo.get_object(A) is None
     assert repo.get_key(A) is None
@@ -202,7 +202,7 @@ def test_delete_removes_file_and_reports_orphan(repo: Repo) -> None:
 def test_delete_keeps_object_still_referenced(repo: Repo) -> None:
     add_new(repo, b"a", A)
     repo.add_file(b"b", A, 10, 1.0)
-    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, False)
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, False, True)
     assert repo.get_file(b"a") is None
     assert repo.get_file(b"b") == FileRow(b"b", A, 10, 1.0)
     assert refcount(repo, A) == 1
@@ -211,14 +211,23 @@ def test_delete_keeps_object_still_referenced(repo: Repo) -> None:
 
 def test_delete_leaves_a_file_with_other_content(repo: Repo) -> None:
     add_new(repo, b"a", B, now=12.0)  # stored again with new content after the delete was issued
-    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 13.0) == (None, False)
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 13.0) == (None, False, True)
     assert repo.get_file(b"a") == FileRow(b"a", B, 10, 12.0)
     assert refcount(repo, B) == 1
     assert repo.get_tombstone(b"a") == TombstoneRow(b"a", A, 10.0, N1, 13.0)
 
 
+def test_delete_leaves_the_same_content_stored_again_after_it(repo: Repo) -> None:
+    add_new(repo, b"a", A, now=12.0)  # a re-store of the same content after the delete was issued
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 13.0) == (None, False, True)
+    assert repo.get_file(b"a") == FileRow(b"a", A, 10, 12.0)
+    assert refcount(repo, A) == 1
+    # the same delete heard again is no news
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 14.0) == (None, False, False)
+
+
 def test_delete_of_missing_file_records_tombstone(repo: Repo) -> None:
-    assert repo.delete_file_with_tombstone(b"never", A, 10.0, N1, 11.0) == (None, False)
+    assert repo.delete_file_with_tombstone(b"never", A, 10.0, N1, 11.0) == (None, False, True)
     assert repo.get_tombstone(b"never") == TombstoneRow(b"never", A, 10.0, N1, 11.0)
     assert repo.list_files() == []
 
@@ -226,7 +235,7 @@ def test_delete_of_missing_file_records_tombstone(repo: Repo) -> None:
 def test_delete_with_an_older_tombstone_still_drops_the_named_content(repo: Repo) -> None:
     add_new(repo, b"a", A)
     repo.add_tombstone(b"a", B, 20.0, N2, 21.0)
-    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 22.0) == (A, True)
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 22.0) == (A, True, False)
     assert repo.get_file(b"a") is None
     assert repo.get_tombstone(b"a") == TombstoneRow(b"a", B, 20.0, N2, 21.0)  # the newer one stays
 
@@ -243,7 +252,11 @@ def test_delete_is_one_transaction(repo: Repo) -> None:
     assert repo.get_key(A) == (b"wrapped-" + A.encode(), "aes-256-gcm")
     assert repo.shares_for(A) == [ShareRow(A, "10.0.0.1:7000", 2.0)]
     assert repo.get_tombstone(b"a") is None
-    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (A, True)  # nothing left half-done
+    assert repo.delete_file_with_tombstone(b"a", A, 10.0, N1, 11.0) == (
+        A,
+        True,
+        True,
+    )  # nothing left half-done
 
 
 # -- invalid input -----------------------------------------------------------------------------------
