@@ -78,22 +78,6 @@ class StoreOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # node id -> why
 
 
-class _Collect:
-    """A pump sink that keeps what it is given (one CHUNK at most)."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def write(self, view: memoryview) -> None:
-        self.buf += view
-
-
-def _read_chunk(store: ContentStore, cid: str, offset: int, length: int) -> bytearray:
-    sink = _Collect()
-    store.read_object(cid, sink, offset, length)
-    return sink.buf
-
-
 async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
@@ -106,7 +90,7 @@ async def _chunks(
     are in memory."""
     pos = start
     ahead: asyncio.Future[bytearray] = asyncio.ensure_future(
-        run(_read_chunk, store, cid, pos, min(CHUNK, end - pos))
+        run(store.read_object_bytes, cid, pos, min(CHUNK, end - pos))
     )
     try:
         while True:
@@ -114,7 +98,7 @@ async def _chunks(
             pos += len(chunk)
             last = pos >= end or not chunk
             if not last:
-                ahead = asyncio.ensure_future(run(_read_chunk, store, cid, pos, min(CHUNK, end - pos)))
+                ahead = asyncio.ensure_future(run(store.read_object_bytes, cid, pos, min(CHUNK, end - pos)))
             yield chunk
             if last:
                 return

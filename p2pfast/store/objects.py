@@ -357,14 +357,16 @@ class ContentStore:
 
     def read_bytes(self, key: str | bytes, offset: int = 0, length: int = -1) -> bytes:
         """Whole plaintext in memory: for tests and small objects."""
-        out = bytearray()
+        sink = _Collect()
+        self.read(key, sink, offset, length)
+        return bytes(sink.buf)
 
-        class _Sink:
-            def write(self, view: memoryview) -> None:
-                out.extend(view)
-
-        self.read(key, _Sink(), offset, length)
-        return bytes(out)
+    def read_object_bytes(self, cid: str, offset: int = 0, length: int = -1) -> bytearray:
+        """read_object() into memory: one chunk of a transfer (the pump's buffers are reused, so the
+        plaintext has to be copied out anyway)."""
+        sink = _Collect()
+        self.read_object(cid, sink, offset, length)
+        return sink.buf
 
     # -- delete --------------------------------------------------------------------------------------
     def delete(self, key: str | bytes) -> tuple[str, bool]:
@@ -539,6 +541,16 @@ class Upload:
             with contextlib.suppress(BaseException):
                 self._sealer.drain()
         self.tmp.abort()
+
+
+class _Collect:
+    """A pump sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, view: memoryview) -> None:
+        self.buf += view
 
 
 class _Sealer:
