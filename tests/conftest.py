@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from p2pfast import _accel
+
+# tests/helpers (ConnectionPair, node processes, loops) is importable from every test module
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 
 def load_kernel(name: str, kind: str) -> ModuleType:

@@ -13,12 +13,13 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from loops import LOOPS, run_on
 
 from p2pfast import ctl, errors
 from p2pfast.errors import (
@@ -35,23 +36,9 @@ from p2pfast.errors import (
     StorageError,
 )
 
-LOOPS = ["uvloop", "asyncio", "asyncio-debug"]
 WAIT = 10.0  # every wait in these tests is bounded by this
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-def run_on(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
-    errors_seen: list[dict[str, Any]] = []
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory, debug=loop_kind == "asyncio-debug") as runner:
-        runner.get_loop().set_exception_handler(lambda loop, ctx: errors_seen.append(ctx))
-        runner.run(asyncio.wait_for(main(), 60))
-    assert not errors_seen, errors_seen
 
 
 @pytest.fixture(params=LOOPS)

@@ -1,10 +1,6 @@
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 
 _FIGURES: list[str] = []
 

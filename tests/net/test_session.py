@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from loops import LOOPS, run_on
 
 from p2pfast.errors import PeerUnavailable
 from p2pfast.identity import node_id_of
@@ -17,21 +17,6 @@ from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import RequestFailed, Session
 from p2pfast.proto import noise
-
-LOOPS = ["uvloop", "asyncio", "asyncio-debug"]
-
-
-def run_on(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
-    errors: list[dict[str, Any]] = []
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory, debug=loop_kind == "asyncio-debug") as runner:
-        runner.get_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
-        runner.run(asyncio.wait_for(main(), 60))
-    assert not errors, errors
 
 
 def manager(network_key: bytes, handler: Any = None) -> tuple[PeerManager, asyncio.Queue[Session]]:

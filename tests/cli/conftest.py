@@ -1,8 +1,0 @@
-"""CLI tests: put the shared helpers (tests/helpers) on sys.path."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
