@@ -20,6 +20,7 @@ from p2pfast import __version__
 
 if TYPE_CHECKING:
     from p2pfast.datadir import Layout, LocalNode
+    from p2pfast.node import Node
 
 PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
 BOOTSTRAP_HELP = "HOST:PORT[,HOST:PORT...] to reach the network through when no daemon runs"
@@ -125,7 +126,6 @@ def cmd_invite(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from p2pfast import commands, ctl, identity, runtime
     from p2pfast.datadir import init
-    from p2pfast.node import Node
 
     cfg = args.config_obj
     layout = _layout(args)
@@ -134,19 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key, addr, _ = identity.parse_invite(args.join)
         init(layout, key)
         bootstrap.append(addr)
-    ident = identity.load(layout.node_key, layout.network_key)
 
     async def main() -> None:
-        node = Node(
-            layout,
-            ident,
-            listen=cfg.listen,
-            bootstrap=tuple(bootstrap),
-            limits=net_limits(cfg),
-            replicas=cfg.replicas,
-            tombstone_grace=cfg.tombstone_grace,
-            max_object=cfg.max_object,
-        )
+        node = _make_node(args, cfg.listen, tuple(bootstrap))
         runtime.install_signals(node.stop)
 
         async def handle(request: dict[str, Any], fds: list[int], progress: Any) -> dict[str, Any]:
@@ -163,6 +153,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     runtime.run(main())
     return 0
+
+
+def _make_node(args: argparse.Namespace, listen: str | None, bootstrap: Sequence[str]) -> Node:
+    """The node a data dir's config describes (`serve` listens; a command with no daemon only dials)."""
+    from p2pfast import identity
+    from p2pfast.node import Node
+
+    cfg = args.config_obj
+    layout = _layout(args)
+    return Node(
+        layout,
+        identity.load(layout.node_key, layout.network_key),
+        listen=listen,
+        bootstrap=tuple(bootstrap),
+        limits=net_limits(cfg),
+        replicas=cfg.replicas,
+        tombstone_grace=cfg.tombstone_grace,
+        max_object=cfg.max_object,
+    )
 
 
 def net_limits(cfg: Any) -> Any:
@@ -270,25 +279,13 @@ def _network(
 def _embedded(
     args: argparse.Namespace, request: dict[str, Any], fds: list[int], on_progress: Callable[[Any], None]
 ) -> dict[str, Any]:
-    from p2pfast import commands, identity, runtime, selftest
-    from p2pfast.node import Node
+    from p2pfast import commands, runtime, selftest
 
     selftest.run()
     cfg = args.config_obj
-    layout = _layout(args)
-    ident = identity.load(layout.node_key, layout.network_key)
 
     async def main() -> dict[str, Any]:
-        node = Node(
-            layout,
-            ident,
-            listen=None,
-            bootstrap=cfg.bootstrap,
-            limits=net_limits(cfg),
-            replicas=cfg.replicas,
-            tombstone_grace=cfg.tombstone_grace,
-            max_object=cfg.max_object,
-        )
+        node = _make_node(args, None, cfg.bootstrap)
         try:
             await node.start()
             await node.wait_settled(cfg.connect_timeout)
@@ -499,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_files)
-    s = sub.add_parser("demo", help="store, list, read back and delete a generated file in a temporary node")
+    s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
     s.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     s.set_defaults(func=cmd_demo)

@@ -273,7 +273,7 @@ class Node:
             return await self._who_has(msg)
         if kind == "store":
             # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
-            # tombstone prevents is an old copy outliving its delete (see _apply_delete).
+            # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone).
             return await transfer.receive(session, msg, self.store, self.db, self.max_object)
         if kind == "get":
             return await transfer.serve_get(session, msg, self.store, self.db)
@@ -392,8 +392,7 @@ class Node:
             # the holder that served the most (an empty object: the first asked)
             source = max(served, key=lambda p: served[p]) if served else holders[0].peer_id
             if upload is not None:
-                await self.db(upload.finish, cid)
-                await self.db(self.repo.add_shares, cid, [source], time.time())
+                await self.db(upload.finish, cid, [source])  # its holder goes into shares with it
         finally:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
