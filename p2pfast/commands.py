@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -103,32 +104,11 @@ async def execute(
 
 
 async def _execute(node: Node, cmd: str, request: dict[str, Any], fd: int, meter: _Meter) -> dict[str, Any]:
+    # the reports' fields are the results' keys (README, --json)
     if cmd == "store":
-        r = await node.store_fd(_key(request), fd, meter)
-        return {
-            "key": r.key,
-            "cid": r.cid,
-            "size": r.size,
-            "deduplicated": r.deduplicated,
-            "replicas": r.replicas,
-            "targets": r.targets,
-            "failed": r.failed,
-        }
+        return dataclasses.asdict(await node.store_fd(_key(request), fd, meter))
     if cmd == "get":
-        g = await node.get_fd(_key(request), fd, meter, keep=request.get("keep") is True)
-        return {
-            "key": g.key,
-            "cid": g.cid,
-            "size": g.size,
-            "source": g.source,
-            "holders": g.holders,
-            "kept": g.kept,
-        }
-    d = await node.delete(_key(request))
-    return {
-        "key": d.key,
-        "cid": d.cid,
-        "local": d.local,
-        "object_removed": d.object_removed,
-        "peers": d.peers,
-    }
+        return dataclasses.asdict(
+            await node.get_fd(_key(request), fd, meter, keep=request.get("keep") is True)
+        )
+    return dataclasses.asdict(await node.delete(_key(request)))
