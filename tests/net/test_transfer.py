@@ -85,10 +85,10 @@ async def store(node: Node, key: str, path: Path) -> Any:
         os.close(fd)
 
 
-async def get(node: Node, key: str, out: Path) -> Any:
+async def get(node: Node, key: str, out: Path, keep: bool = False) -> Any:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        return await node.get_fd(key, fd)
+        return await node.get_fd(key, fd, keep=keep)
     finally:
         os.close(fd)
 
@@ -158,7 +158,7 @@ def test_delete_reaches_every_copy_and_an_offline_peer_later(tmp_path: Path) -> 
             e = await start_node(e_root, [a.peers.listen_addr])  # back, with its stale copy
             try:
                 await wait_until(lambda: not holds(e, "gone"))  # it learns the tombstone on connect
-                assert not any(e.store.object_path(report.cid).exists() for _ in [0])
+                assert not e.store.object_path(report.cid).exists()
                 with pytest.raises(NotFound):
                     await get(e, "gone", tmp_path / "o")
             finally:
@@ -264,11 +264,7 @@ def test_get_keep_stores_a_verified_local_replica(tmp_path: Path) -> None:
             try:
                 await wait_until(lambda: len(d.peers.sessions) == 2)
                 out = tmp_path / "out"
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    got = await d.get_fd("kept", fd, keep=True)
-                finally:
-                    os.close(fd)
+                got = await get(d, "kept", out, keep=True)
                 assert got.kept and got.source != "local" and out.read_bytes() == src.read_bytes()
                 assert d.store.read_bytes("kept") == src.read_bytes()  # under D's own keys
                 assert d.repo.get_file(b"kept").cid == report.cid
