@@ -45,7 +45,7 @@ def _layout(args: argparse.Namespace) -> Layout:
     from p2pfast.datadir import Layout
 
     cfg = args.config_obj
-    return Layout.of(cfg.data_dir, cfg.master_key_file, cfg.db)
+    return Layout.of(cfg.data_dir, cfg.master_key_file, cfg.db, cfg.network_key_file)
 
 
 @contextmanager
@@ -415,6 +415,17 @@ def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = froze
         print("  ".join(cells).rstrip())
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from p2pfast import config
+
+    rows = config.show(args.config_obj)
+    if args.json:
+        _print_json({k: {"value": v, "source": src} for k, v, src in rows})
+        return 0
+    _print_table([("KEY", "VALUE", "SOURCE"), *rows])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from p2pfast.demo import run_demo
 
@@ -496,6 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_files)
+    s = sub.add_parser("config", help="inspect the configuration")
+    config_sub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    s = config_sub.add_parser(
+        "show", parents=[common], help="print the effective config and where each value came from"
+    )
+    s.add_argument("--listen", help="as for serve: shows what serve would run with")
+    s.add_argument("--bootstrap", help="as for serve")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_config_show)
     s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
     s.add_argument("--keep", action="store_true", help="keep the temporary data dir")

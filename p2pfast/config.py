@@ -15,13 +15,18 @@ from typing import Any
 from p2pfast.errors import ConfigError
 
 DEFAULT_CONFIG = "~/.p2p/config"
+DEFAULT_DATA_DIR = "~/.p2p"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _path(v: str) -> str:
     if not v:
         raise ValueError("empty path")
-    return str(Path(v).expanduser())
+    # $VARS too: under systemd a secret comes as $CREDENTIALS_DIRECTORY/NAME (LoadCredential=)
+    expanded = os.path.expandvars(v)
+    if "$" in expanded:
+        raise ValueError(f"unset environment variable in {v!r}")
+    return str(Path(expanded).expanduser())
 
 
 def _listen(v: str) -> str:
@@ -29,6 +34,12 @@ def _listen(v: str) -> str:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected [HOST]:PORT, got {v!r}")
     return v
+
+
+def _optional_listen(v: str) -> str | None:
+    if v.strip().lower() in ("", "off", "none"):
+        return None
+    return _listen(v)
 
 
 def _addr_list(v: str) -> tuple[str, ...]:
@@ -84,11 +95,14 @@ def _max_frame(v: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    data_dir: str = field(default="~/.p2p", metadata={"parse": _path})
+    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"parse": _path})
     db: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/p2p.db
     master_key_file: str | None = field(
         default=None, metadata={"parse": _path}
     )  # default: DATA_DIR/master.key
+    network_key_file: str | None = field(
+        default=None, metadata={"parse": _path}
+    )  # default: DATA_DIR/network.key
     listen: str = field(default=":3000", metadata={"parse": _listen})
     bootstrap: tuple[str, ...] = field(default=(), metadata={"parse": _addr_list})
     log_level: str = field(default="warning", metadata={"parse": _log_level})
@@ -108,6 +122,10 @@ class Config:
     tombstone_grace: float = field(default=7 * 86400.0, metadata={"parse": _seconds})
     # how long a CLI command with no daemon waits for its embedded node to find its peers
     connect_timeout: float = field(default=5.0, metadata={"parse": _seconds})
+    # Prometheus metrics over HTTP (":9464" binds 127.0.0.1 only; off by default)
+    metrics_listen: str | None = field(default=None, metadata={"parse": _optional_listen})
+    # on SIGTERM, how long transfers in flight may take to finish before they are aborted
+    shutdown_timeout: float = field(default=30.0, metadata={"parse": _seconds})
     sources: Mapping[str, str] = field(
         default_factory=dict, compare=False
     )  # key -> "flag" | "file:LINE" | "default"
@@ -169,4 +187,29 @@ def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
     env_dir = os.environ.get("P2PFAST_DATA_DIR")
     if sources["data_dir"] == "default" and env_dir:
         values["data_dir"], sources["data_dir"] = _path(env_dir), "env:P2PFAST_DATA_DIR"
+    values.setdefault("data_dir", _path(DEFAULT_DATA_DIR))  # shown and used as the real path
     return Config(**values, sources=sources)
+
+
+def show(cfg: Config) -> list[tuple[str, str, str]]:
+    """(key, value as the file would spell it, where it came from) for every key, in file order."""
+    root = Path(cfg.data_dir)
+    unset = {
+        "db": str(root / "p2p.db"),
+        "master_key_file": str(root / "master.key"),
+        "network_key_file": str(root / "network.key"),
+        "replicas": "all",
+        "max_object": "none",
+        "metrics_listen": "off",
+    }
+    rows = []
+    for name in PARSERS:
+        value = getattr(cfg, name)
+        if value is None:
+            text = unset[name]
+        elif isinstance(value, tuple):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        rows.append((name, text, cfg.sources.get(name, "default")))
+    return rows

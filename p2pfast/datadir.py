@@ -3,7 +3,7 @@
 DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
   node.key        the node's X25519 static key (its identity), mode 0600
-  network.key     the network's 32-byte key (the Noise PSK), mode 0600
+  network.key     the network's 32-byte key (the Noise PSK), mode 0600 (or network_key_file elsewhere)
   node.json       pid and listen address of the serving process, while it runs
   p2p.db          the repo (SQLite, WAL)
   lock            flock()ed by the one process that may write this data dir
@@ -39,6 +39,7 @@ class Layout:
     root: Path
     master_key_file: Path
     db: Path
+    network_key: Path
 
     @classmethod
     def of(
@@ -46,18 +47,23 @@ class Layout:
         data_dir: str | os.PathLike[str],
         master_key_file: str | os.PathLike[str] | None = None,
         db: str | os.PathLike[str] | None = None,
+        network_key_file: str | os.PathLike[str] | None = None,
     ) -> Layout:
         root = Path(data_dir).expanduser()
-        key = Path(master_key_file).expanduser() if master_key_file else root / "master.key"
-        return cls(root, key, Path(db).expanduser() if db else root / "p2p.db")
+
+        def where(given: str | os.PathLike[str] | None, default: str) -> Path:
+            return Path(given).expanduser() if given else root / default
+
+        return cls(
+            root,
+            where(master_key_file, "master.key"),
+            where(db, "p2p.db"),
+            where(network_key_file, "network.key"),
+        )
 
     @property
     def node_key(self) -> Path:
         return self.root / "node.key"
-
-    @property
-    def network_key(self) -> Path:
-        return self.root / "network.key"
 
     @property
     def objects(self) -> Path:
