@@ -7,6 +7,7 @@ The file keeps the original system's format: `key=value` lines, `#` comments, co
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,20 +20,26 @@ DEFAULT_DATA_DIR = "~/.p2p"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+_VAR_RE = re.compile(r"\$(\w+|\{([^}]*)\})")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?)\s*(?:([kmgt])(?:i?b)?|b)?")
+MAX_SECONDS = 10 * 365 * 86400.0  # ten years: anything longer is a typo, not a setting
+
+
 def _path(v: str) -> str:
     if not v:
         raise ValueError("empty path")
     # $VARS too: under systemd a secret comes as $CREDENTIALS_DIRECTORY/NAME (LoadCredential=)
-    expanded = os.path.expandvars(v)
-    if "$" in expanded:
-        raise ValueError(f"unset environment variable in {v!r}")
-    return str(Path(expanded).expanduser())
+    for m in _VAR_RE.finditer(v):
+        name = m.group(2) if m.group(2) is not None else m.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable ${name} is not set (in {v!r})")
+    return str(Path(os.path.expandvars(v)).expanduser())
 
 
-def _listen(v: str) -> str:
+def _listen(v: str, lowest_port: int = 0) -> str:
     _host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected [HOST]:PORT, got {v!r}")
+    if not sep or not port.isdigit() or not lowest_port <= int(port) <= 65535:
+        raise ValueError(f"expected [HOST]:PORT with port {lowest_port}..65535, got {v!r}")
     return v
 
 
@@ -43,7 +50,7 @@ def _optional_listen(v: str) -> str | None:
 
 
 def _addr_list(v: str) -> tuple[str, ...]:
-    return tuple(_listen(a.strip()) for a in v.split(",") if a.strip())
+    return tuple(_listen(a.strip(), lowest_port=1) for a in v.split(",") if a.strip())
 
 
 def _log_level(v: str) -> str:
@@ -61,8 +68,8 @@ def _positive_int(v: str) -> int:
 
 def _seconds(v: str) -> float:
     n = float(v)
-    if not 0 < n < 1e7:
-        raise ValueError(f"expected seconds > 0, got {v!r}")
+    if not 0 < n <= MAX_SECONDS:
+        raise ValueError(f"expected seconds, more than 0 and at most {MAX_SECONDS:.0f} (10 years), got {v!r}")
     return n
 
 
@@ -74,13 +81,13 @@ def _replicas(v: str) -> int | None:
 
 def _size(v: str) -> int | None:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = v.strip().lower().removesuffix("ib").removesuffix("b")
-    if t in ("", "none", "unlimited"):
+    t = v.strip().lower()
+    if t in ("none", "unlimited"):
         return None
-    num = t.rstrip("kmgt")
-    if t[len(num) :] not in units:
-        raise ValueError(f"expected a size like 512M or 2G, got {v!r}")
-    n = int(float(num) * units[t[len(num) :]])
+    m = _SIZE_RE.fullmatch(t)
+    if m is None:
+        raise ValueError(f"expected a size like 512M or 2G (or none), got {v!r}")
+    n = int(float(m.group(1)) * units[m.group(2) or ""])
     if n <= 0:
         raise ValueError(f"expected a positive size, got {v!r}")
     return n
@@ -139,9 +146,14 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 def parse_file(path: Path) -> dict[str, tuple[Any, str]]:
     """key -> (value, "FILE:LINE"). Raises ConfigError on the first bad line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a BOM some editors write is not part of the first key
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{lineno}: not UTF-8 text") from None
     out: dict[str, tuple[Any, str]] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -165,6 +177,8 @@ def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
     """flags: values given on the command line (None = not given). config_path None = the default file,
     which may be absent; an explicitly named file must exist."""
     explicit = config_path is not None
+    if config_path == "":
+        raise ConfigError("--config: empty path")
     path = Path(config_path or DEFAULT_CONFIG).expanduser()
     from_file: dict[str, tuple[Any, str]] = {}
     if path.exists():
@@ -186,7 +200,10 @@ def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
             sources[name] = "default"
     env_dir = os.environ.get("P2PFAST_DATA_DIR")
     if sources["data_dir"] == "default" and env_dir:
-        values["data_dir"], sources["data_dir"] = _path(env_dir), "env:P2PFAST_DATA_DIR"
+        try:
+            values["data_dir"], sources["data_dir"] = _path(env_dir), "env:P2PFAST_DATA_DIR"
+        except ValueError as exc:
+            raise ConfigError(f"P2PFAST_DATA_DIR: {exc}") from None
     values.setdefault("data_dir", _path(DEFAULT_DATA_DIR))  # shown and used as the real path
     return Config(**values, sources=sources)
 

@@ -34,6 +34,7 @@ class FileRow:
     cid: str
     size: int
     created: float
+    origin: str | None = None  # the node it came from; None when a user stored it here
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class TombstoneRow:
     recorded_at: float
 
 
-_FILE_COLS = "key, cid, size, created"
+_FILE_COLS = "key, cid, size, created, origin"
 _OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
 _PEER_COLS = "address, node_id, last_seen, status"
 _SHARE_COLS = "cid, peer, acked_at"
@@ -238,6 +239,16 @@ class Repo:
         )
         return {"files": row[0], "objects": row[1], "bytes": row[2]}
 
+    def count_under_replicated(self, target: int) -> int:
+        """Files stored here by a user (origin NULL) with fewer than ``target`` peers in ``shares``.
+        Replicas a node received are not counted: placing copies is the storing node's job."""
+        (row,) = self._rows(
+            "SELECT count(*) FROM files f WHERE f.origin IS NULL"
+            " AND (SELECT count(*) FROM shares s WHERE s.cid = f.cid) < ?",
+            (target,),
+        )
+        return int(row[0])
+
     # -- writes -------------------------------------------------------------------------------------------
 
     def add_file(
@@ -263,7 +274,9 @@ class Repo:
           replica records the node that sent it the object).
         """
         with self._write() as conn:
-            orphan = _add_file(conn, key, cid, size, now, new_object, wrapped_key, algorithm)
+            # A file with holders came from them (a replica, get --keep): replicating it is not our job.
+            origin = holders[0] if holders else None
+            orphan = _add_file(conn, key, cid, size, now, new_object, wrapped_key, algorithm, origin)
             if holders:
                 conn.executemany(
                     f"INSERT INTO shares ({_SHARE_COLS}) VALUES (?, ?, ?)"
@@ -518,11 +531,14 @@ def _add_file(
     new_object: ObjectRow | None,
     wrapped_key: bytes | None,
     algorithm: str | None,
+    origin: str | None,
 ) -> str | None:
     """Repo.add_file's work inside its transaction."""
     old = _scalar(conn, "SELECT cid FROM files WHERE key = ?", (key,))
     if old == cid:
-        conn.execute("UPDATE files SET size = ?, created = ? WHERE key = ?", (size, now, key))
+        conn.execute(
+            "UPDATE files SET size = ?, created = ?, origin = ? WHERE key = ?", (size, now, origin, key)
+        )
         return None
     if _scalar(conn, "SELECT 1 FROM objects WHERE cid = ?", (cid,)) is not None:
         conn.execute("UPDATE objects SET refcount = refcount + 1 WHERE cid = ?", (cid,))
@@ -543,7 +559,12 @@ def _add_file(
             (cid, wrapped_key, algorithm, o.created),
         )
     if old is None:
-        conn.execute(f"INSERT INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?)", (key, cid, size, now))
+        conn.execute(
+            f"INSERT INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?, ?)", (key, cid, size, now, origin)
+        )
         return None
-    conn.execute("UPDATE files SET cid = ?, size = ?, created = ? WHERE key = ?", (cid, size, now, key))
+    conn.execute(
+        "UPDATE files SET cid = ?, size = ?, created = ?, origin = ? WHERE key = ?",
+        (cid, size, now, origin, key),
+    )
     return old if _release(conn, old) else None

@@ -24,6 +24,7 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
       cid      TEXT         -> objects(cid)   (indexed: refcounts, reconcile)
       size     INTEGER      size in bytes
       created  REAL         unix time the key was (re)pointed
+      origin   TEXT         node id it came from; NULL when a user stored it here (version 3)
 
     keys     the object's random data key, wrapped by the node master key
       cid        TEXT PK    -> objects(cid) ON DELETE CASCADE
@@ -114,7 +115,13 @@ CREATE TABLE tombstones (
 CREATE INDEX tombstones_deleted_at ON tombstones(deleted_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+# Who a file came from, so that `status` can count the files this node must keep replicated (origin NULL:
+# a user stored it here) apart from the replicas it holds for others. Rows from before are taken as local.
+SCHEMA_V3 = """
+ALTER TABLE files ADD COLUMN origin TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -43,7 +43,7 @@ def refcount(repo: Repo, cid: str) -> int | None:
 # -- migration ---------------------------------------------------------------------------------------
 
 
-def test_migration_2_adds_tombstones_and_keeps_v1_rows(tmp_path: Path) -> None:
+def test_migrations_2_and_3_keep_v1_rows(tmp_path: Path) -> None:
     path = tmp_path / "p2p.db"
     conn = db.open_db(path)
     try:
@@ -60,8 +60,8 @@ def test_migration_2_adds_tombstones_and_keeps_v1_rows(tmp_path: Path) -> None:
 
     with Repo.open(path) as repo:
         assert repo._conn is not None
-        assert LATEST == 2
-        assert repo._conn.pragma("user_version") == 2
+        assert LATEST == 3
+        assert repo._conn.pragma("user_version") == 3
         assert repo.list_files() == [FileRow(b"a\x00b", A, 10, 2.0), FileRow(b"c", A, 10, 3.0)]
         assert repo.get_object(A) == ObjectRow(A, 10, 65536, 1, 2, 1.0)
         assert repo.get_key(A) == (b"\x00\xff", "aes-256-gcm")
@@ -75,9 +75,9 @@ def test_migration_2_adds_tombstones_and_keeps_v1_rows(tmp_path: Path) -> None:
         assert repo.remove_file(b"c") == (A, False)
         assert refcount(repo, A) == 1
 
-    with Repo.open(path) as repo:  # reopening at version 2 runs no step again
+    with Repo.open(path) as repo:  # reopening at the latest version runs no step again
         assert repo._conn is not None
-        assert repo._conn.pragma("user_version") == 2
+        assert repo._conn.pragma("user_version") == 3
         assert repo.list_tombstones() == [TombstoneRow(b"gone", B, 7.0, N1, 8.0)]
 
 
@@ -320,3 +320,24 @@ def test_raw_constraint_is_what_refuses(tmp_path: Path) -> None:
         assert repo._conn is not None
         with pytest.raises(apsw.ConstraintError):
             repo._conn.execute("INSERT INTO tombstones VALUES (x'00', 'b3:00', 1.0, ?, 1.0)", (N1,))
+
+
+# -- origin (migration 3) and the under-replicated count ---------------------------------------------
+
+
+def test_origin_and_under_replicated(tmp_path: Path) -> None:
+    with Repo.open(tmp_path / "p2p.db") as repo:
+        now = 1.0
+        repo.add_file(b"mine", A, 10, now, obj(A), b"w", "aes-256-gcm")
+        repo.add_file(b"theirs", B, 10, now, obj(B), b"w", "aes-256-gcm", holders=[N1])
+        assert [r.origin for r in repo.list_files()] == [None, N1]
+        # B came from N1: its one share is not a shortfall of ours; A has no replica yet
+        assert repo.count_under_replicated(1) == 1
+        repo.add_shares(A, [N1], now)
+        assert repo.count_under_replicated(1) == 0
+        assert repo.count_under_replicated(2) == 1
+        # a user storing the received key again makes it this node's to replicate
+        repo.add_file(b"theirs", B, 10, now + 1)
+        assert repo.get_file(b"theirs") == FileRow(b"theirs", B, 10, now + 1, None)
+        assert repo.count_under_replicated(1) == 0  # N1, which sent it, holds it
+        assert repo.count_under_replicated(2) == 2
