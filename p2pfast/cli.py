@@ -124,7 +124,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pfast import commands, ctl, identity, runtime
+    from p2pfast import daemon, identity, runtime
     from p2pfast.datadir import init
 
     cfg = args.config_obj
@@ -137,19 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         node = _make_node(args, cfg.listen, tuple(bootstrap))
-        runtime.install_signals(node.stop)
-
-        async def handle(request: dict[str, Any], fds: list[int], progress: Any) -> dict[str, Any]:
-            return await commands.execute(node, request, fds, progress)
-
-        server = ctl.CtlServer(layout.root / ctl.SOCKET_NAME, handle)
-        try:
-            await node.start()
-            await server.start()  # after the repo is open and the node listens: commands can run
-            await node.wait_stopped()
-        finally:
-            await server.close()
-            await node.close()
+        await daemon.serve(node, cfg.shutdown_timeout, cfg.metrics_listen)
 
     runtime.run(main())
     return 0
@@ -415,6 +403,64 @@ def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = froze
         print("  ".join(cells).rstrip())
 
 
+STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is reported as such
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from p2pfast import ctl, identity, status
+
+    layout = _layout(args)
+    try:
+        s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
+    except ctl.DaemonNotRunning:
+        node_id = identity.load(layout.node_key, layout.network_key).node_id
+        with _open_repo(args) as repo:
+            s = status.of_repo(repo, layout, node_id, args.config_obj.replicas)
+        s.update(running=False, pid=None, listen=None, uptime_s=None, peers_connected=0, in_flight=0)
+    if args.json:
+        _print_json(s)
+        return 0
+    state = "draining" if s.get("draining") else "running" if s["running"] else "not running"
+    uptime = "-" if s["uptime_s"] is None else _duration(s["uptime_s"])
+    print("==== NODE ====")
+    _print_table(
+        [
+            ("ID", "LISTEN", "STATE", "PID", "UPTIME", "DATA DIR"),
+            (s["node_id"][:16], s["listen"] or "-", state, str(s["pid"] or "-"), uptime, s["data_dir"]),
+        ]
+    )
+    print("==== PEERS ====")
+    _print_table(
+        [
+            ("CONNECTED", "KNOWN", "IN FLIGHT"),
+            (str(s["peers_connected"]), str(s["peers_known"]), str(s["in_flight"])),
+        ]
+    )
+    print("==== STORAGE ====")
+    under = f"{s['under_replicated']} (target {s['replica_target']})"
+    _print_table(
+        [
+            ("FILES", "OBJECTS", "STORED", "FREE", "UNDER-REPLICATED", "WAL"),
+            (
+                str(s["files"]),
+                str(s["objects"]),
+                human(s["bytes_stored"]),
+                human(s["bytes_free"]),
+                under,
+                human(s["wal_bytes"]),
+            ),
+        ]
+    )
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from p2pfast import config
 
@@ -471,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="address to listen on (default :3000)")
     s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
     s.add_argument("--join", metavar="INVITE", help="an invite line: network key, a member's address and id")
+    s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("id", parents=[common], help="print this node's id")
     s.set_defaults(func=cmd_id)
@@ -507,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_files)
+    s = sub.add_parser("status", parents=[common], help="the node's health: peers, storage, replication")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
     s = sub.add_parser("config", help="inspect the configuration")
     config_sub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     s = config_sub.add_parser(
@@ -537,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "log_level": args.log_level,
                     "listen": getattr(args, "listen", None),
                     "bootstrap": getattr(args, "bootstrap", None),
+                    "metrics_listen": getattr(args, "metrics_listen", None),
                 },
                 args.config,
             )

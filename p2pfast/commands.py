@@ -8,6 +8,7 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     get     {"key", "keep": bool}       fds[0]: where the plaintext goes (a temp file or stdout);
                                         keep: store a local replica of a fetched file too
     delete  {"key"}
+    status  {}                          the node's Node.status()
 
 Results are JSON objects too; progress goes to `progress({"done": bytes, "total": bytes|null})`, at most
 every PROGRESS_STEP bytes.
@@ -20,11 +21,13 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfast.counters import COUNTERS
 from p2pfast.ctl import ClientGone
-from p2pfast.errors import BadInput, P2PError
+from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
 from p2pfast.node import Node
 
 Progress = Callable[[dict[str, Any]], None]
@@ -85,8 +88,39 @@ async def execute(
     node: Node, request: dict[str, Any], fds: list[int], progress: Progress | None
 ) -> dict[str, Any]:
     cmd = request.get("cmd")
+    if cmd == "status":
+        return await node.status()
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
+    with node.working(str(cmd)):
+        return await _timed(node, str(cmd), request, fds, progress)
+
+
+async def _timed(
+    node: Node, cmd: str, request: dict[str, Any], fds: list[int], progress: Progress | None
+) -> dict[str, Any]:
+    started = time.monotonic()
+    ok = False
+    try:
+        result = await _with_fd(node, cmd, request, fds, progress)
+        ok = True
+        return result
+    except IntegrityError:
+        COUNTERS.integrity_failures += 1  # our own object on disk failed its check
+        raise
+    except asyncio.CancelledError:
+        if node.draining:  # the drain's deadline passed: say so, rather than "cancelled"
+            raise PeerUnavailable(f"the node is shutting down: the {cmd} was aborted") from None
+        raise
+    finally:
+        COUNTERS.transfer(cmd, ok)
+        if ok and cmd in COUNTERS.latency:
+            COUNTERS.latency[cmd].observe(time.monotonic() - started)
+
+
+async def _with_fd(
+    node: Node, cmd: str, request: dict[str, Any], fds: list[int], progress: Progress | None
+) -> dict[str, Any]:
     size = request.get("size")
     meter = _Meter(progress, size if cmd == "store" and type(size) is int else None)
     # The DB thread gets its own copy of the caller's fd: the caller (the control socket) closes its fds

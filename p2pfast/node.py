@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import blake3
 import orjson
 
-from p2pfast import wire
+from p2pfast import status, wire
+from p2pfast.counters import COUNTERS
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.errors import (
     LocalProtocolError,
@@ -44,6 +45,8 @@ T = TypeVar("T")
 TOMBSTONE_GRACE = 7 * 86400.0
 # who_has answers waited for, per peer, when looking for a holder.
 LOOKUP_TIMEOUT = 10.0
+# After a drain's deadline, how long cancelled transfers get to unwind.
+ABORT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[Any]] = set()
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
+        self._work: set[asyncio.Task[Any]] = set()  # transfers and commands in flight (drain waits)
+        self.draining = False  # stopping: no new work is taken
+        self._runtime_info: dict[str, Any] = {}
         self.started = time.time()
         self.peers = PeerManager(
             node_id=self.node_id,
@@ -141,6 +147,41 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
 
+    @contextlib.contextmanager
+    def working(self, what: str) -> Iterator[None]:
+        """Mark the current task as work in flight, which a graceful stop lets finish (drain)."""
+        if self.draining:
+            raise PeerUnavailable(f"{self.node_id[:12]} is shutting down: {what} refused")
+        task = asyncio.current_task()
+        assert task is not None
+        self._work.add(task)
+        try:
+            yield
+        finally:
+            self._work.discard(task)
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self._work if not t.done()]
+
+    async def drain(self, timeout: float) -> int:
+        """Take no new work (no new connections, commands or transfers), let what is in flight finish
+        for up to `timeout` seconds, then cancel the rest; returns how many were cancelled. A cancelled
+        transfer aborts its upload, so no partial object remains (store/objects.py)."""
+        self.draining = True
+        self.peers.stop_listening()
+        pending = {t for t in self._work if not t.done()}
+        log.info("event=shutdown phase=drain in_flight=%d timeout=%s", len(pending), timeout)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        left = [t for t in self._work if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            # Bounded too: a cancelled transfer only unwinds (closes streams, queues its abort).
+            await asyncio.wait(left, timeout=ABORT_TIMEOUT)
+            log.warning("event=shutdown phase=abort aborted=%d reason='drain timeout'", len(left))
+        return len(left)
+
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
@@ -176,8 +217,35 @@ class Node:
 
     def _write_runtime_file(self, addr: str) -> None:
         # For tools and tests: which process serves this data dir, and where (port 0 binds a free port).
-        info = {"pid": os.getpid(), "listen": addr, "node_id": self.node_id, "started": self.started}
-        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(info), mode=0o644)
+        self._runtime_info = {
+            "pid": os.getpid(),
+            "listen": addr,
+            "node_id": self.node_id,
+            "started": self.started,
+        }
+        self.set_runtime_info()
+
+    def set_runtime_info(self, **extra: Any) -> None:
+        """Add to node.json (the metrics address, say) and write it again."""
+        self._runtime_info.update(extra)
+        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o644)
+
+    async def status(self) -> dict[str, Any]:
+        """`p2pfast status`: the repo's part (status.of_repo) and what only the running node knows."""
+        from p2pfast import __version__
+
+        base = await self.db(status.of_repo, self.repo, self.layout, self.node_id, self.replicas)
+        return {
+            **base,
+            "running": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "listen": self.peers.listen_addr or None,
+            "uptime_s": round(time.time() - self.started, 1),
+            "peers_connected": len(self.peers.sessions),
+            "in_flight": len(self._work),
+            "draining": self.draining,
+        }
 
     # -- peers ---------------------------------------------------------------------------------------
     @property
@@ -271,14 +339,8 @@ class Node:
             return None
         if kind == "who_has":
             return await self._who_has(msg)
-        if kind == "store":
-            # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
-            # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone).
-            return await transfer.receive(session, msg, self.store, self.db, self.max_object)
-        if kind == "get":
-            return await transfer.serve_get(session, msg, self.store, self.db)
-        if kind == "leaves":
-            return await transfer.serve_leaves(session, msg, self.store, self.db)
+        if kind in ("store", "get", "leaves"):
+            return await self._transfer(session, kind, msg)
         if kind == "delete":
             changed, _ = await self._apply_delete(
                 encode_key(msg["key"]), msg["cid"], float(msg["at"]), msg["origin"]
@@ -289,6 +351,27 @@ class Node:
                 )
             return {"t": "ok"}
         raise RemoteProtocolError(f"request {kind!r} is not served by this node", code=wire.ErrorCode.REFUSED)
+
+    async def _transfer(self, session: Session, kind: str, msg: dict[str, Any]) -> dict[str, Any] | None:
+        if self.draining:
+            raise RemoteProtocolError(f"{self.node_id[:12]} is shutting down", code=wire.ErrorCode.REFUSED)
+        ok = False
+        try:
+            with self.working(f"{kind} from {session.peer_id[:12]}"):
+                if kind == "store":
+                    # A store is a user's deliberate act, newer than any tombstone for its key: accept it.
+                    # What a tombstone prevents is an old copy outliving its delete
+                    # (Repo.delete_file_with_tombstone).
+                    reply = await transfer.receive(session, msg, self.store, self.db, self.max_object)
+                elif kind == "get":
+                    reply = await transfer.serve_get(session, msg, self.store, self.db)
+                else:
+                    reply = await transfer.serve_leaves(session, msg, self.store, self.db)
+            ok = True
+            return reply
+        finally:
+            if kind != "leaves":
+                COUNTERS.transfer("receive" if kind == "store" else "serve", ok)
 
     async def _who_has(self, msg: dict[str, Any]) -> dict[str, Any]:
         cid = msg.get("cid")

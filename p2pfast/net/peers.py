@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from p2pfast.counters import COUNTERS
 from p2pfast.errors import ConfigError, PeerUnavailable
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.protocol import PeerProtocol
@@ -99,6 +100,13 @@ class PeerManager:
     def start(self) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(self._dialer()))
 
+    def stop_listening(self) -> None:
+        """Accept no new connection and dial no more; the sessions open now go on (a graceful stop)."""
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -149,8 +157,10 @@ class PeerManager:
         proto.session.ready.add_done_callback(self._handshake_over)
         return True
 
-    def _handshake_over(self, _: asyncio.Future[None]) -> None:
+    def _handshake_over(self, ready: asyncio.Future[None]) -> None:
         self._pending_handshake -= 1
+        if ready.cancelled() or ready.exception() is not None:
+            COUNTERS.handshake_failures += 1
 
     def _ready(self, session: Session) -> None:
         if session.peer_id == self.node_id:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
+from p2pfast.counters import COUNTERS
 from p2pfast.errors import ProtocolError
 from p2pfast.net import limits
 from p2pfast.net.session import Handler, Session
@@ -80,6 +81,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        COUNTERS.bytes_in += nbytes
         self.conn.buffer_updated(nbytes)
         self._process()
 
@@ -142,11 +144,13 @@ class PeerProtocol(asyncio.BufferedProtocol):
     def flush(self) -> None:
         if self.transport is None or self._closing:
             return
+        sent = self.conn.bytes_sent
         try:
             data = self.conn.data_to_send()
         except ProtocolError:
             return
         if data:
+            COUNTERS.bytes_out += self.conn.bytes_sent - sent
             self.transport.writelines(data)
 
     def close_transport(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pfast import wire
+from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
@@ -379,7 +380,10 @@ class Session:
         except PeerUnavailable:
             return  # the connection went away while we served it
         except P2PError as exc:  # a refusal with its reason: integrity, storage, input
-            code = wire.ErrorCode.INTEGRITY if isinstance(exc, IntegrityError) else wire.ErrorCode.REFUSED
+            code = wire.ErrorCode.REFUSED
+            if isinstance(exc, IntegrityError):  # a peer's bytes, or our own object on disk, were bad
+                code = wire.ErrorCode.INTEGRITY
+                COUNTERS.integrity_failures += 1
             reply = {"t": "error", "code": int(code), "reason": str(exc)[:500]}
         except Exception as exc:
             log.error("event=handler_failed peer=%s type=%s error=%r", self.peer_id[:12], msg.get("t"), exc)

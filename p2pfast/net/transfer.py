@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pfast import wire
+from p2pfast.counters import COUNTERS
 from p2pfast.errors import (
     DiskFull,
     IntegrityError,
@@ -367,6 +368,7 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
     await asyncio.wait_for(stream.wait_eof(), STALL_TIMEOUT)
     size, leaves = reply.get("size"), b"".join(parts)
     if type(size) is not int or contentid.root(size, leaves) != cid:
+        COUNTERS.integrity_failures += 1
         raise IntegrityError(f"the segment hashes from {session.peer_id[:12]} do not match {cid}")
     return size, leaves
 
@@ -491,7 +493,11 @@ class _Fetch:
         async def settle(wait_all: bool) -> None:
             while checks and (wait_all or checks[0][2].done()):
                 i, data, check = checks.popleft()
-                await check  # IntegrityError: this holder sent a bad segment
+                try:
+                    await check
+                except IntegrityError:  # this holder sent a bad segment: counted, and it is dropped
+                    COUNTERS.integrity_failures += 1
+                    raise
                 if i not in piece.segments:
                     piece.segments[i] = data
                     self.served[peer] = self.served.get(peer, 0) + len(data)

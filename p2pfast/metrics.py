@@ -1,0 +1,143 @@
+"""Prometheus metrics on an HTTP listener (config `metrics_listen`; off by default).
+
+prometheus_client does the exposition format and the HTTP server (its threaded WSGI server, on a thread
+of its own); this module only says what the node's numbers are. A scrape reads the process counters
+(counters.py: plain ints, read as they are) and asks the event loop for Node.status(), whose repo part
+runs on the DB thread like every other repo call, so a scrape never touches SQLite from a third thread.
+The listener binds 127.0.0.1 unless a host is given: the numbers say what a node holds and who it talks
+to, which is not for the whole network to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from p2pfast.counters import COUNTERS, Counters
+from p2pfast.errors import ConfigError
+from p2pfast.net.peers import split_addr
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from p2pfast.node import Node
+
+log = logging.getLogger("p2pfast.metrics")
+
+SCRAPE_TIMEOUT = 5.0  # a scrape waits this long for the node's status (a busy repo), then goes without
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, counters: Counters = COUNTERS) -> None:
+        self.node = node
+        self.loop = loop
+        self.counters = counters
+
+    def _status(self) -> dict[str, Any] | None:
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.node.status(), self.loop)
+            return future.result(SCRAPE_TIMEOUT)
+        except Exception as exc:  # a stopping loop, a busy repo: serve the counters without the gauges
+            log.warning("event=scrape_status_failed error=%r", str(exc) or type(exc).__name__)
+            return None
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        yield CounterMetricFamily(
+            "p2pfast_network_receive_bytes", "Bytes read from peer connections (encrypted).", value=c.bytes_in
+        )
+        yield CounterMetricFamily(
+            "p2pfast_network_transmit_bytes",
+            "Bytes written to peer connections (encrypted).",
+            value=c.bytes_out,
+        )
+        yield CounterMetricFamily(
+            "p2pfast_handshake_failures",
+            "Connections that failed or closed before the Noise handshake completed.",
+            value=c.handshake_failures,
+        )
+        yield CounterMetricFamily(
+            "p2pfast_integrity_failures",
+            "Bytes that failed their hash or authentication check, from a peer or on disk.",
+            value=c.integrity_failures,
+        )
+        transfers = CounterMetricFamily(
+            "p2pfast_transfers",
+            "Finished commands and transfers: store, get, delete (asked of this node); receive, serve "
+            "(for peers).",
+            labels=["kind", "result"],
+        )
+        for (kind, result), n in sorted(c.transfers.items()):
+            transfers.add_metric([kind, result], n)
+        yield transfers
+        for kind, hist in c.latency.items():
+            family = HistogramMetricFamily(
+                f"p2pfast_{kind}_duration_seconds", f"Time a successful {kind} command took, end to end."
+            )
+            family.add_metric([], hist.cumulative(), sum_value=hist.total)
+            yield family
+
+        status = self._status()
+        if status is None:
+            return
+        peers = GaugeMetricFamily("p2pfast_peers", "Peers, by state.", labels=["state"])
+        peers.add_metric(["connected"], status["peers_connected"])
+        peers.add_metric(["known"], status["peers_known"])
+        yield peers
+        gauges = (
+            ("files", "Files (keys) stored on this node.", "files"),
+            ("objects", "Content objects stored on this node.", "objects"),
+            ("stored_bytes", "Plaintext bytes of the objects stored.", "bytes_stored"),
+            ("free_bytes", "Bytes free for objects on the data dir's file system.", "bytes_free"),
+            (
+                "under_replicated_files",
+                "Files stored here below the replica target.",
+                "under_replicated",
+            ),
+            ("replica_target", "Copies on peers a file stored here should have.", "replica_target"),
+            ("wal_bytes", "Size of the repo's SQLite write-ahead log.", "wal_bytes"),
+            ("transfers_in_flight", "Commands and transfers running now.", "in_flight"),
+            ("uptime_seconds", "Seconds since the node started.", "uptime_s"),
+        )
+        for name, doc, key in gauges:
+            yield GaugeMetricFamily(f"p2pfast_{name}", doc, value=status[key])
+        info = GaugeMetricFamily(
+            "p2pfast_node_info", "The node's id and version.", labels=["node_id", "version"]
+        )
+        info.add_metric([status["node_id"], status["version"]], 1)
+        yield info
+
+
+class Exporter:
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)  # the node's own: not the global default
+        self.registry.register(NodeCollector(node, loop))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, addr: str) -> str:
+        """Listen on addr ([HOST]:PORT, host 127.0.0.1 when omitted); returns the bound HOST:PORT."""
+        host, port = split_addr(addr, default_host="127.0.0.1")
+        try:
+            self._server, self._thread = start_http_server(port, host, self.registry)
+        except OSError as exc:
+            raise ConfigError(f"metrics_listen {addr}: cannot listen: {exc.strerror or exc}") from None
+        bound_host, bound_port = self._server.server_address[:2]
+        return f"{bound_host!s}:{bound_port}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()  # returns once serve_forever has stopped (it polls every 0.5 s)
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
