@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import blake3
 import orjson
 
-from p2pfast import status, wire
+from p2pfast import clientio, status, wire
 from p2pfast.counters import COUNTERS
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.errors import (
@@ -36,7 +36,7 @@ from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import Session
 from p2pfast.store.durable import write_file_durably
-from p2pfast.store.objects import ContentStore, encode_key, show_key
+from p2pfast.store.objects import ContentStore, PutResult, encode_key, show_key
 
 log = logging.getLogger("p2pfast.node")
 T = TypeVar("T")
@@ -45,6 +45,8 @@ T = TypeVar("T")
 TOMBSTONE_GRACE = 7 * 86400.0
 # who_has answers waited for, per peer, when looking for a holder.
 LOOKUP_TIMEOUT = 10.0
+# Chunk of a client's pipe sealed (or read back) per DB-thread job.
+STREAM_CHUNK = 4 * 1024 * 1024
 # After a drain's deadline, how long cancelled transfers get to unwind.
 ABORT_TIMEOUT = 10.0
 
@@ -408,7 +410,10 @@ class Node:
 
     async def store_fd(self, key: str, fd: int, progress: Any = None) -> StoreReport:
         """Store locally (durable), then replicate; returns who acknowledged a copy."""
-        result = await self.db(self.store.put_fd, key, fd, progress)
+        if clientio.is_stream(fd):
+            result = await self._put_stream(key, fd, progress)
+        else:
+            result = await self.db(self.store.put_fd, key, fd, progress)
         targets = self.replica_set(result.cid)
         outcome = await transfer.replicate(
             targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext
@@ -431,6 +436,42 @@ class Node:
             outcome.failed,
             len(targets),
         )
+
+    async def _put_stream(self, key: str, fd: int, progress: Any) -> PutResult:
+        """put_fd for a pipe or socket: read on the loop (clientio), sealed on the DB thread. What has
+        come in goes to the DB thread as soon as it is idle (a slow writer's bytes are sealed as they
+        come, not held back), and while it is busy the input collects up to STREAM_CHUNK, so that
+        memory stays bounded and a fast writer costs one DB-thread job per chunk."""
+        upload = await self.db(self.store.begin, key, None, progress)
+        pending = bytearray()
+        eof = False
+        reading: asyncio.Future[bytes] | None = None
+        sealing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                if sealing is not None and sealing.done():
+                    sealing.result()  # a failed seal (disk full, client gone) ends the store here
+                    sealing = None
+                if sealing is None and pending:
+                    sealing = asyncio.ensure_future(self.db(upload.write, pending))
+                    pending = bytearray()
+                if eof and sealing is None:
+                    break
+                if reading is None and not eof and len(pending) < STREAM_CHUNK:
+                    reading = asyncio.ensure_future(clientio.read_some(fd))
+                waits = [f for f in (reading, sealing) if f is not None]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if reading is not None and reading.done():
+                    chunk = reading.result()
+                    reading = None
+                    pending += chunk
+                    eof = not chunk
+            return await self.db(upload.finish)
+        finally:
+            for f in (reading, sealing):
+                if f is not None:
+                    f.cancel()
+            self.db_later(upload.abort)  # after any write still queued; a no-op once finished
 
     async def locate(self, key: bytes) -> tuple[str, list[Session]]:
         """The content id under `key` and the connected peers that hold it, best first: those `shares`
@@ -466,7 +507,10 @@ class Node:
         except NotFound:
             pass
         else:
-            await self.db(self.store.read, raw, out_fd, 0, -1, progress)
+            if clientio.is_stream(out_fd):
+                await self._read_to_stream(raw, cid, size, out_fd, progress)
+            else:
+                await self.db(self.store.read, raw, out_fd, 0, -1, progress)
             return GetReport(show_key(raw), cid, size, "local")
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
@@ -480,6 +524,31 @@ class Node:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
         return GetReport(show_key(raw), cid, size, source, upload is not None, len(served))
+
+    async def _read_to_stream(self, key: bytes, cid: str, size: int, out_fd: int, progress: Any) -> None:
+        """store.read for a pipe or socket: chunks decrypted and verified on the DB thread, written from
+        the loop (clientio), the next chunk read while the last one is written."""
+        offsets = range(0, size, STREAM_CHUNK)
+        name = show_key(key)
+
+        def read(offset: int) -> bytearray:
+            return self.store.read_object_bytes(cid, offset, STREAM_CHUNK, name=name)
+
+        reading: asyncio.Future[bytearray] | None = None
+        try:
+            for i, offset in enumerate(offsets):
+                if reading is None:
+                    reading = asyncio.ensure_future(self.db(read, offset))
+                data = await reading
+                reading = None
+                if i + 1 < len(offsets):
+                    reading = asyncio.ensure_future(self.db(read, offsets[i + 1]))
+                await clientio.write_all(out_fd, data)
+                if progress is not None:
+                    progress(len(data))
+        finally:
+            if reading is not None:
+                reading.cancel()
 
     async def delete(self, key: str) -> DeleteReport:
         """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""

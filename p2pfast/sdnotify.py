@@ -47,8 +47,9 @@ class Notifier:
             self._sock.sendto(message, self.address)
         except OSError as exc:
             # One warning, not one per ping: a manager that went away stays away.
-            level = logging.DEBUG if self._failed or isinstance(exc, BlockingIOError) else logging.WARNING
-            self._failed = True
+            full = isinstance(exc, BlockingIOError)  # the manager is busy, not gone
+            level = logging.DEBUG if self._failed or full else logging.WARNING
+            self._failed = self._failed or not full
             log.log(level, "event=notify_failed socket=%r error=%r", self.address, exc.strerror or str(exc))
             return False
         return True

@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pfast import wire
+from p2pfast import clientio, wire
 from p2pfast.counters import COUNTERS
 from p2pfast.errors import (
     DiskFull,
@@ -404,6 +404,11 @@ def _check_segment(data: bytes, leaves: bytes, index: int) -> None:
         raise IntegrityError(f"segment {index} does not match its hash")
 
 
+def _keep_piece(keep: Upload, parts: list[bytes]) -> None:
+    for part in parts:
+        keep.write(part)
+
+
 def _write_piece(out_fd: int, parts: list[bytes], keep: Upload | None) -> None:
     for part in parts:
         write_all(out_fd, part)
@@ -424,6 +429,7 @@ class _Fetch:
     ) -> None:
         self.cid, self.size, self.leaves = cid, size, leaves
         self.out_fd, self.run, self.progress, self.keep = out_fd, run, progress, keep
+        self.stream_out = clientio.is_stream(out_fd)
         self.seg = segments.SEGMENT_SIZE
         nsegs = segments.segment_count(size, self.seg)
         self.pieces = [_Piece(i // PIECE, i, min(i + PIECE, nsegs)) for i in range(0, nsegs, PIECE)]
@@ -555,7 +561,13 @@ class _Fetch:
                 piece = self.pieces[self.next_write]
                 parts = [piece.segments[i] for i in range(piece.index * PIECE, piece.end)]
                 piece.segments = {}
-                await self.run(_write_piece, self.out_fd, parts, self.keep)
+                if self.stream_out:  # a pipe: written from the loop, never blocking the DB thread
+                    for part in parts:
+                        await clientio.write_all(self.out_fd, part)
+                    if self.keep is not None:
+                        await self.run(_keep_piece, self.keep, parts)
+                else:
+                    await self.run(_write_piece, self.out_fd, parts, self.keep)
                 if self.progress is not None:
                     self.progress(sum(len(p) for p in parts))
                 self.next_write += 1

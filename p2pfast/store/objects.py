@@ -361,11 +361,13 @@ class ContentStore:
         self.read(key, sink, offset, length)
         return bytes(sink.buf)
 
-    def read_object_bytes(self, cid: str, offset: int = 0, length: int = -1) -> bytearray:
+    def read_object_bytes(
+        self, cid: str, offset: int = 0, length: int = -1, *, name: str | None = None
+    ) -> bytearray:
         """read_object() into memory: one chunk of a transfer (the pump's buffers are reused, so the
-        plaintext has to be copied out anyway)."""
+        plaintext has to be copied out anyway). `name` is what an error calls it (the cid by default)."""
         sink = _Collect()
-        self.read_object(cid, sink, offset, length)
+        self.read_object(cid, sink, offset, length, name=name)
         return sink.buf
 
     # -- delete --------------------------------------------------------------------------------------

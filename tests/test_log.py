@@ -1,0 +1,178 @@
+"""log.py: key=value lines on stderr, sd-daemon priority prefixes under journald.
+
+Each case runs log.setup() in a fresh interpreter: the handlers and levels it sets are process-wide.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+# argv[1]: the level for setup(); argv[2]: which records to log
+SCRIPT = """
+import logging, sys
+from p2pfast import log
+log.setup(sys.argv[1])
+x = logging.getLogger("p2pfast.x")
+what = sys.argv[2]
+if what == "levels":
+    x.debug("event=d n=1")
+    x.info("event=i n=2")
+    x.warning("event=w n=3")
+    x.error("event=e n=4")
+    x.critical("event=c n=5")
+elif what == "fixed":
+    # a record from a known instant: 1971-01-01T00:00:00.005Z
+    r = x.makeRecord("p2pfast.x", logging.WARNING, "f.py", 1, "event=fixed", (), None)
+    r.created, r.msecs = 31536000.005, 5.0
+    x.handle(r)
+elif what == "twice":
+    log.setup(sys.argv[1])
+    x.warning("event=once")
+elif what == "newline":
+    x.warning("event=peer_error text=%s", "first\\nsecond")
+elif what == "exception":
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        x.exception("event=crash")
+"""
+
+TS_LINE = re.compile(
+    r"^ts=(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) level=(?P<level>[A-Z]+) logger=p2pfast\.x "
+    r"(?P<message>event=\S+.*)$"
+)
+KEY_VALUE = re.compile(r"^[a-z_]+=[^\s=]\S*$")
+ALL_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+PREFIX = {"DEBUG": "<7>", "INFO": "<6>", "WARNING": "<4>", "ERROR": "<3>", "CRITICAL": "<2>"}
+MESSAGE = {"DEBUG": "event=d n=1", "INFO": "event=i n=2", "WARNING": "event=w n=3"}
+MESSAGE |= {"ERROR": "event=e n=4", "CRITICAL": "event=c n=5"}
+
+
+def run(tmp_path: Path, level: str, what: str, *, journal: bool | str) -> list[str]:
+    """stderr lines of the script; stdout must stay empty."""
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    # a zone far from UTC: a local-time stamp would show
+    env["TZ"] = "Asia/Kolkata"
+    # stderr goes to a file standing in for the journal's stream: JOURNAL_STREAM names its device and inode
+    # (a value naming anything else means stderr was redirected away from the journal)
+    err_path = tmp_path / f"stderr-{level}-{what}-{journal}"
+    with open(err_path, "w+") as err:
+        st = os.fstat(err.fileno())
+        if journal:
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}" if journal is True else journal
+        out = subprocess.run(
+            [sys.executable, "-P", "-c", SCRIPT, level, what],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=30,
+        )
+    stderr = err_path.read_text()
+    assert out.returncode == 0, stderr
+    assert out.stdout == ""
+    assert stderr.endswith("\n"), stderr
+    return stderr.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [
+        ("debug", ALL_LEVELS),
+        ("info", ALL_LEVELS[1:]),
+        ("warning", ALL_LEVELS[2:]),
+        ("WARNING", ALL_LEVELS[2:]),
+        ("error", ALL_LEVELS[3:]),
+    ],
+)
+def test_plain_lines(tmp_path: Path, level: str, shown: list[str]) -> None:
+    before = time.time()
+    lines = run(tmp_path, level, "levels", journal=False)
+    after = time.time()
+    assert len(lines) == len(shown), lines
+    for line, expected in zip(lines, shown, strict=True):
+        m = TS_LINE.match(line)
+        assert m, line
+        assert m["level"] == expected
+        assert m["message"] == MESSAGE[expected]
+        # every token before the message is key=value, no spaces inside a value
+        head = line[: m.start("message")].split(" ")
+        assert head[-1] == ""
+        assert all(KEY_VALUE.match(token) for token in head[:-1]), line
+        # the stamp is UTC, not local time (TZ above is UTC+05:30)
+        stamp = datetime.strptime(m["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        assert before - 1 <= stamp <= after + 1, (m["ts"], before, after)
+
+
+def test_plain_info_line_shape(tmp_path: Path) -> None:
+    lines = run(tmp_path, "info", "levels", journal=False)
+    assert re.match(
+        r"^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=INFO logger=p2pfast\.x event=i n=2$", lines[0]
+    ), lines
+
+
+def test_plain_stamp_of_a_known_instant(tmp_path: Path) -> None:
+    lines = run(tmp_path, "warning", "fixed", journal=False)
+    assert lines == ["ts=1971-01-01T00:00:00.005Z level=WARNING logger=p2pfast.x event=fixed"]
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [("debug", ALL_LEVELS), ("info", ALL_LEVELS[1:]), ("warning", ALL_LEVELS[2:])],
+)
+def test_journal_lines(tmp_path: Path, level: str, shown: list[str]) -> None:
+    lines = run(tmp_path, level, "levels", journal=True)
+    assert lines == [f"{PREFIX[lv]}level={lv} logger=p2pfast.x {MESSAGE[lv]}" for lv in shown]
+    assert not any("ts=" in line for line in lines)
+
+
+@pytest.mark.parametrize("journal", [False, True])
+def test_setup_twice_does_not_duplicate(tmp_path: Path, journal: bool) -> None:
+    lines = run(tmp_path, "warning", "twice", journal=journal)
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("logger=p2pfast.x event=once")
+
+
+def check_one_line(lines: list[str], journal: bool, level: str) -> None:
+    assert len(lines) == 1, lines
+    line = lines[0]
+    if journal:
+        assert line.startswith(f"{PREFIX[level]}level={level} logger=p2pfast.x event="), line
+        assert "ts=" not in line
+    else:
+        m = TS_LINE.match(line)
+        assert m and m["level"] == level, line
+
+
+# A newline in a message or a traceback must not make one record several lines: journald makes each line
+# a separate entry, the later ones with no <N> prefix.
+@pytest.mark.parametrize("journal", [False, True])
+def test_newline_in_message_stays_one_line(tmp_path: Path, journal: bool) -> None:
+    lines = run(tmp_path, "info", "newline", journal=journal)
+    check_one_line(lines, journal, "WARNING")
+    assert "first" in lines[0] and "second" in lines[0]
+
+
+@pytest.mark.parametrize("journal", [False, True])
+def test_exception_stays_one_line(tmp_path: Path, journal: bool) -> None:
+    lines = run(tmp_path, "info", "exception", journal=journal)
+    check_one_line(lines, journal, "ERROR")
+    assert "event=crash" in lines[0]
+    assert "ZeroDivisionError" in lines[0]
+    assert "Traceback (most recent call last)" in lines[0]  # the traceback itself, not only the name
+
+
+@pytest.mark.parametrize("stale", ["8:1234", "garbage", "1:"])
+def test_journal_stream_naming_another_file_means_plain_lines(tmp_path: Path, stale: str) -> None:
+    # inherited from a parent whose stderr was the journal, but ours was redirected: not the journal
+    lines = run(tmp_path, "info", "levels", journal=stale)
+    assert lines and all(TS_LINE.match(line) for line in lines), lines
