@@ -416,7 +416,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         node_id = identity.load(layout.node_key, layout.network_key).node_id
         with _open_repo(args) as repo:
             s = status.of_repo(repo, layout, node_id, args.config_obj.replicas)
-        s.update(running=False, pid=None, listen=None, uptime_s=None, peers_connected=0, in_flight=0)
+        s.update(
+            running=False,
+            pid=None,
+            version=__version__,
+            listen=None,
+            uptime_s=None,
+            peers_connected=0,
+            in_flight=0,
+            draining=False,
+        )
     if args.json:
         _print_json(s)
         return 0

@@ -267,6 +267,8 @@ STATUS_FIELDS = {
     "under_replicated",
     "wal_bytes",
     "in_flight",
+    "version",
+    "draining",
 }
 
 
