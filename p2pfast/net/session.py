@@ -190,6 +190,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_scheduled = False
         self._slot_freed = asyncio.Event()  # set whenever a stream ends: open_stream_wait() retries
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed_event = asyncio.Event()
@@ -223,7 +224,7 @@ class Session:
         try:
             await self.wait_writable()
             self.conn.send_control({**message, "id": rid})
-            self.flush()
+            self.flush_soon()
             reply = await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
@@ -235,7 +236,7 @@ class Session:
         """Send a message that gets no reply (peer exchange)."""
         self._check_open()
         self.conn.send_control(message)
-        self.flush()
+        self.flush_soon()
 
     def open_stream(self) -> Stream:
         """A new stream of ours; LocalProtocolError(STREAM_LIMIT) when max_streams are open already."""
@@ -280,6 +281,18 @@ class Session:
         self._check_open()
 
     def flush(self) -> None:
+        self.proto.flush()
+
+    def flush_soon(self) -> None:
+        """Flush once the tasks ready now have run: a request and the first data of the stream it
+        announces (a small store's whole object) then leave in one write. On loopback each write also
+        runs the receiver's TCP path, so a small store to 3 peers saved 3 of its 9 writes this way."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
         self.proto.flush()
 
     def close(self, code: int = wire.ErrorCode.NO_ERROR, reason: str = "") -> None:
