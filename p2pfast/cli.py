@@ -196,23 +196,30 @@ def _open_repo(args: argparse.Namespace, readonly: bool = True):  # type: ignore
     return Repo.open(layout.db, readonly=readonly)
 
 
+def _listing(args: argparse.Namespace, cmd: str, from_repo: Callable[[Any], list[dict[str, Any]]]) -> Any:
+    """The running daemon's answer to `cmd` (it knows what is live), else the repo's, read beside it."""
+    from p2pfast import ctl
+
+    try:
+        return ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
+    except ctl.DaemonNotRunning:
+        with _open_repo(args) as repo:
+            return from_repo(repo)
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     import datetime
 
-    with _open_repo(args) as repo:
-        rows = repo.list_peers()
+    from p2pfast import listings
+
+    rows = _listing(args, "peers", listings.peers)
     if args.json:
-        _print_json(
-            [
-                {"id": r.node_id, "address": r.address, "last_seen": r.last_seen, "status": r.status}
-                for r in rows
-            ]
-        )
+        _print_json(rows)
         return 0
     table = [("ID", "ADDRESS", "LAST SEEN", "STATUS")]
     for r in rows:
-        seen = datetime.datetime.fromtimestamp(r.last_seen).strftime("%Y-%m-%d %H:%M:%S")
-        table.append(((r.node_id or "?")[:16], r.address, seen, r.status))
+        seen = datetime.datetime.fromtimestamp(r["last_seen"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.append(((r["id"] or "?")[:16], r["address"], seen, r["status"]))
     _print_table(table)
     if not rows:
         print("(no peers)")
@@ -357,15 +364,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_shares(args: argparse.Namespace) -> int:
     import datetime
 
-    with _open_repo(args) as repo:
-        rows = repo.list_shares()
+    from p2pfast import listings
+
+    rows = _listing(args, "shares", listings.shares)
     if args.json:
-        _print_json([{"cid": r.cid, "peer": r.peer, "acked_at": r.acked_at} for r in rows])
+        _print_json(rows)
         return 0
     table = [("CONTENT ID", "PEER", "ACKNOWLEDGED")]
     for r in rows:
-        acked = datetime.datetime.fromtimestamp(r.acked_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.append((r.cid[:15] + "…", r.peer[:16], acked))
+        acked = datetime.datetime.fromtimestamp(r["acked_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.append((r["cid"][:15] + "…", r["peer"][:16], acked))
     _print_table(table)
     if not rows:
         print("(no shares)")
@@ -375,19 +383,16 @@ def cmd_shares(args: argparse.Namespace) -> int:
 def cmd_files(args: argparse.Namespace) -> int:
     import datetime
 
-    from p2pfast.store.objects import show_key
+    from p2pfast import listings
 
-    with _open_repo(args) as repo:
-        rows = repo.list_files()
+    rows = _listing(args, "files", listings.files)
     if args.json:
-        _print_json(
-            [{"key": show_key(r.key), "cid": r.cid, "size": r.size, "created": r.created} for r in rows]
-        )
+        _print_json(rows)
         return 0
     table = [("KEY", "SIZE", "CONTENT ID", "CREATED")]
     for r in rows:
-        created = datetime.datetime.fromtimestamp(r.created).strftime("%Y-%m-%d %H:%M:%S")
-        table.append((show_key(r.key), human(r.size), r.cid[:15] + "…", created))
+        created = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.append((r["key"], human(r["size"]), r["cid"][:15] + "…", created))
     _print_table(table, right=frozenset({1}))
     if not rows:
         print("(no files)")

@@ -9,6 +9,7 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
                                         keep: store a local replica of a fetched file too
     delete  {"key"}
     status  {}                          the node's Node.status()
+    files, shares, peers  {}            {"rows": [...]} as listings.py makes them
 
 Results are JSON objects too; progress goes to `progress({"done": bytes, "total": bytes|null})`, at most
 every PROGRESS_STEP bytes.
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfast import listings
 from p2pfast.counters import COUNTERS
 from p2pfast.ctl import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
@@ -90,6 +92,10 @@ async def execute(
     cmd = request.get("cmd")
     if cmd == "status":
         return await node.status()
+    if cmd in ("files", "shares"):
+        return {"rows": await node.db(getattr(listings, str(cmd)), node.repo)}
+    if cmd == "peers":
+        return {"rows": await node.db(listings.peers, node.repo, set(node.peers.sessions))}
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

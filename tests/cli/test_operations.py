@@ -382,3 +382,32 @@ def wait_until_scraped(
 
     wait_until(check, 20, f"{sample[0]} >= {at_least}")
     return found
+
+
+# -- listings through the daemon -----------------------------------------------------------------------
+def test_files_shares_peers_from_the_daemon_match_the_repo(tmp_path: Path) -> None:
+    a, b = make_nodes(tmp_path, 2)
+    f = tmp_path / "f"
+    f.write_bytes(pattern(5000, seed=9))
+
+    def listing(cmd: str) -> list[dict[str, object]]:
+        out = run_cli(cmd, "--json", "--data-dir", a.root)
+        assert out.returncode == 0, out.stderr
+        rows: list[dict[str, object]] = json.loads(out.stdout)
+        return rows
+
+    with running([a, b]):
+        b.start("--log-level", "debug")
+        a.start("--bootstrap", b.listen, "--log-level", "debug")
+        wait_until(lambda: b.node_id in a.connected(), 20, "a to connect to b", [a, b])
+        assert run_cli("store", "k", f, "--data-dir", a.root).returncode == 0
+        live = {cmd: listing(cmd) for cmd in ("files", "shares", "peers")}
+        for cmd in ("files", "shares", "peers"):
+            assert f"event=ctl_request cmd='{cmd}'" in a.log()  # the daemon answered, not the repo
+        assert [r["key"] for r in live["files"]] == ["k"]
+        assert [r["peer"] for r in live["shares"]] == [b.node_id]
+        assert [(r["id"], r["status"]) for r in live["peers"]] == [(b.node_id, "connected")]
+        assert a.stop() == 0
+    # no daemon: the same rows from the repo (the peer is recorded disconnected at a's stop)
+    assert listing("files") == live["files"] and listing("shares") == live["shares"]
+    assert [(r["id"], r["status"]) for r in listing("peers")] == [(b.node_id, "disconnected")]

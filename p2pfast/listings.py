@@ -1,0 +1,34 @@
+"""What `files`, `shares` and `peers` list, as JSON-ready rows: read from the repo by the daemon (on its DB
+thread, answering the control socket) or by the CLI itself when no daemon runs. One shape for both, so
+`--json` output does not depend on whether a daemon was running."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from p2pfast.repo.repo import Repo
+from p2pfast.store.objects import show_key
+
+
+def files(repo: Repo) -> list[dict[str, Any]]:
+    return [
+        {"key": show_key(r.key), "cid": r.cid, "size": r.size, "created": r.created}
+        for r in repo.list_files()
+    ]
+
+
+def shares(repo: Repo) -> list[dict[str, Any]]:
+    return [{"cid": r.cid, "peer": r.peer, "acked_at": r.acked_at} for r in repo.list_shares()]
+
+
+def peers(repo: Repo, connected: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """With `connected` (the daemon's live sessions), a peer's status is what it is now, not what the
+    table last recorded."""
+    rows = []
+    for r in repo.list_peers():
+        status = r.status
+        if connected is not None and r.node_id:
+            status = "connected" if r.node_id in connected else "disconnected"
+        rows.append({"id": r.node_id, "address": r.address, "last_seen": r.last_seen, "status": status})
+    return rows
