@@ -265,6 +265,7 @@ def _network(
                 bar(done - shown)
                 shown = done
 
+        request = {**request, "progress": bar is not None}
         try:
             return ctl.call(sock, request, fds, on_progress=on_progress)
         except ctl.DaemonNotRunning:

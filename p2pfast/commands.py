@@ -5,6 +5,7 @@ A request is a JSON object with "cmd"; file descriptors travel beside it (SCM_RI
 socket, plain ints in the embedded case) and stay owned by the caller: execute() never closes them.
 
     store   {"key", "size": int|null}   fds[0]: the source, read to EOF
+            (store and get: "progress": true asks for progress lines)
     get     {"key", "keep": bool}       fds[0]: where the plaintext goes (a temp file or stdout);
                                         keep: store a local replica of a fetched file too
     delete  {"key"}
@@ -128,7 +129,10 @@ async def _with_fd(
     node: Node, cmd: str, request: dict[str, Any], fds: list[int], progress: Progress | None
 ) -> dict[str, Any]:
     size = request.get("size")
-    meter = _Meter(progress, size if cmd == "store" and type(size) is int else None)
+    # Progress lines only for a client that shows them (a bar, on a terminal): for most requests they
+    # would be one more write and wake-up each way.
+    wanted = progress if request.get("progress") is True else None
+    meter = _Meter(wanted, size if cmd == "store" and type(size) is int else None)
     # The DB thread gets its own copy of the caller's fd: the caller (the control socket) closes its fds
     # when this coroutine ends, which on cancellation is before the thread has finished with them. The
     # copy is closed by a job queued on that same one-thread executor, so after every job that uses it.

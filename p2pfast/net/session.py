@@ -158,6 +158,21 @@ class Stream:
                 self._credit.clear()
                 await self._credit.wait()
 
+    def try_write(self, data: bytes | bytearray | memoryview, end: bool = False) -> bool:
+        """write() without waiting, when it would not wait: the session is writable and the stream has
+        credit for all of `data`. False (nothing sent) otherwise. The frames go out with the rest of
+        this loop turn's (flush_soon): a small store's request and data in one write."""
+        s = self.session
+        if self.error is not None or s.closed or not s._writable.is_set():
+            return False
+        if s.conn.send_credit(self.sid) < len(data):
+            return False
+        s.conn.send_data(self.sid, data, end_stream=end)
+        s.flush_soon()
+        if end:
+            s._forget(self)
+        return True
+
     async def write_eof(self) -> None:
         await self.write(b"", end=True)
 
@@ -218,19 +233,32 @@ class Session:
     ) -> dict[str, Any]:
         """Send a request (an "id" is assigned) and await its reply; an error reply raises RequestFailed."""
         self._check_open()
-        rid = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        await self.wait_writable()
+        rid, fut = self.send_request(message)
         try:
-            await self.wait_writable()
-            self.conn.send_control({**message, "id": rid})
-            self.flush_soon()
             reply = await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
-        if reply.get("t") == "error":
-            raise RequestFailed(f"{reply.get('reason', '')} (code {reply.get('code')})")
-        return reply
+        return _reply(reply)
+
+    def send_request(self, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Queue a request now (its frame goes before any sent after it, such as the data of the stream
+        it announces) and return (its id, the future of its raw reply). The caller pops _pending[id]
+        when it stops waiting; replied() turns the raw reply into a result or RequestFailed."""
+        self._check_open()
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self.conn.send_control({**message, "id": rid})
+        self.flush_soon()
+        return rid, fut
+
+    async def replied(self, rid: int, fut: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        """Await a reply of send_request(); an error reply raises RequestFailed."""
+        try:
+            return _reply(await fut)
+        finally:
+            self._pending.pop(rid, None)
 
     def notify(self, message: dict[str, Any]) -> None:
         """Send a message that gets no reply (peer exchange)."""
@@ -434,3 +462,9 @@ class Session:
         for task in self._tasks:
             task.cancel()
         self.closed_event.set()
+
+
+def _reply(reply: dict[str, Any]) -> dict[str, Any]:
+    if reply.get("t") == "error":
+        raise RequestFailed(f"{reply.get('reason', '')} (code {reply.get('code')})")
+    return reply

@@ -131,8 +131,15 @@ async def replicate(
             outcome.failed[session.peer_id] = str(stream)
             continue
         request = {"t": "store", "sid": stream.sid, "cid": cid, "size": size, "key": key.decode()}
-        ack = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
-        live[session.peer_id] = (session, stream, ack)
+        try:
+            # Queued now, so that it precedes the stream's data on the wire (_fan_out may send that at
+            # once, with no await in between)
+            sent = session.send_request(request)
+        except (PeerUnavailable, LocalProtocolError) as exc:  # the session closed meanwhile
+            outcome.failed[session.peer_id] = str(exc)
+            stream.reset(int(wire.ErrorCode.REFUSED))
+            continue
+        live[session.peer_id] = (session, stream, asyncio.ensure_future(session.replied(*sent)))
 
     def drop(peer: str, why: str) -> None:
         _, stream, ack = live.pop(peer)
@@ -180,7 +187,9 @@ async def _fan_out(
                 return
             offset += len(chunk)
             end = offset >= size
-            peers = list(live)
+            # Streams with credit for the whole chunk take it at once (a small object always): no task
+            # and timer per replica. The others wait for credit, each on its own.
+            peers = [p for p in live if not live[p][1].try_write(chunk, end)]
             results = await asyncio.gather(
                 *(send(live[p][1], chunk, end) for p in peers), return_exceptions=True
             )
