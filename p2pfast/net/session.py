@@ -100,6 +100,10 @@ class Stream:
             self._readable.clear()
             await self._readable.wait()
 
+    def ready(self) -> bool:
+        """read() would return at once: data is queued, or the stream ended or failed."""
+        return bool(self._queue) or self.eof or self.error is not None
+
     async def read_some(self, limit: int, at_least: int = 0) -> bytes:
         """Queued chunks joined, up to about `limit` bytes, once `at_least` bytes are queued (or the stream
         ended); b"" at the end. A consumer working on a thread makes one hand-off per `at_least` bytes

@@ -276,7 +276,10 @@ async def _read_exactly(stream: Stream, size: int, cid: str) -> bytes:
     parts: list[bytes] = []
     received = 0
     while True:
-        chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
+        if stream.ready():  # a small object has usually arrived whole: no task and timer to read it
+            chunk = await stream.read_some(CHUNK)
+        else:
+            chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
         if not chunk:
             break
         received += len(chunk)

@@ -440,13 +440,17 @@ class Repo:
 
     def add_shares(self, cid: str, peers: Sequence[str], acked_at: float) -> None:
         """add_share for several peers in one transaction (a store's replicas answer together)."""
-        if not peers:
+        self.add_share_rows([(cid, peer, acked_at) for peer in peers])
+
+    def add_share_rows(self, rows: Sequence[tuple[str, str, float]]) -> None:
+        """(cid, peer, acked_at) rows, of any number of stores, in one transaction."""
+        if not rows:
             return
         with self._write() as conn:
             conn.executemany(
                 f"INSERT INTO shares ({_SHARE_COLS}) VALUES (?, ?, ?)"
                 " ON CONFLICT (cid, peer) DO UPDATE SET acked_at = excluded.acked_at",
-                [(cid, peer, acked_at) for peer in peers],
+                rows,
             )
 
     def shares_for(self, cid: str) -> list[ShareRow]:

@@ -311,3 +311,30 @@ def test_get_fetches_from_several_holders_and_a_stalled_one_is_overtaken(tmp_pat
                 await e.close()
 
     run(main())
+
+
+# -- group commit of shares rows -------------------------------------------------------------------------
+def test_concurrent_share_rows_are_committed_together(tmp_path: Path) -> None:
+    from p2pfast.node import _GroupWrite
+
+    async def main() -> tuple[list[int], set[tuple[str, str]]]:
+        async with cluster(tmp_path, 1) as (a,):
+            batches: list[int] = []
+            gate = threading.Event()
+
+            def write(rows: list[Any]) -> None:
+                gate.wait(10)  # the first batch holds the DB thread: the others queue up behind it
+                batches.append(len(rows))
+                a.repo.add_share_rows(rows)
+
+            group = _GroupWrite(a, write)
+            cids = [f"b3:{i:064x}" for i in range(20)]
+            adds = [asyncio.ensure_future(group.add([(c, "p" * 64, 1.0), (c, "q" * 64, 1.0)])) for c in cids]
+            gate.set()
+            await asyncio.gather(*adds)
+            rows = {(r.cid, r.peer) for r in await a.db(a.repo.list_shares)}
+            return batches, rows
+
+    batches, rows = run(main())
+    assert sum(batches) == 40 and len(batches) <= 2, batches
+    assert len(rows) == 40
