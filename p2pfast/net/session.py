@@ -109,12 +109,18 @@ class Stream:
         ended); b"" at the end. A consumer working on a thread makes one hand-off per `at_least` bytes
         instead of one per 64 KiB frame. `at_least` must stay below the stream window (the peer cannot
         send more than that before we read)."""
+        parts = await self.read_chunks(limit, at_least)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_chunks(self, limit: int, at_least: int = 0) -> list[bytes]:
+        """read_some() without the join: the chunks as received, for a reader that cuts them up anyway
+        (every copy of a bulk transfer's bytes on the loop thread costs about as much as its hashing)."""
         while self._queued < at_least and not self.eof and self.error is None:
             self._readable.clear()
             await self._readable.wait()
         first = await self.read()
-        if not first or not self._queue:
-            return first
+        if not first:
+            return []
         parts, size = [first], len(first)
         while self._queue and size < limit:
             chunk = self._queue.popleft()
@@ -122,7 +128,7 @@ class Stream:
             self.session._consumed(self.sid, len(chunk))
             parts.append(chunk)
             size += len(chunk)
-        return b"".join(parts)
+        return parts
 
     def extend_window(self, nbytes: int) -> None:
         """Let the peer send nbytes more than the initial window ahead of what we read: for a reader that

@@ -42,7 +42,7 @@ from p2pfast.errors import (
 )
 from p2pfast.net.session import Session, Stream
 from p2pfast.store import contentid, segments
-from p2pfast.store.durable import write_all
+from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
 
 log = logging.getLogger("p2pfast.transfer")
@@ -406,26 +406,43 @@ class _Piece:
     index: int
     first: int  # first segment not yet verified
     end: int  # one past its last segment
-    segments: dict[int, bytes] = field(default_factory=dict)  # verified, not yet written
+    segments: dict[int, list[memoryview]] = field(default_factory=dict)  # verified, not yet written
     workers: set[str] = field(default_factory=set)  # holders fetching it now
     done: bool = False
 
 
-def _check_segment(data: bytes, leaves: bytes, index: int) -> None:
-    if contentid.leaf(data) != leaves[32 * index : 32 * index + 32]:
+def _check_segment(parts: list[memoryview], leaves: bytes, index: int) -> None:
+    if contentid.leaf_of(parts) != leaves[32 * index : 32 * index + 32]:
         raise IntegrityError(f"segment {index} does not match its hash")
 
 
-def _keep_piece(keep: Upload, parts: list[bytes]) -> None:
+def _take(pending: deque[memoryview], n: int) -> list[memoryview]:
+    """The first n bytes of `pending`, as views of the received chunks: a segment is hashed and written
+    from them, never joined (each copy of a get's bytes on the loop thread cost about as much as hashing
+    them). What is left of a split chunk stays in `pending`."""
+    parts = []
+    while n:
+        v = pending[0]
+        if len(v) <= n:
+            parts.append(v)
+            pending.popleft()
+            n -= len(v)
+        else:
+            parts.append(v[:n])
+            pending[0] = v[n:]
+            n = 0
+    return parts
+
+
+def _keep_piece(keep: Upload, parts: list[memoryview]) -> None:
     for part in parts:
         keep.write(part)
 
 
-def _write_piece(out_fd: int, parts: list[bytes], keep: Upload | None) -> None:
-    for part in parts:
-        write_all(out_fd, part)
-        if keep is not None:
-            keep.write(part)
+def _write_piece(out_fd: int, parts: list[memoryview], keep: Upload | None) -> None:
+    writev_all(out_fd, parts)
+    if keep is not None:
+        _keep_piece(keep, parts)
 
 
 class _Fetch:
@@ -502,11 +519,12 @@ class _Fetch:
         stream = await session.open_stream_wait(STALL_TIMEOUT)
         request = {"t": "get", "cid": self.cid, "offset": offset, "length": length, "sid": stream.sid}
         reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
-        buf = bytearray()
+        received: deque[memoryview] = deque()  # not yet cut into segments
+        have = 0
         extended = False
         finished = False
         # segment checks run on the DB thread while the stream keeps being read; settled in order
-        checks: deque[tuple[int, bytes, asyncio.Future[None]]] = deque()
+        checks: deque[tuple[int, list[memoryview], asyncio.Future[None]]] = deque()
 
         async def settle(wait_all: bool) -> None:
             while checks and (wait_all or checks[0][2].done()):
@@ -518,7 +536,7 @@ class _Fetch:
                     raise
                 if i not in piece.segments:
                     piece.segments[i] = data
-                    self.served[peer] = self.served.get(peer, 0) + len(data)
+                    self.served[peer] = self.served.get(peer, 0) + sum(len(v) for v in data)
             while piece.first < piece.end and piece.first in piece.segments:
                 piece.first += 1
             if piece.first >= piece.end:
@@ -526,20 +544,20 @@ class _Fetch:
 
         try:
             while index < piece.end and not piece.done:
-                if self.seg_len(index) == 0:  # the one empty segment of an empty object
-                    chunk = b""
-                else:
-                    chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
-                    if not chunk:
+                if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
+                    chunks = await asyncio.wait_for(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
+                    if not chunks:
                         raise PeerUnavailable(f"{peer[:12]} ended the stream early")
                     if not extended:
                         stream.extend_window(EXTRA_WINDOW)
                         extended = True
-                buf += chunk
-                while index < piece.end and len(buf) >= self.seg_len(index):
+                    for c in chunks:
+                        received.append(memoryview(c))
+                        have += len(c)
+                while index < piece.end and have >= self.seg_len(index):
                     n = self.seg_len(index)
-                    data = bytes(buf[:n])
-                    del buf[:n]
+                    data = _take(received, n)  # one copy: the frames' bytes joined into the segment
+                    have -= n
                     if index not in piece.segments and index >= piece.first:
                         checks.append(
                             (
@@ -571,7 +589,7 @@ class _Fetch:
         async with self.write_lock:
             while self.next_write < len(self.pieces) and self.pieces[self.next_write].done:
                 piece = self.pieces[self.next_write]
-                parts = [piece.segments[i] for i in range(piece.index * PIECE, piece.end)]
+                parts = [v for i in range(piece.index * PIECE, piece.end) for v in piece.segments[i]]
                 piece.segments = {}
                 if self.stream_out:  # a pipe: written from the loop, never blocking the DB thread
                     for part in parts:

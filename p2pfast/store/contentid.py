@@ -13,6 +13,7 @@ names the scheme so the format can evolve.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 import blake3
 
@@ -26,6 +27,14 @@ ROOT_LABEL = b"p2pfast cid v1\x00"
 
 def leaf(segment: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(segment).digest()
+
+
+def leaf_of(parts: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """leaf() of the parts' concatenation, without making it."""
+    h = blake3.blake3()
+    for part in parts:
+        h.update(part)
+    return h.digest()
 
 
 def root(total_length: int, leaves: bytes | bytearray | memoryview) -> str:

@@ -407,3 +407,29 @@ def test_one_gib_round_trip_in_bounded_memory(tmp_path: Path) -> None:
         f"peak RSS grew by {out['growth_kib']} KiB storing and reading 1 GiB"
     )
     print(f"1 GiB round trip: peak RSS growth {out['growth_kib']} KiB")
+
+
+def test_writev_all_writes_every_part_in_order(tmp_path: Path) -> None:
+    from p2pfast.store.durable import IOV_MAX, writev_all
+
+    # more parts than one writev() takes, empty ones among them, views and bytes alike
+    parts: list[bytes | memoryview] = []
+    for i in range(IOV_MAX * 2 + 7):
+        chunk = os.urandom(i % 97)
+        parts.append(memoryview(chunk) if i % 2 else chunk)
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        writev_all(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(bytes(p) for p in parts)
+
+
+def test_leaf_of_parts_is_the_leaf_of_their_concatenation() -> None:
+    from p2pfast.store import contentid
+
+    data = os.urandom(300_000)
+    parts = [memoryview(data)[i : i + 65536] for i in range(0, len(data), 65536)]
+    assert contentid.leaf_of(parts) == contentid.leaf(data)
+    assert contentid.leaf_of([]) == contentid.leaf(b"")
