@@ -246,7 +246,8 @@ class Session:
         await self.wait_writable()
         rid, fut = self.send_request(message)
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancellation (3.11)
+                reply = await fut
         finally:
             self._pending.pop(rid, None)
         return _reply(reply)

@@ -27,7 +27,7 @@ import shutil
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from p2pfast import clientio, wire
 from p2pfast.counters import COUNTERS
@@ -45,6 +45,7 @@ from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
 
+T = TypeVar("T")
 log = logging.getLogger("p2pfast.transfer")
 
 Run = Callable[..., Awaitable[Any]]
@@ -152,7 +153,7 @@ async def replicate(
         await _fan_out(live, drop, run, store, cid, size, plaintext)
         for peer, (_, _, ack) in list(live.items()):
             try:
-                await asyncio.wait_for(asyncio.shield(ack), ACK_TIMEOUT)
+                await _within(asyncio.shield(ack), ACK_TIMEOUT)
                 outcome.acked.append(peer)
             except (P2PError, TimeoutError) as exc:
                 drop(peer, _describe(exc))
@@ -174,7 +175,7 @@ async def _fan_out(
     plaintext: bytes | None,
 ) -> None:
     async def send(stream: Stream, chunk: bytes | bytearray, end: bool) -> None:
-        await asyncio.wait_for(stream.write(chunk, end=end), STALL_TIMEOUT)
+        await _within(stream.write(chunk, end=end), STALL_TIMEOUT)
 
     offset = 0
     source = _one(plaintext) if plaintext is not None else _chunks(run, store, cid, 0, size)
@@ -203,6 +204,14 @@ async def _fan_out(
                     drop(peer, _reason(ack) if done_with_error else _describe(result))
             if end:
                 return
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """wait_for without its task: on Python 3.11 wait_for can swallow a cancellation that arrives as
+    its inner task completes (gh-86296), and a transfer cancelled by a graceful stop then ran to the
+    end; asyncio.timeout() does not lose it (and saves a task per chunk)."""
+    async with asyncio.timeout(seconds):
+        return await aw
 
 
 def _settle(ack: asyncio.Future[Any]) -> None:
@@ -279,7 +288,7 @@ async def _read_exactly(stream: Stream, size: int, cid: str) -> bytes:
         if stream.ready():  # a small object has usually arrived whole: no task and timer to read it
             chunk = await stream.read_some(CHUNK)
         else:
-            chunk = await asyncio.wait_for(stream.read_some(CHUNK), STALL_TIMEOUT)
+            chunk = await _within(stream.read_some(CHUNK), STALL_TIMEOUT)
         if not chunk:
             break
         received += len(chunk)
@@ -314,7 +323,7 @@ async def _receive_large(
         received = 0
         jobs: deque[asyncio.Future[None]] = deque()
         while True:
-            chunk = await asyncio.wait_for(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
+            chunk = await _within(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
             if not chunk:
                 break
             if not received:
@@ -352,7 +361,7 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
         async with contextlib.aclosing(_chunks(run, store, cid, start, end)) as chunks:
             async for chunk in chunks:
                 pos += len(chunk)
-                await asyncio.wait_for(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
+                await _within(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
     except BaseException:
         stream.reset(int(wire.ErrorCode.INTERNAL))
         raise
@@ -366,7 +375,7 @@ async def serve_leaves(
     sid = msg.get("sid")
     if sid is None:
         return {"t": "ok", "size": size, "leaves": leaves.hex()}
-    await asyncio.wait_for(session.stream(sid).write(leaves, end=True), STALL_TIMEOUT)
+    await _within(session.stream(sid).write(leaves, end=True), STALL_TIMEOUT)
     return {"t": "ok", "size": size}
 
 
@@ -377,7 +386,7 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
     parts: list[bytes] = []
     stream.set_sink(lambda view: parts.append(bytes(view)))
     reply = await session.request({"t": "leaves", "cid": cid, "sid": stream.sid}, timeout=STALL_TIMEOUT)
-    await asyncio.wait_for(stream.wait_eof(), STALL_TIMEOUT)
+    await _within(stream.wait_eof(), STALL_TIMEOUT)
     size, leaves = reply.get("size"), b"".join(parts)
     if type(size) is not int or contentid.root(size, leaves) != cid:
         COUNTERS.integrity_failures += 1
@@ -545,7 +554,7 @@ class _Fetch:
         try:
             while index < piece.end and not piece.done:
                 if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
-                    chunks = await asyncio.wait_for(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
+                    chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
                     if not chunks:
                         raise PeerUnavailable(f"{peer[:12]} ended the stream early")
                     if not extended:
@@ -570,7 +579,7 @@ class _Fetch:
                 await settle(wait_all=index >= piece.end)
             finished = index >= piece.end
             if finished:
-                await asyncio.wait_for(reply, STALL_TIMEOUT)
+                await _within(reply, STALL_TIMEOUT)
         except BaseException:
             if reply.done() and not reply.cancelled() and reply.exception() is not None:
                 raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason

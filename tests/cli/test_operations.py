@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import cli_argv, cli_env, object_files, one_error_line, pattern, run_cli, temp_files
+from nodetools import cli_argv, cli_env, file_hash, object_files, one_error_line, pattern, run_cli, temp_files
 from prometheus_client.parser import text_string_to_metric_families
 
 from p2pfast.repo.repo import Repo
@@ -411,3 +411,45 @@ def test_files_shares_peers_from_the_daemon_match_the_repo(tmp_path: Path) -> No
     # no daemon: the same rows from the repo (the peer is recorded disconnected at a's stop)
     assert listing("files") == live["files"] and listing("shares") == live["shares"]
     assert [(r["id"], r["status"]) for r in listing("peers")] == [(b.node_id, "disconnected")]
+
+
+def test_sigterm_on_a_replica_mid_receive_aborts_cleanly(tmp_path: Path) -> None:
+    """A replica told to stop while a large object streams in: past its deadline it aborts the receive,
+    keeps no partial object and exits 0; the store finishes on the other replica and says which failed."""
+    a, b, c = make_nodes(tmp_path, 3)
+    conf = config_file(tmp_path, "shutdown_timeout = 0.3\n")
+    src = tmp_path / "big.bin"
+    src.write_bytes(pattern(200 << 20, seed=11))
+    with running([a, b, c]):
+        b.start("--config", conf)
+        c.start("--bootstrap", b.listen)
+        a.start("--bootstrap", b.listen)
+        wait_until(lambda: {b.node_id, c.node_id} <= a.connected(), 20, "a to reach b and c", [a, b, c])
+        client = subprocess.Popen(
+            cli_argv("store", "big", src, "--json", "--data-dir", a.root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
+        try:
+            # b is receiving: freeze it there, so that most of the object is still to come when the
+            # SIGTERM it finds on waking starts its drain (0.3 s: far less than the rest takes)
+            wait_until(lambda: bool(temp_files(b.root)), 30, "b to start receiving")
+            assert b.proc is not None
+            os.kill(b.proc.pid, signal.SIGSTOP)
+            os.kill(b.proc.pid, signal.SIGTERM)
+            os.kill(b.proc.pid, signal.SIGCONT)
+            assert b.proc.wait(timeout=30) == 0
+            out, err = client.communicate(timeout=90)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(timeout=20)
+        assert client.returncode == 0, err
+        result = json.loads(out)
+        assert result["replicas"] == [c.node_id] and b.node_id in result["failed"], result
+        assert "event=shutdown phase=abort aborted=1" in b.log()
+        repo_is_consistent(b)
+        assert object_files(b.root) == []
+        got = run_cli("get", "big", "-o", tmp_path / "got.bin", "--data-dir", c.root)
+        assert got.returncode == 0 and file_hash(tmp_path / "got.bin") == file_hash(src)
