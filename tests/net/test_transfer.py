@@ -16,7 +16,7 @@ import pytest
 
 from p2pfast import identity
 from p2pfast.datadir import Layout, init
-from p2pfast.errors import NotFound
+from p2pfast.errors import NotFound, PeerUnavailable
 from p2pfast.net import transfer
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
@@ -338,3 +338,21 @@ def test_concurrent_share_rows_are_committed_together(tmp_path: Path) -> None:
     batches, rows = run(main())
     assert sum(batches) == 40 and len(batches) <= 2, batches
     assert len(rows) == 40
+
+
+def test_replica_refuses_an_object_larger_than_its_free_space(tmp_path: Path) -> None:
+    async def main() -> str:
+        async with cluster(tmp_path, 2) as (a, b):
+            session = a.peers.sessions[b.node_id]
+            stream = session.open_stream()
+            cid = "b3:" + "ab" * 32
+            try:
+                await session.request(
+                    {"t": "store", "sid": stream.sid, "cid": cid, "size": 1 << 52, "key": "k"}
+                )
+            except PeerUnavailable as exc:  # the refusal, with its reason, before any byte moved
+                return str(exc)
+            raise AssertionError("a store larger than the disk was accepted")
+
+    reason = run(main())
+    assert "does not fit" in reason and "bytes free" in reason
