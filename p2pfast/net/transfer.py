@@ -323,6 +323,11 @@ async def _read_exactly(stream: Stream, size: int, cid: str) -> bytes:
     return b"".join(parts)
 
 
+def _write_chunks(upload: Upload, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        upload.write(chunk)
+
+
 def _store_small(store: ContentStore, key: str, data: bytes, cid: str, holders: Sequence[str]) -> PutResult:
     upload = store.begin(key, len(data))
     try:
@@ -346,15 +351,17 @@ async def _receive_large(
         received = 0
         jobs: deque[asyncio.Future[None]] = deque()
         while True:
-            chunk = await _within(stream.read_some(CHUNK, HANDOFF), STALL_TIMEOUT)
-            if not chunk:
+            # The frames as received, pushed one by one into the upload (which copies them into its
+            # segment buffer anyway): joining them first was one more copy of every byte.
+            chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
+            if not chunks:
                 break
             if not received:
                 stream.extend_window(EXTRA_WINDOW)
-            received += len(chunk)
+            received += sum(len(c) for c in chunks)
             if received > size:
                 raise RemoteProtocolError(f"sent more than the {size} bytes announced for {cid}")
-            jobs.append(asyncio.ensure_future(run(upload.write, chunk)))  # one thread: in order
+            jobs.append(asyncio.ensure_future(run(_write_chunks, upload, chunks)))  # one thread: in order
             while len(jobs) >= PIPELINE:
                 await jobs.popleft()
         while jobs:
