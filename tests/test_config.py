@@ -684,3 +684,24 @@ def test_byte_order_mark_is_not_part_of_the_first_key(tmp_path: Path) -> None:
 def test_empty_config_path_is_an_error() -> None:
     with pytest.raises(ConfigError, match="--config: empty path"):
         config.load({}, "")
+
+
+def test_network_key_file_from_the_config_is_where_init_puts_the_key(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    conf = tmp_path / "p2p.conf"
+    conf.write_text(f"data_dir = {tmp_path / 'node'}\nnetwork_key_file = {secrets}/net.key\n")
+    out = run_cli("init", "--config", conf, env=cli_env(HOME=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert (secrets / "net.key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "node" / "network.key").exists()
+    shown = run_cli("config", "show", "--json", "--config", conf, env=cli_env(HOME=str(tmp_path)))
+    assert json.loads(shown.stdout)["network_key_file"] == {
+        "value": f"{secrets}/net.key",
+        "source": f"{conf}:2",
+    }
+    # the key is read from there: the node has an identity and can make an invite
+    assert (
+        run_cli("invite", "--address", "h:1", "--config", conf, env=cli_env(HOME=str(tmp_path))).returncode
+        == 0
+    )
