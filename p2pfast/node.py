@@ -46,6 +46,9 @@ T = TypeVar("T")
 TOMBSTONE_GRACE = 7 * 86400.0
 # who_has answers waited for, per peer, when looking for a holder.
 LOOKUP_TIMEOUT = 10.0
+# Tombstone requests in flight to a peer that just connected (below its MAX_INFLIGHT_REQUESTS, so the
+# peer never has to stop reading for them).
+TOMBSTONE_WINDOW = 16
 # Chunk of a client's pipe sealed (or read back) per DB-thread job.
 STREAM_CHUNK = 4 * 1024 * 1024
 # After a drain's deadline, how long cancelled transfers get to unwind.
@@ -632,13 +635,26 @@ class Node:
         return [p for p in await asyncio.gather(*(send(s) for s in sessions)) if p is not None]
 
     async def _send_tombstones(self, session: Session) -> None:
-        """A peer that was offline hears about the deletes it missed (within the grace period)."""
-        for t in await self.db(self.repo.list_tombstones):
-            msg = {"t": "delete", "key": t.key.decode(), "cid": t.cid, "origin": t.origin, "at": t.deleted_at}
-            try:
-                await session.request(msg, timeout=LOOKUP_TIMEOUT)
-            except (P2PError, TimeoutError):
-                return
+        """A peer that was offline hears about the deletes it missed (within the grace period). Up to
+        TOMBSTONE_WINDOW requests are in flight at once: one at a time, a week of deletes took one
+        round trip each, on every reconnect."""
+        pending = iter(await self.db(self.repo.list_tombstones))
+
+        async def sender() -> None:
+            for t in pending:  # shared by the senders: each tombstone goes once
+                msg = {
+                    "t": "delete",
+                    "key": t.key.decode(),
+                    "cid": t.cid,
+                    "origin": t.origin,
+                    "at": t.deleted_at,
+                }
+                try:
+                    await session.request(msg, timeout=LOOKUP_TIMEOUT)
+                except (P2PError, TimeoutError):
+                    return  # the peer went or does not answer: it hears the rest when it reconnects
+
+        await asyncio.gather(*(sender() for _ in range(TOMBSTONE_WINDOW)))
 
     async def wait_settled(self, timeout: float) -> int:
         """Wait until the peer table stops growing (no dial queued or in flight, and every connected peer

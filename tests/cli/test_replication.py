@@ -221,6 +221,38 @@ def test_delete_reaches_every_node_and_an_offline_one_after_restart(tmp_path: Pa
             assert repo.get_tombstone(b"gone") is not None
 
 
+def test_many_deletes_missed_offline_all_arrive_on_reconnect(tmp_path: Path) -> None:
+    """Tombstones go to a reconnecting peer several at a time, and every one of them arrives."""
+    from p2pfast import ctl
+
+    a, e = make_nodes(tmp_path, 2)
+    count = 200
+    with running([a, e]):
+        start_network([a, e])
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(count):
+            (src / str(i)).write_bytes(os.urandom(100 + i))
+            fd = os.open(src / str(i), os.O_RDONLY)
+            try:
+                r = ctl.call(
+                    a.root / ctl.SOCKET_NAME, {"cmd": "store", "key": f"k{i}", "size": 100 + i}, [fd]
+                )
+            finally:
+                os.close(fd)
+            assert r["replicas"] == [e.node_id]
+        assert len(files(e)) == count
+        assert e.stop() == 0
+        wait_until(lambda: e.node_id not in a.connected(), 20, "a to see e gone", [a, e])
+        for i in range(count):
+            ctl.call(a.root / ctl.SOCKET_NAME, {"cmd": "delete", "key": f"k{i}"})
+        e.start("--bootstrap", a.listen)
+        wait_until(lambda: files(e) == {}, 60, "e to apply every delete it missed", [a, e])
+        assert object_files(e.root) == []
+        with Repo.open(e.layout.db, readonly=True) as repo:
+            assert len(repo.list_tombstones()) == count
+
+
 # -- 4. a replica killed during a large store ------------------------------------------------------------
 def test_replica_killed_mid_store_leaves_no_partial_object(tmp_path: Path) -> None:
     size = 300 << 20
