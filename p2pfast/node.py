@@ -24,6 +24,7 @@ from p2pfast import clientio, status, wire
 from p2pfast.counters import COUNTERS
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.errors import (
+    IntegrityError,
     LocalProtocolError,
     NotFound,
     P2PError,
@@ -74,6 +75,7 @@ class GetReport:
     source: str  # "local" or the node id it came from
     kept: bool = False  # a local replica was stored (get --keep)
     holders: int = 0  # peers that served part of it (a get fetches from several at once)
+    repaired: bool = False  # the local copy failed its check; a peer's verified copy replaced it
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,8 +547,12 @@ class Node:
         else:
             if clientio.is_stream(out_fd):
                 await self._read_to_stream(raw, cid, size, out_fd, progress)
-            else:
+                return GetReport(show_key(raw), cid, size, "local")
+            start = os.lseek(out_fd, 0, os.SEEK_CUR)
+            try:
                 await self.db(self.store.read, raw, out_fd, 0, -1, progress)
+            except IntegrityError as exc:
+                return await self._repair(raw, cid, out_fd, start, progress, exc)
             return GetReport(show_key(raw), cid, size, "local")
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
@@ -560,6 +566,46 @@ class Node:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
         return GetReport(show_key(raw), cid, size, source, upload is not None, len(served))
+
+    async def _repair(
+        self, raw: bytes, cid: str, out_fd: int, start: int, progress: Any, failure: IntegrityError
+    ) -> GetReport:
+        """The local copy failed its check part way: take back what was written (the output is a file),
+        fetch the object from the peers that hold it, verified, and put that copy in place of the bad
+        one. With no peer to serve it, the integrity error stands. (To a pipe, what was written cannot be
+        taken back: there the error stands at once.)"""
+        log.warning(
+            "event=local_copy_corrupt key=%s cid=%s error=%r action=fetch_from_peers",
+            show_key(raw),
+            cid,
+            str(failure),
+        )
+
+        def rewind() -> None:
+            os.ftruncate(out_fd, start)
+            os.lseek(out_fd, start, os.SEEK_SET)
+
+        await self.db(rewind)
+        try:
+            found, holders = await self.locate(raw)
+        except (NotFound, PeerUnavailable):
+            raise failure from None
+        if found != cid:  # the peers name other content under this key: not a copy of ours
+            raise failure
+        upload = await self.db(self.store.begin, raw)
+        try:
+            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            await self.db(upload.finish_repair, cid)
+        except P2PError as exc:
+            log.warning("event=repair_failed key=%s cid=%s error=%r", show_key(raw), cid, str(exc))
+            await self.db(rewind)
+            raise failure from None
+        finally:
+            self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
+        COUNTERS.integrity_failures += 1  # recovered from, so commands.py never sees it: counted here
+        source = max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+        log.warning("event=local_copy_repaired key=%s cid=%s source=%s", show_key(raw), cid, source[:12])
+        return GetReport(show_key(raw), cid, size, source, holders=len(served), repaired=True)
 
     async def _read_to_stream(self, key: bytes, cid: str, size: int, out_fd: int, progress: Any) -> None:
         """store.read for a pipe or socket: chunks decrypted and verified on the DB thread, written from

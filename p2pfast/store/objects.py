@@ -181,6 +181,20 @@ class ContentStore:
         self.unlink_orphan(old)
         return PutResult(raw_key, cid, length, False, upload.plaintext)
 
+    def _replace(self, upload: Upload, cid: str, length: int) -> PutResult:
+        """Upload.finish_repair's commit: rename first, then the key row, as the restore path in _commit
+        does. A crash between the two leaves a file the old key cannot open: as unreadable as the bad
+        copy it replaced, never a wrong one."""
+        if self.repo.get_object(cid) is None:
+            raise NotFound(f"object {cid} is not held here: nothing to repair")
+        final = self.object_path(cid)
+        make_dirs(final.parent)
+        upload.tmp.commit(final)
+        seg = self.segment_size
+        row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, time.time())
+        self.repo.replace_object(row, self.keyring.wrap(cid, upload.data_key), segments.ALGORITHM)
+        return PutResult(upload.key, cid, length, False, upload.plaintext)
+
     def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -505,7 +519,9 @@ class Upload:
             self.progress(len(data))
         return len(data), contentid.leaf(data)
 
-    def finish(self, expect_cid: str | None = None, holders: Sequence[str] = ()) -> PutResult:
+    def finish(
+        self, expect_cid: str | None = None, holders: Sequence[str] = (), *, repair: bool = False
+    ) -> PutResult:
         """Seal and commit; with `expect_cid`, an object whose content id differs is an IntegrityError and
         leaves nothing behind (a replica checks what it received against what the sender announced).
         `holders` go into `shares` in the same transaction (the peer that sent the object)."""
@@ -535,7 +551,15 @@ class Upload:
             os.pwrite(self.tmp.fd, final_header.pack(), 0)
         except OSError as exc:
             raise os_error(exc, f"cannot store {name}") from exc
+        if repair:
+            return self.store._replace(self, cid, length)
         return self.store._commit(self, cid, length, holders)
+
+    def finish_repair(self, cid: str) -> None:
+        """finish() for a verified copy of `cid` that replaces a local object file which failed its
+        check: the file is renamed over the bad one and the object's key row replaced, and no files row
+        changes (which keys name it, and where they came from, stay as they were)."""
+        self.finish(cid, repair=True)
 
     def abort(self) -> None:
         """Drop the upload if it did not finish (idempotent; a no-op after finish())."""

@@ -253,6 +253,41 @@ def test_many_deletes_missed_offline_all_arrive_on_reconnect(tmp_path: Path) -> 
             assert len(repo.list_tombstones()) == count
 
 
+def test_get_repairs_a_corrupt_local_copy_from_a_peer(tmp_path: Path) -> None:
+    """A local object that fails its check part way: the get takes back what it wrote, fetches the
+    object verified from a peer that holds it, and puts that copy in place of the bad one."""
+    a, b = make_nodes(tmp_path, 2)
+    src = source(tmp_path / "src", 3 * segments.SEGMENT_SIZE + 123, seed=21)
+    with running([a, b]):
+        start_network([a, b])
+        r = ok(cli(a, "store", "r", src, "--json"), [a, b])
+        assert r["replicas"] == [b.node_id]
+        (rel,) = object_files(a.root)
+        path = a.root / rel
+        fd = os.open(path, os.O_RDWR)
+        try:  # a flipped bit inside segment 2: segments 0 and 1 are written before the check fails
+            off = 32 + 2 * (segments.SEGMENT_SIZE + 16) + 1000
+            (byte,) = os.pread(fd, 1, off)
+            os.pwrite(fd, bytes([byte ^ 0x10]), off)
+        finally:
+            os.close(fd)
+
+        g = get_to(a, "r", tmp_path / "out", [a, b])
+        assert g["repaired"] is True and g["source"] == b.node_id
+        assert file_hash(tmp_path / "out") == file_hash(src)
+        assert "event=local_copy_repaired" in a.log()
+        assert b.stop() == 0
+        # the repaired copy is this node's own again: served locally, with nobody else to ask
+        g = get_to(a, "r", tmp_path / "out2", [a])
+        assert g["source"] == "local" and g["repaired"] is False
+        assert file_hash(tmp_path / "out2") == file_hash(src)
+        # which key names it, and where it came from, did not change
+        with Repo.open(a.layout.db, readonly=True) as repo:
+            (row,) = repo.list_files()
+            assert (row.key, row.cid, row.origin) == (b"r", r["cid"], None)
+            assert [s.peer for s in repo.list_shares()] == [b.node_id]
+
+
 # -- 4. a replica killed during a large store ------------------------------------------------------------
 def test_replica_killed_mid_store_leaves_no_partial_object(tmp_path: Path) -> None:
     size = 300 << 20
