@@ -574,12 +574,6 @@ class Node:
         fetch the object from the peers that hold it, verified, and put that copy in place of the bad
         one. With no peer to serve it, the integrity error stands. (To a pipe, what was written cannot be
         taken back: there the error stands at once.)"""
-        log.warning(
-            "event=local_copy_corrupt key=%s cid=%s error=%r action=fetch_from_peers",
-            show_key(raw),
-            cid,
-            str(failure),
-        )
 
         def rewind() -> None:
             os.ftruncate(out_fd, start)
@@ -589,9 +583,16 @@ class Node:
         try:
             found, holders = await self.locate(raw)
         except (NotFound, PeerUnavailable):
-            raise failure from None
+            raise failure from None  # nobody to repair it from: the one error line is the failure's
         if found != cid:  # the peers name other content under this key: not a copy of ours
             raise failure
+        log.warning(
+            "event=local_copy_corrupt key=%s cid=%s error=%r action=fetch_from_peers holders=%d",
+            show_key(raw),
+            cid,
+            str(failure),
+            len(holders),
+        )
         upload = await self.db(self.store.begin, raw)
         try:
             size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
