@@ -644,7 +644,8 @@ class CtlServer:
         try:
             _check_peer(sock)
             try:
-                raw = await asyncio.wait_for(_read_request(loop, sock, fds), REQUEST_TIMEOUT)
+                async with asyncio.timeout(REQUEST_TIMEOUT):  # not wait_for: it can lose a cancellation
+                    raw = await _read_request(loop, sock, fds)
             except TimeoutError:
                 raise RemoteProtocolError(f"no request line within {REQUEST_TIMEOUT} s") from None
             except OSError:

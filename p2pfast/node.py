@@ -716,5 +716,6 @@ class Node:
                 break
             self.peers.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.peers.changed.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: it can lose a cancellation (3.11)
+                    await self.peers.changed.wait()
         return len(self.peers.sessions)

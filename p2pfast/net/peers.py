@@ -120,8 +120,9 @@ class PeerManager:
         for proto in list(self._protocols):
             proto.close_transport()
         if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
 
     # -- connections ---------------------------------------------------------------------------------
     def _hello(self) -> dict[str, Any]:
@@ -258,10 +259,12 @@ class PeerManager:
         try:
             host, port = split_addr(addr, "127.0.0.1")
             deadline = self.limits.proto.handshake_timeout
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: self._protocol(initiator=True), host, port), deadline
-            )
-            await asyncio.wait_for(asyncio.shield(proto.session.ready), deadline)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (gh-86296), and a
+            # dial cancelled by close() would then connect after it.
+            async with asyncio.timeout(deadline):
+                _, proto = await loop.create_connection(lambda: self._protocol(initiator=True), host, port)
+            async with asyncio.timeout(deadline):
+                await asyncio.shield(proto.session.ready)
         except (TimeoutError, OSError, PeerUnavailable, ConfigError) as exc:
             why = str(exc) or type(exc).__name__
             b = self._backoff.get(addr)

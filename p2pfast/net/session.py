@@ -300,7 +300,8 @@ class Session:
                     raise
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: it can lose a cancellation (3.11)
+                    await self._slot_freed.wait()
 
     def stream(self, sid: int) -> Stream:
         """The stream with this id (one the peer announced in a request), created on first use."""
