@@ -32,18 +32,18 @@ PIPE_BUF = select.PIPE_BUF  # 4096 on Linux
 
 
 def is_stream(fd: int) -> bool:
-    """A pipe, socket or terminal: I/O that can wait on the other end indefinitely. A pipe is also
-    enlarged (as far as the system allows), so that each wake-up moves more than 64 KiB."""
+    """A pipe, socket or terminal: I/O that can wait on the other end indefinitely."""
     mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     return not (stat.S_ISREG(mode) or stat.S_ISBLK(mode))
 
 
-def _pipe_size(fd: int) -> int | None:
+def widen(fd: int) -> int | None:
+    """Enlarge a pipe as far as the system allows, so that each wake-up moves more than 64 KiB; returns
+    its size (None for anything but a pipe)."""
     if not stat.S_ISFIFO(os.fstat(fd).st_mode):
         return None
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     try:
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     except OSError:
@@ -87,20 +87,26 @@ async def read_some(fd: int, limit: int = READ_CHUNK) -> bytes:
         raise os_error(exc, "cannot read the input") from exc
 
 
-async def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """All of `data`, PIPE_BUF bytes per write, each when the fd has room (poll() with no wait between
-    writes keeps a fast reader from costing an event loop turn per 4 KiB). StorageError (DiskFull for
-    ENOSPC) on a failed write."""
-    view = memoryview(data).cast("B")
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    pipe_size = _pipe_size(fd)
-    pos, end = 0, len(view)
-    while pos < end:
-        if not poller.poll(0):
-            await _ready(fd, write=True)
-        n = PIPE_BUF if pipe_size is None else _pipe_room(fd, pipe_size)
-        try:
-            pos += os.write(fd, view[pos : pos + n])
-        except OSError as exc:
-            raise os_error(exc, "cannot write the output") from exc
+class Writer:
+    """One output stream (a get's stdout): the pipe is sized and the poller set up once, not per write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pipe_size = widen(fd)
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLOUT)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """All of `data`, each write as large as the pipe surely has room for (PIPE_BUF bytes for other
+        streams), when the fd has room (poll() with no wait between writes keeps a fast reader from
+        costing an event loop turn per write). StorageError (DiskFull for ENOSPC) on a failed write."""
+        fd, view = self.fd, memoryview(data).cast("B")
+        pos, end = 0, len(view)
+        while pos < end:
+            if not self.poller.poll(0):
+                await _ready(fd, write=True)
+            n = PIPE_BUF if self.pipe_size is None else _pipe_room(fd, self.pipe_size)
+            try:
+                pos += os.write(fd, view[pos : pos + n])
+            except OSError as exc:
+                raise os_error(exc, "cannot write the output") from exc

@@ -50,7 +50,7 @@ LOOKUP_TIMEOUT = 10.0
 # Tombstone requests in flight to a peer that just connected (below its MAX_INFLIGHT_REQUESTS, so the
 # peer never has to stop reading for them).
 TOMBSTONE_WINDOW = 16
-# Chunk of a client's pipe sealed (or read back) per DB-thread job.
+# Input from a client's pipe collected while the DB thread seals the previous piece.
 STREAM_CHUNK = 4 * 1024 * 1024
 # After a drain's deadline, how long cancelled transfers get to unwind.
 ABORT_TIMEOUT = 10.0
@@ -480,6 +480,7 @@ class Node:
         come in goes to the DB thread as soon as it is idle (a slow writer's bytes are sealed as they
         come, not held back), and while it is busy the input collects up to STREAM_CHUNK, so that
         memory stays bounded and a fast writer costs one DB-thread job per chunk."""
+        clientio.widen(fd)
         upload = await self.db(self.store.begin, key, None, progress)
         pending = bytearray()
         eof = False
@@ -609,29 +610,15 @@ class Node:
         return GetReport(show_key(raw), cid, size, source, holders=len(served), repaired=True)
 
     async def _read_to_stream(self, key: bytes, cid: str, size: int, out_fd: int, progress: Any) -> None:
-        """store.read for a pipe or socket: chunks decrypted and verified on the DB thread, written from
-        the loop (clientio), the next chunk read while the last one is written."""
-        offsets = range(0, size, STREAM_CHUNK)
-        name = show_key(key)
-
-        def read(offset: int) -> bytearray:
-            return self.store.read_object_bytes(cid, offset, STREAM_CHUNK, name=name)
-
-        reading: asyncio.Future[bytearray] | None = None
-        try:
-            for i, offset in enumerate(offsets):
-                if reading is None:
-                    reading = asyncio.ensure_future(self.db(read, offset))
-                data = await reading
-                reading = None
-                if i + 1 < len(offsets):
-                    reading = asyncio.ensure_future(self.db(read, offsets[i + 1]))
-                await clientio.write_all(out_fd, data)
+        """store.read for a pipe or socket: chunks decrypted and verified on the DB thread (the next one
+        read while this one is written), written from the loop (clientio)."""
+        out = clientio.Writer(out_fd)
+        chunks = transfer.object_chunks(self.db, self.store, cid, 0, size, name=show_key(key))
+        async with contextlib.aclosing(chunks) as source:
+            async for data in source:
+                await out.write(data)
                 if progress is not None:
                     progress(len(data))
-        finally:
-            if reading is not None:
-                reading.cancel()
 
     async def delete(self, key: str) -> DeleteReport:
         """Delete locally (row, tombstone, then the object if unreferenced) and on every peer."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -86,23 +87,22 @@ async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
-async def _chunks(
-    run: Run, store: ContentStore, cid: str, start: int, end: int
+async def object_chunks(
+    run: Run, store: ContentStore, cid: str, start: int, end: int, name: str | None = None
 ) -> AsyncGenerator[bytearray, None]:
     """The plaintext of [start, end) in CHUNK pieces (one empty piece for an empty range), each read on the
     DB thread while the caller sends the one before: reading and sending overlap, and at most two chunks
     are in memory."""
     pos = start
-    ahead: asyncio.Future[bytearray] = asyncio.ensure_future(
-        run(store.read_object_bytes, cid, pos, min(CHUNK, end - pos))
-    )
+    read = functools.partial(store.read_object_bytes, name=name)  # `name`: what an error calls it
+    ahead: asyncio.Future[bytearray] = asyncio.ensure_future(run(read, cid, pos, min(CHUNK, end - pos)))
     try:
         while True:
             chunk = await ahead
             pos += len(chunk)
             last = pos >= end or not chunk
             if not last:
-                ahead = asyncio.ensure_future(run(store.read_object_bytes, cid, pos, min(CHUNK, end - pos)))
+                ahead = asyncio.ensure_future(run(read, cid, pos, min(CHUNK, end - pos)))
             yield chunk
             if last:
                 return
@@ -180,7 +180,7 @@ async def _fan_out(
         await _within(stream.write(chunk, end=end), STALL_TIMEOUT)
 
     offset = 0
-    source = _one(plaintext) if plaintext is not None else _chunks(run, store, cid, 0, size)
+    source = _one(plaintext) if plaintext is not None else object_chunks(run, store, cid, 0, size)
     async with contextlib.aclosing(source) as chunks:
         async for chunk in chunks:
             for peer, (_, _, ack) in list(live.items()):
@@ -388,7 +388,7 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
     end = obj.size if length < 0 else min(obj.size, offset + length)
     start = pos = min(offset, end)
     try:
-        async with contextlib.aclosing(_chunks(run, store, cid, start, end)) as chunks:
+        async with contextlib.aclosing(object_chunks(run, store, cid, start, end)) as chunks:
             async for chunk in chunks:
                 pos += len(chunk)
                 await _within(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
@@ -497,7 +497,7 @@ class _Fetch:
     ) -> None:
         self.cid, self.size, self.leaves = cid, size, leaves
         self.out_fd, self.run, self.progress, self.keep = out_fd, run, progress, keep
-        self.stream_out = clientio.is_stream(out_fd)
+        self.stream_out = clientio.Writer(out_fd) if clientio.is_stream(out_fd) else None
         self.seg = segments.SEGMENT_SIZE
         nsegs = segments.segment_count(size, self.seg)
         self.pieces = [_Piece(i // PIECE, i, min(i + PIECE, nsegs)) for i in range(0, nsegs, PIECE)]
@@ -630,9 +630,9 @@ class _Fetch:
                 piece = self.pieces[self.next_write]
                 parts = [v for i in range(piece.index * PIECE, piece.end) for v in piece.segments[i]]
                 piece.segments = {}
-                if self.stream_out:  # a pipe: written from the loop, never blocking the DB thread
+                if self.stream_out is not None:  # a pipe: written from the loop, never blocking the DB thread
                     for part in parts:
-                        await clientio.write_all(self.out_fd, part)
+                        await self.stream_out.write(part)
                     if self.keep is not None:
                         await self.run(_keep_piece, self.keep, parts)
                 else:
