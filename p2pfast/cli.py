@@ -196,34 +196,63 @@ def _open_repo(args: argparse.Namespace, readonly: bool = True):  # type: ignore
     return Repo.open(layout.db, readonly=readonly)
 
 
-def _listing(args: argparse.Namespace, cmd: str, from_repo: Callable[[Any], list[dict[str, Any]]]) -> Any:
-    """The running daemon's answer to `cmd` (it knows what is live), else the repo's, read beside it."""
-    from p2pfast import ctl
+def _listing(
+    args: argparse.Namespace,
+    cmd: str,
+    header: tuple[str, ...],
+    cells: Callable[[dict[str, Any]], tuple[str, ...]],
+    right: frozenset[int] = frozenset(),
+) -> int:
+    """`files`, `shares`, `peers`: the rows from the running daemon (it knows what is live), else from
+    the repo read beside it (listings.py makes both); JSON, or a table with one line per row."""
+    from p2pfast import ctl, listings
 
     try:
-        return ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
+        rows = ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
     except ctl.DaemonNotRunning:
         with _open_repo(args) as repo:
-            return from_repo(repo)
-
-
-def cmd_peers(args: argparse.Namespace) -> int:
-    import datetime
-
-    from p2pfast import listings
-
-    rows = _listing(args, "peers", listings.peers)
+            rows = getattr(listings, cmd)(repo)
     if args.json:
         _print_json(rows)
         return 0
-    table = [("ID", "ADDRESS", "LAST SEEN", "STATUS")]
-    for r in rows:
-        seen = datetime.datetime.fromtimestamp(r["last_seen"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.append(((r["id"] or "?")[:16], r["address"], seen, r["status"]))
-    _print_table(table)
+    _print_table([header, *(cells(r) for r in rows)], right=right)
     if not rows:
-        print("(no peers)")
+        print(f"(no {cmd})")
     return 0
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    return _listing(
+        args,
+        "peers",
+        ("ID", "ADDRESS", "LAST SEEN", "STATUS"),
+        lambda r: ((r["id"] or "?")[:16], r["address"], _when(r["last_seen"]), r["status"]),
+    )
+
+
+def cmd_shares(args: argparse.Namespace) -> int:
+    return _listing(
+        args,
+        "shares",
+        ("CONTENT ID", "PEER", "ACKNOWLEDGED"),
+        lambda r: (r["cid"][:15] + "…", r["peer"][:16], _when(r["acked_at"])),
+    )
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    return _listing(
+        args,
+        "files",
+        ("KEY", "SIZE", "CONTENT ID", "CREATED"),
+        lambda r: (r["key"], human(r["size"]), r["cid"][:15] + "…", _when(r["created"])),
+        right=frozenset({1}),
+    )
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -359,44 +388,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
         kept = "  (object kept: other keys refer to it)" if r["local"] and not r["object_removed"] else ""
         n = len(r["peers"])
         print(f"deleted {r['key']}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
-    return 0
-
-
-def cmd_shares(args: argparse.Namespace) -> int:
-    import datetime
-
-    from p2pfast import listings
-
-    rows = _listing(args, "shares", listings.shares)
-    if args.json:
-        _print_json(rows)
-        return 0
-    table = [("CONTENT ID", "PEER", "ACKNOWLEDGED")]
-    for r in rows:
-        acked = datetime.datetime.fromtimestamp(r["acked_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.append((r["cid"][:15] + "…", r["peer"][:16], acked))
-    _print_table(table)
-    if not rows:
-        print("(no shares)")
-    return 0
-
-
-def cmd_files(args: argparse.Namespace) -> int:
-    import datetime
-
-    from p2pfast import listings
-
-    rows = _listing(args, "files", listings.files)
-    if args.json:
-        _print_json(rows)
-        return 0
-    table = [("KEY", "SIZE", "CONTENT ID", "CREATED")]
-    for r in rows:
-        created = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.append((r["key"], human(r["size"]), r["cid"][:15] + "…", created))
-    _print_table(table, right=frozenset({1}))
-    if not rows:
-        print("(no files)")
     return 0
 
 

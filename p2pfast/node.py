@@ -87,6 +87,12 @@ class DeleteReport:
     peers: list[str]  # peers that confirmed the delete
 
 
+def _main_source(served: dict[str, int], holders: list[Session]) -> str:
+    """The holder a fetch names as its source: the one that served the most bytes (an empty object: the
+    first asked)."""
+    return max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+
+
 class _GroupWrite:
     """Rows from concurrent callers written in one transaction (group commit): the first caller queues a
     job on the DB thread; callers that come before that job starts join its batch. Each caller returns
@@ -559,8 +565,7 @@ class Node:
         upload = await self.db(self.store.begin, raw) if keep else None
         try:
             size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
-            # the holder that served the most (an empty object: the first asked)
-            source = max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+            source = _main_source(served, holders)
             if upload is not None:
                 await self.db(upload.finish, cid, [source])  # its holder goes into shares with it
         finally:
@@ -605,7 +610,7 @@ class Node:
         finally:
             self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
         COUNTERS.integrity_failures += 1  # recovered from, so commands.py never sees it: counted here
-        source = max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+        source = _main_source(served, holders)
         log.warning("event=local_copy_repaired key=%s cid=%s source=%s", show_key(raw), cid, source[:12])
         return GetReport(show_key(raw), cid, size, source, holders=len(served), repaired=True)
 
