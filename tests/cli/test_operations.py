@@ -4,6 +4,7 @@ partial object), a second signal, `status --json`, and a Prometheus scrape."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netnodes import NodeProc, make_nodes, running, wait_until
@@ -58,15 +60,28 @@ def messages(sock: socket.socket, until: str, timeout: float) -> list[dict[str, 
             return out
 
 
-def store_client(node: NodeProc, key: str) -> subprocess.Popen[bytes]:
-    """`p2pfast store KEY -` reading from a pipe the test feeds, so the store stays in flight."""
-    return subprocess.Popen(
+@contextlib.contextmanager
+def store_in_flight(node: NodeProc, key: str, first: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    """`p2pfast store KEY -` from a pipe the test feeds: `first` is written, and the block starts once
+    the daemon holds a temp file for it (the store is in flight, and stays so until the pipe ends). The
+    client is killed at the end if it still runs."""
+    client = subprocess.Popen(
         cli_argv("store", key, "-", "--json", "--data-dir", node.root),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env(),
     )
+    try:
+        assert client.stdin is not None
+        client.stdin.write(first)
+        client.stdin.flush()
+        wait_until(lambda: bool(temp_files(node.root)), 20, "the store to be in flight")
+        yield client
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=20)
 
 
 def config_file(tmp_path: Path, text: str) -> str:
@@ -152,12 +167,7 @@ def test_sigterm_lets_a_store_in_flight_finish(tmp_path: Path) -> None:
         b.start()
         a.start("--bootstrap", b.listen)
         wait_until(lambda: b.node_id in a.connected(), 20, "a to connect to b", [a, b])
-        client = store_client(a, "big")
-        try:
-            assert client.stdin is not None
-            client.stdin.write(data[: 8 << 20])
-            client.stdin.flush()
-            wait_until(lambda: bool(temp_files(a.root)), 20, "the store to be in flight")
+        with store_in_flight(a, "big", data[: 8 << 20]) as client:
             assert a.proc is not None
             os.kill(a.proc.pid, signal.SIGTERM)
             wait_until(lambda: "event=shutdown phase=drain in_flight=1" in a.log(), 20, "the drain to start")
@@ -166,10 +176,6 @@ def test_sigterm_lets_a_store_in_flight_finish(tmp_path: Path) -> None:
             assert refused.returncode == 10
             assert "shutting down" in one_error_line(refused)
             out, err = client.communicate(data[8 << 20 :], timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait(timeout=20)
         assert client.returncode == 0, err
         result = json.loads(out)
         assert result["size"] == len(data) and result["replicas"] == [b.node_id]
@@ -186,22 +192,13 @@ def test_sigterm_aborts_a_stalled_store_at_the_deadline(tmp_path: Path) -> None:
     conf = config_file(tmp_path, "shutdown_timeout = 0.5\n")
     with running([a]):
         a.start("--config", conf)
-        client = store_client(a, "stalled")
-        try:
-            assert client.stdin is not None
-            client.stdin.write(b"y" * (6 << 20))
-            client.stdin.flush()
-            wait_until(lambda: bool(temp_files(a.root)), 20, "the store to be in flight")
+        with store_in_flight(a, "stalled", b"y" * (6 << 20)) as client:
             assert a.proc is not None
             t0 = time.monotonic()
             os.kill(a.proc.pid, signal.SIGTERM)
             assert a.proc.wait(timeout=30) == 0
             took = time.monotonic() - t0
             _, err = client.communicate(timeout=30)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait(timeout=20)
         assert took < 15, f"the deadline was 0.5 s, the node took {took:.1f} s to stop"
         assert client.returncode == 10
         assert "shutting down" in err.decode()
@@ -219,23 +216,14 @@ def test_second_signal_exits_at_once_and_loses_nothing(tmp_path: Path) -> None:
     with running([a]):
         a.start()
         assert run_cli("store", "kept", kept, "--data-dir", a.root).returncode == 0
-        client = store_client(a, "stalled")
-        try:
-            assert client.stdin is not None
-            client.stdin.write(b"z" * (6 << 20))
-            client.stdin.flush()
-            wait_until(lambda: bool(temp_files(a.root)), 20, "the store to be in flight")
-            assert a.proc is not None
+        with store_in_flight(a, "stalled", b"z" * (6 << 20)) as client:
+            assert a.proc is not None and client.stdin is not None
             os.kill(a.proc.pid, signal.SIGTERM)  # default deadline: 30 s
             wait_until(lambda: "phase=drain in_flight=1" in a.log(), 20, "the drain to start")
             os.kill(a.proc.pid, signal.SIGTERM)
             assert a.proc.wait(timeout=10) == 128 + signal.SIGTERM
             client.stdin.close()
             client.wait(timeout=30)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait(timeout=20)
         assert client.returncode != 0  # the store was not acknowledged
         assert "event=second_signal" in a.log()
         # The next start cleans the temp file away; what was acknowledged is intact.
@@ -453,3 +441,25 @@ def test_sigterm_on_a_replica_mid_receive_aborts_cleanly(tmp_path: Path) -> None
         assert object_files(b.root) == []
         got = run_cli("get", "big", "-o", tmp_path / "got.bin", "--data-dir", c.root)
         assert got.returncode == 0 and file_hash(tmp_path / "got.bin") == file_hash(src)
+
+
+def test_progress_lines_only_for_a_client_that_asks(tmp_path: Path) -> None:
+    """A client showing a bar asks for progress lines ("progress": true); the others get none, which
+    spares a small store a write and a wake-up each way."""
+    from p2pfast import ctl
+
+    (a,) = make_nodes(tmp_path, 1)
+    src = tmp_path / "src"
+    src.write_bytes(pattern(20 << 20, seed=13))
+    with running([a]):
+        a.start()
+        seen: dict[str, list[dict[str, Any]]] = {"asked": [], "not asked": []}
+        for name, extra in (("asked", {"progress": True}), ("not asked", {})):
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                request = {"cmd": "store", "key": name, "size": 20 << 20, **extra}
+                ctl.call(a.root / ctl.SOCKET_NAME, request, [fd], on_progress=seen[name].append)
+            finally:
+                os.close(fd)
+    assert [p["done"] for p in seen["asked"]] == [8 << 20, 16 << 20, 20 << 20]
+    assert seen["not asked"] == []
