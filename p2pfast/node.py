@@ -273,7 +273,7 @@ class Node:
     def set_runtime_info(self, **extra: Any) -> None:
         """Add to node.json (the metrics address, say) and write it again."""
         self._runtime_info.update(extra)
-        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o644)
+        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o600)
 
     async def status(self) -> dict[str, Any]:
         """`p2pfast status`: the repo's part (status.of_repo) and what only the running node knows."""
