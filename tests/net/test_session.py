@@ -211,3 +211,36 @@ def test_a_stream_nobody_announced_is_refused_not_held(loop_kind: str) -> None:
             await server.close()
 
     run_on(loop_kind, main)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0001, -1.0])
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_timer_rearm_for_a_deadline_due_at_once_keeps_the_connection(loop_kind: str, delay: float) -> None:
+    """uvloop's call_at returns a plain Handle (no .when()) for a deadline under about 0.5 ms away; the
+    protocol once asked that handle for its deadline on the next re-arm and dropped a live connection."""
+
+    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        return {"t": "pong"}
+
+    async def main() -> None:
+        server, client, _s, c = await connected_pair(handler)
+        try:
+            proto = c.proto
+            loop = asyncio.get_running_loop()
+            real = proto.conn.get_timer
+            near = loop.time() + delay
+            # The connection's next deadline, as its sans-IO state would report it just before a ping or
+            # idle check falls due; the protocol arms for it, and re-arms as reads move it.
+            proto.conn.get_timer = lambda: near  # type: ignore[method-assign]
+            for _ in range(3):
+                proto._arm_timer()
+            proto.conn.get_timer = real  # type: ignore[method-assign]
+            proto._arm_timer()
+            await asyncio.sleep(0.01)  # let the near timer fire: the connection must still be there
+            assert (await c.request({"t": "ping"}))["t"] == "pong"
+            assert not c.closed
+        finally:
+            await client.close()
+            await server.close()
+
+    run_on(loop_kind, main)
