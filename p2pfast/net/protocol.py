@@ -37,6 +37,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         on_ready: Callable[[Session], None],
         on_closed: Callable[[Session], None],
         on_made: Callable[[PeerProtocol], bool] | None = None,
+        on_lost: Callable[[PeerProtocol], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.initiator = initiator
@@ -54,6 +55,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_closed = on_closed
         self._on_made = on_made
+        self._on_lost = on_lost
         # The armed timer and the deadline it was armed for. The deadline is kept here, not asked of the
         # handle: for a deadline under about 0.5 ms away uvloop's call_at returns a plain Handle, which
         # has no .when() (that AttributeError once dropped live connections).
@@ -101,6 +103,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         reason = "closed" if exc is None else f"{type(exc).__name__}: {exc}"
         was_ready = self.session.ready.done() and self.session.ready.exception() is None
         self.session.connection_lost(self.session.close_reason or reason)
+        if self._on_lost is not None:
+            self._on_lost(self)
         if was_ready:
             self._on_closed(self.session)
 
