@@ -8,7 +8,6 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -173,7 +172,11 @@ def cmd_invite(args: argparse.Namespace) -> int:
             ) from None
         host, _, port = str(listen).rpartition(":")
         if _wildcard(host):
-            host = _reachable_host()
+            import socket
+
+            # The host name, not a resolved address: resolving it could ask a DNS server, and the
+            # joining node resolves it where it runs anyway.
+            host = socket.gethostname()
             print(
                 f"p2pfast: the node listens on every interface ({listen}); the invite names {host}:{port}. "
                 "Choose another with --address HOST:PORT",
@@ -182,20 +185,6 @@ def cmd_invite(args: argparse.Namespace) -> int:
         addr = f"{host}:{port}"
     print(identity.make_invite(ident.network_key, addr, ident.node_id))
     return 0
-
-
-def _reachable_host() -> str:
-    """For a wildcard listen: this host's first non-loopback address, else its name (nothing is sent)."""
-    import ipaddress
-    import socket
-
-    name = socket.gethostname()
-    with contextlib.suppress(OSError):
-        for info in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM):
-            ip = str(info[4][0])
-            if not ipaddress.ip_address(ip).is_loopback:
-                return ip
-    return name
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -198,7 +198,8 @@ def adopt_network(layout: Layout, network_key: bytes) -> bool:
             "it cannot join this one. Run the joining node with another --data-dir, or serve without --join"
         )
     try:
-        write_file_durably(layout.root, layout.network_key, network_key, mode=0o600)
+        # beside the key file: network_key_file may name another file system than the data dir's
+        write_file_durably(layout.network_key.parent, layout.network_key, network_key, mode=0o600)
     except OSError as exc:
         raise os_error(exc, f"cannot write {layout.network_key}") from exc
     with Repo.open(layout.db) as repo:
