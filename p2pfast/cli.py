@@ -726,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the exit code says so, traceback only in debug
         import logging
 
-        logging.getLogger("p2pfast").debug("unhandled", exc_info=True)
+        logging.getLogger("p2pfast").debug("event=unhandled", exc_info=True)
         err = InternalError(f"{type(exc).__name__}: {exc}")
         print(f"p2pfast: {err}", file=sys.stderr)
         return err.exit_code

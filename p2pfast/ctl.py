@@ -617,7 +617,8 @@ class CtlServer:
             reply = _Reply(loop, sock)
             line = await self._answer(loop, sock, fds, reply)
             if line is not None and not await reply.finish(line, REPLY_TIMEOUT):
-                log.info("event=ctl_reply_abandoned reason='client not reading' timeout=%s", REPLY_TIMEOUT)
+                why = "client not reading"
+                log.info("event=ctl_reply_abandoned reason=%s timeout=%s", why, REPLY_TIMEOUT)
         except asyncio.CancelledError:
             # close(): the handler is cancelled by now; tell the client why, briefly, then go.
             if reply is not None:

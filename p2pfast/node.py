@@ -225,7 +225,7 @@ class Node:
         if left:
             # Bounded too: a cancelled transfer only unwinds (closes streams, queues its abort).
             await asyncio.wait(left, timeout=ABORT_TIMEOUT)
-            log.warning("event=shutdown phase=abort aborted=%d reason='drain timeout'", len(left))
+            log.warning("event=shutdown phase=abort aborted=%d reason=%s", len(left), "drain timeout")
         return len(left)
 
     async def wait_stopped(self) -> None:

@@ -43,7 +43,25 @@ elif what == "exception":
         1 / 0
     except ZeroDivisionError:
         x.exception("event=crash")
+elif what == "odd":
+    # one value of each kind that needs quoting, by %s and by %r, beside numbers and a bare token
+    for key, value in ODD.items():
+        x.warning("event=odd name=%s as_s=%s as_r=%r n=%d f=%.1f", key, value, value, 7, 2.5)
 """
+
+# name -> a value that a bare logfmt token cannot carry (and one that it can)
+ODD = {
+    "space": "my file.bin",
+    "quotes": 'it said "no"',
+    "equals": "a=b",
+    "backslash": "C:\\dir\\x",
+    "empty": "",
+    "newline": "first\nsecond\r\n",
+    "tab": "a\tb",
+    "control": "bell\x07 del\x7f nul\x00",
+    "unicode": "é ü ☃ 😀 \u2028",
+    "plain": "token",
+}
 
 TS_LINE = re.compile(
     r"^ts=(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) level=(?P<level>[A-Z]+) logger=p2pfast\.x "
@@ -69,7 +87,7 @@ def run(tmp_path: Path, level: str, what: str, *, journal: bool | str) -> list[s
         if journal:
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}" if journal is True else journal
         out = subprocess.run(
-            [sys.executable, "-P", "-c", SCRIPT, level, what],
+            [sys.executable, "-P", "-c", f"ODD = {ODD!r}\n{SCRIPT}", level, what],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -176,3 +194,64 @@ def test_journal_stream_naming_another_file_means_plain_lines(tmp_path: Path, st
     # inherited from a parent whose stderr was the journal, but ours was redirected: not the journal
     lines = run(tmp_path, "info", "levels", journal=stale)
     assert lines and all(TS_LINE.match(line) for line in lines), lines
+
+
+# -- logfmt, read by an independent parser ---------------------------------------------------------------
+def parse(line: str) -> dict[str, str | bool]:
+    """One line as go-logfmt reads it (logfmtkv in strict mode: a stray quote or a bad escape fails),
+    every key once."""
+    import logfmtkv
+
+    pairs = logfmtkv.parse_pairs(line, strict=True)
+    keys = [p.key for p in pairs]
+    assert len(keys) == len(set(keys)), line
+    return {p.key: p.value for p in pairs}
+
+
+@pytest.mark.parametrize("journal", [False, True])
+def test_odd_values_are_quoted_logfmt(tmp_path: Path, journal: bool) -> None:
+    lines = run(tmp_path, "info", "odd", journal=journal)
+    assert len(lines) == len(ODD), lines
+    for line, (name, value) in zip(lines, ODD.items(), strict=True):
+        pairs = parse(line.removeprefix("<4>") if journal else line)
+        assert pairs["event"] == "odd" and pairs["name"] == name, line
+        assert pairs["as_s"] == value and pairs["as_r"] == value, line  # exactly the value, both ways
+        assert (pairs["n"], pairs["f"]) == ("7", "2.5")
+        assert ('"' in line.split("as_s=")[1][:1]) == (name != "plain"), line  # quoted only when needed
+        assert pairs["logger"] == "p2pfast.x" and pairs["level"] == "WARNING"
+
+
+def test_a_traceback_is_one_quoted_value(tmp_path: Path) -> None:
+    (line,) = run(tmp_path, "info", "exception", journal=False)
+    pairs = parse(line)
+    assert pairs["event"] == "crash"
+    exc = pairs["exc"]
+    assert isinstance(exc, str) and exc.startswith("Traceback (most recent call last):\n")
+    assert exc.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+def test_a_nodes_real_log_lines_are_logfmt(tmp_path: Path) -> None:
+    """A daemon's own lines, from its real code paths, with a key holding a space, quotes, `=` and a
+    backslash, and an error message that quotes it: every line parses, and the values are exact."""
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    from netnodes import make_nodes, running
+    from nodetools import run_cli
+
+    (a,) = make_nodes(tmp_path, 1)
+    key = 'my "odd" key = C:\\x'
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 5000)
+    with running([a]):
+        a.start("--log-level", "debug")
+        assert run_cli("store", key, src, "--data-dir", a.root).returncode == 0
+        missing = run_cli("get", 'it\'s "gone"', "-o", tmp_path / "o", "--data-dir", a.root)
+        assert missing.returncode != 0
+        assert a.stop() == 0
+    lines = a.log_path.read_text().splitlines()
+    parsed = [parse(line) for line in lines]
+    assert all(p["ts"] and p["level"] and p["logger"] and p["event"] for p in parsed), lines
+    events = {str(p["event"]): p for p in parsed}
+    assert events["stored"]["key"] == key, lines
+    assert events["ctl_request"]["cmd"] in ("store", "get", "status")
+    message = missing.stderr.decode().strip().splitlines()[-1].removeprefix("p2pfast: ")
+    assert events["ctl_error"]["error"] == message and '"gone"' in message, lines
