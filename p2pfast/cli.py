@@ -72,6 +72,19 @@ def _progress(total: int | None, desc: str) -> Iterator[Callable[[int], object] 
         yield bar.update
 
 
+def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:
+    """An error's one line on stderr: with --json, one JSON object (docs/cli.md), else text."""
+    if getattr(args, "json", False):
+        import orjson
+
+        line = orjson.dumps({"code": code, "exit": exit_code, "message": message})
+        sys.stderr.buffer.write(line + b"\n")
+        sys.stderr.flush()
+    else:
+        print(f"p2pfast: {message}", file=sys.stderr)
+    return exit_code
+
+
 def _print_json(obj: Any) -> None:
     import orjson
 
@@ -319,10 +332,17 @@ def _listing(
     return 0
 
 
-def _when(t: float) -> str:
+def _when(t: str) -> str:
+    """An RFC 3339 time of a listing (listings.rfc3339) in local time, for the table."""
     import datetime
 
-    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromisoformat(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shown(key: str) -> str:
+    """A key for a table or result line: printable as is, otherwise escaped (store.objects.show_key, for
+    a str; that module is too heavy for a command that only asks the daemon). --json has the key itself."""
+    return key if key.isprintable() else repr(key)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -330,7 +350,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         args,
         "peers",
         ("ID", "ADDRESS", "LAST SEEN", "STATUS"),
-        lambda r: ((r["id"] or "?")[:16], r["address"], _when(r["last_seen"]), r["status"]),
+        lambda r: ((r["peer_id"] or "?")[:16], r["address"], _when(r["last_seen_at"]), r["status"]),
     )
 
 
@@ -339,7 +359,7 @@ def cmd_shares(args: argparse.Namespace) -> int:
         args,
         "shares",
         ("CONTENT ID", "PEER", "ACKNOWLEDGED"),
-        lambda r: (r["cid"][:15] + "…", r["peer"][:16], _when(r["acked_at"])),
+        lambda r: (r["cid"][:15] + "…", r["peer_id"][:16], _when(r["acked_at"])),
     )
 
 
@@ -348,7 +368,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         args,
         "files",
         ("KEY", "SIZE", "CONTENT ID", "CREATED"),
-        lambda r: (r["key"], human(r["size"]), r["cid"][:15] + "…", _when(r["created"])),
+        lambda r: (_shown(r["key"]), human(r["size"]), r["cid"][:15] + "…", _when(r["created_at"])),
         right=frozenset({1}),
     )
 
@@ -445,8 +465,9 @@ def cmd_store(args: argparse.Namespace) -> int:
         _print_json(r)
         return 0
     dedup = "  (deduplicated)" if r["deduplicated"] else ""
-    where = f"on {len(r['replicas'])}/{r['targets']} peers" if r["targets"] else "on no peer (none connected)"
-    print(f"stored {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {where}{dedup}")
+    n, target = len(r["replicated_to"]), r["replica_target"]
+    where = f"on {n}/{target} peers" if target else "on no peer (none connected)"
+    print(f"stored {_shown(r['key'])}  {human(r['size'])}  {r['cid'][:15]}…  {where}{dedup}")
     for peer, why in sorted(r["failed"].items()):
         print(f"  not on {peer[:16]}: {why}", file=sys.stderr)
     return 0
@@ -470,10 +491,10 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(r)
     else:
-        source = "local" if r["source"] == "local" else f"from {r['source'][:16]}"
+        source = "local" if r["source"] == "local" else f"from {r['peer_id'][:16]}"
         if r.get("kept"):
             source += ", kept a local replica"
-        print(f"got {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
+        print(f"got {_shown(r['key'])}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
 
 
@@ -484,8 +505,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
     else:
         here = "here and " if r["local"] else ""
         kept = "  (object kept: other keys refer to it)" if r["local"] and not r["object_removed"] else ""
-        n = len(r["peers"])
-        print(f"deleted {r['key']}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
+        n = len(r["confirmed_by"])
+        print(f"deleted {_shown(r['key'])}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
     return 0
 
 
@@ -575,10 +596,10 @@ def _duration(seconds: float) -> str:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from p2pfast import config
 
-    rows = config.show(args.config_obj)
     if args.json:
-        _print_json({k: {"value": v, "source": src} for k, v, src in rows})
+        _print_json(config.show_typed(args.config_obj))
         return 0
+    rows = config.show(args.config_obj)
     _print_table([("KEY", "VALUE", "SOURCE"), *rows])
     return 0
 
@@ -617,14 +638,65 @@ def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
     g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
 
 
+class _Parser(argparse.ArgumentParser):
+    """With --json on the command line, a usage error is one JSON line too (docs/cli.md)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> Any:
+        if _Parser.json_errors:
+            import orjson
+
+            line = orjson.dumps({"code": "usage", "exit": 2, "message": f"{self.prog}: {message}"})
+            sys.stderr.buffer.write(line + b"\n")
+            sys.stderr.flush()
+            sys.exit(2)
+        super().error(message)
+
+
+# The flags every command that reads the data dir takes, after the command or before it; given in both
+# places, the one after the command wins.
+GLOBAL_FLAGS = ("config", "data_dir", "master_key_file", "log_level")
+
+
+def _global_flags(p: argparse.ArgumentParser, dest: str = "") -> None:
+    config_help = "config file (default: ~/.p2p/config, if it exists)"
+    p.add_argument("--config", dest=f"{dest}config", help=config_help)
+    data_help = "node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)"
+    p.add_argument("--data-dir", dest=f"{dest}data_dir", help=data_help)
+    key_help = "master key file (default: DATA_DIR/master.key)"
+    p.add_argument("--master-key-file", dest=f"{dest}master_key_file", help=key_help)
+    p.add_argument("--log-level", dest=f"{dest}log_level", choices=["debug", "info", "warning", "error"])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with the global flags (and --json) that came before the command moved to it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in GLOBAL_FLAGS:
+        value = getattr(args, f"global_{name}")
+        delattr(args, f"global_{name}")
+        if value is None:
+            continue
+        if not hasattr(args, name):
+            parser.error(f"{args.command} takes no --{name.replace('_', '-')}")
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.global_json:
+        args.json = True
+    del args.global_json
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
+    p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
     p.add_argument("--version", action="version", version=_version())
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: ~/.p2p/config, if it exists)")
-    common.add_argument("--data-dir", help="node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)")
-    common.add_argument("--master-key-file", help="master key file (default: DATA_DIR/master.key)")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _global_flags(p, dest="global_")
+    p.add_argument("--json", dest="global_json", action="store_true", help="print results and errors as JSON")
+    common = _Parser(add_help=False)
+    _global_flags(common)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", parents=[common], help="create the data dir, keys, repo and config file")
@@ -691,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from p2pfast import config, log
     from p2pfast.errors import InternalError, P2PError
 
@@ -714,22 +786,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.setup("warning")
         return int(args.func(args))
     except P2PError as exc:
-        print(f"p2pfast: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, exc.name, exc.exit_code, str(exc))
     except BrokenPipeError:
         # The reader went away (`p2pfast get k | head`): not our error to report.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
-        print("p2pfast: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130, "interrupted")
     except Exception as exc:  # a bug: one line, the exit code says so, traceback only in debug
         import logging
 
         logging.getLogger("p2pfast").debug("event=unhandled", exc_info=True)
         err = InternalError(f"{type(exc).__name__}: {exc}")
-        print(f"p2pfast: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(args, err.name, err.exit_code, str(err))
 
 
 if __name__ == "__main__":

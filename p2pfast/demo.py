@@ -109,8 +109,8 @@ async def _demo(tmp: Path, size: int) -> None:
         finally:
             os.close(fd)
         print(f"    stored {report.key} as {report.cid}")
-        print(f"    replicas: {', '.join(names[p] for p in report.replicas) or 'none'} (and A itself)")
-        holder = b if b.node_id in report.replicas else c
+        print(f"    replicas: {', '.join(names[p] for p in report.replicated_to) or 'none'} (and A itself)")
+        holder = b if b.node_id in report.replicated_to else c
         other = c if holder is b else b
         other_name = names[other.node_id]
 

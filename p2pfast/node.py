@@ -56,15 +56,17 @@ STREAM_CHUNK = 4 * 1024 * 1024
 ABORT_TIMEOUT = 10.0
 
 
+# The reports' fields are the `--json` results of store, get and delete (docs/cli.md): node ids are
+# `peer_id`s, a list is named for what it holds and a count says it counts, keys are the exact string.
 @dataclass(frozen=True, slots=True)
 class StoreReport:
     key: str
     cid: str
     size: int
     deduplicated: bool
-    replicas: list[str]  # node ids that acknowledged a durable copy
-    failed: dict[str, str]  # node id -> why it holds no copy
-    targets: int  # peers chosen as replicas
+    replicated_to: list[str]  # peer ids that acknowledged a durable copy
+    failed: dict[str, str]  # peer id -> why it holds no copy
+    replica_target: int  # peers chosen as replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,10 @@ class GetReport:
     key: str
     cid: str
     size: int
-    source: str  # "local" or the node id it came from
+    source: str  # "local" (this node's copy) or "peer" (fetched)
+    peer_id: str | None = None  # with source "peer": the holder that served the most bytes
     kept: bool = False  # a local replica was stored (get --keep)
-    holders: int = 0  # peers that served part of it (a get fetches from several at once)
+    holder_count: int = 0  # peers that served part of it (a get fetches from several at once)
     repaired: bool = False  # the local copy failed its check; a peer's verified copy replaced it
 
 
@@ -84,7 +87,7 @@ class DeleteReport:
     cid: str
     local: bool  # this node held the file
     object_removed: bool  # its object went too (no other key here referred to it)
-    peers: list[str]  # peers that confirmed the delete
+    confirmed_by: list[str]  # peer ids that confirmed the delete
 
 
 def _main_source(served: dict[str, int], holders: list[Session]) -> str:
@@ -484,7 +487,7 @@ class Node:
             len(targets),
         )
         return StoreReport(
-            show_key(result.key),
+            result.key.decode(),
             result.cid,
             result.size,
             result.deduplicated,
@@ -566,13 +569,13 @@ class Node:
         else:
             if clientio.is_stream(out_fd):
                 await self._read_to_stream(raw, cid, size, out_fd, progress)
-                return GetReport(show_key(raw), cid, size, "local")
+                return GetReport(key, cid, size, "local")
             start = os.lseek(out_fd, 0, os.SEEK_CUR)
             try:
                 await self.db(self.store.read, raw, out_fd, 0, -1, progress)
             except IntegrityError as exc:
                 return await self._repair(raw, cid, out_fd, start, progress, exc)
-            return GetReport(show_key(raw), cid, size, "local")
+            return GetReport(key, cid, size, "local")
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
         try:
@@ -583,7 +586,7 @@ class Node:
         finally:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
-        return GetReport(show_key(raw), cid, size, source, upload is not None, len(served))
+        return GetReport(key, cid, size, "peer", source, upload is not None, len(served))
 
     async def _repair(
         self, raw: bytes, cid: str, out_fd: int, start: int, progress: Any, failure: IntegrityError
@@ -624,7 +627,7 @@ class Node:
         COUNTERS.integrity_failures += 1  # recovered from, so commands.py never sees it: counted here
         source = _main_source(served, holders)
         log.warning("event=local_copy_repaired key=%s cid=%s source=%s", show_key(raw), cid, source[:12])
-        return GetReport(show_key(raw), cid, size, source, holders=len(served), repaired=True)
+        return GetReport(raw.decode(), cid, size, "peer", source, holder_count=len(served), repaired=True)
 
     async def _read_to_stream(self, key: bytes, cid: str, size: int, out_fd: int, progress: Any) -> None:
         """store.read for a pipe or socket: chunks decrypted and verified on the DB thread (the next one
@@ -652,7 +655,7 @@ class Node:
         log.info(
             "event=deleted key=%s cid=%s local=%s peers=%d", show_key(raw), cid, row is not None, len(peers)
         )
-        return DeleteReport(show_key(raw), cid, row is not None, orphaned, peers)
+        return DeleteReport(key, cid, row is not None, orphaned, peers)
 
     async def _apply_delete(self, key: bytes, cid: str, at: float, origin: str) -> tuple[bool, bool]:
         """Record the tombstone and drop the file (row first, then the object); returns (news to us,

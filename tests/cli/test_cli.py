@@ -181,7 +181,7 @@ def test_store_list_get_delete(data_dir: Path, tmp_path: Path) -> None:
         "cid": rows[1]["cid"],
         "local": True,
         "object_removed": True,
-        "peers": [],
+        "confirmed_by": [],
     }
     assert len(object_files(data_dir)) == 1
 
