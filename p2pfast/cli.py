@@ -376,9 +376,20 @@ def cmd_files(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     import time
 
+    from p2pfast import ctl
+
+    # A peer the running daemon is connected to stays, however old its row (the daemon refreshes it
+    # every gossip round, but a round may be longer than --older-than).
+    try:
+        sock = _layout(args).root / ctl.SOCKET_NAME
+        rows = ctl.call(sock, {"cmd": "peers"}, timeout=STATUS_TIMEOUT)["rows"]
+        connected = {r["peer_id"] for r in rows if r["status"] == "connected" and r["peer_id"]}
+    except ctl.DaemonNotRunning:
+        connected = set()
     with _open_repo(args, readonly=False) as repo:
-        n = repo.remove_peers_older_than(time.time() - args.older_than)
-    print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s")
+        n = repo.remove_peers_older_than(time.time() - args.older_than, keep=connected)
+    kept = f" (kept {len(connected)} connected)" if connected else ""
+    print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s{kept}")
     return 0
 
 

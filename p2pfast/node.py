@@ -361,6 +361,9 @@ class Node:
         while True:
             await asyncio.sleep(self.limits.gossip_interval)
             try:
+                # Connected peers are seen now: `cleanup --older-than` must never forget a live peer.
+                live = [(s.listen_addr, p) for p, s in self.peers.sessions.items() if s.listen_addr]
+                await self.db(self.repo.touch_peers, live, time.time())
                 known = await self._recent_peers()  # one query a round, not one per peer
                 for session in list(self.peers.sessions.values()):
                     self._send_pex(session, known)
