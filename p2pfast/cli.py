@@ -61,15 +61,58 @@ def _node(args: argparse.Namespace) -> Iterator[LocalNode]:
         node.close()
 
 
-@contextmanager
-def _progress(total: int | None, desc: str) -> Iterator[Callable[[int], object] | None]:
-    if not sys.stderr.isatty() or (total is not None and total < PROGRESS_MIN_BYTES):
-        yield None
-        return
+class _Bars:
+    """A command's progress events (commands.py) drawn on stderr: one bar per phase, for an object of at
+    least PROGRESS_MIN_BYTES, in the binary units of every other figure (tqdm's own scaling would print
+    1024-based numbers as "MB"), with percentage and ETA once the total is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.phase: object = None
+        self.shown = 0
+        self.big: bool | None = None
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        done, total, peers = p.get("done"), p.get("total"), p.get("peers")
+        if type(done) is not int or (total is not None and type(total) is not int):
+            return
+        peers = peers if type(peers) is int and peers > 0 else 1
+        if p.get("phase") != self.phase:
+            self.close()
+            self.phase, self.shown = p.get("phase"), 0
+            self.big = None if total is None else total // peers >= PROGRESS_MIN_BYTES
+        if self.bar is None:
+            if not (self.big or (self.big is None and done >= PROGRESS_MIN_BYTES)):
+                return
+            self.bar = _bar(str(self.phase) + (f" to {peers} peers" if peers > 1 else ""), total)
+        if done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _bar(desc: str, total: int | None) -> Any:
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
-        yield bar.update
+    class IECBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            rate = d["rate"] or (d["n"] / d["elapsed"] if d["elapsed"] else None)
+            d["n_iec"] = human(d["n"])
+            d["total_iec"] = human(d["total"]) if d["total"] is not None else "?"
+            d["rate_iec"] = f"{human(rate)}/s" if rate else "?/s"
+            return d
+
+    if total is None:
+        fmt = "{desc}: {n_iec} [{elapsed}, {rate_iec}]"
+    else:
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}]"
+    return IECBar(total=total, desc=desc, file=sys.stderr, bar_format=fmt, mininterval=0.2)
 
 
 def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:
@@ -406,28 +449,27 @@ def parse_duration(text: str) -> float:
 
 
 def _network(
-    args: argparse.Namespace, request: dict[str, Any], fds: Sequence[int], total: int | None, desc: str
+    args: argparse.Namespace, request: dict[str, Any], fds: Sequence[int], total: int | None = None
 ) -> dict[str, Any]:
     """Run a network command: through the daemon serving this data dir if one runs, else in a node
-    started for this command alone (it dials out, waits until its peer table settles, does the work)."""
+    started for this command alone (it dials out, waits until its peer table settles, does the work).
+    `total`: a store's input size, when known."""
     from p2pfast import ctl
 
     sock = _layout(args).root / ctl.SOCKET_NAME
-    with _progress(total, desc) as bar:
-        shown = 0
-
-        def on_progress(p: dict[str, Any]) -> None:
-            nonlocal shown
-            done = p.get("done")
-            if bar is not None and type(done) is int and done > shown:
-                bar(done - shown)
-                shown = done
-
-        request = {**request, "progress": bar is not None}
+    # Events only for a terminal, and not for a store known to be small (a get learns its size later).
+    bars = None
+    if request["cmd"] in ("store", "get") and sys.stderr.isatty():
+        bars = _Bars() if total is None or total >= PROGRESS_MIN_BYTES else None
+    request = {**request, "progress": bars is not None}
+    try:
         try:
-            return ctl.call(sock, request, fds, on_progress=on_progress)
+            return ctl.call(sock, request, fds, on_progress=bars)
         except ctl.DaemonNotRunning:
-            return _embedded(args, request, list(fds), on_progress)
+            return _embedded(args, request, list(fds), bars or (lambda p: None))
+    finally:
+        if bars is not None:
+            bars.close()
 
 
 def _embedded(
@@ -468,7 +510,7 @@ def cmd_store(args: argparse.Namespace) -> int:
             raise BadInput(f"cannot store {path}: it is a directory")
         size = st.st_size
     try:
-        r = _network(args, {"cmd": "store", "key": args.key, "size": size}, [fd], size, "store")
+        r = _network(args, {"cmd": "store", "key": args.key, "size": size}, [fd], size)
     finally:
         if close:
             os.close(fd)
@@ -490,12 +532,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     request = {"cmd": "get", "key": args.key, "keep": args.keep}
     if args.output is None or args.output == "-":
         sys.stdout.flush()
-        r = _network(args, request, [sys.stdout.fileno()], None, "get")
+        r = _network(args, request, [sys.stdout.fileno()])
     else:
         out = Path(args.output)
         # The output appears only once it is complete and verified; a failure leaves nothing.
         with DurableFile(out.parent, mode=0o644, prefix=f".{out.name}.") as f:
-            r = _network(args, request, [f.fd], None, "get")
+            r = _network(args, request, [f.fd])
             f.commit(out)
     if args.output in (None, "-"):
         return 0  # stdout carries the data: nothing else goes there
@@ -510,7 +552,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    r = _network(args, {"cmd": "delete", "key": args.key}, [], None, "delete")
+    r = _network(args, {"cmd": "delete", "key": args.key}, [])
     if args.json:
         _print_json(r)
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import blake3
 import orjson
@@ -90,10 +91,24 @@ class DeleteReport:
     confirmed_by: list[str]  # peer ids that confirmed the delete
 
 
+class Progress(Protocol):
+    """What a store or get reports its progress to (commands._Meter): bytes as they are done, in phases
+    (docs/cli.md, "Progress")."""
+
+    def __call__(self, n: int) -> None: ...
+
+    def begin(self, phase: str, total: int | None, peers: int = 1) -> None: ...
+
+
 def _main_source(served: dict[str, int], holders: list[Session]) -> str:
     """The holder a fetch names as its source: the one that served the most bytes (an empty object: the
     first asked)."""
     return max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+
+
+def _sized(progress: Progress | None) -> Callable[[int], None] | None:
+    """For a fetch: once the holders' segment list gives the object's size, the get phase begins."""
+    return None if progress is None else functools.partial(progress.begin, "get")
 
 
 class _GroupWrite:
@@ -469,15 +484,17 @@ class Node:
         )
         return ranked[: self.replicas]
 
-    async def store_fd(self, key: str, fd: int, progress: Any = None) -> StoreReport:
+    async def store_fd(self, key: str, fd: int, progress: Progress | None = None) -> StoreReport:
         """Store locally (durable), then replicate; returns who acknowledged a copy."""
         if clientio.is_stream(fd):
             result = await self._put_stream(key, fd, progress)
         else:
             result = await self.db(self.store.put_fd, key, fd, progress)
         targets = self.replica_set(result.cid)
+        if progress is not None and targets:  # the second phase: what goes to the replicas
+            progress.begin("replicate", result.size * len(targets), len(targets))
         outcome = await transfer.replicate(
-            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext
+            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext, progress
         )
         now = time.time()
         await self._shares.add([(result.cid, peer, now) for peer in outcome.acked])
@@ -561,7 +578,9 @@ class Node:
         holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
         return cid, holders
 
-    async def get_fd(self, key: str, out_fd: int, progress: Any = None, keep: bool = False) -> GetReport:
+    async def get_fd(
+        self, key: str, out_fd: int, progress: Progress | None = None, keep: bool = False
+    ) -> GetReport:
         """Write the plaintext of `key` to out_fd: from the local store, else verified from a peer; with
         `keep`, a fetched file is also stored here (a local replica, under this node's keys)."""
         raw = encode_key(key)
@@ -570,6 +589,8 @@ class Node:
         except NotFound:
             pass
         else:
+            if progress is not None:
+                progress.begin("get", size)
             if clientio.is_stream(out_fd):
                 await self._read_to_stream(raw, cid, size, out_fd, progress)
                 return GetReport(key, cid, size, "local")
@@ -582,7 +603,9 @@ class Node:
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
         try:
-            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            size, served = await transfer.fetch(
+                holders, cid, out_fd, self.db, progress, upload, _sized(progress)
+            )
             source = _main_source(served, holders)
             if upload is not None:
                 await self.db(upload.finish, cid, [source])  # its holder goes into shares with it
@@ -592,7 +615,13 @@ class Node:
         return GetReport(key, cid, size, "peer", source, upload is not None, len(served))
 
     async def _repair(
-        self, raw: bytes, cid: str, out_fd: int, start: int, progress: Any, failure: IntegrityError
+        self,
+        raw: bytes,
+        cid: str,
+        out_fd: int,
+        start: int,
+        progress: Progress | None,
+        failure: IntegrityError,
     ) -> GetReport:
         """The local copy failed its check part way: take back what was written (the output is a file),
         fetch the object from the peers that hold it, verified, and put that copy in place of the bad
@@ -619,7 +648,9 @@ class Node:
         )
         upload = await self.db(self.store.begin, raw)
         try:
-            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            size, served = await transfer.fetch(
+                holders, cid, out_fd, self.db, progress, upload, _sized(progress)
+            )
             await self.db(upload.finish_repair, cid)
         except P2PError as exc:
             log.warning("event=repair_failed key=%s cid=%s error=%r", show_key(raw), cid, str(exc))

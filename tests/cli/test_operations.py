@@ -461,5 +461,6 @@ def test_progress_lines_only_for_a_client_that_asks(tmp_path: Path) -> None:
                 ctl.call(a.root / ctl.SOCKET_NAME, request, [fd], on_progress=seen[name].append)
             finally:
                 os.close(fd)
-    assert [p["done"] for p in seen["asked"]] == [8 << 20, 16 << 20, 20 << 20]
+    assert [p["done"] for p in seen["asked"]] == [0, 8 << 20, 16 << 20, 20 << 20]
+    assert {(p["phase"], p["total"]) for p in seen["asked"]} == {("store", 20 << 20)}  # no peer: one phase
     assert seen["not asked"] == []
