@@ -255,3 +255,43 @@ def test_a_nodes_real_log_lines_are_logfmt(tmp_path: Path) -> None:
     assert events["ctl_request"]["cmd"] in ("store", "get", "status")
     message = missing.stderr.decode().strip().splitlines()[-1].removeprefix("p2pfast: ")
     assert events["ctl_error"]["error"] == message and '"gone"' in message, lines
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def log_formats() -> list[tuple[str, str]]:
+    """(where, format string) of every logging call in the package's source."""
+    import ast
+
+    import p2pfast
+
+    found = []
+    for path in sorted(Path(p2pfast.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name, args = node.func.attr, node.args
+            if name == "log" and len(args) >= 2:
+                args = args[1:]
+            elif name not in LOG_METHODS or not args:
+                continue
+            target = node.func.value
+            is_logger = (isinstance(target, ast.Name) and target.id == "log") or (
+                isinstance(target, ast.Call) and getattr(target.func, "attr", "") == "getLogger"
+            )
+            if is_logger and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                found.append((f"{path.name}:{node.lineno}", args[0].value))
+    return found
+
+
+def test_every_log_call_is_key_value_pairs() -> None:
+    """The literal part of each message is logfmt too: event= first, every token a pair, no literal
+    quoting (a value with spaces goes in as an argument, which log.py quotes)."""
+    formats = log_formats()
+    assert len(formats) > 40, formats  # the walk found the package's calls
+    for where, fmt in formats:
+        assert fmt.startswith("event="), (where, fmt)
+        assert "'" not in fmt and '"' not in fmt, (where, fmt)
+        pairs = parse(re.sub(r"%[-#0-9.]*[sdrf]", "X", fmt))
+        assert all(isinstance(v, str) and v for v in pairs.values()), (where, fmt)
