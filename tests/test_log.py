@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # argv[1]: the level for setup(); argv[2]: which records to log
 SCRIPT = """
@@ -295,3 +297,15 @@ def test_every_log_call_is_key_value_pairs() -> None:
         assert "'" not in fmt and '"' not in fmt, (where, fmt)
         pairs = parse(re.sub(r"%[-#0-9.]*[sdrf]", "X", fmt))
         assert all(isinstance(v, str) and v for v in pairs.values()), (where, fmt)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_any_value_round_trips_through_an_independent_parser(value: str) -> None:
+    """Whatever a value holds, go-logfmt's reading of `k=<quoted>` gives it back exactly, and nothing
+    but printable text without spaces, quotes or `=` is left bare."""
+    from p2pfast import log
+
+    spelled = log.quote(value)
+    assert parse(f"k={spelled} after=1") == {"k": value, "after": "1"}
+    assert "\n" not in spelled and "\r" not in spelled
