@@ -112,7 +112,11 @@ def _bar(desc: str, total: int | None) -> Any:
         fmt = "{desc}: {n_iec} [{elapsed}, {rate_iec}]"
     else:
         fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}]"
-    return IECBar(total=total, desc=desc, file=sys.stderr, bar_format=fmt, mininterval=0.2)
+    try:  # a terminal that reports no width (0 columns, as a fresh pty does) gets 80, not an empty bar
+        ncols = None if os.get_terminal_size(sys.stderr.fileno()).columns else 80
+    except OSError:
+        ncols = 80
+    return IECBar(total=total, desc=desc, file=sys.stderr, bar_format=fmt, mininterval=0.2, ncols=ncols)
 
 
 def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:

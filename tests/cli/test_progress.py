@@ -89,12 +89,12 @@ def test_progress_events_cover_replication_and_give_the_get_its_total(tmp_path: 
         assert seen[0]["total"] == size and seen[-1]["done"] == size
 
 
-def on_a_terminal(*args: str | os.PathLike[str], timeout: float = 120) -> tuple[int, str]:
-    """Run the CLI with stderr on a pseudo-terminal (stdout to /dev/null); returns its exit code and all
-    it drew there, read while it runs (so a full terminal buffer never blocks it)."""
+def on_a_terminal(*args: str | os.PathLike[str], columns: int = 120, timeout: float = 120) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout to /dev/null) of 24 rows and `columns`;
+    returns its exit code and all it drew there, read while it runs (so a full terminal buffer never
+    blocks it)."""
     master, slave = pty.openpty()
-    # a terminal of 24 x 120, as a real one has a size (tqdm fits its bar to the width)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         with open(os.devnull, "wb") as devnull:
             proc = subprocess.Popen(
@@ -152,6 +152,9 @@ def test_bars_on_a_terminal_only_for_big_objects_in_binary_units(tmp_path: Path)
             assert "100%|" in line and "64.0 MiB/64.0 MiB" in line and "<" in line, line
         assert re.search(r"\d+\.\d (KiB|MiB|GiB)/s", drawn), drawn
         assert not re.search(r"\d(k|M|G)B\b", drawn), drawn  # no decimal-looking units
+        # a terminal that reports no width (a fresh pty: 0 columns) still gets a bar
+        code, drawn = on_a_terminal("store", "big-again", big, "--data-dir", a.root, columns=0)
+        assert code == 0 and "store: 100%|" in drawn and "64.0 MiB/64.0 MiB" in drawn, drawn
         code, drawn = on_a_terminal("store", "small", small, "--data-dir", a.root)
         assert code == 0 and "%|" not in drawn and "store: " not in drawn, drawn
 
