@@ -71,7 +71,13 @@ async def _ready(fd: int, write: bool) -> None:
         if not fut.done():
             fut.set_result(None)
 
-    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+    except PermissionError:
+        # epoll refuses a file it cannot wait on (/dev/null, /dev/zero, other character devices with no
+        # poll support): the kernel counts such a file always ready, so the read or write that follows
+        # does not wait for anyone. (poll() says so too, which is why a Writer seldom gets here.)
+        return
     try:
         await fut
     finally:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import NodeProc, make_nodes, wait_until
-from nodetools import one_error_line, pattern, run_cli
+from netnodes import NodeProc, make_nodes, running, wait_until
+from nodetools import cli_argv, cli_env, one_error_line, pattern, run_cli
 
 from p2pfast.store import segments
 
@@ -82,3 +82,41 @@ def test_serve_on_a_port_in_use_is_one_line_not_a_bug(tmp_path: Path, flag: str)
         f" with {flag})"
     )
     assert not (node.root / "node.json").exists() and not (node.root / "ctl.sock").exists()
+
+
+# -- 2. a character device as input -------------------------------------------------------------------
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_store_from_dev_null_stores_an_empty_file(tmp_path: Path, loop: str, daemon: bool) -> None:
+    """epoll refuses /dev/null (it cannot wait on it): the store reads it plainly, EOF at once."""
+    (node,) = make_nodes(tmp_path, 1)
+    env = cli_env(P2PFAST_LOOP=loop)
+    with running([node]):
+        if daemon:
+            node.start(env=env)
+        r = cli(node.root, "store", "from-path", "/dev/null", "--json", env=env)
+        assert ok(r)["size"] == 0
+        with open(os.devnull, "rb") as devnull:
+            r = subprocess.run(
+                cli_argv("store", "from-stdin", "-", "--json", "--data-dir", node.root),
+                stdin=devnull,
+                capture_output=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+        assert ok(r)["size"] == 0
+        rows = {row["key"]: row for row in ok(cli(node.root, "files", "--json"))}
+        assert {k: r["size"] for k, r in rows.items()} == {"from-path": 0, "from-stdin": 0}
+        # and back out, also into /dev/null (which the get writes to from the loop, as to a pipe)
+        assert cli(node.root, "get", "from-path", env=env).stdout == b""
+        with open(os.devnull, "wb") as devnull:
+            g = subprocess.run(
+                cli_argv("get", "from-stdin", "--data-dir", node.root),
+                stdout=devnull,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+        assert g.returncode == 0 and g.stderr == b"", g.stderr
