@@ -283,6 +283,8 @@ def _network(
     started for this command alone (it dials out, waits until its peer table settles, does the work)."""
     from p2pfast import ctl
 
+    if "key" in request:
+        _check_key(request["key"])
     sock = _layout(args).root / ctl.SOCKET_NAME
     with _progress(total, desc) as bar:
         shown = 0
@@ -299,6 +301,17 @@ def _network(
             return ctl.call(sock, request, fds, on_progress=on_progress)
         except ctl.DaemonNotRunning:
             return _embedded(args, request, list(fds), on_progress)
+
+
+def _check_key(key: str) -> None:
+    """A key is UTF-8 text. Python decodes argv bytes that are not UTF-8 as lone surrogates, which no
+    request can carry: that is the user's input, said here before any request is made."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        from p2pfast.errors import BadInput
+
+        raise BadInput(f"key {os.fsencode(key)!r} is not valid UTF-8 (keys are UTF-8 text)") from None
 
 
 def _embedded(

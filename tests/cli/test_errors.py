@@ -120,3 +120,21 @@ def test_store_from_dev_null_stores_an_empty_file(tmp_path: Path, loop: str, dae
                 check=False,
             )
         assert g.returncode == 0 and g.stderr == b"", g.stderr
+
+
+# -- 3. a key that is not UTF-8 -------------------------------------------------------------------------
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_a_key_that_is_not_utf8_is_bad_input(tmp_path: Path, daemon: bool) -> None:
+    (node,) = make_nodes(tmp_path, 1)
+    src = tmp_path / "src"
+    src.write_bytes(b"data")
+    with running([node]):
+        if daemon:
+            node.start()
+        for args in (("store", b"bad\xffkey", src), ("get", b"bad\xffkey"), ("delete", b"bad\xffkey")):
+            r = cli(node.root, *args)
+            assert r.returncode == 5, (args, r.returncode, r.stderr)
+            assert one_error_line(r) == (
+                r"p2pfast: bad input: key b'bad\xffkey' is not valid UTF-8 (keys are UTF-8 text)"
+            )
+        assert ok(cli(node.root, "files", "--json")) == []
