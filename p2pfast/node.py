@@ -522,8 +522,8 @@ class Node:
         """The content id under `key` and the connected peers that hold it, best first: those `shares`
         names, then the others that answer who_has."""
         sessions = list(self.peers.sessions.values())
-        if not sessions:
-            raise NotFound(f"no file under key {show_key(key)} here, and no peer is connected to ask")
+        if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
+            raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
 
         async def ask(s: Session) -> dict[str, Any] | None:
             try:

@@ -200,7 +200,7 @@ def test_get_with_no_holder_is_a_clear_error(tmp_path: Path) -> None:
                 await get(a, "nothing", tmp_path / "o")
         lone = await start_node(tmp_path / "lone", [])
         try:
-            with pytest.raises(NotFound, match="no peer is connected"):
+            with pytest.raises(PeerUnavailable, match="no peer is connected"):
                 await get(lone, "nothing", tmp_path / "o")
         finally:
             await lone.close()
