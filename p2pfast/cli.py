@@ -368,12 +368,16 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from p2pfast.errors import OutputClosed
     from p2pfast.store.durable import DurableFile
 
     request = {"cmd": "get", "key": args.key, "keep": args.keep}
     if args.output is None or args.output == "-":
         sys.stdout.flush()
-        r = _network(args, request, [sys.stdout.fileno()], None, "get")
+        try:
+            r = _network(args, request, [sys.stdout.fileno()], None, "get")
+        except OutputClosed:  # written by the node (this process's, or the daemon): quiet, as main() is
+            raise BrokenPipeError from None
     else:
         out = Path(args.output)
         # The output appears only once it is complete and verified; a failure leaves nothing.

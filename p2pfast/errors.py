@@ -3,7 +3,8 @@
 Exit codes (documented in README.md):
   1 other (cannot listen on an address), 2 usage (argparse), 3 not found, 4 integrity failure, 5 bad
   input, 6 storage/I-O error, 7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70
-  internal error (a bug).
+  internal error (a bug), 130 interrupted (Ctrl-C), 141 the output's reader went away (quiet, as a shell
+  reports a writer that SIGPIPE ended).
 """
 
 from __future__ import annotations
@@ -107,6 +108,14 @@ class PeerUnavailable(P2PError):
     """peer unavailable: {}"""
 
     exit_code = 10
+
+
+class OutputClosed(P2PError):
+    """output closed: {}"""
+
+    # The reader of a get's stdout went away (`get KEY | head`): 128 + SIGPIPE, what a shell reports for a
+    # writer that SIGPIPE ended. The CLI exits with it quietly: it is the reader's choice, not an error.
+    exit_code = 141
 
 
 class InternalError(P2PError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import cli_argv, cli_env, one_error_line, pattern, run_cli
+from nodetools import cli_argv, cli_env, error_lines, killing, one_error_line, pattern, run_cli
 
 from p2pfast.store import segments
 
@@ -138,3 +138,50 @@ def test_a_key_that_is_not_utf8_is_bad_input(tmp_path: Path, daemon: bool) -> No
                 r"p2pfast: bad input: key b'bad\xffkey' is not valid UTF-8 (keys are UTF-8 text)"
             )
         assert ok(cli(node.root, "files", "--json")) == []
+
+
+# -- 5. the output's reader goes away -------------------------------------------------------------------
+def _get_into_head(root: Path, key: str, env: dict[str, str] | None = None, *args: str) -> tuple[int, bytes]:
+    """`p2pfast get KEY | head -c 10`: read 10 bytes, close the pipe; (exit code, stderr)."""
+    proc = subprocess.Popen(
+        cli_argv("get", key, "--data-dir", root, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env or cli_env(),
+    )
+    with killing(proc):
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.read(10)
+        assert len(first) == 10
+        proc.stdout.close()
+        err = proc.stderr.read()
+        return proc.wait(timeout=60), err
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_get_into_a_closed_pipe_is_quiet(tmp_path: Path, daemon: bool) -> None:
+    """The reader had what it wanted: exit 141 (as a shell reports a writer ended by SIGPIPE), nothing on
+    stderr. With a daemon, the daemon writes into the passed pipe and gets EPIPE; without, this process.
+    Both from a local copy and from a fetch (B has none: A stored it before B was there)."""
+    a, b = make_nodes(tmp_path, 2)
+    src = write_source(tmp_path / "src", 8 << 20, seed=1)  # more than a pipe holds
+    with running([a, b]):
+        ok(cli(a.root, "store", "k", src))
+        if not daemon:
+            code, err = _get_into_head(a.root, "k")  # A's own node reads its copy
+            assert (code, error_lines(err)) == (141, [])
+        a.start()
+        if daemon:
+            b.start("--bootstrap", a.listen)
+            wait_until(lambda: full_mesh([a, b]), MESH_WAIT, "b to join", [a, b])
+            code, err = _get_into_head(a.root, "k")  # A's daemon reads its copy
+            assert (code, error_lines(err)) == (141, [])
+            code, err = _get_into_head(b.root, "k")  # B's daemon fetches it from A
+        else:  # B's own node fetches it from A's daemon
+            cfg = embedded_config(tmp_path, a)
+            proc_env = cli_env()
+            code, err = _get_into_head(b.root, "k", proc_env, "--config", str(cfg))
+        assert (code, error_lines(err)) == (141, [])
+        assert ok(cli(b.root, "files", "--json")) == []
+        for n in (a, b):
+            assert "event=loop_exception" not in n.log(), n.log()
