@@ -107,7 +107,7 @@ async def object_chunks(
             if last:
                 return
     finally:
-        ahead.cancel()
+        _settle(ahead)  # a read ahead that failed while its caller stopped is retrieved, not reported
 
 
 # -- store: the sender ---------------------------------------------------------------------------------
@@ -669,6 +669,9 @@ async def fetch(
         # Done when every piece is written: a holder still stuck on a piece others finished is not waited
         # for. Or when every worker has given up.
         all_out: asyncio.Future[list[None]] = asyncio.ensure_future(asyncio.gather(*workers))
+        # Once the workers are cancelled (the get is complete, or itself cancelled), this gather ends with
+        # a worker's CancelledError as its *exception*, which the loop reports as never retrieved.
+        all_out.add_done_callback(_settle)
         complete: asyncio.Future[bool] = asyncio.ensure_future(job.complete.wait())
         waits: list[asyncio.Future[Any]] = [all_out, complete]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -708,7 +711,7 @@ async def _first_leaves(
         return None
     finally:
         for ask in asks:
-            ask.cancel()
+            _settle(ask)  # one that failed while we were cancelled is retrieved, not reported by the loop
 
 
 def _barrier() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -184,4 +185,53 @@ def test_get_into_a_closed_pipe_is_quiet(tmp_path: Path, daemon: bool) -> None:
         assert (code, error_lines(err)) == (141, [])
         assert ok(cli(b.root, "files", "--json")) == []
         for n in (a, b):
+            assert "event=loop_exception" not in n.log(), n.log()
+
+
+# -- 6. every task of a get settled: on success with two holders, and on Ctrl-C --------------------------
+def test_a_get_from_two_holders_says_nothing_but_its_result(tmp_path: Path) -> None:
+    """Both holders start on the one piece (the second in the endgame); when the first finishes, the
+    other is cancelled. That must leave no "exception was never retrieved" line (it came in 2 of 8 gets)."""
+    a, b, y = make_nodes(tmp_path, 3)  # y runs no daemon: its get's node is this process's
+    src = write_source(tmp_path / "src", 3 * SEG + 17, seed=2)
+    with running([a, b]):
+        start_network([a, b])
+        ok(cli(a.root, "store", "k", src))
+        cfg = embedded_config(tmp_path, a)
+        for i in range(8):
+            out = tmp_path / f"out{i}"
+            r = cli(y.root, "get", "k", "-o", out, "--json", "--config", cfg)
+            assert r.returncode == 0 and error_lines(r.stderr) == [], r.stderr.decode(errors="replace")
+            assert out.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_ctrl_c_of_a_get_is_one_line(tmp_path: Path, daemon: bool) -> None:
+    """SIGINT while a get fetches from two holders (into a pipe nobody reads any more): "interrupted",
+    exit 130, and nothing else on stderr (nor an event=loop_exception in the daemon's log)."""
+    a, b, y = make_nodes(tmp_path, 3)
+    src = write_source(tmp_path / "src", 48 << 20, seed=3)
+    with running([a, b, y]):
+        start_network([a, b])
+        ok(cli(a.root, "store", "k", src))
+        cfg = embedded_config(tmp_path, a)
+        if daemon:
+            y.start("--bootstrap", a.listen)
+            wait_until(lambda: full_mesh([a, b, y]), MESH_WAIT, "y to join", [a, b, y])
+        proc = subprocess.Popen(
+            cli_argv("get", "k", "--data-dir", y.root, "--config", cfg),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
+        with killing(proc):
+            assert proc.stdout is not None
+            assert len(proc.stdout.read(SEG)) == SEG  # the fetch is under way; now the pipe fills up
+            os.kill(proc.pid, signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, error_lines(err)) == (130, ["p2pfast: interrupted"])
+        if daemon:
+            # logged once the cancelled get has unwound in the daemon
+            wait_until(lambda: "event=ctl_client_gone cmd='get'" in y.log(), 30, "y to end the get", [y])
+        for n in (a, b, y):
             assert "event=loop_exception" not in n.log(), n.log()
