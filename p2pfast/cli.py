@@ -321,8 +321,10 @@ def _embedded(
 
     selftest.run()
     cfg = args.config_obj
+    node: Node | None = None
 
     async def main() -> dict[str, Any]:
+        nonlocal node
         node = _make_node(args, None, cfg.bootstrap)
         try:
             await node.start()
@@ -331,7 +333,21 @@ def _embedded(
         finally:
             await node.close()
 
-    return runtime.run(main())
+    try:
+        return runtime.run(main())
+    except KeyboardInterrupt:
+        stored = None if node is None else node.interrupted_store
+        if stored is None:
+            raise
+        from p2pfast.errors import Interrupted
+
+        # Ctrl-C while sending to peers: the local copy is durable, and the user must know that.
+        n = len(stored.replicas)
+        on = f" ({', '.join(p[:16] for p in stored.replicas)})" if n else ""
+        raise Interrupted(
+            f"{stored.key} is stored here (durable) and on {n} of {stored.targets} peers{on}; "
+            "store it again to copy it to the rest"
+        ) from None
 
 
 def cmd_store(args: argparse.Namespace) -> int:

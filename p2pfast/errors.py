@@ -110,6 +110,12 @@ class PeerUnavailable(P2PError):
     exit_code = 10
 
 
+class Interrupted(P2PError):
+    """interrupted: {}"""
+
+    exit_code = 130  # 128 + SIGINT, as for a bare Ctrl-C (cli.main)
+
+
 class OutputClosed(P2PError):
     """output closed: {}"""
 

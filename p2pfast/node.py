@@ -153,6 +153,7 @@ class Node:
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
         self._work: set[asyncio.Task[Any]] = set()  # transfers and commands in flight (drain waits)
         self.draining = False  # stopping: no new work is taken
+        self.interrupted_store: StoreReport | None = None  # the last store cancelled while replicating
         self._runtime_info: dict[str, Any] = {}
         self._shares = _GroupWrite(self, lambda rows: self.repo.add_share_rows(rows))
         self.started = time.time()
@@ -458,9 +459,33 @@ class Node:
         else:
             result = await self.db(self.store.put_fd, key, fd, progress)
         targets = self.replica_set(result.cid)
-        outcome = await transfer.replicate(
-            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext
-        )
+        outcome = transfer.StoreOutcome(result.cid, result.size)
+        try:
+            await transfer.replicate(
+                targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext, outcome
+            )
+        except asyncio.CancelledError:
+            # Interrupted after the local copy is durable: the copies acknowledged so far count, and the
+            # caller can say where the file is (the CLI with no daemon, on Ctrl-C).
+            self.interrupted_store = StoreReport(
+                show_key(result.key),
+                result.cid,
+                result.size,
+                result.deduplicated,
+                list(outcome.acked),
+                dict(outcome.failed),
+                len(targets),
+            )
+            log.info(
+                "event=store_interrupted key=%s cid=%s replicas=%d/%d",
+                show_key(result.key),
+                result.cid,
+                len(outcome.acked),
+                len(targets),
+            )
+            if outcome.acked:
+                await self._shares.add([(result.cid, peer, time.time()) for peer in outcome.acked])
+            raise
         now = time.time()
         await self._shares.add([(result.cid, peer, now) for peer in outcome.acked])
         log.info(

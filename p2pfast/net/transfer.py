@@ -119,10 +119,12 @@ async def replicate(
     cid: str,
     size: int,
     plaintext: bytes | None = None,
+    outcome: StoreOutcome | None = None,
 ) -> StoreOutcome:
     """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc.
-    `plaintext`, when the caller still holds the whole (small) object, saves reading it back."""
-    outcome = StoreOutcome(cid, size)
+    `plaintext`, when the caller still holds the whole (small) object, saves reading it back. `outcome`,
+    when given, is filled as replies come, so a caller that is cancelled midway knows who has a copy."""
+    outcome = StoreOutcome(cid, size) if outcome is None else outcome
     live: dict[str, tuple[Session, Stream, asyncio.Task[dict[str, Any]]]] = {}
     opened = await asyncio.gather(
         *(s.open_stream_wait(STALL_TIMEOUT) for s in sessions), return_exceptions=True

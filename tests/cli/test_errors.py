@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,8 +21,9 @@ from typing import Any
 
 import pytest
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import cli_argv, cli_env, error_lines, killing, one_error_line, pattern, run_cli
+from nodetools import cli_argv, cli_env, error_lines, killing, one_error_line, pattern, run_cli, temp_files
 
+from p2pfast.repo.repo import Repo
 from p2pfast.store import segments
 
 MESH_WAIT = 30.0
@@ -235,3 +237,48 @@ def test_ctrl_c_of_a_get_is_one_line(tmp_path: Path, daemon: bool) -> None:
             wait_until(lambda: "event=ctl_client_gone cmd='get'" in y.log(), 30, "y to end the get", [y])
         for n in (a, b, y):
             assert "event=loop_exception" not in n.log(), n.log()
+
+
+# -- 7. Ctrl-C while a store sends to its peers ----------------------------------------------------------
+def test_ctrl_c_during_replication_says_where_the_file_is(tmp_path: Path) -> None:
+    """No daemon: the store's own node has made its copy durable and is sending to two peers when
+    SIGINT comes. One line says the file is stored here and on which peers, exit 130; the file is
+    listed here, and the shares table names exactly the peers the line names."""
+    a, b, x = make_nodes(tmp_path, 3)
+    src = write_source(tmp_path / "big", 256 << 20, seed=4)
+    with running([a, b]):
+        start_network([a, b])
+        cfg = embedded_config(tmp_path, a)
+        proc = subprocess.Popen(
+            cli_argv("store", "big", src, "--data-dir", x.root, "--config", cfg),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
+        with killing(proc):
+            # a peer has begun receiving: replication has begun, so the local copy is durable
+            wait_until(
+                lambda: temp_files(a.root) or temp_files(b.root) or proc.poll() is not None,
+                120,
+                "a peer to start receiving",
+                [a, b],
+            )
+            assert proc.poll() is None, "the store finished before a peer began receiving: nothing was tested"
+            os.kill(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and out == b"", err
+        (line,) = error_lines(err)
+        m = re.fullmatch(
+            r"p2pfast: interrupted: big is stored here \(durable\) and on (\d) of 2 peers(?: \((.*)\))?; "
+            r"store it again to copy it to the rest",
+            line,
+        )
+        assert m is not None, line
+        named = set(m.group(2).split(", ")) if m.group(2) else set()
+        assert len(named) == int(m.group(1))
+        rows = {r["key"]: r for r in ok(cli(x.root, "files", "--json"))}
+        assert rows["big"]["size"] == 256 << 20
+        with Repo.open(x.layout.db, readonly=True) as repo:
+            assert {s.peer[:16] for s in repo.list_shares()} == named
+        assert ok(cli(x.root, "get", "big", "-o", tmp_path / "back")) == ""
+        assert (tmp_path / "back").stat().st_size == src.stat().st_size
