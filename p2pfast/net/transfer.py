@@ -257,7 +257,10 @@ async def receive(
         free = _free_bytes(store.root, size)
         need = segments.file_size(size, store.segment_size) + FREE_RESERVE
         if need > free:
-            raise DiskFull(f"object of {size} bytes does not fit: {free} bytes free")
+            raise DiskFull(
+                f"an object of {_size(size)} does not fit: {_size(free)} free, and this node keeps"
+                f" {_size(FREE_RESERVE)} free in reserve"
+            )
     except P2PError:
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise
@@ -291,6 +294,15 @@ async def receive(
 FREE_CACHE_S = 1.0
 FREE_CACHE_MAX = 1024 * 1024
 _free_seen: dict[Path, tuple[float, int]] = {}
+
+
+def _size(n: float) -> str:
+    """Bytes as the CLI's result lines show them (cli.human: 1024-based units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _free_bytes(root: Path, size: int) -> int:

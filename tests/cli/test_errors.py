@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mounts import tmpfs
 from netnodes import NodeProc, make_nodes, running, wait_until
 from nodetools import cli_argv, cli_env, error_lines, killing, one_error_line, pattern, run_cli, temp_files
 
+from p2pfast.datadir import Layout, init
 from p2pfast.repo.repo import Repo
 from p2pfast.store import segments
 
@@ -282,3 +284,27 @@ def test_ctrl_c_during_replication_says_where_the_file_is(tmp_path: Path) -> Non
             assert {s.peer[:16] for s in repo.list_shares()} == named
         assert ok(cli(x.root, "get", "big", "-o", tmp_path / "back")) == ""
         assert (tmp_path / "back").stat().st_size == src.stat().st_size
+
+
+# -- 9. a refusal for lack of space names the reserve ----------------------------------------------------
+def test_a_replica_short_of_space_names_the_reserve_it_keeps(tmp_path: Path) -> None:
+    """B's data dir is on a 32 MiB tmpfs: less than the 64 MiB B keeps free, so it refuses even a small
+    object, and the store's report says why in those terms (not a bare 'does not fit')."""
+    with tmpfs(tmp_path / "small", "32m") as small:
+        a = make_nodes(tmp_path, 1)[0]
+        init(Layout.of(small / "b"), (a.root / "network.key").read_bytes())
+        b = NodeProc(small / "b")
+        b.log_path = tmp_path / "b.log"
+        src = tmp_path / "src"
+        src.write_bytes(pattern(50_000, seed=9))
+        with running([a, b]):
+            start_network([a, b])
+            r = cli(a.root, "store", "k", src)
+            assert r.returncode == 0, r.stderr
+            assert "on 0/1 peers" in r.stdout.decode()
+            (line,) = error_lines(r.stderr)
+            assert re.fullmatch(
+                rf"  not on {b.node_id[:16]}: .*disk full: an object of 48\.8 KiB does not fit: "
+                r"3\d\.\d MiB free, and this node keeps 64\.0 MiB free in reserve.*",
+                line,
+            ), line

@@ -355,4 +355,4 @@ def test_replica_refuses_an_object_larger_than_its_free_space(tmp_path: Path) ->
             raise AssertionError("a store larger than the disk was accepted")
 
     reason = run(main())
-    assert "does not fit" in reason and "bytes free" in reason
+    assert "does not fit" in reason and " free, and this node keeps 64.0 MiB free in reserve" in reason
