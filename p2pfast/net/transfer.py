@@ -43,7 +43,7 @@ from p2pfast.errors import (
     PeerUnavailable,
     RemoteProtocolError,
 )
-from p2pfast.net.session import Session, Stream
+from p2pfast.net.session import Session, Stream, StreamError
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
@@ -406,6 +406,17 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
             async for chunk in chunks:
                 pos += len(chunk)
                 await _within(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
+    except IntegrityError as exc:
+        # Our own copy failed its check as it was read: nothing unverified was sent, the getter is told
+        # why (its reply says integrity), and the operator learns that this node holds a bad copy.
+        stream.reset(int(wire.ErrorCode.INTEGRITY))
+        log.warning(
+            "event=served_copy_corrupt peer=%s cid=%s error=%r action=refused",
+            session.peer_id[:12],
+            cid,
+            str(exc),
+        )
+        raise
     except BaseException:
         stream.reset(int(wire.ErrorCode.INTERNAL))
         raise
@@ -518,7 +529,7 @@ class _Fetch:
         self.next_write = 0  # the first piece not yet written
         self.changed = asyncio.Event()
         self.write_lock = asyncio.Lock()
-        self.failures: list[str] = []
+        self.failures: list[tuple[str, BaseException]] = []  # (holder, why it was dropped)
         self.served: dict[str, int] = {}
         self.complete = asyncio.Event()  # every piece written
 
@@ -553,10 +564,7 @@ class _Fetch:
             try:
                 await self.fetch_piece(session, piece)
             except (P2PError, TimeoutError) as exc:
-                self.failures.append(f"{peer[:12]}: {_describe(exc)}")
-                log.warning(
-                    "event=holder_failed peer=%s cid=%s reason=%r", peer[:12], self.cid, _describe(exc)
-                )
+                self.failures.append((peer, exc))  # logged by fetch() if the get succeeds all the same
                 return  # this holder is out; its piece is free for the others
             finally:
                 piece.workers.discard(peer)
@@ -624,7 +632,11 @@ class _Fetch:
             finished = index >= piece.end
             if finished:
                 await _within(reply, STALL_TIMEOUT)
-        except BaseException:
+        except (P2PError, TimeoutError) as exc:
+            if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
+                # A holder that refuses resets the stream, then replies with its reason: wait for that
+                # briefly, so the failure says "integrity check failed", not "stream reset".
+                await asyncio.wait([reply], timeout=REASON_WAIT)
             if reply.done() and not reply.cancelled() and reply.exception() is not None:
                 raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
             raise
@@ -671,10 +683,10 @@ async def fetch(
     up to MAX_HOLDERS holders at once (see above); returns the size and the bytes each holder served
     (node id -> bytes). With `keep`, every verified segment also goes into that upload (the caller finishes
     it). Nothing unverified reaches out_fd."""
-    failures: list[str] = []
+    failures: list[tuple[str, BaseException]] = []
     found = await _first_leaves(holders[:MAX_HOLDERS], cid, failures)
     if found is None:
-        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+        raise _no_holder(cid, failures)
     size, leaves = found
     job = _Fetch(cid, size, leaves, out_fd, run, progress, keep)
     job.failures = failures
@@ -701,12 +713,28 @@ async def fetch(
         with contextlib.suppress(BaseException):
             await run(_barrier)
     if job.next_write < len(job.pieces):
-        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+        raise _no_holder(cid, failures)  # the failures are its one line: not logged as well
+    for peer, exc in failures:  # the get succeeded without them: worth a warning each
+        log.warning("event=holder_failed peer=%s cid=%s reason=%r", peer[:12], cid, _describe(exc))
     return size, job.served
 
 
+def _is_integrity(exc: BaseException) -> bool:
+    """The holder's copy, or what it sent, failed a check (ours, or its own as it read the copy)."""
+    return isinstance(exc, IntegrityError) or getattr(exc, "code", None) == wire.ErrorCode.INTEGRITY
+
+
+def _no_holder(cid: str, failures: list[tuple[str, BaseException]]) -> P2PError:
+    """Why a get found no holder that served it: an integrity failure (exit 4) when every holder tried
+    had a bad copy (the object is damaged wherever we looked), else 'peer unavailable' (10: retry)."""
+    why = "; ".join(f"{peer[:12]}: {_describe(exc)}" for peer, exc in failures) or "no holder"
+    if failures and all(_is_integrity(exc) for _, exc in failures):
+        return IntegrityError(f"no holder has a good copy of {cid}: {why}")
+    return PeerUnavailable(f"no holder could serve {cid}: {why}")
+
+
 async def _first_leaves(
-    holders: Sequence[Session], cid: str, failures: list[str]
+    holders: Sequence[Session], cid: str, failures: list[tuple[str, BaseException]]
 ) -> tuple[int, bytes] | None:
     """The segment hashes from whichever holder gives valid ones first: all are asked at once (a few
     KiB each), so one stalled holder costs nothing."""
@@ -721,7 +749,7 @@ async def _first_leaves(
                     return ask.result()
                 if not isinstance(exc, (P2PError, TimeoutError)):
                     raise exc
-                failures.append(f"{asks[ask].peer_id[:12]}: {_describe(exc)}")
+                failures.append((asks[ask].peer_id, exc))
         return None
     finally:
         for ask in asks:

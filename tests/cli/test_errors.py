@@ -22,7 +22,17 @@ from typing import Any
 import pytest
 from mounts import tmpfs
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import cli_argv, cli_env, error_lines, killing, one_error_line, pattern, run_cli, temp_files
+from nodetools import (
+    cli_argv,
+    cli_env,
+    error_lines,
+    killing,
+    object_files,
+    one_error_line,
+    pattern,
+    run_cli,
+    temp_files,
+)
 
 from p2pfast.datadir import Layout, init
 from p2pfast.repo.repo import Repo
@@ -308,3 +318,34 @@ def test_a_replica_short_of_space_names_the_reserve_it_keeps(tmp_path: Path) -> 
                 r"3\d\.\d MiB free, and this node keeps 64\.0 MiB free in reserve.*",
                 line,
             ), line
+
+
+# -- 10. the only holder's copy is corrupt ---------------------------------------------------------------
+@pytest.mark.parametrize("daemon", [False, True], ids=["no-daemon", "daemon"])
+def test_a_corrupt_sole_holder_is_an_integrity_failure(tmp_path: Path, daemon: bool) -> None:
+    """B alone holds the file, and its copy fails its check: D's get fails with the integrity error
+    (exit 4), not 'peer unavailable' (10), leaves no output, and B logs one line saying so."""
+    b, d = make_nodes(tmp_path, 2)
+    src = write_source(tmp_path / "src", 3 * SEG + 17, seed=5)
+    ok(cli(b.root, "store", "x", src))  # before any peer: B holds the only copy
+    (obj,) = object_files(b.root)
+    with open(b.root / obj, "r+b") as f:  # a flipped byte inside segment 0
+        f.seek(4096)
+        byte = f.read(1)[0]
+        f.seek(4096)
+        f.write(bytes([byte ^ 1]))
+    with running([b, d]):
+        b.start()
+        if daemon:
+            d.start("--bootstrap", b.listen)
+            wait_until(lambda: full_mesh([b, d]), MESH_WAIT, "d to join", [b, d])
+            r = cli(d.root, "get", "x", "-o", tmp_path / "out")
+        else:
+            r = cli(d.root, "get", "x", "-o", tmp_path / "out", "--config", embedded_config(tmp_path, b))
+        assert r.returncode == 4, r.stderr
+        line = one_error_line(r)
+        assert line.startswith("p2pfast: integrity check failed: ") and b.node_id[:12] in line, line
+        assert not (tmp_path / "out").exists()
+        wait_until(lambda: "event=" in b.log() and "corrupt" in b.log(), 30, "b to log its bad copy", [b])
+        said = [ln for ln in b.log().splitlines() if "level=WARNING" in ln or "level=ERROR" in ln]
+        assert len(said) == 1, said
