@@ -394,6 +394,19 @@ def cmd_get(args: argparse.Namespace) -> int:
             r = _network(args, request, [sys.stdout.fileno()], None, "get")
         except OutputClosed:  # written by the node (this process's, or the daemon): quiet, as main() is
             raise BrokenPipeError from None
+    elif _special(Path(args.output)):
+        # -o /dev/null, a FIFO: written in place, like stdout. A temp file renamed over it would replace
+        # the device or FIFO itself (as root, /dev/null for the whole machine).
+        try:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:  # a socket, a device that refuses writes
+            from p2pfast.store.durable import os_error
+
+            raise os_error(exc, f"cannot open {args.output}") from exc
+        try:
+            r = _network(args, request, [fd], None, "get")
+        finally:
+            os.close(fd)
     else:
         out = Path(args.output)
         # The output appears only once it is complete and verified; a failure leaves nothing.
@@ -410,6 +423,17 @@ def cmd_get(args: argparse.Namespace) -> int:
             source += ", kept a local replica"
         print(f"got {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
+
+
+def _special(path: Path) -> bool:
+    """An existing file that is not a regular file or a directory (a device, a FIFO, a socket)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

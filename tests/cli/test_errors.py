@@ -14,7 +14,9 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -349,3 +351,41 @@ def test_a_corrupt_sole_holder_is_an_integrity_failure(tmp_path: Path, daemon: b
         wait_until(lambda: "event=" in b.log() and "corrupt" in b.log(), 30, "b to log its bad copy", [b])
         said = [ln for ln in b.log().splitlines() if "level=WARNING" in ln or "level=ERROR" in ln]
         assert len(said) == 1, said
+
+
+# -- get -o into a device or a FIFO -----------------------------------------------------------------------
+def test_get_into_a_fifo_writes_into_it_and_leaves_it_a_fifo(tmp_path: Path) -> None:
+    """`get -o FIFO` (or a device) is written in place, like stdout: a temp file renamed over it would
+    replace the FIFO or device node itself (as root, /dev/null for the whole machine)."""
+    (node,) = make_nodes(tmp_path, 1)
+    src = write_source(tmp_path / "src", 3 * SEG + 17, seed=6)
+    ok(cli(node.root, "store", "k", src))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+
+    def reader() -> None:
+        with open(fifo, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    r = cli(node.root, "get", "k", "-o", fifo)
+    t.join(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert got == [src.read_bytes()]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".fifo")) == []
+
+
+def test_get_into_a_character_device_leaves_the_device(tmp_path: Path) -> None:
+    (node,) = make_nodes(tmp_path, 1)
+    ok(cli(node.root, "store", "k", write_source(tmp_path / "src", 100_000, seed=7)))
+    null = tmp_path / "null"
+    try:  # a second /dev/null node, so that a failing test cannot replace the machine's own
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    r = cli(node.root, "get", "k", "-o", null)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(null.stat().st_mode) and null.stat().st_rdev == os.makedev(1, 3)
