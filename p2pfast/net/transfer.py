@@ -719,6 +719,13 @@ async def fetch(
     return size, job.served
 
 
+class NoGoodCopy(IntegrityError):
+    """integrity check failed: {}"""
+
+    # A get's summary of the bad copies it met: each was counted where it was found (the holder reading
+    # its own copy, or our segment checks), so the command that fails with it counts nothing more.
+
+
 def _is_integrity(exc: BaseException) -> bool:
     """The holder's copy, or what it sent, failed a check (ours, or its own as it read the copy)."""
     return isinstance(exc, IntegrityError) or getattr(exc, "code", None) == wire.ErrorCode.INTEGRITY
@@ -729,7 +736,7 @@ def _no_holder(cid: str, failures: list[tuple[str, BaseException]]) -> P2PError:
     had a bad copy (the object is damaged wherever we looked), else 'peer unavailable' (10: retry)."""
     why = "; ".join(f"{peer[:12]}: {_describe(exc)}" for peer, exc in failures) or "no holder"
     if failures and all(_is_integrity(exc) for _, exc in failures):
-        return IntegrityError(f"no holder has a good copy of {cid}: {why}")
+        return NoGoodCopy(f"no holder has a good copy of {cid}: {why}")
     return PeerUnavailable(f"no holder could serve {cid}: {why}")
 
 

@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from nodetools import (
     run_cli,
     temp_files,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from p2pfast.datadir import Layout, init
 from p2pfast.repo.repo import Repo
@@ -337,9 +339,9 @@ def test_a_corrupt_sole_holder_is_an_integrity_failure(tmp_path: Path, daemon: b
         f.seek(4096)
         f.write(bytes([byte ^ 1]))
     with running([b, d]):
-        b.start()
+        b.start("--metrics-listen", "127.0.0.1:0")
         if daemon:
-            d.start("--bootstrap", b.listen)
+            d.start("--bootstrap", b.listen, "--metrics-listen", "127.0.0.1:0")
             wait_until(lambda: full_mesh([b, d]), MESH_WAIT, "d to join", [b, d])
             r = cli(d.root, "get", "x", "-o", tmp_path / "out")
         else:
@@ -351,6 +353,22 @@ def test_a_corrupt_sole_holder_is_an_integrity_failure(tmp_path: Path, daemon: b
         wait_until(lambda: "event=" in b.log() and "corrupt" in b.log(), 30, "b to log its bad copy", [b])
         said = [ln for ln in b.log().splitlines() if "level=WARNING" in ln or "level=ERROR" in ln]
         assert len(said) == 1, said
+        # counted once, where it was found: on B, which read its own bad copy; D found no bad byte itself
+        assert integrity_failures(b) == 1
+        if daemon:
+            assert integrity_failures(d) == 0
+
+
+def integrity_failures(node: NodeProc) -> float:
+    addr = json.loads((node.root / "node.json").read_bytes())["metrics"]
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=20) as resp:
+        text = resp.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "p2pfast_integrity_failures_total"
+    )
 
 
 # -- get -o into a device or a FIFO -----------------------------------------------------------------------
