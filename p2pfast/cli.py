@@ -449,6 +449,8 @@ def _network(
     `total`: a store's input size, when known."""
     from p2pfast import ctl
 
+    if "key" in request:
+        _check_key(request["key"])
     sock = _layout(args).root / ctl.SOCKET_NAME
     # Events only for a terminal, and not for a store known to be small (a get learns its size later).
     bars = None
@@ -465,6 +467,17 @@ def _network(
             bars.close()
 
 
+def _check_key(key: str) -> None:
+    """A key is UTF-8 text. Python decodes argv bytes that are not UTF-8 as lone surrogates, which no
+    request can carry: that is the user's input, said here before any request is made."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        from p2pfast.errors import BadInput
+
+        raise BadInput(f"key {os.fsencode(key)!r} is not valid UTF-8 (keys are UTF-8 text)") from None
+
+
 def _embedded(
     args: argparse.Namespace, request: dict[str, Any], fds: list[int], on_progress: Callable[[Any], None]
 ) -> dict[str, Any]:
@@ -472,8 +485,10 @@ def _embedded(
 
     selftest.run()
     cfg = args.config_obj
+    node: Node | None = None
 
     async def main() -> dict[str, Any]:
+        nonlocal node
         node = _make_node(args, None, cfg.bootstrap)
         try:
             await node.start()
@@ -482,7 +497,21 @@ def _embedded(
         finally:
             await node.close()
 
-    return runtime.run(main())
+    try:
+        return runtime.run(main())
+    except KeyboardInterrupt:
+        stored = None if node is None else node.interrupted_store
+        if stored is None:
+            raise
+        from p2pfast.errors import Interrupted
+
+        # Ctrl-C while sending to peers: the local copy is durable, and the user must know that.
+        n = len(stored.replicated_to)
+        on = f" ({', '.join(p[:16] for p in stored.replicated_to)})" if n else ""
+        raise Interrupted(
+            f"{stored.key} is stored here (durable) and on {n} of {stored.replica_target} peers{on}; "
+            "store it again to copy it to the rest"
+        ) from None
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -520,12 +549,29 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from p2pfast.errors import OutputClosed
     from p2pfast.store.durable import DurableFile
 
     request = {"cmd": "get", "key": args.key, "keep": args.keep}
     if args.output is None or args.output == "-":
         sys.stdout.flush()
-        r = _network(args, request, [sys.stdout.fileno()])
+        try:
+            r = _network(args, request, [sys.stdout.fileno()])
+        except OutputClosed:  # written by the node (this process's, or the daemon): quiet, as main() is
+            raise BrokenPipeError from None
+    elif _special(Path(args.output)):
+        # -o /dev/null, a FIFO: written in place, like stdout. A temp file renamed over it would replace
+        # the device or FIFO itself (as root, /dev/null for the whole machine).
+        try:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:  # a socket, a device that refuses writes
+            from p2pfast.store.durable import os_error
+
+            raise os_error(exc, f"cannot open {args.output}") from exc
+        try:
+            r = _network(args, request, [fd])
+        finally:
+            os.close(fd)
     else:
         out = Path(args.output)
         # The output appears only once it is complete and verified; a failure leaves nothing.
@@ -542,6 +588,17 @@ def cmd_get(args: argparse.Namespace) -> int:
             source += ", kept a local replica"
         print(f"got {_shown(r['key'])}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
+
+
+def _special(path: Path) -> bool:
+    """An existing file that is not a regular file or a directory (a device, a FIFO, a socket)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import select
 import stat
 import termios
 
+from p2pfast.errors import OutputClosed
 from p2pfast.store.durable import os_error
 
 READ_CHUNK = 1 << 20
@@ -71,7 +72,13 @@ async def _ready(fd: int, write: bool) -> None:
         if not fut.done():
             fut.set_result(None)
 
-    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+    except PermissionError:
+        # epoll refuses a file it cannot wait on (/dev/null, /dev/zero, other character devices with no
+        # poll support): the kernel counts such a file always ready, so the read or write that follows
+        # does not wait for anyone. (poll() says so too, which is why a Writer seldom gets here.)
+        return
     try:
         await fut
     finally:
@@ -99,7 +106,8 @@ class Writer:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """All of `data`, each write as large as the pipe surely has room for (PIPE_BUF bytes for other
         streams), when the fd has room (poll() with no wait between writes keeps a fast reader from
-        costing an event loop turn per write). StorageError (DiskFull for ENOSPC) on a failed write."""
+        costing an event loop turn per write). StorageError (DiskFull for ENOSPC) on a failed write,
+        OutputClosed when the reader closed its end."""
         fd, view = self.fd, memoryview(data).cast("B")
         pos, end = 0, len(view)
         while pos < end:
@@ -108,5 +116,7 @@ class Writer:
             n = PIPE_BUF if self.pipe_size is None else _pipe_room(fd, self.pipe_size)
             try:
                 pos += os.write(fd, view[pos : pos + n])
+            except BrokenPipeError as exc:  # `get KEY | head`: the reader had what it wanted
+                raise OutputClosed("the reader of the output went away") from exc
             except OSError as exc:
                 raise os_error(exc, "cannot write the output") from exc

@@ -33,6 +33,7 @@ from p2pfast import listings
 from p2pfast.counters import COUNTERS
 from p2pfast.ctl import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
+from p2pfast.net.transfer import NoGoodCopy
 from p2pfast.node import Node
 
 Progress = Callable[[dict[str, Any]], None]
@@ -126,8 +127,9 @@ async def _timed(
         result = await _with_fd(node, cmd, request, fds, progress)
         ok = True
         return result
-    except IntegrityError:
-        COUNTERS.integrity_failures += 1  # our own object on disk failed its check
+    except IntegrityError as exc:
+        if not isinstance(exc, NoGoodCopy):  # (those bad copies were counted as they were found)
+            COUNTERS.integrity_failures += 1  # our own object on disk failed its check
         raise
     except asyncio.CancelledError:
         if node.draining:  # the drain's deadline passed: say so, rather than "cancelled"

@@ -60,14 +60,21 @@ def _log_level(v: str) -> str:
 
 
 def _positive_int(v: str) -> int:
-    n = int(v)
+    # Not int()'s own message ("invalid literal for int() with base 10"): the user wrote a setting.
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
     if n <= 0:
-        raise ValueError(f"expected a positive integer, got {v!r}")
+        raise ValueError(f"expected a positive whole number, got {v!r}")
     return n
 
 
 def _seconds(v: str) -> float:
-    n = float(v)
+    try:
+        n = float(v)
+    except ValueError:  # not "could not convert string to float"
+        n = float("nan")
     if not 0 < n <= MAX_SECONDS:
         raise ValueError(f"expected seconds, more than 0 and at most {MAX_SECONDS:.0f} (10 years), got {v!r}")
     return n
@@ -143,6 +150,14 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _nearest(key: str) -> str:
+    """'did you mean ...?' for a near miss (a typo, another case, '-' for '_'), else the known keys."""
+    import difflib
+
+    close = difflib.get_close_matches(key.lower().replace("-", "_"), PARSERS, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(PARSERS))}"
+
+
 def parse_file(path: Path) -> dict[str, tuple[Any, str]]:
     """key -> (value, "FILE:LINE"). Raises ConfigError on the first bad line."""
     try:
@@ -165,7 +180,7 @@ def parse_file(path: Path) -> dict[str, tuple[Any, str]]:
         if not sep:
             raise ConfigError(f"{where}: expected key=value, got {line!r}")
         if key not in PARSERS:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(PARSERS))})")
+            raise ConfigError(f"{where}: unknown key {key!r} ({_nearest(key)})")
         try:
             out[key] = (PARSERS[key](value), where)
         except ValueError as exc:

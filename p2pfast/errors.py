@@ -1,12 +1,15 @@
 """The one exception tree. Each class's docstring is its message template; each has a unique exit code.
 
 Exit codes (documented in README.md):
-  1 generic, 2 usage (argparse), 3 not found, 4 integrity failure, 5 bad input, 6 storage/I-O error,
-  7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70 internal error (a bug).
+  1 other (cannot listen on an address), 2 usage (argparse), 3 not found, 4 integrity failure, 5 bad
+  input, 6 storage/I-O error, 7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70
+  internal error (a bug), 130 interrupted (Ctrl-C), 141 the output's reader went away (quiet, as a shell
+  reports a writer that SIGPIPE ended).
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Any, ClassVar
 
@@ -36,6 +39,25 @@ class P2PError(Exception):
             return template.format(*self.args)
         except (IndexError, KeyError, ValueError):
             return " ".join(str(a) for a in self.args) or template
+
+
+class ListenError(P2PError):
+    """cannot listen on {}"""
+
+    # Not a config error: the address may be right and only taken for now (another serve runs).
+    exit_code = 1
+
+    @classmethod
+    def of(cls, addr: str, exc: OSError, option: str) -> ListenError:
+        """The one line for a failed bind of `addr` (given by `option`), in the user's terms."""
+        choose = f"choose another with {option}"
+        hints = {
+            errno.EADDRINUSE: f"address already in use (another p2pfast serve? {choose})",
+            errno.EACCES: f"permission denied (ports below 1024 need privileges; {choose})",
+            errno.EADDRNOTAVAIL: f"no interface has that address ({choose})",
+        }
+        why = hints.get(exc.errno or 0) or f"{exc.strerror or exc} ({choose})"
+        return cls(f"{addr}: {why}")
 
 
 class BadInput(P2PError):
@@ -97,6 +119,20 @@ class PeerUnavailable(P2PError):
     """peer unavailable: {}"""
 
     exit_code = 10
+
+
+class Interrupted(P2PError):
+    """interrupted: {}"""
+
+    exit_code = 130  # 128 + SIGINT, as for a bare Ctrl-C (cli.main)
+
+
+class OutputClosed(P2PError):
+    """output closed: {}"""
+
+    # The reader of a get's stdout went away (`get KEY | head`): 128 + SIGPIPE, what a shell reports for a
+    # writer that SIGPIPE ended. The CLI exits with it quietly: it is the reader's choice, not an error.
+    exit_code = 141
 
 
 class InternalError(P2PError):

@@ -22,7 +22,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from p2pfast.counters import COUNTERS, Counters
-from p2pfast.errors import ConfigError
+from p2pfast.errors import ListenError
 from p2pfast.net.peers import split_addr
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class Exporter:
         try:
             self._server, self._thread = start_http_server(port, host, self.registry)
         except OSError as exc:
-            raise ConfigError(f"metrics_listen {addr}: cannot listen: {exc.strerror or exc}") from None
+            raise ListenError.of(f"{addr} (metrics_listen)", exc, "--metrics-listen") from None
         bound_host, bound_port = self._server.server_address[:2]
         return f"{bound_host!s}:{bound_port}"
 

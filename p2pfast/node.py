@@ -172,6 +172,7 @@ class Node:
         self._pex_truncated_logged = False
         self._work: set[asyncio.Task[Any]] = set()  # transfers and commands in flight (drain waits)
         self.draining = False  # stopping: no new work is taken
+        self.interrupted_store: StoreReport | None = None  # the last store cancelled while replicating
         self._runtime_info: dict[str, Any] = {}
         self._shares = _GroupWrite(self, lambda rows: self.repo.add_share_rows(rows))
         self.started = time.time()
@@ -493,9 +494,41 @@ class Node:
         targets = self.replica_set(result.cid)
         if progress is not None and targets:  # the second phase: what goes to the replicas
             progress.begin("replicate", result.size * len(targets), len(targets))
-        outcome = await transfer.replicate(
-            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext, progress
-        )
+        outcome = transfer.StoreOutcome(result.cid, result.size)
+        try:
+            await transfer.replicate(
+                targets,
+                self.store,
+                self.db,
+                result.key,
+                result.cid,
+                result.size,
+                result.plaintext,
+                progress,
+                outcome,
+            )
+        except asyncio.CancelledError:
+            # Interrupted after the local copy is durable: the copies acknowledged so far count, and the
+            # caller can say where the file is (the CLI with no daemon, on Ctrl-C).
+            self.interrupted_store = StoreReport(
+                show_key(result.key),
+                result.cid,
+                result.size,
+                result.deduplicated,
+                list(outcome.acked),
+                dict(outcome.failed),
+                len(targets),
+            )
+            log.info(
+                "event=store_interrupted key=%s cid=%s replicas=%d/%d",
+                show_key(result.key),
+                result.cid,
+                len(outcome.acked),
+                len(targets),
+            )
+            if outcome.acked:
+                await self._shares.add([(result.cid, peer, time.time()) for peer in outcome.acked])
+            raise
         now = time.time()
         await self._shares.add([(result.cid, peer, now) for peer in outcome.acked])
         log.info(
@@ -557,8 +590,8 @@ class Node:
         """The content id under `key` and the connected peers that hold it, best first: those `shares`
         names, then the others that answer who_has."""
         sessions = list(self.peers.sessions.values())
-        if not sessions:
-            raise NotFound(f"no file under key {show_key(key)} here, and no peer is connected to ask")
+        if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
+            raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
 
         async def ask(s: Session) -> dict[str, Any] | None:
             try:

@@ -362,6 +362,9 @@ def test_bad_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, va
     path, message = config_error(tmp_path, f"# node\nlisten=:3000\n\nlog_level=info\n{key}={value}\n")
     assert f"{path}:5: " in message
     assert f"bad value for {key}" in message
+    # in the user's terms: what the setting takes, not what a Python conversion said
+    for python_speak in ("invalid literal", "could not convert", "int()", "float", "base 10"):
+        assert python_speak not in message, message
 
 
 @pytest.mark.parametrize("value", ["inf", "1e400"])
@@ -382,6 +385,37 @@ def test_unknown_key(tmp_path: Path, line: str) -> None:
     path, message = config_error(tmp_path, f"listen=:3000\n{line}\n")
     assert f"{path}:2: " in message
     assert "unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "nearest"),
+    [
+        ("replica=2", "replicas"),
+        ("LISTEN=:3000", "listen"),
+        ("data-dir=/x", "data_dir"),
+        ("max_stream=4", "max_streams"),
+        ("idle_timout=5", "idle_timeout"),
+        ("bootstrp=a:1", "bootstrap"),
+    ],
+)
+def test_unknown_key_suggests_the_nearest_known_one(tmp_path: Path, line: str, nearest: str) -> None:
+    path, message = config_error(tmp_path, f"listen=:3000\n{line}\n")
+    key = line.partition("=")[0]
+    assert message == f"config error: {path}:2: unknown key {key!r} (did you mean {nearest!r}?)"
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("max_streams=lots", "bad value for max_streams: expected a positive whole number, got 'lots'"),
+        ("max_connections=1.5", "bad value for max_connections: expected a positive whole number, got '1.5'"),
+        ("replicas=two", "bad value for replicas: expected a positive whole number, got 'two'"),
+        ("idle_timeout=1m", "bad value for idle_timeout: expected seconds, more than 0 and at most"),
+    ],
+)
+def test_bad_numbers_are_said_in_the_settings_terms(tmp_path: Path, line: str, says: str) -> None:
+    path, message = config_error(tmp_path, f"{line}\n")
+    assert message.startswith(f"config error: {path}:1: {says}"), message
 
 
 def test_unknown_key_names_the_key_and_the_known_ones(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pfast.counters import COUNTERS
-from p2pfast.errors import ConfigError, PeerUnavailable
+from p2pfast.errors import ConfigError, ListenError, PeerUnavailable
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.protocol import PeerProtocol
 from p2pfast.net.session import Handler, Session
@@ -86,9 +86,12 @@ class PeerManager:
     async def listen(self, addr: str) -> str:
         host, port = split_addr(addr)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: self._protocol(initiator=False), host or None, port, reuse_address=True, backlog=128
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: self._protocol(initiator=False), host or None, port, reuse_address=True, backlog=128
+            )
+        except OSError as exc:  # a port in use, a name that does not resolve, an address not ours
+            raise ListenError.of(addr, exc, "--listen") from exc
         sock = self._server.sockets[0].getsockname()
         bound_host = host or ("0.0.0.0" if ":" not in sock[0] else "::")
         self.listen_addr = f"{bound_host}:{sock[1]}"

@@ -32,9 +32,17 @@ Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]
 class RequestFailed(PeerUnavailable):
     """peer refused: {}"""
 
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code  # the wire.ErrorCode of the peer's error reply (INTEGRITY: its copy is bad)
+
 
 class StreamError(PeerUnavailable):
     """stream failed: {}"""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code  # the wire.ErrorCode of the peer's RESET, when it reset the stream
 
 
 class Stream:
@@ -403,7 +411,9 @@ class Session:
             stream = self._streams.pop(event.stream_id, None)
             self._slot_freed.set()
             if stream is not None:
-                stream._fail(StreamError(f"stream {event.stream_id} reset by peer (code {event.code})"))
+                stream._fail(
+                    StreamError(f"stream {event.stream_id} reset by peer (code {event.code})", event.code)
+                )
         elif isinstance(event, ev.HandshakeComplete):
             self.peer_id = event.peer_id
             self.hello = dict(event.hello)
@@ -478,5 +488,6 @@ class Session:
 
 def _reply(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("t") == "error":
-        raise RequestFailed(f"{reply.get('reason', '')} (code {reply.get('code')})")
+        code = reply.get("code")
+        raise RequestFailed(f"{reply.get('reason', '')} (code {code})", code if type(code) is int else None)
     return reply

@@ -43,7 +43,7 @@ from p2pfast.errors import (
     PeerUnavailable,
     RemoteProtocolError,
 )
-from p2pfast.net.session import Session, Stream
+from p2pfast.net.session import Session, Stream, StreamError
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
@@ -107,7 +107,7 @@ async def object_chunks(
             if last:
                 return
     finally:
-        ahead.cancel()
+        _settle(ahead)  # a read ahead that failed while its caller stopped is retrieved, not reported
 
 
 # -- store: the sender ---------------------------------------------------------------------------------
@@ -120,11 +120,13 @@ async def replicate(
     size: int,
     plaintext: bytes | None = None,
     progress: Callable[[int], object] | None = None,
+    outcome: StoreOutcome | None = None,
 ) -> StoreOutcome:
     """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc.
     `plaintext`, when the caller still holds the whole (small) object, saves reading it back. `progress`
-    gets the bytes sent, summed over the replicas (a chunk sent to three counts three times)."""
-    outcome = StoreOutcome(cid, size)
+    gets the bytes sent, summed over the replicas (a chunk sent to three counts three times). `outcome`,
+    when given, is filled as replies come, so a caller that is cancelled midway knows who has a copy."""
+    outcome = StoreOutcome(cid, size) if outcome is None else outcome
     live: dict[str, tuple[Session, Stream, asyncio.Task[dict[str, Any]]]] = {}
     opened = await asyncio.gather(
         *(s.open_stream_wait(STALL_TIMEOUT) for s in sessions), return_exceptions=True
@@ -260,7 +262,10 @@ async def receive(
         free = _free_bytes(store.root, size)
         need = segments.file_size(size, store.segment_size) + FREE_RESERVE
         if need > free:
-            raise DiskFull(f"object of {size} bytes does not fit: {free} bytes free")
+            raise DiskFull(
+                f"an object of {_size(size)} does not fit: {_size(free)} free, and this node keeps"
+                f" {_size(FREE_RESERVE)} free in reserve"
+            )
     except P2PError:
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise
@@ -294,6 +299,15 @@ async def receive(
 FREE_CACHE_S = 1.0
 FREE_CACHE_MAX = 1024 * 1024
 _free_seen: dict[Path, tuple[float, int]] = {}
+
+
+def _size(n: float) -> str:
+    """Bytes as the CLI's result lines show them (cli.human: 1024-based units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _free_bytes(root: Path, size: int) -> int:
@@ -397,6 +411,17 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
             async for chunk in chunks:
                 pos += len(chunk)
                 await _within(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
+    except IntegrityError as exc:
+        # Our own copy failed its check as it was read: nothing unverified was sent, the getter is told
+        # why (its reply says integrity), and the operator learns that this node holds a bad copy.
+        stream.reset(int(wire.ErrorCode.INTEGRITY))
+        log.warning(
+            "event=served_copy_corrupt peer=%s cid=%s error=%r action=refused",
+            session.peer_id[:12],
+            cid,
+            str(exc),
+        )
+        raise
     except BaseException:
         stream.reset(int(wire.ErrorCode.INTERNAL))
         raise
@@ -509,7 +534,7 @@ class _Fetch:
         self.next_write = 0  # the first piece not yet written
         self.changed = asyncio.Event()
         self.write_lock = asyncio.Lock()
-        self.failures: list[str] = []
+        self.failures: list[tuple[str, BaseException]] = []  # (holder, why it was dropped)
         self.served: dict[str, int] = {}
         self.complete = asyncio.Event()  # every piece written
 
@@ -544,10 +569,7 @@ class _Fetch:
             try:
                 await self.fetch_piece(session, piece)
             except (P2PError, TimeoutError) as exc:
-                self.failures.append(f"{peer[:12]}: {_describe(exc)}")
-                log.warning(
-                    "event=holder_failed peer=%s cid=%s reason=%r", peer[:12], self.cid, _describe(exc)
-                )
+                self.failures.append((peer, exc))  # logged by fetch() if the get succeeds all the same
                 return  # this holder is out; its piece is free for the others
             finally:
                 piece.workers.discard(peer)
@@ -615,7 +637,11 @@ class _Fetch:
             finished = index >= piece.end
             if finished:
                 await _within(reply, STALL_TIMEOUT)
-        except BaseException:
+        except (P2PError, TimeoutError) as exc:
+            if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
+                # A holder that refuses resets the stream, then replies with its reason: wait for that
+                # briefly, so the failure says "integrity check failed", not "stream reset".
+                await asyncio.wait([reply], timeout=REASON_WAIT)
             if reply.done() and not reply.cancelled() and reply.exception() is not None:
                 raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
             raise
@@ -663,10 +689,10 @@ async def fetch(
     up to MAX_HOLDERS holders at once (see above); returns the size and the bytes each holder served
     (node id -> bytes). With `keep`, every verified segment also goes into that upload (the caller finishes
     it). Nothing unverified reaches out_fd."""
-    failures: list[str] = []
+    failures: list[tuple[str, BaseException]] = []
     found = await _first_leaves(holders[:MAX_HOLDERS], cid, failures)
     if found is None:
-        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+        raise _no_holder(cid, failures)
     size, leaves = found
     if on_size is not None:  # what a progress bar needs for its total and ETA
         on_size(size)
@@ -677,6 +703,9 @@ async def fetch(
         # Done when every piece is written: a holder still stuck on a piece others finished is not waited
         # for. Or when every worker has given up.
         all_out: asyncio.Future[list[None]] = asyncio.ensure_future(asyncio.gather(*workers))
+        # Once the workers are cancelled (the get is complete, or itself cancelled), this gather ends with
+        # a worker's CancelledError as its *exception*, which the loop reports as never retrieved.
+        all_out.add_done_callback(_settle)
         complete: asyncio.Future[bool] = asyncio.ensure_future(job.complete.wait())
         waits: list[asyncio.Future[Any]] = [all_out, complete]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -692,12 +721,35 @@ async def fetch(
         with contextlib.suppress(BaseException):
             await run(_barrier)
     if job.next_write < len(job.pieces):
-        raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
+        raise _no_holder(cid, failures)  # the failures are its one line: not logged as well
+    for peer, exc in failures:  # the get succeeded without them: worth a warning each
+        log.warning("event=holder_failed peer=%s cid=%s reason=%r", peer[:12], cid, _describe(exc))
     return size, job.served
 
 
+class NoGoodCopy(IntegrityError):
+    """integrity check failed: {}"""
+
+    # A get's summary of the bad copies it met: each was counted where it was found (the holder reading
+    # its own copy, or our segment checks), so the command that fails with it counts nothing more.
+
+
+def _is_integrity(exc: BaseException) -> bool:
+    """The holder's copy, or what it sent, failed a check (ours, or its own as it read the copy)."""
+    return isinstance(exc, IntegrityError) or getattr(exc, "code", None) == wire.ErrorCode.INTEGRITY
+
+
+def _no_holder(cid: str, failures: list[tuple[str, BaseException]]) -> P2PError:
+    """Why a get found no holder that served it: an integrity failure (exit 4) when every holder tried
+    had a bad copy (the object is damaged wherever we looked), else 'peer unavailable' (10: retry)."""
+    why = "; ".join(f"{peer[:12]}: {_describe(exc)}" for peer, exc in failures) or "no holder"
+    if failures and all(_is_integrity(exc) for _, exc in failures):
+        return NoGoodCopy(f"no holder has a good copy of {cid}: {why}")
+    return PeerUnavailable(f"no holder could serve {cid}: {why}")
+
+
 async def _first_leaves(
-    holders: Sequence[Session], cid: str, failures: list[str]
+    holders: Sequence[Session], cid: str, failures: list[tuple[str, BaseException]]
 ) -> tuple[int, bytes] | None:
     """The segment hashes from whichever holder gives valid ones first: all are asked at once (a few
     KiB each), so one stalled holder costs nothing."""
@@ -712,11 +764,11 @@ async def _first_leaves(
                     return ask.result()
                 if not isinstance(exc, (P2PError, TimeoutError)):
                     raise exc
-                failures.append(f"{asks[ask].peer_id[:12]}: {_describe(exc)}")
+                failures.append((asks[ask].peer_id, exc))
         return None
     finally:
         for ask in asks:
-            ask.cancel()
+            _settle(ask)  # one that failed while we were cancelled is retrieved, not reported by the loop
 
 
 def _barrier() -> None:

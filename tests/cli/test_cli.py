@@ -185,12 +185,13 @@ def test_store_list_get_delete(data_dir: Path, tmp_path: Path) -> None:
     }
     assert len(object_files(data_dir)) == 1
 
+    # Gone here, and no peer to ask (a lone node): "peer unavailable" (10), not "not found" (3).
     r = cli(data_dir, "get", "photos/cat.jpg")
-    assert r.returncode == 3
-    assert "photos/cat.jpg" in one_error_line(r)
+    assert r.returncode == 10
+    assert "photos/cat.jpg" in one_error_line(r) and "no peer is connected" in one_error_line(r)
     assert r.stdout == b""
     r = cli(data_dir, "delete", "photos/cat.jpg")
-    assert r.returncode == 3
+    assert r.returncode == 10
     one_error_line(r)
 
     r = cli(data_dir, "files", "--json")

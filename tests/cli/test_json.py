@@ -183,7 +183,7 @@ def test_errors_are_one_json_line_with_json(tmp_path: Path) -> None:
     # no such key here and no peer to ask: the errors.py class decides code and exit, which must agree
     assert codes[err["code"]] == err["exit"] and "nope" in err["message"]
     text = run_cli("get", "nope", "-o", out, "--data-dir", a.root)  # without --json: the text line
-    assert text.returncode == 3 and one_error_line(text) == f"p2pfast: {err['message']}"
+    assert text.returncode == 10 and one_error_line(text) == f"p2pfast: {err['message']}"
     bad = json_error(run_cli("store", "k", tmp_path / "absent", "--json", "--data-dir", a.root))
     assert (bad["code"], bad["exit"]) == ("bad_input", 5)
     nodir = json_error(run_cli("files", "--json", "--data-dir", tmp_path / "nothing"))

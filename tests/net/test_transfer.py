@@ -201,7 +201,7 @@ def test_get_with_no_holder_is_a_clear_error(tmp_path: Path) -> None:
                 await get(a, "nothing", tmp_path / "o")
         lone = await start_node(tmp_path / "lone", [])
         try:
-            with pytest.raises(NotFound, match="no peer is connected"):
+            with pytest.raises(PeerUnavailable, match="no peer is connected"):
                 await get(lone, "nothing", tmp_path / "o")
         finally:
             await lone.close()
@@ -356,4 +356,4 @@ def test_replica_refuses_an_object_larger_than_its_free_space(tmp_path: Path) ->
             raise AssertionError("a store larger than the disk was accepted")
 
     reason = run(main())
-    assert "does not fit" in reason and "bytes free" in reason
+    assert "does not fit" in reason and " free, and this node keeps 64.0 MiB free in reserve" in reason
