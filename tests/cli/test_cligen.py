@@ -1,0 +1,167 @@
+"""`p2pfast completion bash|zsh` and `p2pfast man`, tried for real: the bash script sourced in a real bash
+and asked to complete words as readline would (COMP_WORDS), the zsh script loaded by compinit in an
+interactive zsh driven through a pseudo-terminal (zpty) and sent a TAB, the manual page rendered by
+`man` and checked by groff."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from nodetools import run_cli
+
+from p2pfast.cli import build_parser
+
+SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        # .ci/run installs these, so a CI run without them is a broken setup, not a reason to skip.
+        message = f"{name} not on PATH (Debian: apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so this test may not skip")
+        pytest.skip(message)
+    return path
+
+
+def _out(*args: str) -> str:
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return r.stdout.decode()
+
+
+# Completes the words given as arguments (the last one is being typed) and prints one candidate a line,
+# as bash's programmable completion does on TAB: COMP_WORDS/COMP_CWORD, then the function `complete -F`
+# registered for p2pfast, with (command, word, previous word).
+BASH_DRIVER = r"""
+source "$1"; shift
+spec=$(complete -p p2pfast) || exit 3
+fn=${spec##*-F }; fn=${fn%% *}
+COMP_WORDS=(p2pfast "$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+COMP_LINE="${COMP_WORDS[*]}"; COMP_POINT=${#COMP_LINE}; COMPREPLY=()
+"$fn" p2pfast "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"""
+
+
+@pytest.fixture(scope="module")
+def bash_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bash") / "p2pfast"
+    path.write_text(_out("completion", "bash"))
+    return path
+
+
+def _bash_complete(script: Path, *words: str, cwd: Path | None = None) -> list[str]:
+    bash = _tool("bash", "bash")
+    r = subprocess.run(
+        [bash, "--norc", "--noprofile", "-c", BASH_DRIVER, "complete", str(script), *words],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+    )
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    return sorted(r.stdout.split())
+
+
+def test_bash_completes_subcommands(bash_script: Path) -> None:
+    assert _bash_complete(bash_script, "st") == ["status", "store"]
+    assert _bash_complete(bash_script, "") == SUBCOMMANDS
+    assert _bash_complete(bash_script, "config", "") == ["show"]
+    assert _bash_complete(bash_script, "completion", "") == ["bash", "zsh"]
+
+
+def test_bash_completes_flags_choices_and_paths(bash_script: Path, tmp_path: Path) -> None:
+    assert _bash_complete(bash_script, "get", "--o") == ["--output"]
+    assert _bash_complete(bash_script, "serve", "--log-level", "") == ["debug", "error", "info", "warning"]
+    for name in ("alpha.txt", "alps.bin", "beta"):
+        (tmp_path / name).touch()
+    # FILE of `store KEY FILE` is a path on this machine; KEY is not (no completion there)
+    assert _bash_complete(bash_script, "store", "k", "al", cwd=tmp_path) == ["alpha.txt", "alps.bin"]
+    assert _bash_complete(bash_script, "get", "k", "-o", "be", cwd=tmp_path) == ["beta"]
+
+
+# An interactive zsh on a pseudo-terminal: compinit with the generated _p2pfast on fpath, then the line
+# `p2pfast st` and a TAB; what zsh draws (the listing of candidates with their descriptions) is read
+# until both expected candidates showed or the deadline passed.
+ZSH_DRIVER = r"""
+zmodload zsh/zpty zsh/datetime
+zpty z zsh -f -i
+zpty -w z "PS1=''; fpath=(${(q)1} \$fpath); autoload -Uz compinit; compinit -u -D"
+zpty -w z "zstyle ':completion:*' menu no; LISTMAX=1000; print -r -- READY\$((6*7))"
+deadline=$(( EPOCHREALTIME + 20 ))
+seen=''
+while (( EPOCHREALTIME < deadline )) && [[ $seen != *READY42* ]]; do
+  zpty -r -t z line && seen+=$line
+done
+[[ $seen == *READY42* ]] || { print -r -- "zsh did not start: $seen"; exit 3 }
+zpty -w -n z $'p2pfast st\t'
+out=''
+while (( EPOCHREALTIME < deadline )); do
+  zpty -r -t z line && out+=$line
+  [[ $out == *status*--*store*--* ]] && break
+done
+zpty -d z
+print -r -- "$out"
+"""
+
+
+def test_zsh_completes_subcommands(tmp_path: Path) -> None:
+    zsh = _tool("zsh", "zsh")
+    (tmp_path / "_p2pfast").write_text(_out("completion", "zsh"))
+    r = subprocess.run(
+        [zsh, "-f", "-c", ZSH_DRIVER, "complete", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ZDOTDIR")},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    listing = r.stdout.split("p2pfast st", 1)[-1]
+    assert "status" in listing and "store" in listing, r.stdout
+    assert "the node's health" in listing  # the subcommand's help, as its description
+    assert "serve" not in listing and "shares" not in listing  # only what matches "st"
+
+
+@pytest.fixture(scope="module")
+def man_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("man") / "p2pfast.1"
+    path.write_text(_out("man"))
+    return path
+
+
+def test_man_page_is_valid_roff_naming_every_subcommand(man_page: Path) -> None:
+    groff = _tool("groff", "groff-base")
+    r = subprocess.run(
+        [groff, "-man", "-Tutf8", "-ww", "-z", str(man_page)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # -ww: every warning; -z: no output
+    text = man_page.read_text()
+    assert text.startswith(".TH P2PFAST 1 ") or text.startswith('.TH P2PFAST "1" ')
+    for name in SUBCOMMANDS:
+        assert f"'p2pfast {name}'" in text, name  # a section of its own, with its usage and options
+
+
+def test_man_renders_the_page(man_page: Path) -> None:
+    man = _tool("man", "man-db")
+    r = subprocess.run(
+        [man, "-l", str(man_page)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "100"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["P2PFAST(1)", "p2pfast", "manual", "P2PFAST(1)"]
+    assert "p2pfast - A fast, encrypted peer-to-peer storage node" in r.stdout
+    for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "ENVIRONMENT", "FILES", "SEE ALSO"):
+        assert heading in lines, heading
+    for name in SUBCOMMANDS:
+        assert f"p2pfast {name}" in r.stdout
+    assert "--metrics-listen" in r.stdout and "P2PFAST_DATA_DIR" in r.stdout
