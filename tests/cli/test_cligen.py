@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from nodetools import run_cli
+from nodetools import cli_env, run_cli
 
 from p2pfast.cli import build_parser
 
@@ -165,3 +166,25 @@ def test_man_renders_the_page(man_page: Path) -> None:
     for name in SUBCOMMANDS:
         assert f"p2pfast {name}" in r.stdout
     assert "--metrics-listen" in r.stdout and "P2PFAST_DATA_DIR" in r.stdout
+
+
+def test_other_commands_do_not_import_shtab_or_argparse_manpage() -> None:
+    # The CLI starts fast: only `completion` and `man` load their generators (-X importtime lists every
+    # module a run imports, on stderr).
+    cases: list[tuple[tuple[str, ...], set[str]]] = [
+        (("--help",), set()),
+        (("completion", "bash"), {"shtab"}),
+        (("man",), {"argparse_manpage"}),
+    ]
+    for args, loaded in cases:
+        r = subprocess.run(
+            [sys.executable, "-P", "-X", "importtime", "-m", "p2pfast", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = [line for line in r.stderr.splitlines() if line.startswith("import time:")]
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines}
+        assert imported & {"shtab", "argparse_manpage"} == loaded, args
