@@ -8,7 +8,6 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -80,59 +79,144 @@ def _print_json(obj: Any) -> None:
 
 
 # -- commands ---------------------------------------------------------------------------------------
-def cmd_init(args: argparse.Namespace) -> int:
+def _read_invite(args: argparse.Namespace) -> tuple[bytes, str, str] | None:
+    """The invite of --join INVITE, --join - (one line on stdin) or --join-file PATH, parsed; None if
+    none was given. A file or stdin keeps the network key out of the process's argv."""
     from p2pfast import identity
-    from p2pfast.datadir import init
+    from p2pfast.errors import BadInput
+
+    text = args.join
+    if args.join_file is not None:
+        try:
+            text = Path(args.join_file).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise BadInput(f"cannot read the invite file {args.join_file}: {exc.strerror}") from exc
+    elif text == "-":
+        text = sys.stdin.readline()
+    return None if text is None else identity.parse_invite(text)
+
+
+def _note_bootstrap(layout: Layout, addr: str, node_id: str) -> None:
+    """The invite's member goes into the peers table, so `serve` dials it and `peers` lists it."""
+    import time
+
+    from p2pfast.repo.repo import Repo
+
+    with Repo.open(layout.db, create=False) as repo:
+        repo.upsert_peer(addr, node_id, time.time(), "known")
+
+
+def _write_config(args: argparse.Namespace, layout: Layout, bootstrap: str | None) -> str:
+    """init's config file: at --config PATH or DATA_DIR/config, unless one is there already (kept).
+    Returns one line saying which."""
+    from p2pfast import config
+    from p2pfast.store.durable import write_file_durably
+
+    path = Path(args.config).expanduser() if args.config else layout.config
+    cfg = args.config_obj
+    if path.exists():
+        extra = f"; add 'bootstrap = {bootstrap}' to it to keep that node as a bootstrap" if bootstrap else ""
+        return f"config {path} (already there, left as it is{extra})"
+    settings = {"bootstrap": bootstrap} if bootstrap else {}
+    if path != layout.config:  # a config elsewhere must name its data dir, or it would point at ~/.p2p
+        settings["data_dir"] = str(layout.root)
+    write_file_durably(path.parent, path, config.template(cfg, settings).encode(), mode=0o600)
+    return f"config {path} (every key at its default, commented out{', bootstrap set' if bootstrap else ''})"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from p2pfast.datadir import init, load_identity
 
     layout = _layout(args)
-    network_key = identity.parse_invite(args.join)[0] if args.join else None
-    created = init(layout, network_key)
-    ident = identity.load(layout.node_key, layout.network_key)
-    print(f"{'initialised' if created else 'already initialised'} {layout.root}")
+    invite = _read_invite(args)
+    init(layout, invite[0] if invite else None)
+    ident = load_identity(layout)
+    if invite is not None:
+        _note_bootstrap(layout, invite[1], invite[2])
+    print(f"initialised {layout.root}")
     print(f"node id {ident.node_id}")
+    print(_write_config(args, layout, invite[1] if invite else None))
+    if invite is not None:
+        print(f"joined the network of {invite[2][:16]} at {invite[1]}: 'p2pfast serve' connects to it")
     return 0
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    from p2pfast import identity
+    from p2pfast.datadir import load_identity
 
-    layout = _layout(args)
-    print(identity.load(layout.node_key, layout.network_key).node_id)
+    print(load_identity(_layout(args)).node_id)
     return 0
 
 
+def _wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::", "[::]")
+
+
 def cmd_invite(args: argparse.Namespace) -> int:
-    import socket
-
-    import orjson
-
-    from p2pfast import identity
+    from p2pfast import ctl, identity
+    from p2pfast.datadir import load_identity
+    from p2pfast.errors import PeerUnavailable
 
     layout = _layout(args)
-    ident = identity.load(layout.node_key, layout.network_key)
+    ident = load_identity(layout)
     addr = args.address
     if addr is None:
-        listen = args.config_obj.listen
-        with contextlib.suppress(OSError, ValueError, KeyError):  # a running node knows its real port
-            listen = orjson.loads((layout.root / "node.json").read_bytes())["listen"]
-        host, _, port = listen.rpartition(":")
-        if host in ("", "0.0.0.0", "::"):
+        sock = layout.root / ctl.SOCKET_NAME
+        try:  # the running daemon knows the address it really listens on
+            listen = ctl.call(sock, {"cmd": "status"}, timeout=STATUS_TIMEOUT)["listen"]
+        except ctl.DaemonNotRunning:
+            raise PeerUnavailable(
+                f"no daemon answers for {layout.root} to tell its listen address (is 'p2pfast serve' "
+                "running, or still starting?): start it, or name the address others reach this node at "
+                "with --address HOST:PORT"
+            ) from None
+        host, _, port = str(listen).rpartition(":")
+        if _wildcard(host):
+            import socket
+
+            # The host name, not a resolved address: resolving it could ask a DNS server, and the
+            # joining node resolves it where it runs anyway.
             host = socket.gethostname()
+            print(
+                f"p2pfast: the node listens on every interface ({listen}); the invite names {host}:{port}. "
+                "Choose another with --address HOST:PORT",
+                file=sys.stderr,
+            )
         addr = f"{host}:{port}"
     print(identity.make_invite(ident.network_key, addr, ident.node_id))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pfast import daemon, identity, runtime
-    from p2pfast.datadir import init
+    from p2pfast import daemon, runtime
+    from p2pfast.datadir import AlreadyInitialised, adopt_network, init
 
     cfg = args.config_obj
     layout = _layout(args)
     bootstrap = list(cfg.bootstrap)
-    if args.join:
-        key, addr, _ = identity.parse_invite(args.join)
-        init(layout, key)
+    invite = _read_invite(args)
+    if invite is not None:
+        key, addr, member = invite
+        if args.join not in (None, "-"):
+            print(
+                "p2pfast: the invite (with the network key) stays in this process's command line; "
+                "'--join -' or '--join-file PATH' keep it out",
+                file=sys.stderr,
+            )
+        try:
+            init(layout, key)
+        except AlreadyInitialised:
+            if adopt_network(layout, key):
+                print(
+                    f"p2pfast: {layout.root} held no data and now belongs to the network of {member[:16]} "
+                    f"at {addr} (the old network key and its peers are forgotten)",
+                    file=sys.stderr,
+                )
+        else:
+            joined = f"in the network of {member[:16]} at {addr}"
+            print(f"p2pfast: initialised {layout.root} {joined}", file=sys.stderr)
+            print(f"p2pfast: {_write_config(args, layout, addr)}", file=sys.stderr)
+        _note_bootstrap(layout, addr, member)
         bootstrap.append(addr)
 
     async def main() -> None:
@@ -145,14 +229,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _make_node(args: argparse.Namespace, listen: str | None, bootstrap: Sequence[str]) -> Node:
     """The node a data dir's config describes (`serve` listens; a command with no daemon only dials)."""
-    from p2pfast import identity
+    from p2pfast.datadir import load_identity
     from p2pfast.node import Node
 
     cfg = args.config_obj
     layout = _layout(args)
     return Node(
         layout,
-        identity.load(layout.node_key, layout.network_key),
+        load_identity(layout),
         listen=listen,
         bootstrap=tuple(bootstrap),
         limits=net_limits(cfg),
@@ -185,6 +269,7 @@ def net_limits(cfg: Any) -> Any:
 def _open_repo(args: argparse.Namespace, readonly: bool = True):  # type: ignore[no-untyped-def]
     """The repo alone, without the data dir lock: peer rows may be read and pruned beside a running node
     (SQLite WAL serialises the writes)."""
+    from p2pfast.datadir import key_hint
     from p2pfast.errors import ConfigError
     from p2pfast.repo.repo import Repo
     from p2pfast.store.keys import load_master_key
@@ -192,8 +277,10 @@ def _open_repo(args: argparse.Namespace, readonly: bool = True):  # type: ignore
     layout = _layout(args)
     if not layout.db.exists():
         raise ConfigError(f"{layout.root} is not an initialised data dir (run 'p2pfast init')")
-    load_master_key(layout.master_key_file)  # a leaked key stops every command, not only those using it
-    return Repo.open(layout.db, readonly=readonly)
+    # a leaked key stops every command, not only those using it
+    load_master_key(layout.master_key_file, key_hint(layout))
+    # create=False: a repo emptied by mistake is reported, never filled with a fresh schema
+    return Repo.open(layout.db, readonly=readonly, create=False)
 
 
 def _listing(
@@ -404,13 +491,14 @@ STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is r
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from p2pfast import ctl, identity, status
+    from p2pfast import ctl, status
+    from p2pfast.datadir import load_identity
 
     layout = _layout(args)
     try:
         s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
     except ctl.DaemonNotRunning:
-        node_id = identity.load(layout.node_key, layout.network_key).node_id
+        node_id = load_identity(layout).node_id
         with _open_repo(args) as repo:
             s = status.of_repo(repo, layout, node_id, args.config_obj.replicas)
         s.update(
@@ -457,6 +545,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             ),
         ]
     )
+    if s["quarantined"]:
+        print(
+            f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
+            f"({human(s['quarantined_bytes'])}) no repo row accounts for, kept in {s['quarantine_dir']}: "
+            "move them back under objects/ once the right p2p.db is restored, or delete them yourself"
+        )
     return 0
 
 
@@ -520,6 +614,12 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--join", metavar="INVITE", help=help_text)
+    g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
     p.add_argument("--version", action="version", version=_version())
@@ -530,13 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("init", parents=[common], help="create the data dir, keys and repo")
-    s.add_argument("--join", metavar="INVITE", help="join the network of this invite (from 'p2pfast invite')")
+    s = sub.add_parser("init", parents=[common], help="create the data dir, keys, repo and config file")
+    _join_args(s, "join the network of this invite (from 'p2pfast invite'); - reads it from stdin")
     s.set_defaults(func=cmd_init)
     s = sub.add_parser("serve", parents=[common], help="run the node: listen, join the network, serve peers")
     s.add_argument("--listen", help="address to listen on (default :3000)")
     s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
-    s.add_argument("--join", metavar="INVITE", help="an invite line: network key, a member's address and id")
+    _join_args(s, "an invite line (network key, a member's address and id); - reads it from stdin")
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("id", parents=[common], help="print this node's id")
@@ -615,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "metrics_listen": getattr(args, "metrics_listen", None),
                 },
                 args.config,
+                missing_ok=args.func is cmd_init,  # init writes the file it names
             )
             log.setup(args.config_obj.log_level)
         else:

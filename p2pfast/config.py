@@ -173,17 +173,30 @@ def parse_file(path: Path) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
-    """flags: values given on the command line (None = not given). config_path None = the default file,
-    which may be absent; an explicitly named file must exist."""
+def default_path(flags: Mapping[str, Any]) -> Path:
+    """The config file a command reads when no --config names one: the data dir's own `config`
+    (DATA_DIR from --data-dir, else $P2PFAST_DATA_DIR, else ~/.p2p; so ~/.p2p/config by default),
+    which is where `init` writes it."""
+    given = flags.get("data_dir") or os.environ.get("P2PFAST_DATA_DIR")
+    if not given:
+        return Path(DEFAULT_CONFIG).expanduser()
+    try:
+        return Path(_path(str(given))) / "config"
+    except ValueError as exc:
+        raise ConfigError(f"{'--data-dir' if flags.get('data_dir') else 'P2PFAST_DATA_DIR'}: {exc}") from None
+
+
+def load(flags: Mapping[str, Any], config_path: str | None = None, missing_ok: bool = False) -> Config:
+    """flags: values given on the command line (None = not given). config_path None = the default file
+    (default_path), which may be absent; an explicitly named file must exist."""
     explicit = config_path is not None
     if config_path == "":
         raise ConfigError("--config: empty path")
-    path = Path(config_path or DEFAULT_CONFIG).expanduser()
+    path = Path(config_path).expanduser() if config_path else default_path(flags)
     from_file: dict[str, tuple[Any, str]] = {}
     if path.exists():
         from_file = parse_file(path)
-    elif explicit:
+    elif explicit and not missing_ok:
         raise ConfigError(f"config file {path} does not exist")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -206,6 +219,51 @@ def load(flags: Mapping[str, Any], config_path: str | None = None) -> Config:
             raise ConfigError(f"P2PFAST_DATA_DIR: {exc}") from None
     values.setdefault("data_dir", _path(DEFAULT_DATA_DIR))  # shown and used as the real path
     return Config(**values, sources=sources)
+
+
+HELP: dict[str, str] = {
+    "data_dir": "node data directory",
+    "db": "the repo (default DATA_DIR/p2p.db)",
+    "master_key_file": "master key (default DATA_DIR/master.key; e.g. a systemd credential)",
+    "network_key_file": "the network key (default DATA_DIR/network.key)",
+    "listen": "address 'serve' listens on ([HOST]:PORT; no host: every interface)",
+    "bootstrap": "comma-separated HOST:PORT list of nodes to join the network through",
+    "log_level": "debug, info, warning or error",
+    "max_frame": "largest frame payload accepted (one Noise message)",
+    "max_streams": "concurrent streams per peer",
+    "max_connections": "connections of any kind",
+    "max_pre_handshake": "connections still in their handshake",
+    "handshake_timeout": "seconds a peer has to finish the handshake",
+    "idle_timeout": "seconds of silence before a peer is dropped",
+    "gossip_interval": "seconds between peer exchanges",
+    "replicas": "peers a store copies to: all, or N picked by rendezvous hashing",
+    "max_object": "largest object accepted from a peer (512M, 2G, none)",
+    "tombstone_grace": "seconds a delete is remembered",
+    "connect_timeout": "seconds a command with no daemon waits for its peers",
+    "metrics_listen": "[HOST]:PORT of the Prometheus listener, or off (:9464 binds 127.0.0.1 only)",
+    "shutdown_timeout": "seconds transfers in flight get to finish after SIGTERM",
+}
+
+
+def template(cfg: Config, settings: Mapping[str, str]) -> str:
+    """The config file `init` writes: every key with its help and its default, commented out, except
+    `settings` (key -> value as the file spells it), which are set."""
+    unknown = set(settings) - set(PARSERS)
+    if unknown:
+        raise ValueError(f"not config keys: {sorted(unknown)}")
+    defaults = {name: text for name, text, _src in show(Config(data_dir=cfg.data_dir))}
+    lines = [
+        "# p2pfast config, written by 'p2pfast init'. key = value; # starts a comment.",
+        "# Flags beat this file, which beats the defaults shown here (commented out).",
+        "# 'p2pfast config show' prints the effective values and where each came from.",
+    ]
+    for name in PARSERS:
+        lines += ["", f"# {HELP[name]}"]
+        if name in settings:
+            lines.append(f"{name} = {settings[name]}")
+        else:
+            lines.append(f"# {name} = {defaults[name]}")
+    return "\n".join(lines) + "\n"
 
 
 def show(cfg: Config) -> list[tuple[str, str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from p2pfast import commands, ctl, runtime
@@ -56,6 +57,14 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
             if notifier.watchdog_interval is not None:
                 tasks.append(asyncio.create_task(_watchdog(notifier, notifier.watchdog_interval)))
         log.info("event=ready node=%s listen=%s", node.node_id, node.peers.listen_addr)
+        # One plain line whatever the log level, so a person who typed `serve` sees that it works.
+        s = await node.status()
+        print(
+            f"p2pfast: serving node {node.node_id[:16]} on {node.peers.listen_addr} ({node.layout.root}): "
+            f"{s['peers_connected']} peers connected, {s['peers_known']} known, {s['files']} files",
+            file=sys.stderr,
+            flush=True,
+        )
         await node.wait_stopped()
 
         if notifier is not None:

@@ -68,12 +68,19 @@ def create_network_key(path: Path, key: bytes | None = None) -> bool:
     return True
 
 
-def load(node_key: Path, network_key: Path) -> Identity:
-    raw = load_secret_file(node_key, KEY_SIZE, "node key")
-    net = load_secret_file(
-        network_key, KEY_SIZE, "network key", "run 'p2pfast init' or 'serve --join INVITE'"
-    )
+def load(node_key: Path, network_key: Path, hint: str = "run 'p2pfast init'") -> Identity:
+    """The node's keys; `hint` is what a missing file's error advises (datadir.key_hint)."""
+    raw = load_secret_file(node_key, KEY_SIZE, "node key", hint)
+    net = load_secret_file(network_key, KEY_SIZE, "network key", f"{hint}; or 'serve --join INVITE'")
     return Identity(X25519PrivateKey.from_private_bytes(raw), net)
+
+
+def load_node_id(node_key: Path) -> str | None:
+    """The node id of the node key file, None if there is none (a data dir from before node keys)."""
+    if not node_key.exists():
+        return None
+    raw = load_secret_file(node_key, KEY_SIZE, "node key")
+    return Identity(X25519PrivateKey.from_private_bytes(raw), b"").node_id
 
 
 def make_invite(network_key: bytes, addr: str, node_id: str) -> str:

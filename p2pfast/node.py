@@ -151,6 +151,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[Any]] = set()
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
+        self._pex_truncated_logged = False
         self._work: set[asyncio.Task[Any]] = set()  # transfers and commands in flight (drain waits)
         self.draining = False  # stopping: no new work is taken
         self._runtime_info: dict[str, Any] = {}
@@ -272,7 +273,7 @@ class Node:
         control socket and metrics listener answer, so whoever finds it with a live pid can talk to the
         node at once (daemon.py); a node that is not a daemon (listen None) never writes it."""
         self._runtime_info.update(extra)
-        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o644)
+        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o600)
 
     async def status(self) -> dict[str, Any]:
         """`p2pfast status`: the repo's part (status.of_repo) and what only the running node knows."""
@@ -317,8 +318,20 @@ class Node:
         except StorageError as exc:
             log.warning("event=gossip_skipped peer=%s reason=%r", session.peer_id[:12], str(exc))
             return
+        self._send_pex(session, known)
+
+    def _send_pex(self, session: Session, known: list[tuple[str, str, float]]) -> None:
+        msg, left_out = gossip.pex_message(known, self.peers, exclude=session.peer_id)
+        if left_out and not self._pex_truncated_logged:
+            self._pex_truncated_logged = True  # once per process: it stays true while the network is big
+            log.warning(
+                "event=pex_truncated sent=%d left_out=%d reason=%s",
+                len(msg["peers"]),
+                left_out,
+                '"the peer list is larger than one control message; the freshest entries go"',
+            )
         with contextlib.suppress(PeerUnavailable, LocalProtocolError):
-            session.notify(gossip.pex_message(known, self.peers, exclude=session.peer_id))
+            session.notify(msg)
 
     async def _on_closed(self, session: Session) -> None:
         self._pex_from.discard(session.peer_id)
@@ -346,8 +359,7 @@ class Node:
             try:
                 known = await self._recent_peers()  # one query a round, not one per peer
                 for session in list(self.peers.sessions.values()):
-                    with contextlib.suppress(PeerUnavailable, LocalProtocolError):
-                        session.notify(gossip.pex_message(known, self.peers, exclude=session.peer_id))
+                    self._send_pex(session, known)
                 wanted = [a for a, nid, _ in known if nid not in self.peers.sessions and nid != self.node_id]
                 if not self.peers.sessions:
                     wanted = [*self.bootstrap, *await self._known_addrs()]

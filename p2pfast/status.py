@@ -6,6 +6,7 @@ Runs on the thread that owns the repo (the node's DB thread, or the CLI's own).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -39,4 +40,17 @@ def of_repo(repo: Repo, layout: Layout, node_id: str, replicas: int | None) -> d
         "replica_target": target,
         "under_replicated": repo.count_under_replicated(target) if target else 0,
         "wal_bytes": repo.wal_size(),
+        **quarantine(layout),
     }
+
+
+def quarantine(layout: Layout) -> dict[str, Any]:
+    """What reconcile moved to quarantine/ (object files no repo row accounted for): kept for the
+    operator to look at, never deleted by p2pfast."""
+    count = size = 0
+    for dirpath, _dirs, files in os.walk(layout.quarantine):
+        for fn in files:
+            count += 1
+            with contextlib.suppress(OSError):
+                size += os.stat(os.path.join(dirpath, fn)).st_size
+    return {"quarantined": count, "quarantined_bytes": size, "quarantine_dir": str(layout.quarantine)}

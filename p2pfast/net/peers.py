@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +62,9 @@ class PeerManager:
         self.listen_addr = ""  # host:port actually bound
         self.bootstrap: list[str] = []
         self._server: asyncio.Server | None = None
-        # Weak: a protocol leaves the set when its connection is gone and nothing else holds it.
-        self._protocols: weakref.WeakSet[PeerProtocol] = weakref.WeakSet()
+        # Every connection from the moment it is admitted until its transport is lost, counted explicitly
+        # (a WeakSet kept closed ones until the garbage collector ran, refusing peers meanwhile).
+        self._protocols: set[PeerProtocol] = set()
         self._bg_tasks: set[asyncio.Task[None]] = set()
         self._pending_handshake = 0
         self._dialing: set[str] = set()
@@ -141,6 +141,7 @@ class PeerManager:
             on_ready=self._ready,
             on_closed=self._closed,
             on_made=self._admit,
+            on_lost=self._protocols.discard,
         )
         return proto
 

@@ -37,6 +37,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         on_ready: Callable[[Session], None],
         on_closed: Callable[[Session], None],
         on_made: Callable[[PeerProtocol], bool] | None = None,
+        on_lost: Callable[[PeerProtocol], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.initiator = initiator
@@ -54,7 +55,12 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._on_ready = on_ready
         self._on_closed = on_closed
         self._on_made = on_made
-        self._timer: asyncio.TimerHandle | None = None
+        self._on_lost = on_lost
+        # The armed timer and the deadline it was armed for. The deadline is kept here, not asked of the
+        # handle: for a deadline under about 0.5 ms away uvloop's call_at returns a plain Handle, which
+        # has no .when() (that AttributeError once dropped live connections).
+        self._timer: asyncio.Handle | None = None
+        self._timer_when = 0.0
         self._reading_paused = False
         self._pause_reasons: set[str] = set()
         self._closing = False
@@ -97,6 +103,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         reason = "closed" if exc is None else f"{type(exc).__name__}: {exc}"
         was_ready = self.session.ready.done() and self.session.ready.exception() is None
         self.session.connection_lost(self.session.close_reason or reason)
+        if self._on_lost is not None:
+            self._on_lost(self)
         if was_ready:
             self._on_closed(self.session)
 
@@ -183,12 +191,13 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if self._timer is not None:
             # Received bytes push the idle deadline later on every read; a timer that fires early just
             # re-arms, which is far cheaper than replacing it per read.
-            if when is not None and self._timer.when() <= when:
+            if when is not None and self._timer_when <= when:
                 return
             self._timer.cancel()
             self._timer = None
         if when is not None:
             self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer_when = when
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -24,7 +24,7 @@ from typing import Any
 
 import apsw
 
-from p2pfast.errors import InternalError, NotFound, StorageError
+from p2pfast.errors import ConfigError, InternalError, NotFound, StorageError
 from p2pfast.repo import db, schema
 
 
@@ -71,6 +71,17 @@ class TombstoneRow:
     recorded_at: float
 
 
+class EmptyRepo(ConfigError):
+    """config error: {}"""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRow:
+    node_id: str | None
+    master_key_check: bytes
+    created: float
+
+
 _FILE_COLS = "key, cid, size, created, origin"
 _OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
 _PEER_COLS = "address, node_id, last_seen, status"
@@ -106,8 +117,14 @@ class Repo:
         *,
         busy_timeout_ms: int = db.BUSY_TIMEOUT_MS,
         readonly: bool = False,
+        create: bool = True,
     ) -> Repo:
         """Open the repo at ``path``, creating the file if missing; quick_check, then migrate to LATEST.
+
+        ``create=False`` refuses (:class:`EmptyRepo`) a database with no schema yet (a 0-byte file, or one
+        SQLite just made) instead of creating one in it: only ``init`` makes a repo, since an empty repo
+        over existing objects would disown them. A database with tables that are not a p2pfast schema is
+        always refused (ConfigError).
 
         ``readonly`` opens an existing repo for reading beside a running node: no migration, and no
         optimize or checkpoint at close, so a reader never takes the write lock the node needs.
@@ -119,12 +136,18 @@ class Repo:
             with db.sql_errors(p):
                 if readonly:
                     version = conn.pragma("user_version")
+                    if version == 0:
+                        schema.refuse_foreign(conn)
+                        raise EmptyRepo(_empty(p))
                     if version != schema.LATEST:
                         raise StorageError(
                             f"repo schema version {version} is not {schema.LATEST}: "
                             f"open it read-write first: {p}"
                         )
                 else:
+                    schema.refuse_foreign(conn)
+                    if not create and schema.user_version(conn) == 0:
+                        raise EmptyRepo(_empty(p))
                     schema.migrate(conn)
         except BaseException:
             conn.close()
@@ -249,7 +272,32 @@ class Repo:
         )
         return int(row[0])
 
+    def owner(self) -> OwnerRow | None:
+        """Whose repo this is (node id, master key check), or None if it was never recorded."""
+        rows = self._rows("SELECT node_id, master_key_check, created FROM owner WHERE id = 1")
+        return OwnerRow(*rows[0]) if rows else None
+
+    def any_wrapped_key(self) -> tuple[str, bytes] | None:
+        """One (cid, wrapped data key), to check a master key against what it wrapped; None if none."""
+        rows = self._rows("SELECT cid, wrapped FROM keys LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
+
     # -- writes -------------------------------------------------------------------------------------------
+
+    def set_owner(self, node_id: str | None, master_key_check: bytes, now: float) -> None:
+        """Record whose repo this is; only where none is recorded yet (an owner is never replaced)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO owner (id, node_id, master_key_check, created) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (node_id, master_key_check, now),
+            )
+
+    def forget_peers(self) -> int:
+        """Delete every peer row (a node that adopts another network cannot reach its old peers)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM peers")
+            return conn.changes()
 
     def add_file(
         self,
@@ -459,6 +507,13 @@ class Repo:
 
     def list_shares(self) -> list[ShareRow]:
         return [ShareRow(*r) for r in self._rows(f"SELECT {_SHARE_COLS} FROM shares ORDER BY cid, peer")]
+
+
+def _empty(path: Path) -> str:
+    return (
+        f"{path} is empty (no p2pfast schema): restore this node's p2p.db from a backup or point 'db' "
+        "at it; 'p2pfast init' makes a repo only in a new data dir"
+    )
 
 
 def _busy(exc: StorageError) -> bool:

@@ -1,8 +1,9 @@
 """The repo's DDL and its migrations, stepped on ``PRAGMA user_version`` (described in docs/schema.md).
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
-peers and shares; step 2 adds tombstones. Each step runs in its own ``BEGIN IMMEDIATE`` transaction
-(``db.transaction``: ``with conn:`` without holding the GIL) together with the ``user_version`` bump, so a
+peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row. Each step runs in
+its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding the GIL)
+together with the ``user_version`` bump, so a
 step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
 inside the transaction, so two processes opening the same file at once apply each step once.
 
@@ -48,6 +49,11 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
       deleted_at   REAL       unix time of the delete at its origin (indexed: expiry)
       origin       TEXT       node id of the node that issued it, 64 lowercase hex (CHECKed)
       recorded_at  REAL       unix time this node recorded it
+
+    owner    one row (id 1): whose repo this is (version 4)
+      node_id           TEXT   the data dir's node id (node.key), NULL if it had none when recorded
+      master_key_check  BLOB   16 bytes: HMAC of a fixed label under a key derived from the master key
+      created           REAL   unix time it was recorded
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from collections.abc import Sequence
 
 import apsw
 
-from p2pfast.errors import StorageError
+from p2pfast.errors import ConfigError, StorageError
 from p2pfast.repo import db
 
 SCHEMA_V1 = """
@@ -121,7 +127,24 @@ SCHEMA_V3 = """
 ALTER TABLE files ADD COLUMN origin TEXT;
 """
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+# Whose repo this is: the node id of the data dir's node.key and a check value of the master key that
+# wrapped its data keys. A repo opened beside another node's keys (a DB copied from another node, a new
+# master key minted by mistake) is refused before anything is reconciled against it (datadir.py).
+SCHEMA_V4 = """
+CREATE TABLE owner (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    node_id          TEXT CHECK (
+                         node_id IS NULL OR (length(node_id) = 64 AND node_id NOT GLOB '*[^0-9a-f]*')
+                     ),
+    master_key_check BLOB NOT NULL CHECK (length(master_key_check) = 16),
+    created          REAL NOT NULL
+) STRICT;
+"""
+
+OUR_TABLES = frozenset({"objects", "files", "keys", "peers", "shares", "tombstones", "owner"})
+"""Every table some version of this schema creates: a database holding any other is not a p2pfast repo."""
+
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)
@@ -130,6 +153,27 @@ LATEST = len(MIGRATIONS)
 
 def user_version(conn: apsw.Connection) -> int:
     return int(conn.pragma("user_version"))
+
+
+def tables(conn: apsw.Connection) -> set[str]:
+    """Names of the database's own tables (SQLite's internal ones left out)."""
+    rows = conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def refuse_foreign(conn: apsw.Connection) -> None:
+    """A database that some other program made (tables that are not ours, or ours at version 0) must
+    not be migrated into a repo: the node would then reconcile its objects against the wrong rows."""
+    found = tables(conn)
+    strange = sorted(found - OUR_TABLES)
+    if strange or (found and user_version(conn) == 0):
+        listed = ", ".join(strange or sorted(found))
+        raise ConfigError(
+            f"{conn.filename} is not a p2pfast repo (it holds tables {listed}"
+            f"{'' if user_version(conn) else ' and no schema version'}): point 'db' at this node's p2p.db"
+        )
 
 
 def migrate(conn: apsw.Connection, steps: Sequence[str] = MIGRATIONS) -> int:

@@ -10,6 +10,9 @@ From the master key, HKDF-SHA256 derives two independent keys:
                                       so a wrapped key moved to another object's row does not unwrap;
   path key  (info "p2pfast v1 path"): HMAC-SHA256 of the content id names the object file, so the disk
                                       layout reveals nothing about content.
+A third derivation (info "p2pfast v1 check") gives the 16-byte check value the repo records (its owner
+row), so a data dir opened with another master key is refused before anything is read or reconciled. It
+reveals nothing of the key (HKDF, then HMAC of a fixed label).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from p2pfast.errors import ConfigError, IntegrityError
 from p2pfast.store.durable import write_file_durably
 
 MASTER_KEY_SIZE = 32
+CHECK_SIZE = 16
 DATA_KEY_SIZE = 32
 WRAP_NONCE_SIZE = 12
 WRAP_LABEL = b"p2pfast v1 data key\x00"
@@ -71,8 +75,8 @@ def create_master_key(path: Path) -> bytes:
     return key
 
 
-def load_master_key(path: Path) -> bytes:
-    return load_secret_file(path, MASTER_KEY_SIZE, "master key")
+def load_master_key(path: Path, hint: str = "run 'p2pfast init'") -> bytes:
+    return load_secret_file(path, MASTER_KEY_SIZE, "master key", hint)
 
 
 def _derive(master: bytes, info: bytes) -> bytes:
@@ -87,6 +91,9 @@ class KeyRing:
             raise ConfigError(f"master key must be {MASTER_KEY_SIZE} bytes")
         self._wrap = AESGCM(_derive(master, b"p2pfast v1 wrap"))
         self._path_key = _derive(master, b"p2pfast v1 path")
+        self.check_value = hmac.digest(_derive(master, b"p2pfast v1 check"), b"p2pfast master key", "sha256")[
+            :CHECK_SIZE
+        ]
 
     @staticmethod
     def new_data_key() -> bytes:

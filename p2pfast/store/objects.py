@@ -4,7 +4,9 @@ Objects are named by the HMAC of their content id (keys.KeyRing.object_name) and
 kernel; the envelope is in segments.py; metadata lives in the repo. The order of writes is what makes a
 crash harmless: the object file becomes durable under its final name before its repo row is committed, and
 a delete commits the row change before unlinking the file. A crash between the two leaves only an object
-file without a row, which reconcile() removes: it was never acknowledged and nothing can decrypt it.
+file without a row, which reconcile() moves to quarantine/: it was never acknowledged, but a file without
+a row may as well be one of a repo the operator lost and will restore, so no file is ever deleted unless
+a row whose refcount reached zero says so.
 """
 
 from __future__ import annotations
@@ -78,20 +80,27 @@ class PutResult:
 @dataclass(slots=True)
 class ReconcileReport:
     temp_removed: list[str] = field(default_factory=list)
-    orphans_removed: list[str] = field(default_factory=list)
+    # object files no repo row accounts for: (path under objects/, where it now is under quarantine/)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # content ids whose object file is gone
     refcounts_fixed: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.orphans_removed or self.missing or self.refcounts_fixed)
+        return not (self.quarantined or self.missing or self.refcounts_fixed)
 
 
 class ContentStore:
     def __init__(
-        self, root: Path, keyring: KeyRing, repo: Repo, segment_size: int = segments.SEGMENT_SIZE
+        self,
+        root: Path,
+        keyring: KeyRing,
+        repo: Repo,
+        segment_size: int = segments.SEGMENT_SIZE,
+        quarantine: Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.quarantine = quarantine if quarantine is not None else self.root.parent / "quarantine"
         self.tmp_dir = self.root / "tmp"
         self.keyring = keyring
         self.repo = repo
@@ -411,6 +420,24 @@ class ContentStore:
             raise os_error(exc, f"cannot remove object file {path}") from exc
 
     # -- reconcile -----------------------------------------------------------------------------------
+    def _quarantine_file(self, path: Path, rel: str) -> Path:
+        """Move an object file no row accounts for to quarantine/ (same relative path, a numbered suffix if
+        that name is taken), durably: it may be a file stored under a repo the operator will restore, so
+        it is never deleted here."""
+        target = self.quarantine / rel
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.quarantine / f"{rel}.{n}"
+        try:
+            make_dirs(target.parent)
+            os.rename(path, target)
+            fsync_dir(target.parent)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise os_error(exc, f"cannot move unaccounted object {path} to {self.quarantine}") from exc
+        return target
+
     def remove_temp_files(self) -> list[str]:
         removed = []
         if self.tmp_dir.is_dir():
@@ -433,11 +460,8 @@ class ContentStore:
                 for fn in filenames:
                     on_disk.add(Path(dirpath) / fn)
         for path in sorted(on_disk - expected.keys()):
-            try:
-                os.unlink(path)
-            except OSError as exc:
-                raise os_error(exc, f"cannot remove orphan object {path}") from exc
-            report.orphans_removed.append(str(path.relative_to(self.root)))
+            rel = str(path.relative_to(self.root))
+            report.quarantined.append((rel, str(self._quarantine_file(path, rel))))
         report.missing = sorted(cid for path, cid in expected.items() if path not in on_disk)
         report.refcounts_fixed = self.repo.fix_refcounts()
         return report

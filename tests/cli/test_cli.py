@@ -95,8 +95,9 @@ def test_init(tmp_path: Path) -> None:
     d = tmp_path / "node"
     r = run_cli("init", "--data-dir", d)
     assert r.returncode == 0, r.stderr
-    first, second = r.stdout.decode().strip().splitlines()
+    first, second, third = r.stdout.decode().strip().splitlines()
     assert first == f"initialised {d}"
+    assert third.startswith(f"config {d / 'config'} (every key at its default, commented out")
     node_id = second.removeprefix("node id ")
     assert len(node_id) == 64 and run_cli("id", "--data-dir", d).stdout.decode().strip() == node_id
     key = d / "master.key"
@@ -106,11 +107,16 @@ def test_init(tmp_path: Path) -> None:
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert len(key.read_bytes()) == 32
     assert (d / "p2p.db").is_file() and (d / "objects" / "tmp").is_dir()
-    before = key.read_bytes()
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     r = run_cli("init", "--data-dir", d)
-    assert r.returncode == 0
-    assert r.stdout.decode().strip().splitlines() == [f"already initialised {d}", f"node id {node_id}"]
-    assert key.read_bytes() == before
+    assert r.returncode == 8, r.stderr  # a second init changes nothing and says so
+    assert r.stdout == b""
+    assert one_error_line(r) == (
+        f"p2pfast: config error: {d} is already initialised: it holds p2p.db "
+        f"({(d / 'p2p.db').stat().st_size} bytes). Nothing was changed; 'p2pfast serve' uses it as it is, "
+        "and a new node needs another --data-dir"
+    )
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
     assert_layout(d)
 
 

@@ -179,3 +179,32 @@ def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
     assert "removed 0 peers" in cli("cleanup")  # default: unseen for more than 1 h
     assert "removed 2 peers" in cli("cleanup", "--older-than", "0s")
     assert orjson.loads(cli("peers", "--json")) == []
+
+
+# ::1 spelled out in full: a 47-character address that is still loopback, like the long DNS names and
+# IPv6 addresses of a real network, so 128 entries no longer fit one 16 KiB control message.
+LONG_LOOPBACK = "[0000:0000:0000:0000:0000:0000:0000:0001]"
+
+
+def test_a_peer_list_larger_than_one_message_is_cut_to_fit_not_dropped(tmp_path: Path) -> None:
+    from p2pfast.repo.repo import Repo
+
+    a, b = make_nodes(tmp_path, 2)
+    now = time.time()
+    with Repo.open(a.layout.db) as repo:
+        for i in range(150):
+            # nothing listens there: b's dials to them are refused on loopback and back off
+            repo.learn_peer(f"{LONG_LOOPBACK}:{20000 + i}", os.urandom(32).hex(), now - i)
+    with running([a, b]):
+        a.start()
+        b.start("--bootstrap", a.listen)
+        # b learns the freshest of a's entries from a's first peer exchange (none came at all before)
+        wait_until(lambda: len(b.known()) > 80, 20, "b learning a's peers from one exchange", [a, b])
+        known = b.known()
+        assert len(known) < 150
+        with Repo.open(b.layout.db, readonly=True) as repo:
+            learned = [r for r in repo.list_peers() if r.address.startswith(LONG_LOOPBACK)]
+        # the freshest first: every entry b got is fresher than every one it did not
+        ports = sorted(int(r.address.rsplit(":", 1)[1]) for r in learned)
+        assert ports == list(range(20000, 20000 + len(ports)))
+    assert a.log().count("event=pex_truncated") == 1

@@ -5,6 +5,7 @@ failing test if anything reached the loop's exception handler."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -19,7 +20,9 @@ from p2pfast.net.session import RequestFailed, Session
 from p2pfast.proto import noise
 
 
-def manager(network_key: bytes, handler: Any = None) -> tuple[PeerManager, asyncio.Queue[Session]]:
+def manager(
+    network_key: bytes, handler: Any = None, limits: NetLimits | None = None
+) -> tuple[PeerManager, asyncio.Queue[Session]]:
     key = noise.generate_keypair()
     ready: asyncio.Queue[Session] = asyncio.Queue()
 
@@ -36,7 +39,7 @@ def manager(network_key: bytes, handler: Any = None) -> tuple[PeerManager, async
         node_id=node_id_of(noise.public_bytes(key)),
         static_key=key,
         network_key=network_key,
-        limits=NetLimits(),
+        limits=limits or NetLimits(),
         handler=handler or no_requests,
         events=PeerEvents(on_ready=on_ready, on_closed=on_closed),
     )
@@ -211,3 +214,69 @@ def test_a_stream_nobody_announced_is_refused_not_held(loop_kind: str) -> None:
             await server.close()
 
     run_on(loop_kind, main)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0001, -1.0])
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_timer_rearm_for_a_deadline_due_at_once_keeps_the_connection(loop_kind: str, delay: float) -> None:
+    """uvloop's call_at returns a plain Handle (no .when()) for a deadline under about 0.5 ms away; the
+    protocol once asked that handle for its deadline on the next re-arm and dropped a live connection."""
+
+    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        return {"t": "pong"}
+
+    async def main() -> None:
+        server, client, _s, c = await connected_pair(handler)
+        try:
+            proto = c.proto
+            loop = asyncio.get_running_loop()
+            real = proto.conn.get_timer
+            near = loop.time() + delay
+            # The connection's next deadline, as its sans-IO state would report it just before a ping or
+            # idle check falls due; the protocol arms for it, and re-arms as reads move it.
+            proto.conn.get_timer = lambda: near  # type: ignore[method-assign]
+            for _ in range(3):
+                proto._arm_timer()
+            proto.conn.get_timer = real  # type: ignore[method-assign]
+            proto._arm_timer()
+            await asyncio.sleep(0.01)  # let the near timer fire: the connection must still be there
+            assert (await c.request({"t": "ping"}))["t"] == "pong"
+            assert not c.closed
+        finally:
+            await client.close()
+            await server.close()
+
+    run_on(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_closed_connections_stop_counting_at_once(loop_kind: str) -> None:
+    """More than max_connections connections opened and closed, then a member dials: it is admitted at
+    once. The count once was a WeakSet, which kept closed connections (reference cycles) until the garbage
+    collector ran, so a node with no live session refused every new peer; gc is off here to show it."""
+
+    async def main() -> None:
+        netkey = os.urandom(32)
+        server, _ready = manager(netkey, limits=NetLimits(max_connections=3))
+        client, client_ready = manager(netkey)
+        try:
+            addr = await server.listen("127.0.0.1:0")
+            host, port = addr.rsplit(":", 1)
+            for _ in range(8):
+                _r, w = await asyncio.open_connection(host, int(port))
+                w.close()
+                await w.wait_closed()
+            await client.listen("127.0.0.1:0")
+            client.start()
+            client.dial_soon(addr)
+            session = await asyncio.wait_for(client_ready.get(), 10)
+            assert session.peer_id == server.node_id
+        finally:
+            await client.close()
+            await server.close()
+
+    gc.disable()
+    try:
+        run_on(loop_kind, main)
+    finally:
+        gc.enable()

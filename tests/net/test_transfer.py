@@ -49,7 +49,8 @@ async def cluster(tmp: Path, n: int, **kw: Any) -> AsyncIterator[list[Node]]:
 
 async def start_node(root: Path, bootstrap: list[str], **kw: Any) -> Node:
     layout = Layout.of(root)
-    init(layout, NETKEY)
+    if not layout.db.exists():  # a node restarted on its data dir keeps it
+        init(layout, NETKEY)
     ident = identity.load(layout.node_key, layout.network_key)
     node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=NetLimits(), **kw)
     await node.start()

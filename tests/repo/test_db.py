@@ -120,12 +120,14 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
             ("table", "files"),
             ("table", "keys"),
             ("table", "objects"),
+            ("table", "owner"),
             ("table", "peers"),
             ("table", "shares"),
             ("table", "tombstones"),
         ]
         strict = repo._conn.execute("SELECT name FROM pragma_table_list WHERE strict = 1 ORDER BY name")
-        assert [r[0] for r in strict] == ["files", "keys", "objects", "peers", "shares", "tombstones"]
+        want = ["files", "keys", "objects", "owner", "peers", "shares", "tombstones"]
+        assert [r[0] for r in strict] == want
 
 
 def test_reopen_is_idempotent(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_sigkilled_store_leaves_no_object_and_a_consistent_repo(layout: Layout) 
 
     with LocalNode(layout) as node:
         assert node.report.temp_removed == [tmp_name]
-        assert node.report.orphans_removed == [] and node.report.missing == []
+        assert node.report.quarantined == [] and node.report.missing == []
         assert node.report.clean
         assert temp_files(root) == []
         assert object_files(root) == []
@@ -141,32 +141,40 @@ def _mark_dirty(layout: Layout) -> None:
     layout.dirty.write_bytes(b"12345")
 
 
-def test_object_file_without_row_is_removed_at_next_open(layout: Layout, tmp_path: Path) -> None:
+def test_object_file_without_row_is_quarantined_at_next_open(layout: Layout, tmp_path: Path) -> None:
     (tmp_path / "in").write_bytes(b"never acknowledged")
     with LocalNode(layout) as node:
         node.store.put_path("k", tmp_path / "in")
     (rel,) = object_files(layout.root)
+    content = (layout.root / rel).read_bytes()
     _delete_rows(layout)  # as if the process died between the rename and the commit
     _mark_dirty(layout)
     with LocalNode(layout) as node:
-        assert node.report.orphans_removed == [rel.removeprefix("objects/")]
+        inner = rel.removeprefix("objects/")
+        assert node.report.quarantined == [(inner, str(layout.quarantine / inner))]
         assert node.report.missing == []
         assert not node.report.clean
     assert object_files(layout.root) == []
+    # moved, never deleted: the same bytes, where the report says
+    assert (layout.quarantine / rel.removeprefix("objects/")).read_bytes() == content
     assert not layout.dirty.exists()
 
 
-def test_fake_object_file_in_a_shard_dir_is_removed(layout: Layout) -> None:
+def test_fake_object_file_in_a_shard_dir_is_quarantined(layout: Layout) -> None:
     name = "ab" * 32
     shard = layout.objects / "ab" / "ab"
     shard.mkdir(parents=True)
     (shard / name).write_bytes(b"junk")
+    (layout.quarantine / "ab" / "ab").mkdir(parents=True)
+    (layout.quarantine / "ab" / "ab" / name).write_bytes(b"an earlier one")  # a name already taken
     (layout.objects / "tmp" / "stale.p2ptmp").write_bytes(b"partial")
     _mark_dirty(layout)
     with LocalNode(layout) as node:
-        assert node.report.orphans_removed == [f"ab/ab/{name}"]
+        assert node.report.quarantined == [(f"ab/ab/{name}", str(layout.quarantine / f"ab/ab/{name}.1"))]
         assert node.report.temp_removed == ["stale.p2ptmp"]
     assert object_files(layout.root) == [] and temp_files(layout.root) == []
+    assert (layout.quarantine / "ab" / "ab" / f"{name}.1").read_bytes() == b"junk"
+    assert (layout.quarantine / "ab" / "ab" / name).read_bytes() == b"an earlier one"
 
 
 def test_stale_temp_file_removed_after_clean_shutdown_too(layout: Layout) -> None:
@@ -188,7 +196,7 @@ def test_row_without_object_file_is_reported(layout: Layout, tmp_path: Path) -> 
     _mark_dirty(layout)
     with LocalNode(layout) as node:
         assert node.report.missing == [res.cid]
-        assert node.report.orphans_removed == []
+        assert node.report.quarantined == []
         assert [f.key for f in node.repo.list_files()] == [b"kept", b"lost"]  # rows are kept
         with pytest.raises(IntegrityError, match=r"lost: .* is missing"):
             node.store.read_bytes("lost")
