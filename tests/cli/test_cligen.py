@@ -188,3 +188,74 @@ def test_other_commands_do_not_import_shtab_or_argparse_manpage() -> None:
         lines = [line for line in r.stderr.splitlines() if line.startswith("import time:")]
         imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines}
         assert imported & {"shtab", "argparse_manpage"} == loaded, args
+
+
+def _readme_block(heading: str) -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_recipe_installs_completion_and_man_where_they_are_found(tmp_path: Path) -> None:
+    # The README's lines as written, in a fresh HOME with the installed p2pfast on PATH (and ~/.local/bin,
+    # which is what makes man look in ~/.local/share/man); then bash-completion's loader, zsh's compinit
+    # and man each find what the lines put there.
+    home = tmp_path / "home"
+    (home / ".local" / "bin").mkdir(parents=True)
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "p2pfast").exists():
+        pytest.skip(f"no p2pfast script beside {sys.executable}")
+    env = {
+        k: v for k, v in cli_env().items() if not k.startswith(("XDG_", "ZDOTDIR", "MANPATH", "BASH_COMP"))
+    }
+    env.update(HOME=str(home), PATH=f"{home}/.local/bin:{bin_dir}:{env['PATH']}", MANPAGER="cat", PAGER="cat")
+    bash = _tool("bash", "bash")
+    out = ""
+    for line in _readme_block("### Shell completion and the manual page"):
+        r = subprocess.run(
+            [bash, "-euo", "pipefail", "-c", line],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, f"{line}\n{r.stderr}"
+        out = r.stdout
+    assert out.splitlines()[0].split() == ["P2PFAST(1)", "p2pfast", "manual", "P2PFAST(1)"]  # man -l -
+
+    loader = Path("/usr/share/bash-completion/bash_completion")
+    if not loader.exists():
+        message = "bash-completion not installed (Debian: apt-get install bash-completion)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI is set, so this test may not skip")
+        pytest.skip(message)
+    r = subprocess.run(
+        [
+            bash,
+            "--norc",
+            "--noprofile",
+            "-c",
+            f"source {loader}; _completion_loader p2pfast; complete -p p2pfast",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "-F _shtab_p2pfast p2pfast" in r.stdout, r.stdout + r.stderr
+
+    r = subprocess.run([_tool("man", "man-db"), "-w", "p2pfast"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == str(home / ".local/share/man/man1/p2pfast.1"), r.stdout + r.stderr
+
+    zsh = _tool("zsh", "zsh")
+    r = subprocess.run(
+        [zsh, "-f", "-c", ZSH_DRIVER, "complete", str(home / ".zfunc")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    listing = r.stdout.split("p2pfast st", 1)[-1]
+    assert r.returncode == 0 and "status" in listing and "store" in listing, r.stdout + r.stderr
