@@ -246,7 +246,9 @@ def test_readme_recipe_installs_completion_and_man_where_they_are_found(tmp_path
     )
     assert "-F _shtab_p2pfast p2pfast" in r.stdout, r.stdout + r.stderr
 
-    r = subprocess.run([_tool("man", "man-db"), "-w", "p2pfast"], env=env, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [_tool("man", "man-db"), "-w", "p2pfast"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert r.stdout.strip() == str(home / ".local/share/man/man1/p2pfast.1"), r.stdout + r.stderr
 
     zsh = _tool("zsh", "zsh")
