@@ -236,7 +236,11 @@ def small_stores(a: Node, base: Path, prefix: str, replicas: int) -> float:
         results = list(pool.map(lambda i: store(a, f"{prefix}-{i}", files / str(i)), range(SMALL_COUNT)))
     rate = SMALL_COUNT / (time.perf_counter() - t0)
     assert not any(r["deduplicated"] for r in results)
-    short = [r["failed"] for r in results if len(r["replicas"]) != r["targets"] or r["targets"] != replicas]
+    short = [
+        r["failed"]
+        for r in results
+        if len(r["replicated_to"]) != r["replica_target"] or r["replica_target"] != replicas
+    ]
     assert not short, f"{len(short)} small stores missed replicas, e.g. {short[:3]}"
     return rate
 
@@ -260,7 +264,7 @@ def test_replication(
             t0 = time.perf_counter()
             r = store(a, f"big-{len(rounds)}", src)
             rounds.append(time.perf_counter() - t0)
-            assert len(r["replicas"]) == REPLICAS, r
+            assert len(r["replicated_to"]) == REPLICAS, r
 
         benchmark.pedantic(run_store, rounds=1, iterations=1)
         store_rate = SIZE / min(rounds)

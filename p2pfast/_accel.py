@@ -30,7 +30,10 @@ def _load(name: str) -> tuple[ModuleType, bool]:
                 f"P2PFAST_REQUIRE_ACCEL=1 but the compiled kernel p2pfast._{name}_c is missing: {exc}"
             ) from exc
         logging.getLogger("p2pfast").warning(
-            "event=accel_fallback kernel=%s reason=%r hint='pip install . with a C compiler'", name, str(exc)
+            "event=accel_fallback kernel=%s reason=%r hint=%s",
+            name,
+            str(exc),
+            "pip install . with a C compiler",
         )
         return importlib.import_module(f"p2pfast._{name}_py"), False
 

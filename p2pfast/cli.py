@@ -60,15 +60,75 @@ def _node(args: argparse.Namespace) -> Iterator[LocalNode]:
         node.close()
 
 
-@contextmanager
-def _progress(total: int | None, desc: str) -> Iterator[Callable[[int], object] | None]:
-    if not sys.stderr.isatty() or (total is not None and total < PROGRESS_MIN_BYTES):
-        yield None
-        return
+class _Bars:
+    """A command's progress events (commands.py) drawn on stderr: one bar per phase, for an object of at
+    least PROGRESS_MIN_BYTES, in the binary units of every other figure (tqdm's own scaling would print
+    1024-based numbers as "MB"), with percentage and ETA once the total is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.phase: object = None
+        self.shown = 0
+        self.big: bool | None = None
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        done, total, peers = p.get("done"), p.get("total"), p.get("peers")
+        if type(done) is not int or (total is not None and type(total) is not int):
+            return
+        peers = peers if type(peers) is int and peers > 0 else 1
+        if p.get("phase") != self.phase:
+            self.close()
+            self.phase, self.shown = p.get("phase"), 0
+            self.big = None if total is None else total // peers >= PROGRESS_MIN_BYTES
+        if self.bar is None:
+            if not (self.big or (self.big is None and done >= PROGRESS_MIN_BYTES)):
+                return
+            self.bar = _bar(str(self.phase) + (f" to {peers} peers" if peers > 1 else ""), total)
+        if done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _bar(desc: str, total: int | None) -> Any:
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
-        yield bar.update
+    class IECBar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            rate = d["rate"] or (d["n"] / d["elapsed"] if d["elapsed"] else None)
+            d["n_iec"] = human(d["n"])
+            d["total_iec"] = human(d["total"]) if d["total"] is not None else "?"
+            d["rate_iec"] = f"{human(rate)}/s" if rate else "?/s"
+            return d
+
+    if total is None:
+        fmt = "{desc}: {n_iec} [{elapsed}, {rate_iec}]"
+    else:
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}]"
+    try:  # a terminal that reports no width (0 columns, as a fresh pty does) gets 80, not an empty bar
+        ncols = None if os.get_terminal_size(sys.stderr.fileno()).columns else 80
+    except OSError:
+        ncols = 80
+    return IECBar(total=total, desc=desc, file=sys.stderr, bar_format=fmt, mininterval=0.2, ncols=ncols)
+
+
+def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:
+    """An error's one line on stderr: with --json, one JSON object (docs/cli.md), else text."""
+    if getattr(args, "json", False):
+        import orjson
+
+        line = orjson.dumps({"code": code, "exit": exit_code, "message": message})
+        sys.stderr.buffer.write(line + b"\n")
+        sys.stderr.flush()
+    else:
+        print(f"p2pfast: {message}", file=sys.stderr)
+    return exit_code
 
 
 def _print_json(obj: Any) -> None:
@@ -308,10 +368,17 @@ def _listing(
     return 0
 
 
-def _when(t: float) -> str:
+def _when(t: str) -> str:
+    """An RFC 3339 time of a listing (listings.rfc3339) in local time, for the table."""
     import datetime
 
-    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromisoformat(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _shown(key: str) -> str:
+    """A key for a table or result line: printable as is, otherwise escaped (store.objects.show_key, for
+    a str; that module is too heavy for a command that only asks the daemon). --json has the key itself."""
+    return key if key.isprintable() else repr(key)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -319,7 +386,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         args,
         "peers",
         ("ID", "ADDRESS", "LAST SEEN", "STATUS"),
-        lambda r: ((r["id"] or "?")[:16], r["address"], _when(r["last_seen"]), r["status"]),
+        lambda r: ((r["peer_id"] or "?")[:16], r["address"], _when(r["last_seen_at"]), r["status"]),
     )
 
 
@@ -328,7 +395,7 @@ def cmd_shares(args: argparse.Namespace) -> int:
         args,
         "shares",
         ("CONTENT ID", "PEER", "ACKNOWLEDGED"),
-        lambda r: (r["cid"][:15] + "…", r["peer"][:16], _when(r["acked_at"])),
+        lambda r: (r["cid"][:15] + "…", r["peer_id"][:16], _when(r["acked_at"])),
     )
 
 
@@ -337,7 +404,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         args,
         "files",
         ("KEY", "SIZE", "CONTENT ID", "CREATED"),
-        lambda r: (r["key"], human(r["size"]), r["cid"][:15] + "…", _when(r["created"])),
+        lambda r: (_shown(r["key"]), human(r["size"]), r["cid"][:15] + "…", _when(r["created_at"])),
         right=frozenset({1}),
     )
 
@@ -345,9 +412,20 @@ def cmd_files(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     import time
 
+    from p2pfast import ctl
+
+    # A peer the running daemon is connected to stays, however old its row (the daemon refreshes it
+    # every gossip round, but a round may be longer than --older-than).
+    try:
+        sock = _layout(args).root / ctl.SOCKET_NAME
+        rows = ctl.call(sock, {"cmd": "peers"}, timeout=STATUS_TIMEOUT)["rows"]
+        connected = {r["peer_id"] for r in rows if r["status"] == "connected" and r["peer_id"]}
+    except ctl.DaemonNotRunning:
+        connected = set()
     with _open_repo(args, readonly=False) as repo:
-        n = repo.remove_peers_older_than(time.time() - args.older_than)
-    print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s")
+        n = repo.remove_peers_older_than(time.time() - args.older_than, keep=connected)
+    kept = f" (kept {len(connected)} connected)" if connected else ""
+    print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s{kept}")
     return 0
 
 
@@ -364,28 +442,27 @@ def parse_duration(text: str) -> float:
 
 
 def _network(
-    args: argparse.Namespace, request: dict[str, Any], fds: Sequence[int], total: int | None, desc: str
+    args: argparse.Namespace, request: dict[str, Any], fds: Sequence[int], total: int | None = None
 ) -> dict[str, Any]:
     """Run a network command: through the daemon serving this data dir if one runs, else in a node
-    started for this command alone (it dials out, waits until its peer table settles, does the work)."""
+    started for this command alone (it dials out, waits until its peer table settles, does the work).
+    `total`: a store's input size, when known."""
     from p2pfast import ctl
 
     sock = _layout(args).root / ctl.SOCKET_NAME
-    with _progress(total, desc) as bar:
-        shown = 0
-
-        def on_progress(p: dict[str, Any]) -> None:
-            nonlocal shown
-            done = p.get("done")
-            if bar is not None and type(done) is int and done > shown:
-                bar(done - shown)
-                shown = done
-
-        request = {**request, "progress": bar is not None}
+    # Events only for a terminal, and not for a store known to be small (a get learns its size later).
+    bars = None
+    if request["cmd"] in ("store", "get") and sys.stderr.isatty():
+        bars = _Bars() if total is None or total >= PROGRESS_MIN_BYTES else None
+    request = {**request, "progress": bars is not None}
+    try:
         try:
-            return ctl.call(sock, request, fds, on_progress=on_progress)
+            return ctl.call(sock, request, fds, on_progress=bars)
         except ctl.DaemonNotRunning:
-            return _embedded(args, request, list(fds), on_progress)
+            return _embedded(args, request, list(fds), bars or (lambda p: None))
+    finally:
+        if bars is not None:
+            bars.close()
 
 
 def _embedded(
@@ -426,7 +503,7 @@ def cmd_store(args: argparse.Namespace) -> int:
             raise BadInput(f"cannot store {path}: it is a directory")
         size = st.st_size
     try:
-        r = _network(args, {"cmd": "store", "key": args.key, "size": size}, [fd], size, "store")
+        r = _network(args, {"cmd": "store", "key": args.key, "size": size}, [fd], size)
     finally:
         if close:
             os.close(fd)
@@ -434,8 +511,9 @@ def cmd_store(args: argparse.Namespace) -> int:
         _print_json(r)
         return 0
     dedup = "  (deduplicated)" if r["deduplicated"] else ""
-    where = f"on {len(r['replicas'])}/{r['targets']} peers" if r["targets"] else "on no peer (none connected)"
-    print(f"stored {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {where}{dedup}")
+    n, target = len(r["replicated_to"]), r["replica_target"]
+    where = f"on {n}/{target} peers" if target else "on no peer (none connected)"
+    print(f"stored {_shown(r['key'])}  {human(r['size'])}  {r['cid'][:15]}…  {where}{dedup}")
     for peer, why in sorted(r["failed"].items()):
         print(f"  not on {peer[:16]}: {why}", file=sys.stderr)
     return 0
@@ -447,34 +525,34 @@ def cmd_get(args: argparse.Namespace) -> int:
     request = {"cmd": "get", "key": args.key, "keep": args.keep}
     if args.output is None or args.output == "-":
         sys.stdout.flush()
-        r = _network(args, request, [sys.stdout.fileno()], None, "get")
+        r = _network(args, request, [sys.stdout.fileno()])
     else:
         out = Path(args.output)
         # The output appears only once it is complete and verified; a failure leaves nothing.
         with DurableFile(out.parent, mode=0o644, prefix=f".{out.name}.") as f:
-            r = _network(args, request, [f.fd], None, "get")
+            r = _network(args, request, [f.fd])
             f.commit(out)
     if args.output in (None, "-"):
         return 0  # stdout carries the data: nothing else goes there
     if args.json:
         _print_json(r)
     else:
-        source = "local" if r["source"] == "local" else f"from {r['source'][:16]}"
+        source = "local" if r["source"] == "local" else f"from {r['peer_id'][:16]}"
         if r.get("kept"):
             source += ", kept a local replica"
-        print(f"got {r['key']}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
+        print(f"got {_shown(r['key'])}  {human(r['size'])}  {r['cid'][:15]}…  {source}", file=sys.stderr)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    r = _network(args, {"cmd": "delete", "key": args.key}, [], None, "delete")
+    r = _network(args, {"cmd": "delete", "key": args.key}, [])
     if args.json:
         _print_json(r)
     else:
         here = "here and " if r["local"] else ""
         kept = "  (object kept: other keys refer to it)" if r["local"] and not r["object_removed"] else ""
-        n = len(r["peers"])
-        print(f"deleted {r['key']}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
+        n = len(r["confirmed_by"])
+        print(f"deleted {_shown(r['key'])}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
     return 0
 
 
@@ -564,10 +642,10 @@ def _duration(seconds: float) -> str:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from p2pfast import config
 
-    rows = config.show(args.config_obj)
     if args.json:
-        _print_json({k: {"value": v, "source": src} for k, v, src in rows})
+        _print_json(config.show_typed(args.config_obj))
         return 0
+    rows = config.show(args.config_obj)
     _print_table([("KEY", "VALUE", "SOURCE"), *rows])
     return 0
 
@@ -620,14 +698,65 @@ def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
     g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
 
 
+class _Parser(argparse.ArgumentParser):
+    """With --json on the command line, a usage error is one JSON line too (docs/cli.md)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> Any:
+        if _Parser.json_errors:
+            import orjson
+
+            line = orjson.dumps({"code": "usage", "exit": 2, "message": f"{self.prog}: {message}"})
+            sys.stderr.buffer.write(line + b"\n")
+            sys.stderr.flush()
+            sys.exit(2)
+        super().error(message)
+
+
+# The flags every command that reads the data dir takes, after the command or before it; given in both
+# places, the one after the command wins.
+GLOBAL_FLAGS = ("config", "data_dir", "master_key_file", "log_level")
+
+
+def _global_flags(p: argparse.ArgumentParser, dest: str = "") -> None:
+    config_help = "config file (default: ~/.p2p/config, if it exists)"
+    p.add_argument("--config", dest=f"{dest}config", help=config_help)
+    data_help = "node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)"
+    p.add_argument("--data-dir", dest=f"{dest}data_dir", help=data_help)
+    key_help = "master key file (default: DATA_DIR/master.key)"
+    p.add_argument("--master-key-file", dest=f"{dest}master_key_file", help=key_help)
+    p.add_argument("--log-level", dest=f"{dest}log_level", choices=["debug", "info", "warning", "error"])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with the global flags (and --json) that came before the command moved to it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in GLOBAL_FLAGS:
+        value = getattr(args, f"global_{name}")
+        delattr(args, f"global_{name}")
+        if value is None:
+            continue
+        if not hasattr(args, name):
+            parser.error(f"{args.command} takes no --{name.replace('_', '-')}")
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.global_json:
+        args.json = True
+    del args.global_json
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
+    p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
     p.add_argument("--version", action="version", version=_version())
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: ~/.p2p/config, if it exists)")
-    common.add_argument("--data-dir", help="node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)")
-    common.add_argument("--master-key-file", help="master key file (default: DATA_DIR/master.key)")
-    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _global_flags(p, dest="global_")
+    p.add_argument("--json", dest="global_json", action="store_true", help="print results and errors as JSON")
+    common = _Parser(add_help=False)
+    _global_flags(common)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("init", parents=[common], help="create the data dir, keys, repo and config file")
@@ -699,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from p2pfast import config, log
     from p2pfast.errors import InternalError, P2PError
 
@@ -722,22 +851,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.setup("warning")
         return int(args.func(args))
     except P2PError as exc:
-        print(f"p2pfast: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, exc.name, exc.exit_code, str(exc))
     except BrokenPipeError:
         # The reader went away (`p2pfast get k | head`): not our error to report.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
-        print("p2pfast: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130, "interrupted")
     except Exception as exc:  # a bug: one line, the exit code says so, traceback only in debug
         import logging
 
-        logging.getLogger("p2pfast").debug("unhandled", exc_info=True)
+        logging.getLogger("p2pfast").debug("event=unhandled", exc_info=True)
         err = InternalError(f"{type(exc).__name__}: {exc}")
-        print(f"p2pfast: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(args, err.name, err.exit_code, str(err))
 
 
 if __name__ == "__main__":

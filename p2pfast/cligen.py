@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-# Arguments that name a file or a directory on this machine, by dest: completed as paths. Keys and
-# addresses are not paths, so they get no completion.
-_FILE_DESTS = frozenset({"file", "output", "config", "master_key_file"})
+# Arguments that name a file or a directory on this machine, by dest (the global flags before the command
+# have a "global_" prefix): completed as paths. Keys and addresses are not paths: no completion there.
+_FILE_DESTS = frozenset({"file", "output", "config", "master_key_file", "join_file"})
 _DIR_DESTS = frozenset({"data_dir"})
 
 _ENVIRONMENT = (
@@ -43,9 +43,10 @@ def completion(parser: argparse.ArgumentParser, shell: str) -> str:
     import shtab
 
     for action in _actions(parser):
-        if action.dest in _FILE_DESTS:
+        dest = action.dest.removeprefix("global_")
+        if dest in _FILE_DESTS:
             action.complete = shtab.FILE  # type: ignore[attr-defined]
-        elif action.dest in _DIR_DESTS:
+        elif dest in _DIR_DESTS:
             action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     return str(shtab.complete(parser, shell=shell))
 

@@ -12,8 +12,10 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     status  {}                          the node's Node.status()
     files, shares, peers  {}            {"rows": [...]} as listings.py makes them
 
-Results are JSON objects too; progress goes to `progress({"done": bytes, "total": bytes|null})`, at most
-every PROGRESS_STEP bytes.
+Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
+"Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
+two phases, `store` (the input read and sealed here) and `replicate` (bytes sent to its replicas, all
+together); a get has one, `get`, whose total is sent as soon as the object's size is known.
 """
 
 from __future__ import annotations
@@ -39,21 +41,32 @@ PROGRESS_STEP = 8 * 1024 * 1024
 
 
 class _Meter:
-    """Counts bytes (from the loop or a worker thread) and reports to `progress` on the loop thread.
+    """Counts a phase's bytes (from the loop or a worker thread) and reports to `progress` on the loop
+    thread; `begin` starts a phase (node.Progress).
 
     It is also how a cancelled request stops work already running on the DB thread (cancelling the
     coroutine does not stop a thread): once `gone` is set, the next count raises, and the store or read
     in that thread aborts and cleans up. A client that hits Ctrl-C in the middle of `store -` must not
     leave a truncated file stored as a success."""
 
-    def __init__(self, progress: Progress | None, total: int | None) -> None:
+    def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
-        self.total = total
+        self.phase = ""
+        self.total: int | None = None
+        self.peers = 1
         self.done = 0
         self.reported = 0
         self.gone = False
         self.lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
+
+    def begin(self, phase: str, total: int | None, peers: int = 1) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.phase, self.total, self.peers = phase, total, peers
+            self.done = self.reported = 0
+        self.loop.call_soon_threadsafe(self._report, phase, 0, total, peers)
 
     def __call__(self, n: int) -> None:
         if self.gone:
@@ -65,13 +78,14 @@ class _Meter:
             if self.done - self.reported < PROGRESS_STEP and self.done != self.total:
                 return
             self.reported = done = self.done
-        self.loop.call_soon_threadsafe(self._report, done)
+            phase, total, peers = self.phase, self.total, self.peers
+        self.loop.call_soon_threadsafe(self._report, phase, done, total, peers)
 
-    def _report(self, done: int) -> None:
+    def _report(self, phase: str, done: int, total: int | None, peers: int) -> None:
         assert self.progress is not None
         # ClientGone: the client went away; the control socket cancels the request itself
         with contextlib.suppress(P2PError):
-            self.progress({"done": done, "total": self.total})
+            self.progress({"phase": phase, "done": done, "total": total, "peers": peers})
 
 
 def _fd(fds: list[int], what: str) -> int:
@@ -132,7 +146,9 @@ async def _with_fd(
     # Progress lines only for a client that shows them (a bar, on a terminal): for most requests they
     # would be one more write and wake-up each way.
     wanted = progress if request.get("progress") is True else None
-    meter = _Meter(wanted, size if cmd == "store" and type(size) is int else None)
+    meter = _Meter(wanted)
+    if cmd == "store":
+        meter.begin("store", size if type(size) is int else None)
     # The DB thread gets its own copy of the caller's fd: the caller (the control socket) closes its fds
     # when this coroutine ends, which on cancellation is before the thread has finished with them. The
     # copy is closed by a job queued on that same one-thread executor, so after every job that uses it.

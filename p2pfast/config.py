@@ -288,3 +288,20 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
             text = str(value)
         rows.append((name, text, cfg.sources.get(name, "default")))
     return rows
+
+
+def show_typed(cfg: Config) -> dict[str, dict[str, Any]]:
+    """`config show --json`: key -> {"value", "source"}, each value typed as JSON (docs/cli.md): numbers,
+    arrays for lists, paths resolved under the data dir, and null where the file says all/none/off
+    (replicas: every connected peer; max_object: no limit; metrics_listen: no listener)."""
+    root = Path(cfg.data_dir)
+    paths = {"db": "p2p.db", "master_key_file": "master.key", "network_key_file": "network.key"}
+    out: dict[str, dict[str, Any]] = {}
+    for name in PARSERS:
+        value = getattr(cfg, name)
+        if value is None and name in paths:
+            value = str(root / paths[name])
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = {"value": value, "source": cfg.sources.get(name, "default")}
+    return out

@@ -11,11 +11,13 @@ own uid are served (SO_PEERCRED, on Linux). One request per connection:
                      pipes and stdin mean what they mean to the CLI, and the CLI owns its output.
   daemon -> client   zero or more progress lines      {"progress": {...}}
                      then exactly one final line       {"ok": true, "result": {...}}
-                                                  or   {"ok": false, "error": "<one line>", "exit_code": N}
+                                                  or   {"ok": false, "error": "<one line>", "exit_code": N,
+                                                        "code": "<P2PError.name>"}
                      and the daemon closes the connection.
 
-N is the exit code of the P2PError the daemon raised (errors.py); the client raises the class of that
-code again, with the daemon's message. Progress lines are advisory: a client that reads slowly loses some
+N is the exit code of the P2PError the daemon raised (errors.py) and "code" its class's name; the client
+raises that class again (by code, else the most general class of the exit code), with the daemon's
+message. Progress lines are advisory: a client that reads slowly loses some
 (the daemon keeps at most MAX_PENDING_PROGRESS bytes of them), never the final line. After its request
 the client sends nothing and keeps the connection open until the final line: the daemon reads a close
 (or anything else) before then as the client having gone away, cancels the request, and makes the
@@ -156,10 +158,15 @@ def exception_for(exit_code: int) -> type[P2PError]:
     return _BY_EXIT_CODE.get(exit_code, P2PError)
 
 
-def remote_error(exit_code: int, message: str) -> P2PError:
+_BY_CODE = {c.name: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, P2PError)}
+
+
+def remote_error(exit_code: int, message: str, code: object = None) -> P2PError:
     """The exception a daemon's error reply stands for, whose str() is the daemon's message: the class's
     own prefix ("not found: ") is taken off the message, since the class puts it back."""
-    cls = exception_for(exit_code)
+    cls = _BY_CODE.get(code) if isinstance(code, str) else None
+    if cls is None or cls.exit_code != exit_code:
+        cls = exception_for(exit_code)
     template = (cls.__doc__ or "{}").strip().splitlines()[0]
     prefix = template.partition("{}")[0]
     if prefix and message.startswith(prefix):
@@ -292,7 +299,7 @@ def _read_reply(
             return result
         error, code = msg.get("error"), msg.get("exit_code")
         if msg.get("ok") is False and isinstance(error, str) and type(code) is int:
-            raise remote_error(code, error)
+            raise remote_error(code, error, msg.get("code"))
         raise ProtocolError(f"the daemon sent a malformed reply: {line[:200]!r}")
 
 
@@ -436,7 +443,7 @@ def _one_line(text: str) -> str:
 
 
 def _error_line(exc: P2PError) -> bytes:
-    reply = {"ok": False, "error": _one_line(str(exc)), "exit_code": exc.exit_code}
+    reply = {"ok": False, "error": _one_line(str(exc)), "exit_code": exc.exit_code, "code": exc.name}
     return orjson.dumps(reply, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -617,7 +624,8 @@ class CtlServer:
             reply = _Reply(loop, sock)
             line = await self._answer(loop, sock, fds, reply)
             if line is not None and not await reply.finish(line, REPLY_TIMEOUT):
-                log.info("event=ctl_reply_abandoned reason='client not reading' timeout=%s", REPLY_TIMEOUT)
+                why = "client not reading"
+                log.info("event=ctl_reply_abandoned reason=%s timeout=%s", why, REPLY_TIMEOUT)
         except asyncio.CancelledError:
             # close(): the handler is cancelled by now; tell the client why, briefly, then go.
             if reply is not None:

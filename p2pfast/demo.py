@@ -20,6 +20,7 @@ from typing import TypeVar
 import blake3
 
 from p2pfast import __version__, _accel, identity, runtime, selftest
+from p2pfast.cli import human
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import IntegrityError, PeerUnavailable
 from p2pfast.node import Node
@@ -56,7 +57,7 @@ async def _step(name: str, size: int | None, aw: Awaitable[T]) -> T:
     t0 = time.perf_counter()
     result = await aw
     dt = time.perf_counter() - t0
-    rate = f"  {size / dt / 1e6:9.1f} MB/s" if size and dt > 0 else ""
+    rate = f"  {human(size / dt) + '/s':>12}" if size and dt > 0 else ""  # binary units, as everywhere
     print(f"  {name:<34} {dt * 1000:9.1f} ms{rate}", flush=True)
     return result
 
@@ -109,8 +110,8 @@ async def _demo(tmp: Path, size: int) -> None:
         finally:
             os.close(fd)
         print(f"    stored {report.key} as {report.cid}")
-        print(f"    replicas: {', '.join(names[p] for p in report.replicas) or 'none'} (and A itself)")
-        holder = b if b.node_id in report.replicas else c
+        print(f"    replicas: {', '.join(names[p] for p in report.replicated_to) or 'none'} (and A itself)")
+        holder = b if b.node_id in report.replicated_to else c
         other = c if holder is b else b
         other_name = names[other.node_id]
 
@@ -140,7 +141,8 @@ def run_demo(size: int, keep: bool = False) -> int:
     selftest.run()
     kernels = "Cython kernels" if _accel.ACCELERATED else "pure-Python kernels"
     tmp = Path(tempfile.mkdtemp(prefix="p2pfast-demo-"))
-    print(f"p2pfast {__version__} demo ({kernels}), {size:,} bytes, 3 nodes on loopback, in {tmp}")
+    what = f"{human(size)} ({size:,} bytes), 3 nodes on loopback"
+    print(f"p2pfast {__version__} demo ({kernels}), {what}, in {tmp}")
     try:
         runtime.run(_demo(tmp, size))
         print("demo ok")

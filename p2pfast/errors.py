@@ -7,6 +7,7 @@ Exit codes (documented in README.md):
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -14,6 +15,16 @@ class P2PError(Exception):
     """Error: {}"""
 
     exit_code: ClassVar[int] = 1
+    # The stable name of the error in `--json` error lines (docs/cli.md): for a class of this module, its
+    # name in snake_case (NotFound: "not_found"); a subclass elsewhere (net.session.RequestFailed) keeps
+    # its parent's, so a script sees the same code whichever layer raised it, through a daemon or not.
+    # (The attribute is `name`: ProtocolError.code is the wire error code sent to the peer.)
+    name: ClassVar[str] = "error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ and cls.__module__ == __name__:
+            cls.name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import blake3
 import orjson
@@ -56,15 +57,17 @@ STREAM_CHUNK = 4 * 1024 * 1024
 ABORT_TIMEOUT = 10.0
 
 
+# The reports' fields are the `--json` results of store, get and delete (docs/cli.md): node ids are
+# `peer_id`s, a list is named for what it holds and a count says it counts, keys are the exact string.
 @dataclass(frozen=True, slots=True)
 class StoreReport:
     key: str
     cid: str
     size: int
     deduplicated: bool
-    replicas: list[str]  # node ids that acknowledged a durable copy
-    failed: dict[str, str]  # node id -> why it holds no copy
-    targets: int  # peers chosen as replicas
+    replicated_to: list[str]  # peer ids that acknowledged a durable copy
+    failed: dict[str, str]  # peer id -> why it holds no copy
+    replica_target: int  # peers chosen as replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +75,10 @@ class GetReport:
     key: str
     cid: str
     size: int
-    source: str  # "local" or the node id it came from
+    source: str  # "local" (this node's copy) or "peer" (fetched)
+    peer_id: str | None = None  # with source "peer": the holder that served the most bytes
     kept: bool = False  # a local replica was stored (get --keep)
-    holders: int = 0  # peers that served part of it (a get fetches from several at once)
+    holder_count: int = 0  # peers that served part of it (a get fetches from several at once)
     repaired: bool = False  # the local copy failed its check; a peer's verified copy replaced it
 
 
@@ -84,13 +88,27 @@ class DeleteReport:
     cid: str
     local: bool  # this node held the file
     object_removed: bool  # its object went too (no other key here referred to it)
-    peers: list[str]  # peers that confirmed the delete
+    confirmed_by: list[str]  # peer ids that confirmed the delete
+
+
+class Progress(Protocol):
+    """What a store or get reports its progress to (commands._Meter): bytes as they are done, in phases
+    (docs/cli.md, "Progress")."""
+
+    def __call__(self, n: int) -> None: ...
+
+    def begin(self, phase: str, total: int | None, peers: int = 1) -> None: ...
 
 
 def _main_source(served: dict[str, int], holders: list[Session]) -> str:
     """The holder a fetch names as its source: the one that served the most bytes (an empty object: the
     first asked)."""
     return max(served, key=lambda p: served[p]) if served else holders[0].peer_id
+
+
+def _sized(progress: Progress | None) -> Callable[[int], None] | None:
+    """For a fetch: once the holders' segment list gives the object's size, the get phase begins."""
+    return None if progress is None else functools.partial(progress.begin, "get")
 
 
 class _GroupWrite:
@@ -231,7 +249,7 @@ class Node:
         if left:
             # Bounded too: a cancelled transfer only unwinds (closes streams, queues its abort).
             await asyncio.wait(left, timeout=ABORT_TIMEOUT)
-            log.warning("event=shutdown phase=abort aborted=%d reason='drain timeout'", len(left))
+            log.warning("event=shutdown phase=abort aborted=%d reason=%s", len(left), "drain timeout")
         return len(left)
 
     async def wait_stopped(self) -> None:
@@ -357,6 +375,9 @@ class Node:
         while True:
             await asyncio.sleep(self.limits.gossip_interval)
             try:
+                # Connected peers are seen now: `cleanup --older-than` must never forget a live peer.
+                live = [(s.listen_addr, p) for p, s in self.peers.sessions.items() if s.listen_addr]
+                await self.db(self.repo.touch_peers, live, time.time())
                 known = await self._recent_peers()  # one query a round, not one per peer
                 for session in list(self.peers.sessions.values()):
                     self._send_pex(session, known)
@@ -462,15 +483,17 @@ class Node:
         )
         return ranked[: self.replicas]
 
-    async def store_fd(self, key: str, fd: int, progress: Any = None) -> StoreReport:
+    async def store_fd(self, key: str, fd: int, progress: Progress | None = None) -> StoreReport:
         """Store locally (durable), then replicate; returns who acknowledged a copy."""
         if clientio.is_stream(fd):
             result = await self._put_stream(key, fd, progress)
         else:
             result = await self.db(self.store.put_fd, key, fd, progress)
         targets = self.replica_set(result.cid)
+        if progress is not None and targets:  # the second phase: what goes to the replicas
+            progress.begin("replicate", result.size * len(targets), len(targets))
         outcome = await transfer.replicate(
-            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext
+            targets, self.store, self.db, result.key, result.cid, result.size, result.plaintext, progress
         )
         now = time.time()
         await self._shares.add([(result.cid, peer, now) for peer in outcome.acked])
@@ -483,7 +506,7 @@ class Node:
             len(targets),
         )
         return StoreReport(
-            show_key(result.key),
+            result.key.decode(),
             result.cid,
             result.size,
             result.deduplicated,
@@ -554,7 +577,9 @@ class Node:
         holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
         return cid, holders
 
-    async def get_fd(self, key: str, out_fd: int, progress: Any = None, keep: bool = False) -> GetReport:
+    async def get_fd(
+        self, key: str, out_fd: int, progress: Progress | None = None, keep: bool = False
+    ) -> GetReport:
         """Write the plaintext of `key` to out_fd: from the local store, else verified from a peer; with
         `keep`, a fetched file is also stored here (a local replica, under this node's keys)."""
         raw = encode_key(key)
@@ -563,29 +588,39 @@ class Node:
         except NotFound:
             pass
         else:
+            if progress is not None:
+                progress.begin("get", size)
             if clientio.is_stream(out_fd):
                 await self._read_to_stream(raw, cid, size, out_fd, progress)
-                return GetReport(show_key(raw), cid, size, "local")
+                return GetReport(key, cid, size, "local")
             start = os.lseek(out_fd, 0, os.SEEK_CUR)
             try:
                 await self.db(self.store.read, raw, out_fd, 0, -1, progress)
             except IntegrityError as exc:
                 return await self._repair(raw, cid, out_fd, start, progress, exc)
-            return GetReport(show_key(raw), cid, size, "local")
+            return GetReport(key, cid, size, "local")
         cid, holders = await self.locate(raw)
         upload = await self.db(self.store.begin, raw) if keep else None
         try:
-            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            size, served = await transfer.fetch(
+                holders, cid, out_fd, self.db, progress, upload, _sized(progress)
+            )
             source = _main_source(served, holders)
             if upload is not None:
                 await self.db(upload.finish, cid, [source])  # its holder goes into shares with it
         finally:
             if upload is not None:
                 self.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
-        return GetReport(show_key(raw), cid, size, source, upload is not None, len(served))
+        return GetReport(key, cid, size, "peer", source, upload is not None, len(served))
 
     async def _repair(
-        self, raw: bytes, cid: str, out_fd: int, start: int, progress: Any, failure: IntegrityError
+        self,
+        raw: bytes,
+        cid: str,
+        out_fd: int,
+        start: int,
+        progress: Progress | None,
+        failure: IntegrityError,
     ) -> GetReport:
         """The local copy failed its check part way: take back what was written (the output is a file),
         fetch the object from the peers that hold it, verified, and put that copy in place of the bad
@@ -612,7 +647,9 @@ class Node:
         )
         upload = await self.db(self.store.begin, raw)
         try:
-            size, served = await transfer.fetch(holders, cid, out_fd, self.db, progress, upload)
+            size, served = await transfer.fetch(
+                holders, cid, out_fd, self.db, progress, upload, _sized(progress)
+            )
             await self.db(upload.finish_repair, cid)
         except P2PError as exc:
             log.warning("event=repair_failed key=%s cid=%s error=%r", show_key(raw), cid, str(exc))
@@ -623,7 +660,7 @@ class Node:
         COUNTERS.integrity_failures += 1  # recovered from, so commands.py never sees it: counted here
         source = _main_source(served, holders)
         log.warning("event=local_copy_repaired key=%s cid=%s source=%s", show_key(raw), cid, source[:12])
-        return GetReport(show_key(raw), cid, size, source, holders=len(served), repaired=True)
+        return GetReport(raw.decode(), cid, size, "peer", source, holder_count=len(served), repaired=True)
 
     async def _read_to_stream(self, key: bytes, cid: str, size: int, out_fd: int, progress: Any) -> None:
         """store.read for a pipe or socket: chunks decrypted and verified on the DB thread (the next one
@@ -651,7 +688,7 @@ class Node:
         log.info(
             "event=deleted key=%s cid=%s local=%s peers=%d", show_key(raw), cid, row is not None, len(peers)
         )
-        return DeleteReport(show_key(raw), cid, row is not None, orphaned, peers)
+        return DeleteReport(key, cid, row is not None, orphaned, peers)
 
     async def _apply_delete(self, key: bytes, cid: str, at: float, origin: str) -> tuple[bool, bool]:
         """Record the tombstone and drop the file (row first, then the object); returns (news to us,

@@ -542,11 +542,11 @@ def cli_home(tmp_path: Path, **extra: str) -> dict[str, str]:
     return cli_env(HOME=str(tmp_path), **extra)
 
 
-def show_json(tmp_path: Path, *args: str | os.PathLike[str], **env: str) -> dict[str, dict[str, str]]:
+def show_json(tmp_path: Path, *args: str | os.PathLike[str], **env: str) -> dict[str, dict[str, Any]]:
     r = run_cli("config", "show", *args, "--json", env=cli_home(tmp_path, **env))
     assert r.returncode == 0, r.stderr
     assert error_lines(r.stderr) == []
-    out: dict[str, dict[str, str]] = json.loads(r.stdout)
+    out: dict[str, dict[str, Any]] = json.loads(r.stdout)
     return out
 
 
@@ -556,10 +556,10 @@ def test_cli_show_json(tmp_path: Path) -> None:
     assert list(out) == ALL_KEYS
     assert out["listen"] == {"value": "127.0.0.1:4000", "source": "flag"}
     assert out["log_level"] == {"value": "info", "source": f"{conf}:2"}
-    assert out["bootstrap"] == {"value": "h1:3000,h2:3001", "source": f"{conf}:4"}
+    assert out["bootstrap"] == {"value": ["h1:3000", "h2:3001"], "source": f"{conf}:4"}
     assert out["data_dir"] == {"value": str(tmp_path / ".p2p"), "source": "default"}
     assert out["db"] == {"value": str(tmp_path / ".p2p" / "p2p.db"), "source": "default"}
-    assert out["replicas"] == {"value": "all", "source": "default"}
+    assert out["replicas"] == {"value": None, "source": "default"}  # all: every connected peer
     others = set(ALL_KEYS) - {"listen", "log_level", "bootstrap"}
     assert {k: out[k]["source"] for k in others} == dict.fromkeys(others, "default")
 
@@ -567,7 +567,7 @@ def test_cli_show_json(tmp_path: Path) -> None:
 def test_cli_show_reads_default_file_under_home(tmp_path: Path) -> None:
     conf = write(tmp_path / ".p2p" / "config", "replicas=3\n")
     out = show_json(tmp_path)
-    assert out["replicas"] == {"value": "3", "source": f"{conf}:1"}
+    assert out["replicas"] == {"value": 3, "source": f"{conf}:1"}
 
 
 def test_cli_show_flags_and_env(tmp_path: Path) -> None:
@@ -585,12 +585,33 @@ def test_cli_show_flags_and_env(tmp_path: Path) -> None:
     assert out["data_dir"] == {"value": "/srv/from-file", "source": f"{conf}:1"}  # file beats env
     assert out["listen"] == {"value": ":4001", "source": f"{conf}:2"}
     assert out["log_level"] == {"value": "debug", "source": "flag"}
-    assert out["bootstrap"] == {"value": "a:1,b:2", "source": "flag"}
+    assert out["bootstrap"] == {"value": ["a:1", "b:2"], "source": "flag"}
 
     out = show_json(tmp_path, "--data-dir", tmp_path / "flag-dir", P2PFAST_DATA_DIR=str(tmp_path / "e"))
     assert out["data_dir"] == {"value": str(tmp_path / "flag-dir"), "source": "flag"}
     out = show_json(tmp_path, P2PFAST_DATA_DIR=str(tmp_path / "e"))
     assert out["data_dir"] == {"value": str(tmp_path / "e"), "source": "env:P2PFAST_DATA_DIR"}
+
+
+def test_cli_show_json_values_are_typed(tmp_path: Path) -> None:
+    """Numbers are numbers, lists arrays, all/none/off null: a script reads them without parsing."""
+    text = "replicas=2\nmax_object=2G\nidle_timeout=12.5\nmetrics_listen=:9464\n"
+    conf = write(tmp_path / "p2p.conf", text)
+    out = {k: v["value"] for k, v in show_json(tmp_path, "--config", conf).items()}
+    assert out["replicas"] == 2 and out["max_object"] == 2 << 30 and out["max_streams"] == 16
+    assert out["idle_timeout"] == 12.5 and out["gossip_interval"] == 30.0
+    assert type(out["max_streams"]) is int and type(out["gossip_interval"]) is float
+    assert out["metrics_listen"] == ":9464" and out["bootstrap"] == []
+    unset = {k: v["value"] for k, v in show_json(tmp_path).items()}
+    assert unset["replicas"] is None and unset["max_object"] is None and unset["metrics_listen"] is None
+    assert unset["network_key_file"] == str(tmp_path / ".p2p" / "network.key")
+
+
+def spelled(key: str, value: Any) -> str:
+    """A typed `config show --json` value as the table (and the config file) spells it."""
+    if value is None:
+        return {"replicas": "all", "max_object": "none", "metrics_listen": "off"}[key]
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def test_cli_show_table(tmp_path: Path) -> None:
@@ -606,7 +627,7 @@ def test_cli_show_table(tmp_path: Path) -> None:
     assert [ln.split()[0] for ln in lines[1:]] == ALL_KEYS
     for line in lines[1:]:
         key = line[:value_col].strip()
-        assert line[value_col:source_col].strip() == want[key]["value"], line
+        assert line[value_col:source_col].strip() == spelled(key, want[key]["value"]), line
         assert line[source_col:] == want[key]["source"], line
     assert want["listen"]["source"] == "flag" and want["log_level"]["source"] == f"{conf}:1"
 

@@ -33,6 +33,7 @@ from p2pfast.errors import (
     P2PError,
     PeerUnavailable,
     ProtocolError,
+    RemoteProtocolError,
     StorageError,
 )
 
@@ -209,7 +210,20 @@ def test_fds_pass_both_ways_and_the_server_closes_its_copies(loop_kind: str, soc
     run_on(loop_kind, main)
 
 
-@pytest.mark.parametrize("cls", [NotFound, BadInput, IntegrityError, StorageError, DiskFull, ConfigError])
+@pytest.mark.parametrize(
+    "cls",
+    # the protocol errors share exit code 9: the reply's "code" says which (a --json error line names it)
+    [
+        NotFound,
+        BadInput,
+        IntegrityError,
+        StorageError,
+        DiskFull,
+        ConfigError,
+        LocalProtocolError,
+        RemoteProtocolError,
+    ],
+)
 def test_a_p2p_error_comes_back_as_its_class(cls: type[P2PError], sock_path: Path) -> None:
     async def handler(request: dict[str, Any], fds: list[int], progress: Progress) -> dict[str, Any]:
         raise cls("no file under key photos/cat.jpg")
@@ -220,7 +234,7 @@ def test_a_p2p_error_comes_back_as_its_class(cls: type[P2PError], sock_path: Pat
                 await call(sock_path, {"cmd": "get"})
             assert type(info.value) is cls
             assert str(info.value) == str(cls("no file under key photos/cat.jpg"))
-            assert info.value.exit_code == cls.exit_code
+            assert info.value.exit_code == cls.exit_code and info.value.name == cls.name
 
     run_on("uvloop", main)
 

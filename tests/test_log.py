@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # argv[1]: the level for setup(); argv[2]: which records to log
 SCRIPT = """
@@ -43,7 +45,25 @@ elif what == "exception":
         1 / 0
     except ZeroDivisionError:
         x.exception("event=crash")
+elif what == "odd":
+    # one value of each kind that needs quoting, by %s and by %r, beside numbers and a bare token
+    for key, value in ODD.items():
+        x.warning("event=odd name=%s as_s=%s as_r=%r n=%d f=%.1f", key, value, value, 7, 2.5)
 """
+
+# name -> a value that a bare logfmt token cannot carry (and one that it can)
+ODD = {
+    "space": "my file.bin",
+    "quotes": 'it said "no"',
+    "equals": "a=b",
+    "backslash": "C:\\dir\\x",
+    "empty": "",
+    "newline": "first\nsecond\r\n",
+    "tab": "a\tb",
+    "control": "bell\x07 del\x7f nul\x00",
+    "unicode": "é ü ☃ 😀 \u2028",
+    "plain": "token",
+}
 
 TS_LINE = re.compile(
     r"^ts=(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) level=(?P<level>[A-Z]+) logger=p2pfast\.x "
@@ -69,7 +89,7 @@ def run(tmp_path: Path, level: str, what: str, *, journal: bool | str) -> list[s
         if journal:
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}" if journal is True else journal
         out = subprocess.run(
-            [sys.executable, "-P", "-c", SCRIPT, level, what],
+            [sys.executable, "-P", "-c", f"ODD = {ODD!r}\n{SCRIPT}", level, what],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -176,3 +196,119 @@ def test_journal_stream_naming_another_file_means_plain_lines(tmp_path: Path, st
     # inherited from a parent whose stderr was the journal, but ours was redirected: not the journal
     lines = run(tmp_path, "info", "levels", journal=stale)
     assert lines and all(TS_LINE.match(line) for line in lines), lines
+
+
+# -- logfmt, read by an independent parser ---------------------------------------------------------------
+def parse(line: str) -> dict[str, str | bool]:
+    """One line as go-logfmt reads it (logfmtkv in strict mode: a stray quote or a bad escape fails),
+    every key once."""
+    import logfmtkv
+
+    pairs = logfmtkv.parse_pairs(line, strict=True)
+    keys = [p.key for p in pairs]
+    assert len(keys) == len(set(keys)), line
+    return {p.key: p.value for p in pairs}
+
+
+@pytest.mark.parametrize("journal", [False, True])
+def test_odd_values_are_quoted_logfmt(tmp_path: Path, journal: bool) -> None:
+    lines = run(tmp_path, "info", "odd", journal=journal)
+    assert len(lines) == len(ODD), lines
+    for line, (name, value) in zip(lines, ODD.items(), strict=True):
+        pairs = parse(line.removeprefix("<4>") if journal else line)
+        assert pairs["event"] == "odd" and pairs["name"] == name, line
+        assert pairs["as_s"] == value and pairs["as_r"] == value, line  # exactly the value, both ways
+        assert (pairs["n"], pairs["f"]) == ("7", "2.5")
+        assert ('"' in line.split("as_s=")[1][:1]) == (name != "plain"), line  # quoted only when needed
+        assert pairs["logger"] == "p2pfast.x" and pairs["level"] == "WARNING"
+
+
+def test_a_traceback_is_one_quoted_value(tmp_path: Path) -> None:
+    (line,) = run(tmp_path, "info", "exception", journal=False)
+    pairs = parse(line)
+    assert pairs["event"] == "crash"
+    exc = pairs["exc"]
+    assert isinstance(exc, str) and exc.startswith("Traceback (most recent call last):\n")
+    assert exc.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+def test_a_nodes_real_log_lines_are_logfmt(tmp_path: Path) -> None:
+    """A daemon's own lines, from its real code paths, with a key holding a space, quotes, `=` and a
+    backslash, and an error message that quotes it: every line parses, and the values are exact."""
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    from netnodes import make_nodes, running
+    from nodetools import run_cli
+
+    (a,) = make_nodes(tmp_path, 1)
+    key = 'my "odd" key = C:\\x'
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 5000)
+    with running([a]):
+        a.start("--log-level", "debug")
+        assert run_cli("store", key, src, "--data-dir", a.root).returncode == 0
+        missing = run_cli("get", 'it\'s "gone"', "-o", tmp_path / "o", "--data-dir", a.root)
+        assert missing.returncode != 0
+        assert a.stop() == 0
+    lines = a.log_path.read_text().splitlines()
+    # serve's one plain line for a person (daemon.py) is the only line that is not a log record
+    assert sum(line.startswith("p2pfast: serving node ") for line in lines) == 1, lines
+    lines = [line for line in lines if not line.startswith("p2pfast: serving node ")]
+    parsed = [parse(line) for line in lines]
+    assert all(p["ts"] and p["level"] and p["logger"] and p["event"] for p in parsed), lines
+    events = {str(p["event"]): p for p in parsed}
+    assert events["stored"]["key"] == key, lines
+    assert events["ctl_request"]["cmd"] in ("store", "get", "status")
+    message = missing.stderr.decode().strip().splitlines()[-1].removeprefix("p2pfast: ")
+    assert events["ctl_error"]["error"] == message and '"gone"' in message, lines
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
+
+
+def log_formats() -> list[tuple[str, str]]:
+    """(where, format string) of every logging call in the package's source."""
+    import ast
+
+    import p2pfast
+
+    found = []
+    for path in sorted(Path(p2pfast.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name, args = node.func.attr, node.args
+            if name == "log" and len(args) >= 2:
+                args = args[1:]
+            elif name not in LOG_METHODS or not args:
+                continue
+            target = node.func.value
+            is_logger = (isinstance(target, ast.Name) and target.id == "log") or (
+                isinstance(target, ast.Call) and getattr(target.func, "attr", "") == "getLogger"
+            )
+            if is_logger and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+                found.append((f"{path.name}:{node.lineno}", args[0].value))
+    return found
+
+
+def test_every_log_call_is_key_value_pairs() -> None:
+    """The literal part of each message is logfmt too: event= first, every token a pair, no literal
+    quoting (a value with spaces goes in as an argument, which log.py quotes)."""
+    formats = log_formats()
+    assert len(formats) > 40, formats  # the walk found the package's calls
+    for where, fmt in formats:
+        assert fmt.startswith("event="), (where, fmt)
+        assert "'" not in fmt and '"' not in fmt, (where, fmt)
+        pairs = parse(re.sub(r"%[-#0-9.]*[sdrf]", "X", fmt))
+        assert all(isinstance(v, str) and v for v in pairs.values()), (where, fmt)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_any_value_round_trips_through_an_independent_parser(value: str) -> None:
+    """Whatever a value holds, go-logfmt's reading of `k=<quoted>` gives it back exactly, and nothing
+    but printable text without spaces, quotes or `=` is left bare."""
+    from p2pfast import log
+
+    spelled = log.quote(value)
+    assert parse(f"k={spelled} after=1") == {"k": value, "after": "1"}
+    assert "\n" not in spelled and "\r" not in spelled

@@ -119,9 +119,11 @@ async def replicate(
     cid: str,
     size: int,
     plaintext: bytes | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> StoreOutcome:
     """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc.
-    `plaintext`, when the caller still holds the whole (small) object, saves reading it back."""
+    `plaintext`, when the caller still holds the whole (small) object, saves reading it back. `progress`
+    gets the bytes sent, summed over the replicas (a chunk sent to three counts three times)."""
     outcome = StoreOutcome(cid, size)
     live: dict[str, tuple[Session, Stream, asyncio.Task[dict[str, Any]]]] = {}
     opened = await asyncio.gather(
@@ -152,7 +154,7 @@ async def replicate(
         log.warning("event=replica_dropped peer=%s cid=%s reason=%r", peer[:12], cid, why)
 
     try:
-        await _fan_out(live, drop, run, store, cid, size, plaintext)
+        await _fan_out(live, drop, run, store, cid, size, plaintext, progress)
         for peer, (_, _, ack) in list(live.items()):
             try:
                 await _within(asyncio.shield(ack), ACK_TIMEOUT)
@@ -175,6 +177,7 @@ async def _fan_out(
     cid: str,
     size: int,
     plaintext: bytes | None,
+    progress: Callable[[int], object] | None = None,
 ) -> None:
     async def send(stream: Stream, chunk: bytes | bytearray, end: bool) -> None:
         await _within(stream.write(chunk, end=end), STALL_TIMEOUT)
@@ -204,6 +207,8 @@ async def _fan_out(
                     await asyncio.wait([ack], timeout=REASON_WAIT)
                     done_with_error = ack.done() and not ack.cancelled() and ack.exception() is not None
                     drop(peer, _reason(ack) if done_with_error else _describe(result))
+            if progress is not None:
+                progress(len(chunk) * len(live))
             if end:
                 return
 
@@ -652,6 +657,7 @@ async def fetch(
     run: Run,
     progress: Callable[[int], object] | None = None,
     keep: Upload | None = None,
+    on_size: Callable[[int], object] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Write the verified plaintext of `cid` to out_fd (at its current position, in order), fetched from
     up to MAX_HOLDERS holders at once (see above); returns the size and the bytes each holder served
@@ -662,6 +668,8 @@ async def fetch(
     if found is None:
         raise PeerUnavailable(f"no holder could serve {cid}: " + "; ".join(failures or ["no holder"]))
     size, leaves = found
+    if on_size is not None:  # what a progress bar needs for its total and ETA
+        on_size(size)
     job = _Fetch(cid, size, leaves, out_fd, run, progress, keep)
     job.failures = failures
     workers = [asyncio.ensure_future(job.worker(s)) for s in holders[:MAX_HOLDERS]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -476,10 +476,26 @@ class Repo:
             )
         return [PeerRow(*r) for r in rows]
 
-    def remove_peers_older_than(self, cutoff: float) -> int:
-        """Delete peers last seen strictly before ``cutoff``; returns how many."""
+    def touch_peers(self, peers: Sequence[tuple[str, str]], seen: float) -> None:
+        """(address, node id) of peers connected now: seen now, status connected, in one transaction. The
+        node calls it every gossip round, so a peer connected for hours is never 'unseen' (cleanup)."""
+        if not peers:
+            return
         with self._write() as conn:
-            conn.execute("DELETE FROM peers WHERE last_seen < ?", (cutoff,))
+            conn.executemany(
+                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, 'connected')"
+                " ON CONFLICT (address) DO UPDATE SET node_id = excluded.node_id,"
+                " last_seen = max(last_seen, excluded.last_seen), status = 'connected'",
+                [(addr, node_id, seen) for addr, node_id in peers],
+            )
+
+    def remove_peers_older_than(self, cutoff: float, keep: Collection[str] = ()) -> int:
+        """Delete peers last seen strictly before ``cutoff``, except those whose node id is in ``keep``
+        (the ones a running daemon is connected to); returns how many."""
+        kept = sorted(keep)
+        spare = f" AND (node_id IS NULL OR node_id NOT IN ({','.join('?' * len(kept))}))" if kept else ""
+        with self._write() as conn:
+            conn.execute(f"DELETE FROM peers WHERE last_seen < ?{spare}", (cutoff, *kept))
             return conn.changes()
 
     def add_share(self, cid: str, peer: str, acked_at: float) -> None:

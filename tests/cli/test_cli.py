@@ -181,7 +181,7 @@ def test_store_list_get_delete(data_dir: Path, tmp_path: Path) -> None:
         "cid": rows[1]["cid"],
         "local": True,
         "object_removed": True,
-        "peers": [],
+        "confirmed_by": [],
     }
     assert len(object_files(data_dir)) == 1
 
@@ -318,7 +318,11 @@ def test_demo(tmp_path: Path) -> None:
     assert "demo ok" in out.splitlines()[-1]
     m = re.search(r" in (/\S+)$", out.splitlines()[0])
     assert m, out
-    assert f"{3 << 20:,} bytes" in out.splitlines()[0]
+    assert f"3.0 MiB ({3 << 20:,} bytes)" in out.splitlines()[0]
+    # throughput in the binary units of every other figure (it was decimal MB/s)
+    rates = re.findall(r" ([0-9.]+ [KMGT]?i?B)/s$", out, flags=re.M)
+    assert rates and all(r.endswith("iB") for r in rates), out
+    assert "MB/s" not in out
     assert not Path(m.group(1)).exists()
 
 

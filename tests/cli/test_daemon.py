@@ -52,7 +52,7 @@ def test_a_store_whose_client_dies_stores_nothing(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == []
-        assert "event=ctl_client_gone cmd='store'" in a.log()
+        assert "event=ctl_client_gone cmd=store" in a.log()
 
 
 # -- readiness ---------------------------------------------------------------------------------------

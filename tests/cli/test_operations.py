@@ -178,7 +178,7 @@ def test_sigterm_lets_a_store_in_flight_finish(tmp_path: Path) -> None:
             out, err = client.communicate(data[8 << 20 :], timeout=60)
         assert client.returncode == 0, err
         result = json.loads(out)
-        assert result["size"] == len(data) and result["replicas"] == [b.node_id]
+        assert result["size"] == len(data) and result["replicated_to"] == [b.node_id]
         assert a.proc.wait(timeout=30) == 0
         assert "event=shutdown phase=drained aborted=0" in a.log()
         repo_is_consistent(a)
@@ -391,14 +391,14 @@ def test_files_shares_peers_from_the_daemon_match_the_repo(tmp_path: Path) -> No
         assert run_cli("store", "k", f, "--data-dir", a.root).returncode == 0
         live = {cmd: listing(cmd) for cmd in ("files", "shares", "peers")}
         for cmd in ("files", "shares", "peers"):
-            assert f"event=ctl_request cmd='{cmd}'" in a.log()  # the daemon answered, not the repo
+            assert f"event=ctl_request cmd={cmd}" in a.log()  # the daemon answered, not the repo
         assert [r["key"] for r in live["files"]] == ["k"]
-        assert [r["peer"] for r in live["shares"]] == [b.node_id]
-        assert [(r["id"], r["status"]) for r in live["peers"]] == [(b.node_id, "connected")]
+        assert [r["peer_id"] for r in live["shares"]] == [b.node_id]
+        assert [(r["peer_id"], r["status"]) for r in live["peers"]] == [(b.node_id, "connected")]
         assert a.stop() == 0
     # no daemon: the same rows from the repo (the peer is recorded disconnected at a's stop)
     assert listing("files") == live["files"] and listing("shares") == live["shares"]
-    assert [(r["id"], r["status"]) for r in listing("peers")] == [(b.node_id, "disconnected")]
+    assert [(r["peer_id"], r["status"]) for r in listing("peers")] == [(b.node_id, "disconnected")]
 
 
 def test_sigterm_on_a_replica_mid_receive_aborts_cleanly(tmp_path: Path) -> None:
@@ -435,7 +435,7 @@ def test_sigterm_on_a_replica_mid_receive_aborts_cleanly(tmp_path: Path) -> None
                 client.wait(timeout=20)
         assert client.returncode == 0, err
         result = json.loads(out)
-        assert result["replicas"] == [c.node_id] and b.node_id in result["failed"], result
+        assert result["replicated_to"] == [c.node_id] and b.node_id in result["failed"], result
         assert "event=shutdown phase=abort aborted=1" in b.log()
         repo_is_consistent(b)
         assert object_files(b.root) == []
@@ -461,5 +461,6 @@ def test_progress_lines_only_for_a_client_that_asks(tmp_path: Path) -> None:
                 ctl.call(a.root / ctl.SOCKET_NAME, request, [fd], on_progress=seen[name].append)
             finally:
                 os.close(fd)
-    assert [p["done"] for p in seen["asked"]] == [8 << 20, 16 << 20, 20 << 20]
+    assert [p["done"] for p in seen["asked"]] == [0, 8 << 20, 16 << 20, 20 << 20]
+    assert {(p["phase"], p["total"]) for p in seen["asked"]} == {("store", 20 << 20)}  # no peer: one phase
     assert seen["not asked"] == []

@@ -130,11 +130,11 @@ def test_store_through_daemon_places_verified_copies(tmp_path: Path) -> None:
             "cid": expected_cid(src),
             "size": SMALL,
             "deduplicated": False,
-            "replicas": r["replicas"],
-            "targets": 2,
+            "replicated_to": r["replicated_to"],
+            "replica_target": 2,
             "failed": {},
         }
-        assert sorted(r["replicas"]) == sorted([b.node_id, c.node_id])
+        assert sorted(r["replicated_to"]) == sorted([b.node_id, c.node_id])
         # The daemon did the work (an embedded node could not have taken A's data dir lock anyway).
         assert f"event=stored key=doc cid={r['cid']} size={SMALL} replicas=2/2" in a.log()
 
@@ -146,7 +146,8 @@ def test_store_through_daemon_places_verified_copies(tmp_path: Path) -> None:
                 "cid": r["cid"],
                 "size": SMALL,
                 "source": "local",
-                "holders": 0,
+                "peer_id": None,
+                "holder_count": 0,
                 "kept": False,
                 "repaired": False,
             }
@@ -154,7 +155,7 @@ def test_store_through_daemon_places_verified_copies(tmp_path: Path) -> None:
             assert files(peer)["doc"]["cid"] == r["cid"]
 
         shares = ok(cli(a, "shares", "--json"))
-        assert {s["peer"] for s in shares if s["cid"] == r["cid"]} == {b.node_id, c.node_id}
+        assert {s["peer_id"] for s in shares if s["cid"] == r["cid"]} == {b.node_id, c.node_id}
 
 
 # -- 2. get on a fresh node ------------------------------------------------------------------------------
@@ -165,12 +166,12 @@ def test_get_on_a_fresh_node_fetches_from_a_holder(tmp_path: Path) -> None:
     with running(nodes):
         start_network(nodes[:3])
         r = ok(cli(a, "store", "doc", src, "--json"), nodes)
-        assert sorted(r["replicas"]) == sorted([b.node_id, c.node_id])
+        assert sorted(r["replicated_to"]) == sorted([b.node_id, c.node_id])
         join(d, a, [a, b, c])
         assert files(d) == {}
         out = tmp_path / "out"
         got = get_to(d, "doc", out, nodes)
-        assert got["source"] in {a.node_id, b.node_id, c.node_id}
+        assert got["peer_id"] in {a.node_id, b.node_id, c.node_id}
         assert (got["key"], got["cid"], got["size"]) == ("doc", r["cid"], SMALL)
         assert out.read_bytes() == src.read_bytes()
         assert files(d) == {}  # a get keeps no copy
@@ -189,7 +190,7 @@ def test_delete_reaches_every_node_and_an_offline_one_after_restart(tmp_path: Pa
     with running(nodes):
         start_network([a, b, c, e])
         r = ok(cli(a, "store", "gone", src, "--json"), nodes)
-        assert sorted(r["replicas"]) == sorted([b.node_id, c.node_id, e.node_id])
+        assert sorted(r["replicated_to"]) == sorted([b.node_id, c.node_id, e.node_id])
         assert "gone" in files(e)
 
         assert e.stop() == 0  # SIGTERM: E goes offline holding a copy
@@ -204,7 +205,7 @@ def test_delete_reaches_every_node_and_an_offline_one_after_restart(tmp_path: Pa
         dr = ok(cli(b, "delete", "gone", "--json"), nodes)
         assert dr["key"] == "gone" and dr["cid"] == r["cid"] and dr["local"] is True
         assert dr["object_removed"] is True
-        assert sorted(dr["peers"]) == sorted([a.node_id, c.node_id, d.node_id])
+        assert sorted(dr["confirmed_by"]) == sorted([a.node_id, c.node_id, d.node_id])
 
         for n in (a, b, c, d):
             g = cli(n, "get", "gone", "-o", tmp_path / f"o-{n.root.name}")
@@ -241,7 +242,7 @@ def test_many_deletes_missed_offline_all_arrive_on_reconnect(tmp_path: Path) -> 
                 )
             finally:
                 os.close(fd)
-            assert r["replicas"] == [e.node_id]
+            assert r["replicated_to"] == [e.node_id]
         assert len(files(e)) == count
         assert e.stop() == 0
         wait_until(lambda: e.node_id not in a.connected(), 20, "a to see e gone", [a, e])
@@ -262,7 +263,7 @@ def test_get_repairs_a_corrupt_local_copy_from_a_peer(tmp_path: Path) -> None:
     with running([a, b]):
         start_network([a, b])
         r = ok(cli(a, "store", "r", src, "--json"), [a, b])
-        assert r["replicas"] == [b.node_id]
+        assert r["replicated_to"] == [b.node_id]
         (rel,) = object_files(a.root)
         path = a.root / rel
         fd = os.open(path, os.O_RDWR)
@@ -274,7 +275,7 @@ def test_get_repairs_a_corrupt_local_copy_from_a_peer(tmp_path: Path) -> None:
             os.close(fd)
 
         g = get_to(a, "r", tmp_path / "out", [a, b])
-        assert g["repaired"] is True and g["source"] == b.node_id
+        assert g["repaired"] is True and g["peer_id"] == b.node_id
         assert file_hash(tmp_path / "out") == file_hash(src)
         assert "event=local_copy_repaired" in a.log()
         assert b.stop() == 0
@@ -309,8 +310,8 @@ def test_replica_killed_mid_store_leaves_no_partial_object(tmp_path: Path) -> No
             stdout, stderr = store.communicate(timeout=180)
         assert store.returncode == 0, stderr.decode(errors="replace") + logs(nodes)
         r = json.loads(stdout)
-        assert r["size"] == size and r["targets"] == 2
-        assert r["replicas"] == [b.node_id]
+        assert r["size"] == size and r["replica_target"] == 2
+        assert r["replicated_to"] == [b.node_id]
         assert list(r["failed"]) == [c.node_id]
 
         # B's copy is whole and verified.
@@ -339,7 +340,7 @@ def test_get_fails_over_from_a_holder_with_a_corrupt_copy(tmp_path: Path) -> Non
     with running(nodes):
         start_network([b, c])
         r = ok(cli(b, "store", "x", src, "--json"), nodes)
-        assert r["replicas"] == [c.node_id]  # only B and C hold it
+        assert r["replicated_to"] == [c.node_id]  # only B and C hold it
 
         (obj,) = object_files(b.root)  # B holds one object: flip a byte inside its segment 1
         with open(b.root / obj, "r+b") as f:
@@ -371,7 +372,7 @@ def test_get_fails_over_from_a_holder_with_a_corrupt_copy(tmp_path: Path) -> Non
         assert files(d) == {}
         # B reads a whole CHUNK (4 MiB, more than this file) before it sends, so it refused before its
         # first byte: every byte of that get came from C, and the report must name C, not B.
-        assert reports[-1]["source"] == c.node_id, (
+        assert reports[-1]["peer_id"] == c.node_id, (
             f"get reported source {reports[-1]['source'][:12]} (B is {b.node_id[:12]}, C is "
             f"{c.node_id[:12]}) though B failed and C served every byte\n{d.log()}"
         )
@@ -392,7 +393,7 @@ def test_cli_without_daemon_uses_an_embedded_node(tmp_path: Path) -> None:
         r = ok(cli(x, "store", "emb", src, "--json", "--config", cfg), nodes)
         assert r["cid"] == expected_cid(src) and r["size"] == SMALL and r["failed"] == {}
         # it waited for the peer exchange of its bootstrap node, so the whole network got a copy
-        assert sorted(r["replicas"]) == sorted([a.node_id, b.node_id]) and r["targets"] == 2
+        assert sorted(r["replicated_to"]) == sorted([a.node_id, b.node_id]) and r["replica_target"] == 2
         assert files(x)["emb"]["cid"] == r["cid"]  # stored locally too
         assert not (x.root / "node.json").exists()  # it did not listen
         for n in (a, b):
@@ -402,7 +403,7 @@ def test_cli_without_daemon_uses_an_embedded_node(tmp_path: Path) -> None:
 
         out = tmp_path / "out-y"
         got = ok(cli(y, "get", "emb", "-o", out, "--json", "--config", cfg), nodes)
-        assert got["source"] in {a.node_id, b.node_id} and got["cid"] == r["cid"]
+        assert got["peer_id"] in {a.node_id, b.node_id} and got["cid"] == r["cid"]
         assert out.read_bytes() == src.read_bytes()
         assert files(y) == {}
 
@@ -435,7 +436,7 @@ def test_fifty_concurrent_stores_through_one_daemon(tmp_path: Path) -> None:
             assert p.returncode == 0, f"store f{i}: exit {p.returncode}: {stderr.decode()}\n{logs(nodes)}"
             r = json.loads(stdout)
             assert r["key"] == f"f{i}" and r["cid"] == expected_cid(srcs[i]) and r["failed"] == {}
-            assert sorted(r["replicas"]) == sorted([b.node_id, c.node_id])
+            assert sorted(r["replicated_to"]) == sorted([b.node_id, c.node_id])
 
         for n in (b, c):
             held = files(n)
@@ -470,10 +471,10 @@ def test_replicas_setting_places_exactly_that_many_copies(tmp_path: Path) -> Non
     with running(nodes):
         start_network(nodes, first_opts=("--config", str(cfg)))
         r = ok(cli(a, "store", "k", src, "--json"), nodes)
-        assert r["targets"] == 2 and len(r["replicas"]) == 2 and r["failed"] == {}
+        assert r["replica_target"] == 2 and len(r["replicated_to"]) == 2 and r["failed"] == {}
         holders = sorted(n.node_id for n in others if "k" in files(n))
-        assert holders == sorted(r["replicas"])
+        assert holders == sorted(r["replicated_to"])
         for n in others:
             assert (len(object_files(n.root)) == 1) == (n.node_id in holders)
         shares = ok(cli(a, "shares", "--json"))
-        assert sorted(s["peer"] for s in shares if s["cid"] == r["cid"]) == holders
+        assert sorted(s["peer_id"] for s in shares if s["cid"] == r["cid"]) == holders

@@ -170,7 +170,8 @@ def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
     with running(nodes):
         _start_from_bootstrap(nodes)
         live = orjson.loads(cli("peers", "--json"))  # beside the running node
-        assert {p["id"] for p in live if p["status"] == "connected"} == {nodes[1].node_id, nodes[2].node_id}
+        connected = {p["peer_id"] for p in live if p["status"] == "connected"}
+        assert connected == {nodes[1].node_id, nodes[2].node_id}
         assert "ADDRESS" in cli("peers")
         for n in nodes:
             assert n.stop() == 0

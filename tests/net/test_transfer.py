@@ -105,7 +105,7 @@ def test_store_replicates_and_get_fetches_verified(tmp_path: Path, size: int) ->
     async def main() -> None:
         async with cluster(tmp_path, 3) as (a, b, c):
             report = await store(a, "doc", src)
-            assert sorted(report.replicas) == sorted([b.node_id, c.node_id])
+            assert sorted(report.replicated_to) == sorted([b.node_id, c.node_id])
             assert report.failed == {}
             for peer in (b, c):  # each replica holds it under its own keys, and it reads back
                 assert peer.store.read_bytes("doc") == src.read_bytes()
@@ -115,7 +115,7 @@ def test_store_replicates_and_get_fetches_verified(tmp_path: Path, size: int) ->
                 await wait_until(lambda: len(d.peers.sessions) == 3)
                 out = tmp_path / "out"
                 got = await get(d, "doc", out)
-                assert got.source in (a.node_id, b.node_id, c.node_id)
+                assert got.peer_id in (a.node_id, b.node_id, c.node_id)
                 assert got.cid == report.cid and out.read_bytes() == src.read_bytes()
                 assert not holds(d, "doc")  # a get does not keep a copy
             finally:
@@ -130,11 +130,11 @@ def test_replicas_setting_places_exactly_n_copies(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, 5, replicas=2) as nodes:
             report = await store(nodes[0], "k", src)
-            assert len(report.replicas) == 2 and report.targets == 2
+            assert len(report.replicated_to) == 2 and report.replica_target == 2
             holders = [n.node_id for n in nodes[1:] if holds(n, "k")]
-            assert sorted(holders) == sorted(report.replicas)
+            assert sorted(holders) == sorted(report.replicated_to)
             # placement is a function of the content id: the same choice on every node
-            assert sorted(s.peer_id for s in nodes[0].replica_set(report.cid)) == sorted(report.replicas)
+            assert sorted(s.peer_id for s in nodes[0].replica_set(report.cid)) == sorted(report.replicated_to)
 
     run(main())
 
@@ -152,7 +152,7 @@ def test_delete_reaches_every_copy_and_an_offline_peer_later(tmp_path: Path) -> 
             await e.close()  # E goes offline holding a copy
             await wait_until(lambda: all(len(n.peers.sessions) == 2 for n in (a, b, c)))
             report = await b.delete("gone")
-            assert report.local and sorted(report.peers) == sorted([a.node_id, c.node_id])
+            assert report.local and sorted(report.confirmed_by) == sorted([a.node_id, c.node_id])
             for n in (a, b, c):
                 assert not holds(n, "gone")
                 assert n.repo.get_tombstone(b"gone") is not None
@@ -215,7 +215,7 @@ def test_concurrent_stores_through_one_node(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, 3) as (a, b, c):
             reports = await asyncio.gather(*(store(a, f"f{i}", p) for i, p in enumerate(srcs)))
-            assert all(len(r.replicas) == 2 for r in reports)
+            assert all(len(r.replicated_to) == 2 for r in reports)
             for i, p in enumerate(srcs):
                 for n in (b, c):
                     assert n.store.read_bytes(f"f{i}") == p.read_bytes()
@@ -245,7 +245,7 @@ def test_replica_refuses_an_object_over_its_limit_and_the_store_says_so(tmp_path
             try:
                 await wait_until(lambda: len(a.peers.sessions) == 2 and len(small.peers.sessions) == 2)
                 report = await store(a, "big", src)
-                assert report.replicas == [b.node_id]
+                assert report.replicated_to == [b.node_id]
                 assert "over this node's limit of 100000" in report.failed[small.node_id]
                 assert not holds(small, "big")
                 assert not [p for p in small.store.tmp_dir.iterdir()]  # nothing half-written left
@@ -269,7 +269,7 @@ def test_get_keep_stores_a_verified_local_replica(tmp_path: Path) -> None:
                 assert got.kept and got.source != "local" and out.read_bytes() == src.read_bytes()
                 assert d.store.read_bytes("kept") == src.read_bytes()  # under D's own keys
                 assert d.repo.get_file(b"kept").cid == report.cid
-                assert [s.peer for s in d.repo.shares_for(report.cid)] == [got.source]
+                assert [s.peer for s in d.repo.shares_for(report.cid)] == [got.peer_id]
                 again = await get(d, "kept", tmp_path / "again")
                 assert again.source == "local"
             finally:
@@ -284,14 +284,14 @@ def test_get_fetches_from_several_holders_and_a_stalled_one_is_overtaken(tmp_pat
     async def main() -> None:
         async with cluster(tmp_path, 4) as (a, b, c, d):
             report = await store(a, "par", src)
-            assert len(report.replicas) == 3
+            assert len(report.replicated_to) == 3
             e = await start_node(tmp_path / "e", [a.peers.listen_addr])
             try:
                 await wait_until(lambda: len(e.peers.sessions) == 4)
                 out = tmp_path / "out"
                 got = await get(e, "par", out)
                 assert out.read_bytes() == src.read_bytes()
-                assert got.holders >= 2  # the pieces were spread over several holders
+                assert got.holder_count >= 2  # the pieces were spread over several holders
                 # B's disk thread stalls (a real stall of the real node, released below): its pieces are
                 # finished by the others long before B's stall timeout
                 release = threading.Event()
