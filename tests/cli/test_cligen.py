@@ -88,7 +88,8 @@ def test_bash_completes_flags_choices_and_paths(bash_script: Path, tmp_path: Pat
     (tmp_path / "dirs").mkdir()
     # a global flag before the command, and a directory for --data-dir
     assert _bash_complete(bash_script, "--data-dir", "di", cwd=tmp_path) == ["dirs"]
-    assert _bash_complete(bash_script, "init", "--join-file", "alp", cwd=tmp_path) == ["alpha.txt", "alps.bin"]
+    joined = _bash_complete(bash_script, "init", "--join-file", "alp", cwd=tmp_path)
+    assert joined == ["alpha.txt", "alps.bin"]
 
 
 # An interactive zsh on a pseudo-terminal: compinit with the generated _p2pfast on fpath, then the line
