@@ -288,7 +288,7 @@ class LocalNode:
         self.close()
 
 
-_QUARANTINE_HINT = '"kept, not deleted (p2pfast status); move it back to objects/ once its repo is in place"'
+_QUARANTINE_HINT = "kept, not deleted (p2pfast status); move it back to objects/ once its repo is in place"
 
 
 def _warn_if_open(root: Path) -> None:
@@ -298,7 +298,7 @@ def _warn_if_open(root: Path) -> None:
             "event=data_dir_mode path=%s mode=%04o hint=%s",
             root,
             mode,
-            f'"others can list it (it holds key names and keys): chmod 700 {root}"',
+            f"others can list it (it holds key names and keys): chmod 700 {root}",
         )
 
 

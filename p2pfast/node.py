@@ -346,7 +346,7 @@ class Node:
                 "event=pex_truncated sent=%d left_out=%d reason=%s",
                 len(msg["peers"]),
                 left_out,
-                '"the peer list is larger than one control message; the freshest entries go"',
+                "the peer list is larger than one control message; the freshest entries go",
             )
         with contextlib.suppress(PeerUnavailable, LocalProtocolError):
             session.notify(msg)
