@@ -713,6 +713,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.size, keep=args.keep)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from p2pfast.cligen import completion
+
+    sys.stdout.write(completion(build_parser(), args.shell))
+    return 0
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from p2pfast.cligen import man_page
+
+    sys.stdout.write(man_page(build_parser(), __version__))
+    return 0
+
+
 def parse_size(text: str) -> int:
     units = {
         "": 1,
@@ -862,6 +876,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
     s.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("completion", help="print the completion script for bash or zsh (see README)")
+    s.add_argument("shell", choices=["bash", "zsh"])
+    s.set_defaults(func=cmd_completion)
+    s = sub.add_parser("man", help="print the manual page, in roff: p2pfast man | man -l -")
+    s.set_defaults(func=cmd_man)
     return p
 
 

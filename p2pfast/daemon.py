@@ -1,8 +1,9 @@
 """`p2pfast serve`: the node with its control socket, its service-manager notifications (sdnotify.py),
 its metrics listener (metrics.py), and the graceful stop.
 
-Start: repo open and node listening, then the control socket, then metrics, and only then READY=1, so
-that a unit ordered After= this one finds a node that answers. Stop (SIGTERM/SIGINT; runtime.py): accept
+Start: repo open and node listening, then the control socket, then metrics, then DATA_DIR/node.json, and
+only then READY=1, so that a unit ordered After= this one, or a tool that reads node.json, finds a node
+that answers. Stop (SIGTERM/SIGINT; runtime.py): accept
 nothing new, let transfers and commands in flight finish within `shutdown_timeout`, abort the rest (an
 aborted upload leaves no partial object), close the sessions, checkpoint the WAL (Repo.close) and return,
 so the process exits 0. A second signal exits at once (runtime.install_signals): the repo is a WAL
@@ -40,13 +41,16 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
     try:
         await node.start()
         await server.start()  # after the repo is open and the node listens: commands can run
+        runtime_info: dict[str, str] = {}
         if metrics_listen is not None:
             from p2pfast.metrics import Exporter
 
             exporter = Exporter(node, asyncio.get_running_loop())
             addr = exporter.start(metrics_listen)
-            node.set_runtime_info(metrics=addr)
+            runtime_info["metrics"] = addr
             log.info("event=metrics_listening addr=%s", addr)
+        # node.json last: a tool that finds it naming this pid finds ctl.sock and metrics answering.
+        node.set_runtime_info(**runtime_info)
         if notifier is not None:
             notifier.ready(await _status_line(node))
             tasks.append(asyncio.create_task(_report_status(node, notifier)))

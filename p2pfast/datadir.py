@@ -4,7 +4,7 @@ DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
   node.key        the node's X25519 static key (its identity), mode 0600
   network.key     the network's 32-byte key (the Noise PSK), mode 0600 (or network_key_file elsewhere)
-  node.json       pid and listen address of the serving process, while it runs
+  node.json       pid and listen address of the serving process, once it answers on ctl.sock, while it runs
   p2p.db          the repo (SQLite, WAL)
   lock            flock()ed by the one process that may write this data dir
   objects/        encrypted objects, sharded by an HMAC of their content id

@@ -199,7 +199,13 @@ class Node:
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
-            self._write_runtime_file(addr)
+            # node.json's fields; the daemon writes the file once it is ready (set_runtime_info)
+            self._runtime_info = {
+                "pid": os.getpid(),
+                "listen": addr,
+                "node_id": self.node_id,
+                "started": self.started,
+            }
             log.info("event=listening addr=%s node=%s", addr, self.node_id)
         self.peers.start()
         for a in self.bootstrap:
@@ -280,18 +286,11 @@ class Node:
     def runtime_file(self) -> Path:
         return self.layout.root / "node.json"
 
-    def _write_runtime_file(self, addr: str) -> None:
-        # For tools and tests: which process serves this data dir, and where (port 0 binds a free port).
-        self._runtime_info = {
-            "pid": os.getpid(),
-            "listen": addr,
-            "node_id": self.node_id,
-            "started": self.started,
-        }
-        self.set_runtime_info()
-
     def set_runtime_info(self, **extra: Any) -> None:
-        """Add to node.json (the metrics address, say) and write it again."""
+        """Write node.json, for tools and tests: which process serves this data dir, and where (port 0
+        binds a free port), plus `extra` (the metrics address, say). The daemon writes it only once its
+        control socket and metrics listener answer, so whoever finds it with a live pid can talk to the
+        node at once (daemon.py); a node that is not a daemon (listen None) never writes it."""
         self._runtime_info.update(extra)
         write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o600)
 

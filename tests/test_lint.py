@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install '.[test]')")
 def test_ruff_clean() -> None:
     out = subprocess.run(
-        ["ruff", "check", "p2pfast", "tests", "bench", "setup.py"], cwd=ROOT, capture_output=True, text=True
+        ["ruff", "check", "p2pfast", "tests", "bench", "setup.py", "conftest.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
+import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from netnodes import make_nodes, running, wait_until
 from nodetools import cli_argv, cli_env
 
@@ -47,3 +53,47 @@ def test_a_store_whose_client_dies_stores_nothing(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == []
         assert "event=ctl_client_gone cmd=store" in a.log()
+
+
+# -- readiness ---------------------------------------------------------------------------------------
+_IN_MOVED_TO = 0x80
+_IN_CLOSE_WRITE = 0x08
+
+
+def _renames_into(directory: Path, run: Callable[[], object]) -> list[str]:
+    """Names renamed into (or written and closed in) `directory` while `run()` ran, in the kernel's order.
+
+    inotify queues events in the order the operations happened, so this tells what was published first
+    without racing the process that does it (no polling)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        pytest.skip(f"inotify unavailable: {os.strerror(ctypes.get_errno())}")
+    try:
+        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_MOVED_TO | _IN_CLOSE_WRITE) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+        run()
+        names: list[str] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                buf = os.read(fd, 1 << 16)
+                at = 0
+                while at < len(buf):  # struct inotify_event: int wd; u32 mask, cookie, len; char name[len]
+                    _wd, _mask, _cookie, size = struct.unpack_from("iIII", buf, at)
+                    names.append(buf[at + 16 : at + 16 + size].rstrip(b"\0").decode())
+                    at += 16 + size
+        return names
+    finally:
+        os.close(fd)
+
+
+def test_node_json_is_written_once_the_daemon_answers(tmp_path: Path) -> None:
+    # node.json naming a live pid means "talk to me": it was written before ctl.sock was bound and before
+    # the metrics address was known, so a test (or tool) that read it raced the daemon's start-up.
+    (a,) = make_nodes(tmp_path, 1)
+    with running([a]):
+        names = _renames_into(a.root, lambda: a.start("--metrics-listen", "127.0.0.1:0"))
+        published = [n for n in names if n in ("node.json", "ctl.sock")]
+        assert published == ["ctl.sock", "node.json"], names
+        info = json.loads((a.root / "node.json").read_bytes())
+        assert info["pid"] == a.proc.pid and info["metrics"].startswith("127.0.0.1:")

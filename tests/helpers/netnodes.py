@@ -1,5 +1,6 @@
 """Real node processes on 127.0.0.1 for network tests: `p2pfast serve` on port 0 (the node writes the port
-it bound to DATA_DIR/node.json), bounded waits, and every process killed by PID at the end."""
+it bound to DATA_DIR/node.json), ready once its control socket answers `status`, bounded waits, and every
+process killed by PID at the end."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Any
 import orjson
 from nodetools import cli_env
 
+from p2pfast import ctl
 from p2pfast.datadir import Layout, init
+from p2pfast.errors import PeerUnavailable
 from p2pfast.repo.repo import Repo
 
 
@@ -62,9 +65,24 @@ class NodeProc:
                 continue
             if info["pid"] == self.proc.pid:
                 self.listen, self.node_id = info["listen"], info["node_id"]
-                return self
+                break
             time.sleep(0.02)
-        raise AssertionError(f"node did not start listening within 20 s:\n{self.log()}")
+        else:
+            raise AssertionError(f"node did not start listening within 20 s:\n{self.log()}")
+        # The daemon writes node.json once ctl.sock answers (daemon.py; test_daemon checks that order).
+        # Ready is still checked by what a test does next, talking to the daemon: its control socket
+        # answers `status` for this very process (a stale ctl.sock of an earlier run must not count).
+        sock = self.root / ctl.SOCKET_NAME
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if ctl.call(sock, {"cmd": "status"}, timeout=2)["pid"] == self.proc.pid:
+                    return self
+            except PeerUnavailable:  # DaemonNotRunning included: nothing accepts on ctl.sock yet
+                pass
+            time.sleep(0.02)  # polling the node's own start-up, bounded by the deadline
+        raise AssertionError(f"node's control socket did not answer within 20 s:\n{self.log()}")
 
     def log(self) -> str:
         try:
