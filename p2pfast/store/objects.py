@@ -20,14 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from p2pfast.errors import BadInput, IntegrityError, NotFound, StorageError
 from p2pfast.pump import Pump
 from p2pfast.repo.repo import ObjectRow, Repo
 from p2pfast.shard import shard_path
-from p2pfast.store import contentid, segments
+from p2pfast.store import contentid, envelope, segments
 from p2pfast.store.durable import TMP_SUFFIX, DurableFile, fsync_dir, make_dirs, os_error, write_all
 from p2pfast.store.keys import KeyRing
 
@@ -168,7 +165,7 @@ class ContentStore:
             if existing is not None:
                 # The row outlived its file (reconcile reports it missing): this write restores the
                 # object, under the new data key.
-                self.repo.replace_object(row, wrapped, segments.ALGORITHM)
+                self.repo.replace_object(row, wrapped, envelope.CURRENT.algorithm)
                 existing = None
                 old = self.repo.add_file(raw_key, cid, length, now, holders=holders)
             else:
@@ -179,7 +176,7 @@ class ContentStore:
                     now,
                     new_object=row,
                     wrapped_key=wrapped,
-                    algorithm=segments.ALGORITHM,
+                    algorithm=envelope.CURRENT.algorithm,
                     holders=holders,
                 )
         except BaseException:
@@ -201,7 +198,7 @@ class ContentStore:
         upload.tmp.commit(final)
         seg = self.segment_size
         row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, time.time())
-        self.repo.replace_object(row, self.keyring.wrap(cid, upload.data_key), segments.ALGORITHM)
+        self.repo.replace_object(row, self.keyring.wrap(cid, upload.data_key), envelope.CURRENT.algorithm)
         return PutResult(upload.key, cid, length, False, upload.plaintext)
 
     def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
@@ -255,11 +252,11 @@ class ContentStore:
         name = name or cid
         if offset < 0:
             raise BadInput(f"negative offset {offset}")
-        fd, aead, obj = self._open_object(cid, name)
+        fd, data_key, obj = self._open_object(cid, name)
         try:
             size, seg = obj.size, obj.segment_size
             end = size if length < 0 else min(size, offset + length)
-            return self._read_fd(fd, aead, name, cid, size, seg, offset, end, sink, progress)
+            return self._read_fd(fd, data_key, name, cid, size, seg, offset, end, sink, progress)
         except OSError as exc:
             raise os_error(exc, f"cannot read {name}") from exc
         finally:
@@ -267,16 +264,16 @@ class ContentStore:
 
     def leaves(self, cid: str) -> tuple[int, bytes]:
         """(size, segment hash list) of a held object, checked against its content id."""
-        fd, aead, obj = self._open_object(cid, cid)
+        fd, data_key, obj = self._open_object(cid, cid)
         try:
-            leaves = self._read_index(fd, aead, cid, cid, obj.size, obj.segment_size)[1]
+            leaves = self._read_index(fd, data_key, cid, cid, obj.size, obj.segment_size)[1]
             return obj.size, leaves
         except OSError as exc:
             raise os_error(exc, f"cannot read {cid}") from exc
         finally:
             os.close(fd)
 
-    def _open_object(self, cid: str, name: str) -> tuple[int, AESGCM, ObjectRow]:
+    def _open_object(self, cid: str, name: str) -> tuple[int, bytes, ObjectRow]:
         obj = self.repo.get_object(cid)
         wrapped = self.repo.get_key(cid)
         if obj is None and wrapped is None:
@@ -284,7 +281,7 @@ class ContentStore:
         if obj is None or wrapped is None:
             raise IntegrityError(f"{name}: repo has no object or key row for {cid}")
         try:
-            aead = AESGCM(self.keyring.unwrap(cid, wrapped[0]))
+            data_key = self.keyring.unwrap(cid, wrapped[0])
         except IntegrityError as exc:
             raise IntegrityError(f"{name}: {exc.args[0]}") from None
         path = self.object_path(cid)
@@ -294,38 +291,31 @@ class ContentStore:
             raise IntegrityError(f"{name}: object file for {cid} is missing") from None
         except OSError as exc:
             raise os_error(exc, f"cannot open object for {name}") from exc
-        return fd, aead, obj
+        return fd, data_key, obj
 
     def _read_index(
-        self, fd: int, aead: AESGCM, name: str, cid: str, size: int, seg: int
-    ) -> tuple[bytes, bytes]:
-        """(raw header, leaves) of an open object, every check made."""
-        actual = os.fstat(fd).st_size
-        if actual != segments.file_size(size, seg):
+        self, fd: int, data_key: bytes, name: str, cid: str, size: int, seg: int
+    ) -> tuple[envelope.Envelope, bytes]:
+        """(envelope, leaves) of an open object, every check made."""
+        raw_header = os.pread(fd, envelope.HEADER_READ, 0)
+        fmt = envelope.format_of(raw_header)
+        actual, expected = os.fstat(fd).st_size, fmt.file_size(size, seg)
+        if actual != expected:
             raise IntegrityError(
-                f"{name}: object file is {actual} bytes, expected {segments.file_size(size, seg)}"
-                " (truncated or extended)"
+                f"{name}: object file is {actual} bytes, expected {expected} (truncated or extended)"
             )
-        raw_header = os.pread(fd, segments.HEADER_SIZE, 0)
-        header = segments.Header.unpack(raw_header, name)
-        if header.length != size or header.segment_size != seg:
+        env = fmt.open(raw_header, data_key, name)
+        if env.length != size or env.segment_size != seg:
             raise IntegrityError(f"{name}: object header does not match the repo")
-        try:
-            leaves = aead.decrypt(
-                segments.index_nonce(header.nonce_prefix),
-                os.pread(fd, segments.index_size(size, seg), segments.data_end(size, seg)),
-                raw_header + cid.encode(),
-            )
-        except InvalidTag:
-            raise IntegrityError(f"{name}: segment index failed authentication") from None
+        leaves = env.open_index(os.pread(fd, fmt.index_size(size, seg), fmt.data_end(size, seg)), cid, name)
         if contentid.root(size, leaves) != cid:
             raise IntegrityError(f"{name}: segment index does not match content id {cid}")
-        return raw_header, leaves
+        return env, leaves
 
     def _read_fd(
         self,
         fd: int,
-        aead: AESGCM,
+        data_key: bytes,
         name: str,
         cid: str,
         size: int,
@@ -335,16 +325,13 @@ class ContentStore:
         sink: Sink,
         progress: Progress | None,
     ) -> int:
-        raw_header, leaves = self._read_index(fd, aead, name, cid, size, seg)
-        header = segments.Header.unpack(raw_header, name)
+        env, leaves = self._read_index(fd, data_key, name, cid, size, seg)
         nsegs = segments.segment_count(size, seg)
         if offset >= end and not (size == 0 and offset == 0):
             return 0  # nothing in range; an empty object read from 0 still verifies its one segment
         first = offset // seg
         last = max(first, (end - 1) // seg) if size else 0
         start_in_first = offset - first * seg
-        fixed_aad = raw_header[: segments.FIXED_AAD_SIZE]
-        prefix = header.nonce_prefix
         plain = bytearray(min(seg, max(size, 1)))
         plain_view = memoryview(plain)
         written = 0
@@ -352,15 +339,8 @@ class ContentStore:
         def open_segment(view: memoryview, i: int, _last: bool) -> memoryview:
             nonlocal written
             index = first + i
-            try:
-                n = aead.decrypt_into(
-                    segments.segment_nonce(prefix, index, index == nsegs - 1),
-                    view,
-                    fixed_aad,
-                    plain_view[: len(view) - segments.TAG_SIZE],
-                )
-            except InvalidTag:
-                raise IntegrityError(f"{name}: segment {index} failed authentication") from None
+            out = plain_view[: len(view) - env.tag_size]
+            n = env.open_segment_into(index, index == nsegs - 1, view, out, name)
             if contentid.leaf(plain_view[:n]) != leaves[32 * index : 32 * index + 32]:
                 raise IntegrityError(f"{name}: segment {index} does not match its hash")
             lo = start_in_first if index == first else 0
@@ -371,10 +351,10 @@ class ContentStore:
         transforms: list[Transform] = [open_segment]
         if progress is not None:
             transforms.append(_progress_transform(progress))
-        start = segments.segment_offset(first, seg)
-        stop = min(segments.segment_offset(last + 1, seg), segments.data_end(size, seg))
+        start = env.segment_offset(first, seg)
+        stop = min(env.segment_offset(last + 1, seg), env.data_end(size, seg))
         # A range within one segment (every small object) needs buffers of that segment's size, not 1 MiB.
-        chunk = max(1, min(seg + segments.TAG_SIZE, stop - start))
+        chunk = max(1, min(seg + env.tag_size, stop - start))
         Pump(chunk, transforms, [sink]).run_fd(fd, start, stop - start)
         return written
 
@@ -483,10 +463,7 @@ class Upload:
         self.progress = progress
         seg = store.segment_size
         self.data_key = store.keyring.new_data_key()
-        self.aead = AESGCM(self.data_key)
-        self.prefix = os.urandom(segments.NONCE_PREFIX_SIZE)
-        header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=0)
-        self.fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
+        self.env = envelope.CURRENT.new(self.data_key, seg)
         self._pump: Pump | None = None
         self._sealer: _Sealer | None = None
         self._small = bytearray()
@@ -496,8 +473,8 @@ class Upload:
             if size is not None:
                 # Reserving the whole object up front fails early on a full disk and, on tmpfs and
                 # ext4 alike, makes the writes below about twice as fast (no allocation per page).
-                os.posix_fallocate(self.tmp.fd, 0, segments.file_size(size, seg))
-            os.write(self.tmp.fd, header.pack())
+                os.posix_fallocate(self.tmp.fd, 0, self.env.file_size(size, seg))
+            os.write(self.tmp.fd, self.env.start_header())
         except OSError as exc:
             self.tmp.abort()
             raise os_error(exc, f"cannot store {show_key(key)}") from exc
@@ -511,9 +488,7 @@ class Upload:
     def pump(self) -> Pump:
         if self._pump is None:
             store = self.store
-            self._sealer = _Sealer(
-                self.aead, self.prefix, self.fixed_aad, store.segment_size, self.tmp.fd, *store._pools()
-            )
+            self._sealer = _Sealer(self.env, self.tmp.fd, *store._pools())
             progress = self.progress
             transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
             transforms.append(self._sealer)
@@ -535,9 +510,7 @@ class Upload:
     def _seal_small(self) -> tuple[int, bytes]:
         """The whole object as its one final segment: what the pump and sealer would write for it."""
         data = self.plaintext = bytes(self._small)
-        ciphertext = self.aead.encrypt(
-            segments.segment_nonce(self.prefix, 0, True), bytes(data), self.fixed_aad
-        )
+        ciphertext = self.env.seal_segment(0, True, data)
         write_all(self.tmp.fd, ciphertext)
         if self.progress is not None:
             self.progress(len(data))
@@ -565,14 +538,11 @@ class Upload:
             cid = contentid.root(length, leaves)
             if expect_cid is not None and cid != expect_cid:
                 raise IntegrityError(f"{name}: received {length} bytes hash to {cid}, not {expect_cid}")
-            final_header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=length)
-            index = self.aead.encrypt(
-                segments.index_nonce(self.prefix), leaves, final_header.pack() + cid.encode()
-            )
+            final_header, index = self.env.seal_index(length, leaves, cid)
             write_all(self.tmp.fd, index)
             if self.size != length:  # the source changed size while we read it
-                os.ftruncate(self.tmp.fd, segments.file_size(length, seg))
-            os.pwrite(self.tmp.fd, final_header.pack(), 0)
+                os.ftruncate(self.tmp.fd, self.env.file_size(length, seg))
+            os.pwrite(self.tmp.fd, final_header, 0)
         except OSError as exc:
             raise os_error(exc, f"cannot store {name}") from exc
         if repair:
@@ -618,46 +588,40 @@ class _Sealer:
 
     def __init__(
         self,
-        aead: AESGCM,
-        prefix: bytes,
-        fixed_aad: bytes,
-        segment_size: int,
+        env: envelope.Envelope,
         fd: int,
         hash_pool: ThreadPoolExecutor,
         write_pool: ThreadPoolExecutor,
     ) -> None:
-        self.aead = aead
-        self.prefix = prefix
-        self.fixed_aad = fixed_aad
+        self.env = env
         self.fd = fd
         self.hash_pool = hash_pool
         self.write_pool = write_pool
         self.bufs = (
-            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
-            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
+            memoryview(bytearray(env.segment_size + env.tag_size)),
+            memoryview(bytearray(env.segment_size + env.tag_size)),
         )
         self.writes: list[Future[None] | None] = [None, None]
         self.leaves = bytearray()
 
     def __call__(self, view: memoryview, index: int, last: bool) -> None:
-        if index >= segments.MAX_SEGMENTS:
-            raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
+        if index >= self.env.max_segments:
+            raise BadInput(f"object too large: more than {self.env.max_segments} segments")
         slot = index & 1
         pending = self.writes[slot]
         if pending is not None:
             self.writes[slot] = None
             pending.result()  # its buffer is free again (and a write error surfaces here)
         # encrypt_into wants an output of exactly len(view) + tag bytes.
-        out = self.bufs[slot][: len(view) + segments.TAG_SIZE]
-        nonce = segments.segment_nonce(self.prefix, index, last)
+        out = self.bufs[slot][: len(view) + self.env.tag_size]
         if len(view) < self.PIPELINE_MIN:
             self.drain()  # writes go to the file in order: the previous segment's first
             self.leaves.extend(contentid.leaf(view))
-            self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
+            self.env.seal_segment_into(index, last, view, out)
             write_all(self.fd, out)
             return
         leaf = self.hash_pool.submit(contentid.leaf, view)
-        self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
+        self.env.seal_segment_into(index, last, view, out)
         self.writes[slot] = self.write_pool.submit(write_all, self.fd, out)
         self.leaves.extend(leaf.result())
 
