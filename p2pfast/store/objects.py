@@ -27,7 +27,7 @@ from p2pfast.shard import shard_path
 from p2pfast.store import contentid, envelope, segments
 from p2pfast.store.durable import TMP_SUFFIX, fsync_dir, make_dirs, os_error
 from p2pfast.store.keys import KeyRing
-from p2pfast.store.upload import Progress, PutResult, Transform, Upload, progress_transform
+from p2pfast.store.upload import Progress, PutResult, Transform, Upload, is_small, progress_transform
 from p2pfast.store.userkey import MAX_KEY_BYTES, encode_key, show_key
 
 SHARD_WIDTH = 2
@@ -90,8 +90,8 @@ class ContentStore:
         upload = self.begin(key, expected, progress)
         try:
             try:
-                if expected is not None and expected <= self.segment_size:
-                    # A small file: read it whole (the pump's buffers would cost more than the work).
+                if expected is not None and is_small(expected, self.segment_size):
+                    # Read it whole: Upload seals it in one step, and the pump would cost more than the work.
                     while chunk := os.read(fd, max(expected, 1 << 16)):
                         upload.write(chunk)
                 else:

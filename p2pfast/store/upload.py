@@ -1,10 +1,10 @@
 """The put pipeline: plaintext in (pulled from an fd by the pump, or pushed with write()), a sealed
 object in a durable temp file out, handed to its store to commit.
 
-An object of one segment at most never builds the pump and its segment-sized buffers: its bytes collect
-in memory and are sealed in one step. A larger one goes through the pump, whose _Sealer hashes, seals
-and writes each segment, on worker threads when segments are large. The envelope (envelope.CURRENT)
-decides how each block is sealed; this module decides only when and where.
+A small object (is_small: one segment at most) never builds the pump and its segment-sized buffers: its
+bytes collect in memory and are sealed in one step. A larger one goes through the pump, whose _Sealer
+hashes, seals and writes each segment, on worker threads when segments are large (THREADED_SEGMENT_MIN).
+The envelope (envelope.CURRENT) decides how each block is sealed; this module decides when and where.
 """
 
 from __future__ import annotations
@@ -27,6 +27,21 @@ from p2pfast.store.userkey import show_key
 Progress = Callable[[int], object]
 Transform = Callable[[memoryview, int, bool], memoryview | None]
 
+# Segments at least this long are hashed and written on worker threads while the next one is sealed;
+# shorter ones inline, since a thread hand-off costs more than it saves there. A cost per segment, not the
+# small-object rule (is_small): with 1 MiB segments it only ever meets the last, short segment of a large
+# object (a small one never reaches the _Sealer), and stores built with small segments (tests).
+THREADED_SEGMENT_MIN = 64 << 10
+
+
+def is_small(size: int, segment_size: int) -> bool:
+    """The store's one rule for a "small object": it fits in one segment (segments.SEGMENT_SIZE, 1 MiB,
+    except in stores that tests build with small segments). Such an object is sealed in one step from
+    memory, without the pump and its segment-sized buffers (they would cost more than the work), and its
+    plaintext comes back in PutResult, for the fan-out to replicas without reading it back. put_fd reads
+    such a file whole; Upload.write collects such an object until it outgrows the rule."""
+    return size <= segment_size
+
 
 @dataclass(frozen=True, slots=True)
 class PutResult:
@@ -34,8 +49,8 @@ class PutResult:
     cid: str
     size: int
     deduplicated: bool
-    # the whole plaintext, for an object of one segment at most that was stored from memory: what a
-    # store fans out to its replicas without reading the object back
+    # the whole plaintext of a small object (is_small), which is stored from memory: what a store fans
+    # out to its replicas without reading the object back
     plaintext: bytes | None = field(default=None, repr=False)
 
 
@@ -59,9 +74,9 @@ class Upload:
     object and its repo rows out. Until finish() returns, nothing is visible: the bytes sit in a temp file
     that abort() (or a failure) removes.
 
-    An object of one segment at most (most small files) never builds the pump and its four segment-sized
-    buffers: its bytes collect in a small buffer and are sealed in one step at finish(), exactly as the
-    pump would seal a single final segment. The pump starts as soon as the data outgrow one segment."""
+    A small object (is_small; most files) never builds the pump and its four segment-sized buffers: its
+    bytes collect in a small buffer and are sealed in one step at finish(), exactly as the pump would seal
+    a single final segment. The pump starts as soon as the data outgrow one segment."""
 
     def __init__(self, store: Store, key: bytes, size: int | None, progress: Progress | None) -> None:
         self.store = store
@@ -107,7 +122,7 @@ class Upload:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            if self._pump is None and len(self._small) + len(data) <= self.store.segment_size:
+            if self._pump is None and is_small(len(self._small) + len(data), self.store.segment_size):
                 self._small += data
                 return
             self.pump.push(data)
@@ -177,11 +192,8 @@ class _Sealer:
     The three run at once: BLAKE3, AES-GCM and write() all release the GIL, so the hash runs on one worker
     thread and the write of segment i on another while this thread encrypts segment i+1 into the second of
     two output buffers. A buffer is reused only after its write has finished; the pump's view is used only
-    until the hash of it has returned. Small segments (below PIPELINE_MIN) are done inline: a thread
-    hand-off costs more than it saves there.
+    until the hash of it has returned. Segments shorter than THREADED_SEGMENT_MIN are done inline.
     """
-
-    PIPELINE_MIN = 64 << 10
 
     def __init__(
         self,
@@ -211,7 +223,7 @@ class _Sealer:
             pending.result()  # its buffer is free again (and a write error surfaces here)
         # encrypt_into wants an output of exactly len(view) + tag bytes.
         out = self.bufs[slot][: len(view) + self.env.tag_size]
-        if len(view) < self.PIPELINE_MIN:
+        if len(view) < THREADED_SEGMENT_MIN:
             self.drain()  # writes go to the file in order: the previous segment's first
             self.leaves.extend(contentid.leaf(view))
             self.env.seal_segment_into(index, last, view, out)
