@@ -61,11 +61,48 @@ def imports_of(path: Path) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            # `from p2pfast.store import objects` imports p2pfast.store.objects: name the submodule too
+            names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
 def hits(names: set[str], forbidden: set[str]) -> set[str]:
     return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+
+
+# Inside store/, the at-rest format sits below the store's logic: envelope.py seals and opens buffers with
+# a data key, and so imports no SQL, network, logging or event loop, nor the store modules that do I/O
+# (durable, keys, upload, objects). Each module of the chain imports none after it: the upload pipeline
+# knows its store only through a Protocol.
+ENVELOPE_FORBIDDEN = {
+    "asyncio",
+    "uvloop",
+    "socket",
+    "logging",
+    "apsw",
+    "sqlite3",
+    "p2pfast.repo",
+    "p2pfast.net",
+    "p2pfast.node",
+    "p2pfast.cli",
+    "p2pfast.datadir",
+    "p2pfast.pump",
+    "p2pfast.store.durable",
+    "p2pfast.store.keys",
+}
+STORE_CHAIN = ["segments", "envelope", "upload", "objects"]
+
+
+def test_envelope_imports_no_io_layer() -> None:
+    path = PKG / "store" / "envelope.py"
+    assert not hits(imports_of(path), ENVELOPE_FORBIDDEN), path
+
+
+def test_store_chain_imports_downward_only() -> None:
+    for i, name in enumerate(STORE_CHAIN):
+        later = {f"p2pfast.store.{m}" for m in STORE_CHAIN[i + 1 :]}
+        path = PKG / "store" / f"{name}.py"
+        assert not hits(imports_of(path), later), path
 
 
 def test_kernels_import_nothing_above_them() -> None:

@@ -65,6 +65,12 @@ ACK_TIMEOUT = 120.0
 # while the thread hashes and writes.
 HANDOFF = 512 * 1024
 PIPELINE = 3
+# A replica takes an object up to this size whole from its stream, then stores it in one trip to the DB
+# thread (_store_small); a larger one streams in HANDOFF pieces (_receive_large). It is HANDOFF because the
+# question is the same one (how much to collect before a trip to the DB thread), not the store's
+# small-object rule (store.upload.is_small: one segment): an object between the two streams in pieces here
+# and is still sealed in one step by the store.
+WHOLE_RECEIVE_MAX = HANDOFF
 # Credit a bulk receiver adds on top of the stream's initial window once data flows: with 1 MiB in
 # flight the sender waits on every hand-off; 4 MiB keeps it busy (bench_replication: get 343 -> 374 MB/s).
 # Only streams we drain get it, so what a peer can make us queue unread stays at the initial window.
@@ -270,8 +276,8 @@ async def receive(
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise
     try:
-        if size <= HANDOFF:
-            # Small (it fits the stream window): take it all, then one trip to the DB thread.
+        if size <= WHOLE_RECEIVE_MAX:
+            # It fits the stream window: take it all, then one trip to the DB thread.
             data = await _read_exactly(stream, size, cid)
             result = await run(_store_small, store, key, data, cid, holders)
         else:
@@ -295,7 +301,9 @@ async def receive(
 
 # A small object may be checked against a free-space reading up to FREE_CACHE_S old: statvfs per 4 KiB
 # store was a measurable part of a replica's work, and FREE_RESERVE covers far more than what a second of
-# small stores can add.
+# small stores can add. "Small" here is FREE_CACHE_MAX, a bound on what such a reading may miss, so it
+# follows FREE_RESERVE: that it equals the segment size (the store's small-object rule, is_small) is not
+# a reason, and a change of either leaves the other as it is.
 FREE_CACHE_S = 1.0
 FREE_CACHE_MAX = 1024 * 1024
 _free_seen: dict[Path, tuple[float, int]] = {}

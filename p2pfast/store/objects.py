@@ -1,7 +1,8 @@
 """ContentStore: put, read (whole or a byte range), delete and reconcile encrypted objects.
 
 Objects are named by the HMAC of their content id (keys.KeyRing.object_name) and placed by the `shard`
-kernel; the envelope is in segments.py; metadata lives in the repo. The order of writes is what makes a
+kernel; how each is sealed is the envelope's (envelope.py), how a put streams into a temp file the
+upload's (upload.py); metadata lives in the repo. The order of writes is what makes a
 crash harmless: the object file becomes durable under its final name before its repo row is committed, and
 a delete commits the row change before unlinking the file. A crash between the two leaves only an object
 file without a row, which reconcile() moves to quarantine/: it was never acknowledged, but a file without
@@ -11,70 +12,28 @@ a row whose refcount reached zero says so.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pfast.errors import BadInput, IntegrityError, NotFound, StorageError
 from p2pfast.pump import Pump
 from p2pfast.repo.repo import ObjectRow, Repo
 from p2pfast.shard import shard_path
-from p2pfast.store import contentid, segments
-from p2pfast.store.durable import TMP_SUFFIX, DurableFile, fsync_dir, make_dirs, os_error, write_all
+from p2pfast.store import contentid, envelope, segments
+from p2pfast.store.durable import TMP_SUFFIX, fsync_dir, make_dirs, os_error
 from p2pfast.store.keys import KeyRing
+from p2pfast.store.upload import Progress, PutResult, Transform, Upload, is_small, progress_transform
+from p2pfast.store.userkey import MAX_KEY_BYTES, encode_key, show_key
 
-MAX_KEY_BYTES = 1024
 SHARD_WIDTH = 2
 SHARD_DEPTH = 2
 
-Progress = Callable[[int], object]
-Transform = Callable[[memoryview, int, bool], memoryview | None]
 Sink = int | object  # an fd, or an object with write(view)
-
-
-def encode_key(key: str | bytes) -> bytes:
-    """A user key is any UTF-8 string of 1 to 1024 bytes; it is never used to build a path."""
-    if isinstance(key, str):
-        try:
-            raw = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadInput(f"key {key!r} is not valid UTF-8") from None
-    else:
-        raw = bytes(key)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadInput(f"key {raw!r} is not valid UTF-8") from None
-    if not raw:
-        raise BadInput("key is empty")
-    if len(raw) > MAX_KEY_BYTES:
-        raise BadInput(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
-    return raw
-
-
-def show_key(key: bytes) -> str:
-    """A key for one-line messages: printable as is, otherwise escaped."""
-    text = key.decode("utf-8", "replace")
-    return text if text.isprintable() else repr(text)
-
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    key: bytes
-    cid: str
-    size: int
-    deduplicated: bool
-    # the whole plaintext, for an object of one segment at most that was stored from memory: what a
-    # store fans out to its replicas without reading the object back
-    plaintext: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -131,8 +90,8 @@ class ContentStore:
         upload = self.begin(key, expected, progress)
         try:
             try:
-                if expected is not None and expected <= self.segment_size:
-                    # A small file: read it whole (the pump's buffers would cost more than the work).
+                if expected is not None and is_small(expected, self.segment_size):
+                    # Read it whole: Upload seals it in one step, and the pump would cost more than the work.
                     while chunk := os.read(fd, max(expected, 1 << 16)):
                         upload.write(chunk)
                 else:
@@ -168,7 +127,7 @@ class ContentStore:
             if existing is not None:
                 # The row outlived its file (reconcile reports it missing): this write restores the
                 # object, under the new data key.
-                self.repo.replace_object(row, wrapped, segments.ALGORITHM)
+                self.repo.replace_object(row, wrapped, envelope.CURRENT.algorithm)
                 existing = None
                 old = self.repo.add_file(raw_key, cid, length, now, holders=holders)
             else:
@@ -179,7 +138,7 @@ class ContentStore:
                     now,
                     new_object=row,
                     wrapped_key=wrapped,
-                    algorithm=segments.ALGORITHM,
+                    algorithm=envelope.CURRENT.algorithm,
                     holders=holders,
                 )
         except BaseException:
@@ -201,7 +160,7 @@ class ContentStore:
         upload.tmp.commit(final)
         seg = self.segment_size
         row = ObjectRow(cid, length, seg, segments.segment_count(length, seg), 1, time.time())
-        self.repo.replace_object(row, self.keyring.wrap(cid, upload.data_key), segments.ALGORITHM)
+        self.repo.replace_object(row, self.keyring.wrap(cid, upload.data_key), envelope.CURRENT.algorithm)
         return PutResult(upload.key, cid, length, False, upload.plaintext)
 
     def put_path(self, key: str | bytes, path: Path, progress: Progress | None = None) -> PutResult:
@@ -255,11 +214,11 @@ class ContentStore:
         name = name or cid
         if offset < 0:
             raise BadInput(f"negative offset {offset}")
-        fd, aead, obj = self._open_object(cid, name)
+        fd, data_key, obj = self._open_object(cid, name)
         try:
             size, seg = obj.size, obj.segment_size
             end = size if length < 0 else min(size, offset + length)
-            return self._read_fd(fd, aead, name, cid, size, seg, offset, end, sink, progress)
+            return self._read_fd(fd, data_key, name, cid, size, seg, offset, end, sink, progress)
         except OSError as exc:
             raise os_error(exc, f"cannot read {name}") from exc
         finally:
@@ -267,16 +226,16 @@ class ContentStore:
 
     def leaves(self, cid: str) -> tuple[int, bytes]:
         """(size, segment hash list) of a held object, checked against its content id."""
-        fd, aead, obj = self._open_object(cid, cid)
+        fd, data_key, obj = self._open_object(cid, cid)
         try:
-            leaves = self._read_index(fd, aead, cid, cid, obj.size, obj.segment_size)[1]
+            leaves = self._read_index(fd, data_key, cid, cid, obj.size, obj.segment_size)[1]
             return obj.size, leaves
         except OSError as exc:
             raise os_error(exc, f"cannot read {cid}") from exc
         finally:
             os.close(fd)
 
-    def _open_object(self, cid: str, name: str) -> tuple[int, AESGCM, ObjectRow]:
+    def _open_object(self, cid: str, name: str) -> tuple[int, bytes, ObjectRow]:
         obj = self.repo.get_object(cid)
         wrapped = self.repo.get_key(cid)
         if obj is None and wrapped is None:
@@ -284,7 +243,7 @@ class ContentStore:
         if obj is None or wrapped is None:
             raise IntegrityError(f"{name}: repo has no object or key row for {cid}")
         try:
-            aead = AESGCM(self.keyring.unwrap(cid, wrapped[0]))
+            data_key = self.keyring.unwrap(cid, wrapped[0])
         except IntegrityError as exc:
             raise IntegrityError(f"{name}: {exc.args[0]}") from None
         path = self.object_path(cid)
@@ -294,38 +253,31 @@ class ContentStore:
             raise IntegrityError(f"{name}: object file for {cid} is missing") from None
         except OSError as exc:
             raise os_error(exc, f"cannot open object for {name}") from exc
-        return fd, aead, obj
+        return fd, data_key, obj
 
     def _read_index(
-        self, fd: int, aead: AESGCM, name: str, cid: str, size: int, seg: int
-    ) -> tuple[bytes, bytes]:
-        """(raw header, leaves) of an open object, every check made."""
-        actual = os.fstat(fd).st_size
-        if actual != segments.file_size(size, seg):
+        self, fd: int, data_key: bytes, name: str, cid: str, size: int, seg: int
+    ) -> tuple[envelope.Envelope, bytes]:
+        """(envelope, leaves) of an open object, every check made."""
+        raw_header = os.pread(fd, envelope.HEADER_READ, 0)
+        fmt = envelope.format_of(raw_header)
+        actual, expected = os.fstat(fd).st_size, fmt.file_size(size, seg)
+        if actual != expected:
             raise IntegrityError(
-                f"{name}: object file is {actual} bytes, expected {segments.file_size(size, seg)}"
-                " (truncated or extended)"
+                f"{name}: object file is {actual} bytes, expected {expected} (truncated or extended)"
             )
-        raw_header = os.pread(fd, segments.HEADER_SIZE, 0)
-        header = segments.Header.unpack(raw_header, name)
-        if header.length != size or header.segment_size != seg:
+        env = fmt.open(raw_header, data_key, name)
+        if env.length != size or env.segment_size != seg:
             raise IntegrityError(f"{name}: object header does not match the repo")
-        try:
-            leaves = aead.decrypt(
-                segments.index_nonce(header.nonce_prefix),
-                os.pread(fd, segments.index_size(size, seg), segments.data_end(size, seg)),
-                raw_header + cid.encode(),
-            )
-        except InvalidTag:
-            raise IntegrityError(f"{name}: segment index failed authentication") from None
+        leaves = env.open_index(os.pread(fd, fmt.index_size(size, seg), fmt.data_end(size, seg)), cid, name)
         if contentid.root(size, leaves) != cid:
             raise IntegrityError(f"{name}: segment index does not match content id {cid}")
-        return raw_header, leaves
+        return env, leaves
 
     def _read_fd(
         self,
         fd: int,
-        aead: AESGCM,
+        data_key: bytes,
         name: str,
         cid: str,
         size: int,
@@ -335,16 +287,13 @@ class ContentStore:
         sink: Sink,
         progress: Progress | None,
     ) -> int:
-        raw_header, leaves = self._read_index(fd, aead, name, cid, size, seg)
-        header = segments.Header.unpack(raw_header, name)
+        env, leaves = self._read_index(fd, data_key, name, cid, size, seg)
         nsegs = segments.segment_count(size, seg)
         if offset >= end and not (size == 0 and offset == 0):
             return 0  # nothing in range; an empty object read from 0 still verifies its one segment
         first = offset // seg
         last = max(first, (end - 1) // seg) if size else 0
         start_in_first = offset - first * seg
-        fixed_aad = raw_header[: segments.FIXED_AAD_SIZE]
-        prefix = header.nonce_prefix
         plain = bytearray(min(seg, max(size, 1)))
         plain_view = memoryview(plain)
         written = 0
@@ -352,15 +301,8 @@ class ContentStore:
         def open_segment(view: memoryview, i: int, _last: bool) -> memoryview:
             nonlocal written
             index = first + i
-            try:
-                n = aead.decrypt_into(
-                    segments.segment_nonce(prefix, index, index == nsegs - 1),
-                    view,
-                    fixed_aad,
-                    plain_view[: len(view) - segments.TAG_SIZE],
-                )
-            except InvalidTag:
-                raise IntegrityError(f"{name}: segment {index} failed authentication") from None
+            out = plain_view[: len(view) - env.tag_size]
+            n = env.open_segment_into(index, index == nsegs - 1, view, out, name)
             if contentid.leaf(plain_view[:n]) != leaves[32 * index : 32 * index + 32]:
                 raise IntegrityError(f"{name}: segment {index} does not match its hash")
             lo = start_in_first if index == first else 0
@@ -370,11 +312,11 @@ class ContentStore:
 
         transforms: list[Transform] = [open_segment]
         if progress is not None:
-            transforms.append(_progress_transform(progress))
-        start = segments.segment_offset(first, seg)
-        stop = min(segments.segment_offset(last + 1, seg), segments.data_end(size, seg))
+            transforms.append(progress_transform(progress))
+        start = env.segment_offset(first, seg)
+        stop = min(env.segment_offset(last + 1, seg), env.data_end(size, seg))
         # A range within one segment (every small object) needs buffers of that segment's size, not 1 MiB.
-        chunk = max(1, min(seg + segments.TAG_SIZE, stop - start))
+        chunk = max(1, min(seg + env.tag_size, stop - start))
         Pump(chunk, transforms, [sink]).run_fd(fd, start, stop - start)
         return written
 
@@ -467,132 +409,6 @@ class ContentStore:
         return report
 
 
-class Upload:
-    """One put in progress: plaintext in (pulled by put_fd, or pushed with write()), a durable encrypted
-    object and its repo rows out. Until finish() returns, nothing is visible: the bytes sit in a temp file
-    that abort() (or a failure) removes.
-
-    An object of one segment at most (most small files) never builds the pump and its four segment-sized
-    buffers: its bytes collect in a small buffer and are sealed in one step at finish(), exactly as the
-    pump would seal a single final segment. The pump starts as soon as the data outgrow one segment."""
-
-    def __init__(self, store: ContentStore, key: bytes, size: int | None, progress: Progress | None) -> None:
-        self.store = store
-        self.key = key
-        self.size = size
-        self.progress = progress
-        seg = store.segment_size
-        self.data_key = store.keyring.new_data_key()
-        self.aead = AESGCM(self.data_key)
-        self.prefix = os.urandom(segments.NONCE_PREFIX_SIZE)
-        header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=0)
-        self.fixed_aad = header.pack()[: segments.FIXED_AAD_SIZE]
-        self._pump: Pump | None = None
-        self._sealer: _Sealer | None = None
-        self._small = bytearray()
-        make_dirs(store.tmp_dir)
-        self.tmp = DurableFile(store.tmp_dir)
-        try:
-            if size is not None:
-                # Reserving the whole object up front fails early on a full disk and, on tmpfs and
-                # ext4 alike, makes the writes below about twice as fast (no allocation per page).
-                os.posix_fallocate(self.tmp.fd, 0, segments.file_size(size, seg))
-            os.write(self.tmp.fd, header.pack())
-        except OSError as exc:
-            self.tmp.abort()
-            raise os_error(exc, f"cannot store {show_key(key)}") from exc
-        except BaseException:
-            self.tmp.abort()
-            raise
-        self.length: int | None = None  # set when a pull (run_fd) ended the stream
-        self.plaintext: bytes | None = None  # set by finish() for an object sealed in one step
-
-    @property
-    def pump(self) -> Pump:
-        if self._pump is None:
-            store = self.store
-            self._sealer = _Sealer(
-                self.aead, self.prefix, self.fixed_aad, store.segment_size, self.tmp.fd, *store._pools()
-            )
-            progress = self.progress
-            transforms: list[Transform] = [] if progress is None else [_progress_transform(progress)]
-            transforms.append(self._sealer)
-            self._pump = Pump(store.segment_size, transforms)
-            if self._small:
-                small, self._small = self._small, bytearray()
-                self._pump.push(small)
-        return self._pump
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            if self._pump is None and len(self._small) + len(data) <= self.store.segment_size:
-                self._small += data
-                return
-            self.pump.push(data)
-        except OSError as exc:
-            raise os_error(exc, f"cannot store {show_key(self.key)}") from exc
-
-    def _seal_small(self) -> tuple[int, bytes]:
-        """The whole object as its one final segment: what the pump and sealer would write for it."""
-        data = self.plaintext = bytes(self._small)
-        ciphertext = self.aead.encrypt(
-            segments.segment_nonce(self.prefix, 0, True), bytes(data), self.fixed_aad
-        )
-        write_all(self.tmp.fd, ciphertext)
-        if self.progress is not None:
-            self.progress(len(data))
-        return len(data), contentid.leaf(data)
-
-    def finish(
-        self, expect_cid: str | None = None, holders: Sequence[str] = (), *, repair: bool = False
-    ) -> PutResult:
-        """Seal and commit; with `expect_cid`, an object whose content id differs is an IntegrityError and
-        leaves nothing behind (a replica checks what it received against what the sender announced).
-        `holders` go into `shares` in the same transaction (the peer that sent the object)."""
-        seg = self.store.segment_size
-        name = show_key(self.key)
-        try:
-            if self._pump is None and self.length is None:
-                length, leaves = self._seal_small()
-            else:
-                try:
-                    length = self.length if self.length is not None else self.pump.finish()
-                finally:
-                    # No write may still be running when the temp file is closed or finished.
-                    assert self._sealer is not None
-                    self._sealer.drain()
-                leaves = bytes(self._sealer.leaves)
-            cid = contentid.root(length, leaves)
-            if expect_cid is not None and cid != expect_cid:
-                raise IntegrityError(f"{name}: received {length} bytes hash to {cid}, not {expect_cid}")
-            final_header = segments.Header(segment_size=seg, nonce_prefix=self.prefix, length=length)
-            index = self.aead.encrypt(
-                segments.index_nonce(self.prefix), leaves, final_header.pack() + cid.encode()
-            )
-            write_all(self.tmp.fd, index)
-            if self.size != length:  # the source changed size while we read it
-                os.ftruncate(self.tmp.fd, segments.file_size(length, seg))
-            os.pwrite(self.tmp.fd, final_header.pack(), 0)
-        except OSError as exc:
-            raise os_error(exc, f"cannot store {name}") from exc
-        if repair:
-            return self.store._replace(self, cid, length)
-        return self.store._commit(self, cid, length, holders)
-
-    def finish_repair(self, cid: str) -> None:
-        """finish() for a verified copy of `cid` that replaces a local object file which failed its
-        check: the file is renamed over the bad one and the object's key row replaced, and no files row
-        changes (which keys name it, and where they came from, stay as they were)."""
-        self.finish(cid, repair=True)
-
-    def abort(self) -> None:
-        """Drop the upload if it did not finish (idempotent; a no-op after finish())."""
-        if self._sealer is not None:
-            with contextlib.suppress(BaseException):
-                self._sealer.drain()
-        self.tmp.abort()
-
-
 class _Collect:
     """A pump sink that keeps what it is given."""
 
@@ -601,85 +417,6 @@ class _Collect:
 
     def write(self, view: memoryview) -> None:
         self.buf += view
-
-
-class _Sealer:
-    """The store's pump transform: per plaintext segment, hash it (BLAKE3), encrypt it (AES-256-GCM) and
-    write the ciphertext to the temp file.
-
-    The three run at once: BLAKE3, AES-GCM and write() all release the GIL, so the hash runs on one worker
-    thread and the write of segment i on another while this thread encrypts segment i+1 into the second of
-    two output buffers. A buffer is reused only after its write has finished; the pump's view is used only
-    until the hash of it has returned. Small segments (below PIPELINE_MIN) are done inline: a thread
-    hand-off costs more than it saves there.
-    """
-
-    PIPELINE_MIN = 64 << 10
-
-    def __init__(
-        self,
-        aead: AESGCM,
-        prefix: bytes,
-        fixed_aad: bytes,
-        segment_size: int,
-        fd: int,
-        hash_pool: ThreadPoolExecutor,
-        write_pool: ThreadPoolExecutor,
-    ) -> None:
-        self.aead = aead
-        self.prefix = prefix
-        self.fixed_aad = fixed_aad
-        self.fd = fd
-        self.hash_pool = hash_pool
-        self.write_pool = write_pool
-        self.bufs = (
-            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
-            memoryview(bytearray(segment_size + segments.TAG_SIZE)),
-        )
-        self.writes: list[Future[None] | None] = [None, None]
-        self.leaves = bytearray()
-
-    def __call__(self, view: memoryview, index: int, last: bool) -> None:
-        if index >= segments.MAX_SEGMENTS:
-            raise BadInput(f"object too large: more than {segments.MAX_SEGMENTS} segments")
-        slot = index & 1
-        pending = self.writes[slot]
-        if pending is not None:
-            self.writes[slot] = None
-            pending.result()  # its buffer is free again (and a write error surfaces here)
-        # encrypt_into wants an output of exactly len(view) + tag bytes.
-        out = self.bufs[slot][: len(view) + segments.TAG_SIZE]
-        nonce = segments.segment_nonce(self.prefix, index, last)
-        if len(view) < self.PIPELINE_MIN:
-            self.drain()  # writes go to the file in order: the previous segment's first
-            self.leaves.extend(contentid.leaf(view))
-            self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
-            write_all(self.fd, out)
-            return
-        leaf = self.hash_pool.submit(contentid.leaf, view)
-        self.aead.encrypt_into(nonce, view, self.fixed_aad, out)
-        self.writes[slot] = self.write_pool.submit(write_all, self.fd, out)
-        self.leaves.extend(leaf.result())
-
-    def drain(self) -> None:
-        """Wait for every write; the first error raises (after all have finished)."""
-        error: BaseException | None = None
-        for slot, pending in enumerate(self.writes):
-            self.writes[slot] = None
-            if pending is not None:
-                try:
-                    pending.result()
-                except BaseException as exc:
-                    error = error or exc
-        if error is not None:
-            raise error
-
-
-def _progress_transform(progress: Progress) -> Transform:
-    def report(view: memoryview, index: int, last: bool) -> None:
-        progress(len(view))
-
-    return report
 
 
 def _remaining(fd: int) -> int | None:
@@ -694,4 +431,13 @@ def _remaining(fd: int) -> int | None:
     return max(0, st.st_size - pos)
 
 
-__all__ = ["ContentStore", "PutResult", "ReconcileReport", "StorageError", "Upload", "encode_key", "show_key"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "ContentStore",
+    "PutResult",
+    "ReconcileReport",
+    "StorageError",
+    "Upload",
+    "encode_key",
+    "show_key",
+]
