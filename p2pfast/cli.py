@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from p2pfast import __version__
 
 if TYPE_CHECKING:
-    from p2pfast.datadir import Layout, LocalNode
+    from p2pfast.datadir import LocalNode
+    from p2pfast.layout import Layout
     from p2pfast.node import Node
 
 PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
@@ -40,8 +41,21 @@ def _version() -> str:
     return f"p2pfast {__version__} ({kernels})"
 
 
+class _VersionAction(argparse.Action):
+    """--version, with the kernels looked up only when it is given: argparse's own action takes the text
+    when the parser is built, and importing _accel loads the kernels and logging for every command."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        kw.setdefault("help", "show program's version number and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
+
+
 def _layout(args: argparse.Namespace) -> Layout:
-    from p2pfast.datadir import Layout
+    from p2pfast.layout import Layout  # not datadir: a command that asks the daemon opens nothing
 
     cfg = args.config_obj
     return Layout.of(cfg.data_dir, cfg.master_key_file, cfg.db, cfg.network_key_file)
@@ -352,11 +366,13 @@ def _listing(
 ) -> int:
     """`files`, `shares`, `peers`: the rows from the running daemon (it knows what is live), else from
     the repo read beside it (listings.py makes both); JSON, or a table with one line per row."""
-    from p2pfast import ctl, listings
+    from p2pfast import ctl
 
     try:
         rows = ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
     except ctl.DaemonNotRunning:
+        from p2pfast import listings  # the repo's rows: only when no daemon answers
+
         with _open_repo(args) as repo:
             rows = getattr(listings, cmd)(repo)
     if args.json:
@@ -626,13 +642,15 @@ STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is r
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from p2pfast import ctl, status
-    from p2pfast.datadir import load_identity
+    from p2pfast import ctl
 
     layout = _layout(args)
     try:
         s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
     except ctl.DaemonNotRunning:
+        from p2pfast import status  # the repo and the keys: only when no daemon answers
+        from p2pfast.datadir import load_identity
+
         node_id = load_identity(layout).node_id
         with _open_repo(args) as repo:
             s = status.of_repo(repo, layout, node_id, args.config_obj.replicas)
@@ -809,7 +827,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
-    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--version", action=_VersionAction)
     _global_flags(p, dest="global_")
     p.add_argument("--json", dest="global_json", action="store_true", help="print results and errors as JSON")
     common = _Parser(add_help=False)

@@ -33,8 +33,7 @@ client (client.py, what the CLI imports) and the daemon's asyncio server (server
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -162,22 +161,23 @@ def decode_request(line: bytes) -> dict[str, Any]:
 # -- replies -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+# The messages are NamedTuples, immutable like the frozen dataclasses of proto/, but made at import for a
+# tenth of the cost (~0.2 ms, against 1-2 ms for a dataclass): this module is on every CLI call's path.
+
+
+class Progress(NamedTuple):
     """A progress line's object (advisory)."""
 
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     """The final line of a request that succeeded."""
 
     result: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(NamedTuple):
     """The final line of a request that failed: the P2PError's one-line message, exit code and name."""
 
     message: str
