@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -371,6 +372,7 @@ def _listing(
     try:
         rows = ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
     except ctl.DaemonNotRunning:
+        _setup_logging(args)
         from p2pfast import listings  # the repo's rows: only when no daemon answers
 
         with _open_repo(args) as repo:
@@ -477,6 +479,7 @@ def _network(
         try:
             return ctl.call(sock, request, fds, on_progress=bars)
         except ctl.DaemonNotRunning:
+            _setup_logging(args)
             return _embedded(args, request, list(fds), bars or (lambda p: None))
     finally:
         if bars is not None:
@@ -648,6 +651,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
     except ctl.DaemonNotRunning:
+        _setup_logging(args)
         from p2pfast import status  # the repo and the keys: only when no daemon answers
         from p2pfast.datadir import load_identity
 
@@ -773,10 +777,42 @@ def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
     g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
 
 
+@functools.cache
+def _terminal_columns() -> int:
+    """The width shutil.get_terminal_size gives ($COLUMNS, else stdout's terminal, else 80), found once."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own formatter, but its width from _terminal_columns: argparse makes one for every
+    add_argument, on every CLI call, and asks shutil each time (importing it, and with it zlib, bz2 and
+    lzma, costs more than building the whole parser)."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # the margin argparse leaves
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
     """With --json on the command line, a usage error is one JSON line too (docs/cli.md)."""
 
     json_errors = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
 
     def error(self, message: str) -> Any:
         if _Parser.json_errors:
@@ -902,9 +938,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    from p2pfast import log
+
+    cfg = getattr(args, "config_obj", None)
+    log.setup(cfg.log_level if cfg is not None else "warning")
+
+
+# Commands that ask a running daemon first. Through the daemon nothing in this process logs, so they set
+# up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
+# one; every other command gets it at once, in main().
+ASKS_DAEMON_FIRST = frozenset({"status", "files", "peers", "shares", "store", "get", "delete"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from p2pfast import config, log
+    from p2pfast import config
     from p2pfast.errors import InternalError, P2PError
 
     try:
@@ -921,9 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.config,
                 missing_ok=args.func is cmd_init,  # init writes the file it names
             )
-            log.setup(args.config_obj.log_level)
-        else:
-            log.setup("warning")
+        if args.command not in ASKS_DAEMON_FIRST:
+            _setup_logging(args)
         return int(args.func(args))
     except P2PError as exc:
         return _fail(args, exc.name, exc.exit_code, str(exc))
@@ -936,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the exit code says so, traceback only in debug
         import logging
 
+        _setup_logging(args)  # again or for the first time: either way the traceback reaches stderr
         logging.getLogger("p2pfast").debug("event=unhandled", exc_info=True)
         err = InternalError(f"{type(exc).__name__}: {exc}")
         return _fail(args, err.name, err.exit_code, str(err))
