@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from p2pfast import __version__
 
 if TYPE_CHECKING:
-    from p2pfast.datadir import Layout, LocalNode
+    from p2pfast.datadir import LocalNode
+    from p2pfast.layout import Layout
     from p2pfast.node import Node
 
 PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
@@ -40,8 +42,21 @@ def _version() -> str:
     return f"p2pfast {__version__} ({kernels})"
 
 
+class _VersionAction(argparse.Action):
+    """--version, with the kernels looked up only when it is given: argparse's own action takes the text
+    when the parser is built, and importing _accel loads the kernels and logging for every command."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        kw.setdefault("help", "show program's version number and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
+
+
 def _layout(args: argparse.Namespace) -> Layout:
-    from p2pfast.datadir import Layout
+    from p2pfast.layout import Layout  # not datadir: a command that asks the daemon opens nothing
 
     cfg = args.config_obj
     return Layout.of(cfg.data_dir, cfg.master_key_file, cfg.db, cfg.network_key_file)
@@ -352,11 +367,14 @@ def _listing(
 ) -> int:
     """`files`, `shares`, `peers`: the rows from the running daemon (it knows what is live), else from
     the repo read beside it (listings.py makes both); JSON, or a table with one line per row."""
-    from p2pfast import ctl, listings
+    from p2pfast import ctl
 
     try:
         rows = ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
     except ctl.DaemonNotRunning:
+        _setup_logging(args)
+        from p2pfast import listings  # the repo's rows: only when no daemon answers
+
         with _open_repo(args) as repo:
             rows = getattr(listings, cmd)(repo)
     if args.json:
@@ -461,6 +479,7 @@ def _network(
         try:
             return ctl.call(sock, request, fds, on_progress=bars)
         except ctl.DaemonNotRunning:
+            _setup_logging(args)
             return _embedded(args, request, list(fds), bars or (lambda p: None))
     finally:
         if bars is not None:
@@ -626,13 +645,16 @@ STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is r
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from p2pfast import ctl, status
-    from p2pfast.datadir import load_identity
+    from p2pfast import ctl
 
     layout = _layout(args)
     try:
         s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
     except ctl.DaemonNotRunning:
+        _setup_logging(args)
+        from p2pfast import status  # the repo and the keys: only when no daemon answers
+        from p2pfast.datadir import load_identity
+
         node_id = load_identity(layout).node_id
         with _open_repo(args) as repo:
             s = status.of_repo(repo, layout, node_id, args.config_obj.replicas)
@@ -755,10 +777,42 @@ def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
     g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
 
 
+@functools.cache
+def _terminal_columns() -> int:
+    """The width shutil.get_terminal_size gives ($COLUMNS, else stdout's terminal, else 80), found once."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own formatter, but its width from _terminal_columns: argparse makes one for every
+    add_argument, on every CLI call, and asks shutil each time (importing it, and with it zlib, bz2 and
+    lzma, costs more than building the whole parser)."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # the margin argparse leaves
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
     """With --json on the command line, a usage error is one JSON line too (docs/cli.md)."""
 
     json_errors = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
 
     def error(self, message: str) -> Any:
         if _Parser.json_errors:
@@ -809,7 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
-    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--version", action=_VersionAction)
     _global_flags(p, dest="global_")
     p.add_argument("--json", dest="global_json", action="store_true", help="print results and errors as JSON")
     common = _Parser(add_help=False)
@@ -884,9 +938,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    from p2pfast import log
+
+    cfg = getattr(args, "config_obj", None)
+    log.setup(cfg.log_level if cfg is not None else "warning")
+
+
+# Commands that ask a running daemon first. Through the daemon nothing in this process logs, so they set
+# up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
+# one; every other command gets it at once, in main().
+ASKS_DAEMON_FIRST = frozenset({"status", "files", "peers", "shares", "store", "get", "delete"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from p2pfast import config, log
+    from p2pfast import config
     from p2pfast.errors import InternalError, P2PError
 
     try:
@@ -903,9 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.config,
                 missing_ok=args.func is cmd_init,  # init writes the file it names
             )
-            log.setup(args.config_obj.log_level)
-        else:
-            log.setup("warning")
+        if args.command not in ASKS_DAEMON_FIRST:
+            _setup_logging(args)
         return int(args.func(args))
     except P2PError as exc:
         return _fail(args, exc.name, exc.exit_code, str(exc))
@@ -918,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, the exit code says so, traceback only in debug
         import logging
 
+        _setup_logging(args)  # again or for the first time: either way the traceback reaches stderr
         logging.getLogger("p2pfast").debug("event=unhandled", exc_info=True)
         err = InternalError(f"{type(exc).__name__}: {exc}")
         return _fail(args, err.name, err.exit_code, str(err))

@@ -1,4 +1,4 @@
-"""What the CLI asks a node to do, in one place: the daemon's control socket (ctl.py) and the short-lived
+"""What the CLI asks a node to do, in one place: the daemon's control socket (ctl/) and the short-lived
 embedded node of a CLI command run with no daemon both call `execute()`, so both paths behave alike.
 
 A request is a JSON object with "cmd"; file descriptors travel beside it (SCM_RIGHTS on the control
@@ -31,7 +31,7 @@ from typing import Any
 
 from p2pfast import listings
 from p2pfast.counters import COUNTERS
-from p2pfast.ctl import ClientGone
+from p2pfast.ctl.codec import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
 from p2pfast.net.transfer import NoGoodCopy
 from p2pfast.node import Node

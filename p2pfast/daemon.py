@@ -18,7 +18,9 @@ import logging
 import sys
 from typing import Any
 
-from p2pfast import commands, ctl, runtime
+from p2pfast import commands, runtime
+from p2pfast.ctl.codec import SOCKET_NAME
+from p2pfast.ctl.server import CtlServer
 from p2pfast.node import Node
 from p2pfast.sdnotify import Notifier
 
@@ -35,7 +37,7 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
     async def handle(request: dict[str, Any], fds: list[int], progress: Any) -> dict[str, Any]:
         return await commands.execute(node, request, fds, progress)
 
-    server = ctl.CtlServer(node.layout.root / ctl.SOCKET_NAME, handle)
+    server = CtlServer(node.layout.root / SOCKET_NAME, handle)
     exporter = None
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -1,4 +1,5 @@
-"""A node's data directory: its layout, `init`, the single-writer lock, and opening the local store.
+"""A node's data directory: `init`, the single-writer lock, and opening the local store. Its paths (the
+tree below) are `Layout`, in layout.py, which a CLI command that only asks the daemon imports alone.
 
 DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
@@ -24,12 +25,12 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from p2pfast import identity
 from p2pfast.errors import ConfigError, IntegrityError, StorageError
+from p2pfast.layout import Layout as Layout  # re-exported: datadir.Layout is what callers import
 from p2pfast.repo.db import wal_path
 from p2pfast.repo.repo import EmptyRepo, Repo
 from p2pfast.store.durable import fsync_dir, make_dirs, os_error, write_file_durably
@@ -39,58 +40,6 @@ from p2pfast.store.objects import ContentStore, ReconcileReport
 log = logging.getLogger("p2pfast.datadir")
 
 LOCK_WAIT_S = 10.0  # a CLI command waits this long for another process to finish with the data dir
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    root: Path
-    master_key_file: Path
-    db: Path
-    network_key: Path
-
-    @classmethod
-    def of(
-        cls,
-        data_dir: str | os.PathLike[str],
-        master_key_file: str | os.PathLike[str] | None = None,
-        db: str | os.PathLike[str] | None = None,
-        network_key_file: str | os.PathLike[str] | None = None,
-    ) -> Layout:
-        root = Path(data_dir).expanduser()
-
-        def where(given: str | os.PathLike[str] | None, default: str) -> Path:
-            return Path(given).expanduser() if given else root / default
-
-        return cls(
-            root,
-            where(master_key_file, "master.key"),
-            where(db, "p2p.db"),
-            where(network_key_file, "network.key"),
-        )
-
-    @property
-    def node_key(self) -> Path:
-        return self.root / "node.key"
-
-    @property
-    def objects(self) -> Path:
-        return self.root / "objects"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
-
-    @property
-    def dirty(self) -> Path:
-        return self.root / "dirty"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config"
 
 
 class AlreadyInitialised(ConfigError):

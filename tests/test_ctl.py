@@ -22,6 +22,7 @@ import pytest
 from loops import LOOPS, run_on
 
 from p2pfast import ctl, errors
+from p2pfast.ctl.server import CtlServer, Handler
 from p2pfast.errors import (
     BadInput,
     ConfigError,
@@ -66,8 +67,8 @@ async def echo(request: dict[str, Any], fds: list[int], progress: Progress) -> d
 
 
 @contextlib.asynccontextmanager
-async def serving(path: Path, handler: ctl.Handler = echo) -> AsyncIterator[ctl.CtlServer]:
-    server = ctl.CtlServer(path, handler)
+async def serving(path: Path, handler: Handler = echo) -> AsyncIterator[CtlServer]:
+    server = CtlServer(path, handler)
     await server.start()
     try:
         yield server
@@ -366,7 +367,7 @@ def test_stale_socket_is_replaced(loop_kind: str, sock_path: Path) -> None:
 def test_a_second_server_on_a_live_socket_fails_clearly(loop_kind: str, sock_path: Path) -> None:
     async def main() -> None:
         async with serving(sock_path):
-            second = ctl.CtlServer(sock_path, echo)
+            second = CtlServer(sock_path, echo)
             with pytest.raises(ConfigError, match="another daemon is serving"):
                 await second.start()
             await second.close()  # harmless, and must not remove the first one's socket
@@ -380,7 +381,7 @@ def test_a_file_that_is_not_a_socket_is_left_alone(sock_path: Path) -> None:
 
     async def main() -> None:
         with pytest.raises(ConfigError, match="not a socket"):
-            await ctl.CtlServer(sock_path, echo).start()
+            await CtlServer(sock_path, echo).start()
 
     run_on("uvloop", main)
     assert sock_path.read_text() == "not a socket"
@@ -512,7 +513,7 @@ def test_close_cancels_requests_in_flight_and_tells_their_clients(loop_kind: str
 
     async def main() -> None:
         before = open_fds()
-        server = ctl.CtlServer(sock_path, handler)
+        server = CtlServer(sock_path, handler)
         await server.start()
         r, w = os.pipe()
         pending = asyncio.ensure_future(call(sock_path, {"cmd": "long"}, [w]))

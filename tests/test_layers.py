@@ -123,3 +123,172 @@ def test_sql_lives_only_in_repo() -> None:
         if path.parent.name == "repo":
             continue
         assert "apsw" not in imports_of(path) and "sqlite3" not in imports_of(path), path
+
+
+# -- the CLI's client side: a command that asks a running daemon (STYLE.md 1) -------------------------
+
+# What a CLI command that only asks the daemon must not load: the event loop, SQL, crypto.
+HEAVY = {"asyncio", "uvloop", "apsw", "cryptography"}
+# Nor, through a daemon, what it has no use for: logging (nothing in the process logs) and shutil (which
+# argparse imports only for the terminal width, cli._Formatter finds it itself).
+UNUSED_THROUGH_DAEMON = {"logging", "shutil"}
+# The package's own modules that bring those in (or open the data dir): none is on the client's path.
+HEAVY_OWN = {
+    "p2pfast.ctl.server",
+    "p2pfast.datadir",
+    "p2pfast.identity",
+    "p2pfast.node",
+    "p2pfast.runtime",
+    "p2pfast.repo",
+    "p2pfast.store",
+    "p2pfast.net",
+    "p2pfast.proto",
+}
+
+
+def module_path(name: str) -> Path | None:
+    """The file of p2pfast module `name` in the installed package, None for anything else."""
+    parts = name.split(".")
+    if parts[0] != "p2pfast":
+        return None
+    base = PKG.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _names(nodes: list[ast.stmt] | list[ast.AST]) -> set[str]:
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            # `from p2pfast import ctl` imports the module p2pfast.ctl
+            names.update(
+                f"{node.module}.{a.name}" for a in node.names if module_path(f"{node.module}.{a.name}")
+            )
+    return names
+
+
+def eager_imports(path: Path) -> set[str]:
+    """What importing `path` imports: its module-level import statements, not those inside functions
+    (cli.py's lazy ones) nor those under `if TYPE_CHECKING:`."""
+    found: list[ast.AST] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node = ast.Module(body=node.orelse, type_ignores=[])
+        found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return _names(found)
+
+
+def closure(start: str) -> set[str]:
+    """Every module importing `start` imports, following the package's own modules (and their parent
+    packages, whose __init__ runs first)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        path = module_path(name)
+        if path is not None:
+            todo += sorted(eager_imports(path))
+    return seen
+
+
+def test_the_cli_client_imports_no_asyncio_apsw_or_crypto() -> None:
+    for start in ["p2pfast.cli", "p2pfast.ctl", "p2pfast.ctl.client", "p2pfast.layout", "p2pfast.config"]:
+        names = closure(start)
+        assert not hits(names, HEAVY | HEAVY_OWN), (start, sorted(hits(names, HEAVY | HEAVY_OWN)))
+
+
+def test_the_control_socket_codec_is_sans_io() -> None:
+    # codec.py is the format alone: no socket, no loop, and neither side of the conversation
+    forbidden = {
+        "asyncio",
+        "uvloop",
+        "socket",
+        "select",
+        "selectors",
+        "p2pfast.ctl.client",
+        "p2pfast.ctl.server",
+    }
+    assert not hits(imports_of(PKG / "ctl" / "codec.py"), forbidden)
+    assert not hits(imports_of(PKG / "ctl" / "client.py"), {"p2pfast.ctl.server"} | HEAVY)
+
+
+def test_the_closure_sees_what_the_daemon_imports() -> None:
+    # the walk above is not blind: the server and datadir do bring in what the client must not
+    assert "asyncio" in closure("p2pfast.ctl.server")
+    assert {"apsw", "cryptography"} <= {n.split(".")[0] for n in closure("p2pfast.datadir")}
+
+
+def _imported(args: list[str]) -> tuple[set[str], bytes]:
+    """The top-level packages `p2pfast ARGS` imports (-X importtime lists every module on stderr), and
+    its stdout."""
+    import subprocess
+    import sys
+
+    from nodetools import cli_env
+
+    r = subprocess.run(
+        [sys.executable, "-P", "-X", "importtime", "-m", "p2pfast", *args],
+        capture_output=True,
+        timeout=60,
+        env=cli_env(),
+    )
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, (args, err[-2000:])
+    lines = [line for line in err.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in lines}, r.stdout
+
+
+def test_commands_through_a_running_daemon_import_no_asyncio_apsw_or_crypto(tmp_path: Path) -> None:
+    import orjson
+    from netnodes import make_nodes, running
+
+    (node,) = make_nodes(tmp_path, 1)
+    src, out = tmp_path / "src.bin", tmp_path / "out.bin"
+    src.write_bytes(b"through the daemon\n" * 100)
+    d = ["--data-dir", str(node.root)]
+    with running([node]):
+        node.start()
+        loaded, stdout = _imported(["status", *d, "--json"])
+        status = orjson.loads(stdout)
+        assert status["running"] is True and status["pid"] == node.proc.pid  # the daemon answered
+        assert not loaded & (HEAVY | UNUSED_THROUGH_DAEMON), (
+            "status",
+            sorted(loaded & (HEAVY | UNUSED_THROUGH_DAEMON)),
+        )
+        for args in (
+            ["store", "k", str(src)],
+            ["files"],
+            ["peers"],
+            ["shares"],
+            ["get", "k", "-o", str(out)],
+            ["delete", "k"],
+        ):
+            loaded, stdout = _imported([*args, *d, "--json"])
+            assert not loaded & (HEAVY | UNUSED_THROUGH_DAEMON), (
+                args[0],
+                sorted(loaded & (HEAVY | UNUSED_THROUGH_DAEMON)),
+            )
+            if args[0] == "files":
+                assert [r["key"] for r in orjson.loads(stdout)] == ["k"]
+        assert out.read_bytes() == src.read_bytes()
+        node.stop()
+    # With no daemon the command opens the repo itself: then apsw is loaded, as it must be, and logging
+    loaded, _ = _imported(["status", *d, "--json"])
+    assert {"apsw", "logging"} <= loaded

@@ -235,7 +235,7 @@ ROWS: dict[str, tuple[int, Callable[[Path], Run], str]] = {
     "7": (7, code_7, "disk full:"),
     "7-dev-full": (7, code_7_dev_full, "disk full: cannot write the output"),
     "8": (8, code_8, "config error:"),
-    "9": (9, code_9, "protocol error: the daemon sent a line that is not JSON"),
+    "9": (9, code_9, "remote protocol error: the daemon sent a line that is not JSON"),
     "10": (10, code_10, "peer unavailable: no file under key k here, and no peer is connected to ask"),
     "130": (130, code_130, "interrupted"),
     "141": (141, code_141, ""),

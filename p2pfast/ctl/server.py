@@ -1,29 +1,7 @@
-"""The control socket between the `p2pfast` CLI and a running node daemon.
-
-The socket is a Unix stream socket, DATA_DIR/ctl.sock, mode 0600, and only processes of the daemon's
-own uid are served (SO_PEERCRED, on Linux). One request per connection:
-
-  client -> daemon   one line: an orjson object ending in "\\n", at most MAX_REQUEST bytes with the
-                     newline, with a string field "cmd" (the command; the other fields are its
-                     arguments). Up to MAX_FDS open file descriptors may ride on it as SCM_RIGHTS
-                     ancillary data (`socket.send_fds`): the file to store or stdin, the temp file a
-                     get writes into. So the daemon opens no path of the user's: relative paths,
-                     pipes and stdin mean what they mean to the CLI, and the CLI owns its output.
-  daemon -> client   zero or more progress lines      {"progress": {...}}
-                     then exactly one final line       {"ok": true, "result": {...}}
-                                                  or   {"ok": false, "error": "<one line>", "exit_code": N,
-                                                        "code": "<P2PError.name>"}
-                     and the daemon closes the connection.
-
-N is the exit code of the P2PError the daemon raised (errors.py) and "code" its class's name; the client
-raises that class again (by code, else the most general class of the exit code), with the daemon's
-message. Progress lines are advisory: a client that reads slowly loses some
-(the daemon keeps at most MAX_PENDING_PROGRESS bytes of them), never the final line. After its request
-the client sends nothing and keeps the connection open until the final line: the daemon reads a close
-(or anything else) before then as the client having gone away, cancels the request, and makes the
-request's `progress` raise ClientGone, so that work in a thread stops too. A malformed request (not
-JSON, not an object, over MAX_REQUEST, no string "cmd", more than MAX_FDS descriptors) gets a final
-error line with the exit code of a protocol error.
+"""The daemon's side of the control socket: an asyncio server on DATA_DIR/ctl.sock (the format:
+codec.py). It binds the socket 0600 and serves only its own uid, one request per connection, with the
+descriptors that came with it (SCM_RIGHTS), progress lines queued from any thread and bounded, the final
+line, and the cancellation of a request whose client went away. Only the daemon imports it.
 """
 
 from __future__ import annotations
@@ -31,7 +9,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import os
@@ -40,14 +17,13 @@ import socket
 import stat
 import struct
 import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from p2pfast import errors
+from p2pfast.ctl import codec
+from p2pfast.ctl.client import running
+from p2pfast.ctl.codec import MAX_FDS, MAX_REQUEST, ClientGone
 from p2pfast.errors import (
     ConfigError,
     InternalError,
@@ -58,35 +34,12 @@ from p2pfast.errors import (
     RemoteProtocolError,
 )
 
-__all__ = [
-    "MAX_FDS",
-    "MAX_REQUEST",
-    "SOCKET_NAME",
-    "ClientGone",
-    "CtlServer",
-    "DaemonNotRunning",
-    "Handler",
-    "Progress",
-    "call",
-    "exception_for",
-    "remote_error",
-    "running",
-]
+__all__ = ["CtlServer", "Handler", "ProgressFn"]
 
 log = logging.getLogger("p2pfast.ctl")
 
-SOCKET_NAME = "ctl.sock"
-# A request names a command and a key (at most 1024 bytes, JSON-escaped at most 6x) and a few options;
-# 64 KiB leaves room and is read before parsing, so a runaway client costs at most this much.
-MAX_REQUEST = 64 * 1024
-# store needs one (the input), get one (the output); 4 leaves room without letting a client pin many.
-MAX_FDS = 4
 # Progress lines queued for a slow client beyond what the kernel buffers; past this they are dropped.
 MAX_PENDING_PROGRESS = 64 * 1024
-# The longest reply line the client accepts: a `files` listing of ~100k keys at ~150 bytes each.
-MAX_REPLY = 16 << 20
-# An error message longer than this is cut: it is one line for a terminal.
-MAX_ERROR = 4096
 # Requests served at once; past this the daemon stops accepting and clients wait in the backlog.
 MAX_CLIENTS = 32
 BACKLOG = 16
@@ -99,8 +52,6 @@ REPLY_TIMEOUT = 10.0
 SHUTDOWN_REPLY_TIMEOUT = 1.0
 # After accept() fails (EMFILE, say), a pause, so the loop does not spin on it.
 ACCEPT_RETRY = 0.1
-# The client's wait for a connect in running() and in the stale check at start.
-PROBE_TIMEOUT = 2.0
 
 _INT = array.array("i").itemsize
 # Room for one descriptor more than allowed, so a client sending too many is told so (the kernel also
@@ -109,8 +60,8 @@ _FD_SPACE = socket.CMSG_SPACE((MAX_FDS + 1) * _INT)
 # Received descriptors are close-on-exec from the start, like every fd Python opens itself.
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
-Progress = Callable[[dict[str, Any]], None]
-Handler = Callable[[dict[str, Any], list[int], Progress], Awaitable[dict[str, Any]]]
+ProgressFn = Callable[[dict[str, Any]], None]
+Handler = Callable[[dict[str, Any], list[int], ProgressFn], Awaitable[dict[str, Any]]]
 """`handler(request, fds, progress) -> result`.
 
 `request` is the parsed request object (with a str "cmd"). `fds` are the descriptors that came with it,
@@ -125,185 +76,6 @@ the line when the client is far behind, and raises ClientGone once the client ha
 thread stops at its next call). The result must be an orjson-serialisable dict. A P2PError becomes an
 error reply with its exit code and message; any other exception is logged and replied as InternalError.
 """
-
-
-class DaemonNotRunning(PeerUnavailable):
-    """daemon not running: {}"""
-
-
-class ClientGone(PeerUnavailable):
-    """client gone: {}"""
-
-
-# -- exit codes back to classes ----------------------------------------------------------------------
-
-
-def _exception_table() -> dict[int, type[P2PError]]:
-    # Walked rather than listed, so a class added to errors.py is known here without a second edit. Per
-    # code the most general class wins (ProtocolError, not its Local/Remote children).
-    table: dict[int, type[P2PError]] = {}
-    for obj in vars(errors).values():
-        if isinstance(obj, type) and issubclass(obj, P2PError) and obj.__module__ == errors.__name__:
-            best = table.get(obj.exit_code)
-            if best is None or len(obj.__mro__) < len(best.__mro__):
-                table[obj.exit_code] = obj
-    return table
-
-
-_BY_EXIT_CODE = _exception_table()
-
-
-def exception_for(exit_code: int) -> type[P2PError]:
-    """The errors.py class with this exit code (the most general one); P2PError for an unknown code."""
-    return _BY_EXIT_CODE.get(exit_code, P2PError)
-
-
-_BY_CODE = {c.name: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, P2PError)}
-
-
-def remote_error(exit_code: int, message: str, code: object = None) -> P2PError:
-    """The exception a daemon's error reply stands for, whose str() is the daemon's message: the class's
-    own prefix ("not found: ") is taken off the message, since the class puts it back."""
-    cls = _BY_CODE.get(code) if isinstance(code, str) else None
-    if cls is None or cls.exit_code != exit_code:
-        cls = exception_for(exit_code)
-    template = (cls.__doc__ or "{}").strip().splitlines()[0]
-    prefix = template.partition("{}")[0]
-    if prefix and message.startswith(prefix):
-        message = message[len(prefix) :]
-    return cls(message)
-
-
-# -- client ------------------------------------------------------------------------------------------
-
-
-def _connect(path: Path, timeout: float | None) -> socket.socket:
-    # With a timeout the socket is non-blocking inside, and a connect to a Unix socket whose listen
-    # queue is full fails at once with EAGAIN instead of waiting as a blocking connect does: retry it,
-    # briefly backing off, until the timeout (a busy daemon is there, just behind on accepting).
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.002
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(os.fspath(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            raise DaemonNotRunning(f"nothing serves {path} (start one with 'p2pfast serve')") from exc
-        except TimeoutError as exc:
-            sock.close()
-            raise PeerUnavailable(f"the daemon at {path} did not accept within {timeout} s") from exc
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EAGAIN and (deadline is None or time.monotonic() < deadline):
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-                continue
-            if exc.errno == errno.EAGAIN:
-                raise PeerUnavailable(f"the daemon at {path} did not accept within {timeout} s") from exc
-            if exc.errno in (errno.ENOTSOCK, errno.ECONNREFUSED):
-                raise DaemonNotRunning(f"nothing serves {path} (start one with 'p2pfast serve')") from exc
-            raise ConfigError(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-
-
-def running(path: Path) -> bool:
-    """True when a daemon accepts connections on the control socket at `path`. Raises ConfigError when
-    it cannot tell (a socket this user may not connect to, a path too long for AF_UNIX)."""
-    try:
-        sock = _connect(path, PROBE_TIMEOUT)
-    except DaemonNotRunning:
-        return False
-    except PeerUnavailable:
-        return True  # there, but its backlog is full
-    sock.close()
-    return True
-
-
-def call(
-    path: Path,
-    request: dict[str, Any],
-    fds: Sequence[int] = (),
-    *,
-    timeout: float | None = None,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Send `request` (with `fds` attached) to the daemon at `path`; return its result.
-
-    `on_progress` gets each progress object. `timeout` bounds the connect and every wait for the daemon
-    (each line received starts a new wait); None waits as long as the daemon works. Raises
-    DaemonNotRunning when no daemon listens, the errors.py class of the daemon's exit code when it
-    replies with an error, and PeerUnavailable when it goes away without a final line. The caller keeps
-    its fds (the daemon gets copies)."""
-    if len(fds) > MAX_FDS:
-        raise LocalProtocolError(f"{len(fds)} file descriptors, at most {MAX_FDS} go with a request")
-    try:
-        line = orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError as exc:
-        raise LocalProtocolError(f"request is not JSON: {exc}") from exc
-    if len(line) > MAX_REQUEST:
-        raise LocalProtocolError(f"request is {len(line)} bytes, over {MAX_REQUEST}")
-    with _connect(path, timeout) as sock:
-        try:
-            sent = socket.send_fds(sock, [line], list(fds)) if fds else 0
-            sock.sendall(line[sent:])
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon may have refused us with a reply: read it
-        except TimeoutError as exc:
-            raise PeerUnavailable(f"the daemon at {path} took no request for {timeout} s") from exc
-        return _read_reply(sock, path, timeout, on_progress)
-
-
-def _read_reply(
-    sock: socket.socket,
-    path: Path,
-    timeout: float | None,
-    on_progress: Callable[[dict[str, Any]], None] | None,
-) -> dict[str, Any]:
-    buf = bytearray()
-    scanned = 0  # bytes of buf known to hold no newline, so none is searched twice
-    while True:
-        nl = buf.find(b"\n", scanned)
-        if nl < 0:
-            if len(buf) > MAX_REPLY:
-                raise ProtocolError(f"the daemon sent a line over {MAX_REPLY} bytes")
-            scanned = len(buf)
-            try:
-                chunk = sock.recv(1 << 16)
-            except TimeoutError as exc:
-                raise PeerUnavailable(f"the daemon at {path} sent nothing for {timeout} s") from exc
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                raise PeerUnavailable(
-                    f"the daemon at {path} closed the connection without a reply (was it stopped?)"
-                )
-            buf += chunk
-            continue
-        line = bytes(buf[:nl])
-        del buf[: nl + 1]
-        scanned = 0
-        try:
-            msg = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ProtocolError(f"the daemon sent a line that is not JSON: {exc}") from exc
-        if not isinstance(msg, dict):
-            raise ProtocolError("the daemon sent a line that is not an object")
-        if "progress" in msg and "ok" not in msg:
-            if on_progress is not None and isinstance(msg["progress"], dict):
-                on_progress(msg["progress"])
-            continue
-        if msg.get("ok") is True and isinstance(msg.get("result"), dict):
-            result: dict[str, Any] = msg["result"]
-            return result
-        error, code = msg.get("error"), msg.get("exit_code")
-        if msg.get("ok") is False and isinstance(error, str) and type(code) is int:
-            raise remote_error(code, error, msg.get("code"))
-        raise ProtocolError(f"the daemon sent a malformed reply: {line[:200]!r}")
-
-
-# -- server ------------------------------------------------------------------------------------------
 
 
 def _clear_stale(path: Path) -> None:
@@ -395,11 +167,10 @@ def _recv_with_fds(sock: socket.socket, n: int) -> tuple[bytes, list[int], bool]
 async def _read_request(loop: asyncio.AbstractEventLoop, sock: socket.socket, fds: list[int]) -> bytes | None:
     """The request line without its newline, or None when the client closed having sent nothing.
     Received descriptors go into `fds` as they arrive, so the caller closes them whatever happens."""
-    buf = bytearray()
+    lines = codec.LineBuffer(MAX_REQUEST, "the request line")
     while True:
         try:
-            # Never more than one byte past the limit: enough to know it was passed.
-            data, got, truncated = _recv_with_fds(sock, MAX_REQUEST + 1 - len(buf))
+            data, got, truncated = _recv_with_fds(sock, lines.room)
         except BlockingIOError:
             await _ready(loop, sock.fileno(), write=False)
             continue
@@ -407,44 +178,15 @@ async def _read_request(loop: asyncio.AbstractEventLoop, sock: socket.socket, fd
         if truncated or len(fds) > MAX_FDS:
             raise RemoteProtocolError(f"more than {MAX_FDS} file descriptors attached")
         if not data:
-            if not buf and not fds:
+            if not lines.buffered and not fds:
                 return None
             raise RemoteProtocolError("the request line has no newline")
-        start = len(buf)
-        buf += data
-        nl = buf.find(b"\n", start)
-        if nl >= 0:
-            if nl + 1 > MAX_REQUEST:
-                break
-            if nl + 1 != len(buf):
+        lines.feed(data)
+        line = lines.next_line()
+        if line is not None:
+            if lines.buffered:
                 raise RemoteProtocolError("data after the request line")
-            del buf[nl:]
-            return bytes(buf)
-        if len(buf) >= MAX_REQUEST:
-            break
-    raise RemoteProtocolError(f"the request line is over {MAX_REQUEST} bytes")
-
-
-def _parse_request(line: bytes) -> dict[str, Any]:
-    try:
-        request = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"the request is not JSON ({exc})") from None
-    if not isinstance(request, dict):
-        raise RemoteProtocolError("the request is not a JSON object")
-    if not isinstance(request.get("cmd"), str):
-        raise RemoteProtocolError('the request has no "cmd" string')
-    return request
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.splitlines())
-    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
-
-
-def _error_line(exc: P2PError) -> bytes:
-    reply = {"ok": False, "error": _one_line(str(exc)), "exit_code": exc.exit_code, "code": exc.name}
-    return orjson.dumps(reply, option=orjson.OPT_APPEND_NEWLINE)
+            return line
 
 
 class _Reply:
@@ -466,7 +208,7 @@ class _Reply:
         self._writer = loop.create_task(self._write_loop())
 
     def progress(self, obj: dict[str, Any]) -> None:
-        line = orjson.dumps({"progress": obj}, option=orjson.OPT_APPEND_NEWLINE)
+        line = codec.encode_progress(obj)
         with self._lock:
             if self.gone:
                 raise ClientGone("the client closed its control connection")
@@ -631,7 +373,8 @@ class CtlServer:
             if reply is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reply.finish(
-                        _error_line(PeerUnavailable("the daemon is shutting down")), SHUTDOWN_REPLY_TIMEOUT
+                        codec.encode_error(PeerUnavailable("the daemon is shutting down")),
+                        SHUTDOWN_REPLY_TIMEOUT,
                     )
             raise
         except Exception as exc:  # a bug here must not take the server down
@@ -660,7 +403,7 @@ class CtlServer:
                 return None
             if raw is None:
                 return None  # connected and left: running() or another daemon's start probing
-            request = _parse_request(raw)
+            request = codec.decode_request(raw)
             cmd = request["cmd"]
             log.debug("event=ctl_request cmd=%r fds=%d", cmd, len(fds))
             result = await self._run_handler(loop, sock, request, fds, reply)
@@ -672,9 +415,9 @@ class CtlServer:
             if not isinstance(result, dict):
                 raise InternalError(f"the {cmd!r} handler returned {type(result).__name__}, not a dict")
             try:
-                return orjson.dumps({"ok": True, "result": result}, option=orjson.OPT_APPEND_NEWLINE)
-            except TypeError as exc:
-                raise InternalError(f"the {cmd!r} result is not JSON: {exc}") from exc
+                return codec.encode_result(result)
+            except LocalProtocolError as exc:  # the handler's bug, not a limit of the protocol
+                raise InternalError(f"the {cmd!r} result is not JSON: {exc.__cause__}") from exc
         except P2PError as exc:
             # The client's own errors (not found, bad input) are routine; a refused uid or a malformed
             # request is worth a look.
@@ -684,9 +427,9 @@ class CtlServer:
                 "event=ctl_error cmd=%r exit_code=%d error=%r",
                 cmd,
                 exc.exit_code,
-                _one_line(str(exc)),
+                codec.Error.of(exc).message,
             )
-            return _error_line(exc)
+            return codec.encode_error(exc)
         except Exception as exc:
             log.error(
                 "event=ctl_handler_failed cmd=%r error=%r",
@@ -694,7 +437,7 @@ class CtlServer:
                 exc,
                 exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
             )
-            return _error_line(InternalError(f"{type(exc).__name__}: {exc}"))
+            return codec.encode_error(InternalError(f"{type(exc).__name__}: {exc}"))
 
     async def _run_handler(
         self,

@@ -1,0 +1,63 @@
+"""The paths of a node's data directory (the tree is drawn in datadir.py), built from the config alone.
+
+Light on purpose: a CLI command that only asks the running daemon needs the data dir's ctl.sock and
+nothing that opens it (datadir.py imports the repo, the store and their crypto).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    root: Path
+    master_key_file: Path
+    db: Path
+    network_key: Path
+
+    @classmethod
+    def of(
+        cls,
+        data_dir: str | os.PathLike[str],
+        master_key_file: str | os.PathLike[str] | None = None,
+        db: str | os.PathLike[str] | None = None,
+        network_key_file: str | os.PathLike[str] | None = None,
+    ) -> Layout:
+        root = Path(data_dir).expanduser()
+
+        def where(given: str | os.PathLike[str] | None, default: str) -> Path:
+            return Path(given).expanduser() if given else root / default
+
+        return cls(
+            root,
+            where(master_key_file, "master.key"),
+            where(db, "p2p.db"),
+            where(network_key_file, "network.key"),
+        )
+
+    @property
+    def node_key(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def objects(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def dirty(self) -> Path:
+        return self.root / "dirty"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
