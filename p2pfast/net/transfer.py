@@ -507,6 +507,21 @@ def _write_piece(out_fd: int, parts: list[memoryview], keep: Upload | None) -> N
         _keep_piece(keep, parts)
 
 
+# a segment being checked on the DB thread: its index, its views, the check
+_Check = tuple[int, list[memoryview], asyncio.Future[None]]
+
+
+async def _holder_reason(exc: BaseException, reply: asyncio.Future[dict[str, Any]]) -> BaseException:
+    """Why a holder failed: its own reason when its reply carries one, else `exc`."""
+    if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
+        # A holder that refuses resets the stream, then replies with its reason: wait for that briefly,
+        # so the failure says "integrity check failed", not "stream reset".
+        await asyncio.wait([reply], timeout=REASON_WAIT)
+    if reply.done() and not reply.cancelled() and reply.exception() is not None:
+        return reply.exception()  # type: ignore[return-value]
+    return exc
+
+
 class _Fetch:
     """The I/O of one parallel get: a worker per holder fetches and checks what `plan` assigns it, and
     the verified pieces are written as `plan` releases them."""
@@ -560,68 +575,24 @@ class _Fetch:
                 await self.write_ready()
 
     async def fetch_piece(self, session: Session, job: Assignment) -> None:
-        peer = session.peer_id
-        plan = self.plan
-        index = job.first
-        offset = index * self.seg
-        length = sum(self.seg_len(i) for i in range(index, job.end))
+        """Ask `session` for the segments of `job` and verify them, until they are all in or another
+        holder finished the piece."""
+        offset = job.first * self.seg
+        length = sum(self.seg_len(i) for i in range(job.first, job.end))
         stream = await session.open_stream_wait(STALL_TIMEOUT)
         request = {"t": "get", "cid": self.cid, "offset": offset, "length": length, "sid": stream.sid}
         reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
-        received: deque[memoryview] = deque()  # not yet cut into segments
-        have = 0
-        extended = False
-        finished = False
         # segment checks run on the DB thread while the stream keeps being read; settled in order
-        checks: deque[tuple[int, list[memoryview], asyncio.Future[None]]] = deque()
-
-        async def settle(wait_all: bool) -> None:
-            while checks and (wait_all or checks[0][2].done()):
-                i, data, check = checks.popleft()
-                try:
-                    await check
-                except IntegrityError:  # this holder sent a bad segment: counted, and it is dropped
-                    COUNTERS.integrity_failures += 1
-                    raise
-                if plan.verified(peer, job.piece, i, data):  # the first copy of it: this one is kept
-                    self.served[peer] = self.served.get(peer, 0) + sum(len(v) for v in data)
-
+        checks: deque[_Check] = deque()
+        finished = False
         try:
-            while index < job.end and not plan.is_done(job.piece):
-                if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
-                    chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
-                    if not chunks:
-                        raise PeerUnavailable(f"{peer[:12]} ended the stream early")
-                    if not extended:
-                        stream.extend_window(EXTRA_WINDOW)
-                        extended = True
-                    for c in chunks:
-                        received.append(memoryview(c))
-                        have += len(c)
-                while index < job.end and have >= self.seg_len(index):
-                    n = self.seg_len(index)
-                    data = _take(received, n)  # one copy: the frames' bytes joined into the segment
-                    have -= n
-                    if plan.needs(job.piece, index):  # not yet verified from another holder's copy
-                        checks.append(
-                            (
-                                index,
-                                data,
-                                asyncio.ensure_future(self.run(_check_segment, data, self.leaves, index)),
-                            )
-                        )
-                    index += 1
-                await settle(wait_all=index >= job.end)
-            finished = index >= job.end
+            finished = await self.receive_piece(session.peer_id, stream, job, checks)
             if finished:
                 await _within(reply, STALL_TIMEOUT)
         except (P2PError, TimeoutError) as exc:
-            if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
-                # A holder that refuses resets the stream, then replies with its reason: wait for that
-                # briefly, so the failure says "integrity check failed", not "stream reset".
-                await asyncio.wait([reply], timeout=REASON_WAIT)
-            if reply.done() and not reply.cancelled() and reply.exception() is not None:
-                raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
+            why = await _holder_reason(exc, reply)
+            if why is not exc:
+                raise why from None  # the holder's own reason
             raise
         finally:
             for _, _, pending in checks:
@@ -631,6 +602,48 @@ class _Fetch:
             if not finished:
                 stream.reset(int(wire.ErrorCode.REFUSED))  # done by another holder, or failed
                 reply.cancel()
+
+    async def receive_piece(self, peer: str, stream: Stream, job: Assignment, checks: deque[_Check]) -> bool:
+        """Read `job`'s range, cut it into segments and check those the plan still needs. True: the whole
+        range is in and verified; False: another holder finished the piece first."""
+        plan = self.plan
+        index = job.first
+        received: deque[memoryview] = deque()  # not yet cut into segments
+        have = 0
+        extended = False
+        while index < job.end and not plan.is_done(job.piece):
+            if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
+                chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
+                if not chunks:
+                    raise PeerUnavailable(f"{peer[:12]} ended the stream early")
+                if not extended:
+                    stream.extend_window(EXTRA_WINDOW)
+                    extended = True
+                for c in chunks:
+                    received.append(memoryview(c))
+                    have += len(c)
+            while index < job.end and have >= self.seg_len(index):
+                n = self.seg_len(index)
+                data = _take(received, n)  # one copy: the frames' bytes joined into the segment
+                have -= n
+                if plan.needs(job.piece, index):  # not yet verified from another holder's copy
+                    check = asyncio.ensure_future(self.run(_check_segment, data, self.leaves, index))
+                    checks.append((index, data, check))
+                index += 1
+            await self.settle(peer, job, checks, wait_all=index >= job.end)
+        return index >= job.end
+
+    async def settle(self, peer: str, job: Assignment, checks: deque[_Check], wait_all: bool) -> None:
+        """Report the checks that are done (with `wait_all`, every one), in order, to the plan."""
+        while checks and (wait_all or checks[0][2].done()):
+            i, data, check = checks.popleft()
+            try:
+                await check
+            except IntegrityError:  # this holder sent a bad segment: counted, and it is dropped
+                COUNTERS.integrity_failures += 1
+                raise
+            if self.plan.verified(peer, job.piece, i, data):  # the first copy of it: this one is kept
+                self.served[peer] = self.served.get(peer, 0) + sum(len(v) for v in data)
 
     async def write_ready(self) -> None:
         """Write every finished piece at the front, in order. The plan hands out one piece at a time: a
