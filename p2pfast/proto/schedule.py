@@ -162,24 +162,13 @@ class PieceSchedule(Generic[T]):
     # -- events -----------------------------------------------------------------------------------------
     def assign(self, holder: str) -> Assignment | Idle:
         """`holder` is idle: the piece it fetches next (it now works on it), or WAIT, or DONE."""
-        if holder in self._out:
-            raise InternalError(f"holder {holder[:12]} failed and asks for a piece")
-        if holder in self._working:
-            busy = self._working[holder]
-            raise InternalError(f"holder {holder[:12]} asks for a piece while it fetches piece {busy}")
+        self._check_idle(holder)
         if self.complete:
             return DONE
         window = [self._pieces[i] for i in self.window()]
         piece = next((p for p in window if not p.done and not p.workers), None)
         if piece is None:  # endgame: help with the oldest unfinished piece
-            piece = next(
-                (
-                    p
-                    for p in window
-                    if not p.done and holder not in p.workers and len(p.workers) < self.max_workers
-                ),
-                None,
-            )
+            piece = next((p for p in window if self._may_help(p, holder)), None)
         if piece is None:
             return WAIT
         piece.workers.add(holder)
@@ -238,6 +227,16 @@ class PieceSchedule(Generic[T]):
             raise InternalError(f"piece {piece} written, but the write under way is {self._writing}")
         self._writing = None
         self._next_write += 1
+
+    def _check_idle(self, holder: str) -> None:
+        if holder in self._out:
+            raise InternalError(f"holder {holder[:12]} failed and asks for a piece")
+        if holder in self._working:
+            busy = self._working[holder]
+            raise InternalError(f"holder {holder[:12]} asks for a piece while it fetches piece {busy}")
+
+    def _may_help(self, p: _Piece[T], holder: str) -> bool:
+        return not p.done and holder not in p.workers and len(p.workers) < self.max_workers
 
     def _piece(self, piece: int) -> _Piece[T]:
         if not 0 <= piece < len(self._pieces):
