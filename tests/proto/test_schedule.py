@@ -11,14 +11,18 @@ one holder stays healthy.
 
 from __future__ import annotations
 
+import ast
 import random
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+import p2pfast.proto.schedule
 from p2pfast.errors import InternalError
 from p2pfast.proto.schedule import DONE, WAIT, Assignment, Idle, PieceSchedule, PieceWrite
 
@@ -200,11 +204,11 @@ def test_a_piece_can_be_assigned_again_after_its_only_holder_released_it_unfinis
         lambda s: s.needs(-1, 0),
     ],
 )
-def test_calls_that_make_no_sense_are_internal_errors(call: object) -> None:
+def test_calls_that_make_no_sense_are_internal_errors(call: Callable[[PieceSchedule[Seg]], object]) -> None:
     s: PieceSchedule[Seg] = PieceSchedule(16, piece=8, ahead=3)
     s.assign("a")
     with pytest.raises(InternalError):
-        call(s)  # type: ignore[operator]
+        call(s)
 
 
 @pytest.mark.parametrize("args", [(0, 8, 3), (8, 0, 3), (8, 8, 0)])
@@ -215,12 +219,7 @@ def test_a_schedule_needs_a_segment_a_piece_size_and_a_read_ahead(args: tuple[in
 
 def test_the_schedule_imports_no_io() -> None:
     # proto/ is sans-IO (STYLE.md 1; tests/test_layers.py walks every proto module): the schedule too
-    import ast
-    from pathlib import Path
-
-    import p2pfast.proto.schedule as mod
-
-    tree = ast.parse(Path(mod.__file__).read_text())
+    tree = ast.parse(Path(p2pfast.proto.schedule.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "enum", "dataclasses", "typing", "p2pfast.errors"}
