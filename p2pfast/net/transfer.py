@@ -13,9 +13,11 @@ after the object is durable under its own keys and its content id checked (`rece
 
 Get (the fetcher, `fetch`): the leaf list first, checked against the content id; then the bytes, in
 pieces from up to MAX_HOLDERS holders at once, each segment checked against its leaf as it completes and
-written to `out_fd` in order (the piece rules are above `_Piece`). A holder that fails, stalls or sends a
+written to `out_fd` in order (the piece rules are above PIECE). A holder that fails, stalls or sends a
 segment that does not match is dropped and another continues from the first unverified segment. Nothing
-unverified reaches `out_fd`.
+unverified reaches `out_fd`. Which piece a holder takes, which segment is kept and which piece is written
+next is decided by the sans-IO `proto.schedule.PieceSchedule` (its docstring has the rules); `_Fetch`
+does the I/O and reports to it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from p2pfast.errors import (
     RemoteProtocolError,
 )
 from p2pfast.net.session import Session, Stream, StreamError
+from p2pfast.proto.schedule import DONE, WAIT, Assignment, PieceSchedule
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
@@ -468,7 +471,7 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
 # memory (AHEAD x PIECE MiB). A holder with nothing left to take helps with the oldest unfinished piece
 # (BitTorrent's endgame): a slow holder's piece is then finished by a faster one, and the slow copy is
 # dropped. A holder that fails or sends a bad segment is dropped; its piece goes back, from its first
-# unverified segment.
+# unverified segment. These rules are `proto.schedule.PieceSchedule`'s, unit-tested there without I/O.
 # Measured on one 2-core machine where every holder shares the cores (500 MiB, MB/s, two runs each):
 # 4 holders x 4-segment pieces 186-273, 2 x 8 206-305, 2 x 16 312-364, one holder 292-428. Holders on
 # their own machines add bandwidth instead; 2 holders keep the gain from overtaking a slow one at a
@@ -476,16 +479,6 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
 PIECE = 8
 AHEAD = 3
 MAX_HOLDERS = 2
-
-
-@dataclass(slots=True)
-class _Piece:
-    index: int
-    first: int  # first segment not yet verified
-    end: int  # one past its last segment
-    segments: dict[int, list[memoryview]] = field(default_factory=dict)  # verified, not yet written
-    workers: set[str] = field(default_factory=set)  # holders fetching it now
-    done: bool = False
 
 
 def _check_segment(parts: list[memoryview], leaves: bytes, index: int) -> None:
@@ -522,7 +515,25 @@ def _write_piece(out_fd: int, parts: list[memoryview], keep: Upload | None) -> N
         _keep_piece(keep, parts)
 
 
+# a segment being checked on the DB thread: its index, its views, the check
+_Check = tuple[int, list[memoryview], asyncio.Future[None]]
+
+
+async def _holder_reason(exc: BaseException, reply: asyncio.Future[dict[str, Any]]) -> BaseException:
+    """Why a holder failed: its own reason when its reply carries one, else `exc`."""
+    if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
+        # A holder that refuses resets the stream, then replies with its reason: wait for that briefly,
+        # so the failure says "integrity check failed", not "stream reset".
+        await asyncio.wait([reply], timeout=REASON_WAIT)
+    if reply.done() and not reply.cancelled() and reply.exception() is not None:
+        return reply.exception()  # type: ignore[return-value]
+    return exc
+
+
 class _Fetch:
+    """The I/O of one parallel get: a worker per holder fetches and checks what `plan` assigns it, and
+    the verified pieces are written as `plan` releases them."""
+
     def __init__(
         self,
         cid: str,
@@ -538,10 +549,9 @@ class _Fetch:
         self.stream_out = clientio.Writer(out_fd) if clientio.is_stream(out_fd) else None
         self.seg = segments.SEGMENT_SIZE
         nsegs = segments.segment_count(size, self.seg)
-        self.pieces = [_Piece(i // PIECE, i, min(i + PIECE, nsegs)) for i in range(0, nsegs, PIECE)]
-        self.next_write = 0  # the first piece not yet written
-        self.changed = asyncio.Event()
-        self.write_lock = asyncio.Lock()
+        # each verified segment is kept as the views it was received in (`_take`)
+        self.plan: PieceSchedule[list[memoryview]] = PieceSchedule(nsegs, PIECE, AHEAD)
+        self.changed = asyncio.Event()  # the plan changed: a piece released, failed or written
         self.failures: list[tuple[str, BaseException]] = []  # (holder, why it was dropped)
         self.served: dict[str, int] = {}
         self.complete = asyncio.Event()  # every piece written
@@ -549,109 +559,48 @@ class _Fetch:
     def seg_len(self, index: int) -> int:
         return max(0, min(self.seg, self.size - index * self.seg))
 
-    def pick(self, peer: str) -> _Piece | bool | None:
-        """A piece for `peer`; None when everything is written; False: nothing to do yet, wait."""
-        if self.next_write >= len(self.pieces):
-            return None
-        window = self.pieces[self.next_write : self.next_write + AHEAD]
-        for piece in window:
-            if not piece.done and not piece.workers:
-                return piece
-        for piece in window:  # endgame: help with the oldest unfinished piece, two holders at most
-            if not piece.done and peer not in piece.workers and len(piece.workers) < 2:
-                return piece
-        return False
-
     async def worker(self, session: Session) -> None:
         peer = session.peer_id
         while True:
-            piece = self.pick(peer)
-            if piece is None:
+            job = self.plan.assign(peer)
+            if job is DONE:
                 return
-            if piece is False:
+            if job is WAIT:
                 self.changed.clear()
                 await self.changed.wait()
                 continue
-            assert isinstance(piece, _Piece)
-            piece.workers.add(peer)
+            assert isinstance(job, Assignment)
             try:
-                await self.fetch_piece(session, piece)
+                await self.fetch_piece(session, job)
             except (P2PError, TimeoutError) as exc:
                 self.failures.append((peer, exc))  # logged by fetch() if the get succeeds all the same
-                return  # this holder is out; its piece is free for the others
+                self.plan.fail(peer)  # this holder is out; its piece is free for the others
+                return
             finally:
-                piece.workers.discard(peer)
+                self.plan.release(peer)  # (nothing left to release after a failure)
                 self.changed.set()
-            if piece.done:
+            if self.plan.is_done(job.piece):
                 await self.write_ready()
 
-    async def fetch_piece(self, session: Session, piece: _Piece) -> None:
-        peer = session.peer_id
-        index = piece.first
-        offset = index * self.seg
-        length = sum(self.seg_len(i) for i in range(index, piece.end))
+    async def fetch_piece(self, session: Session, job: Assignment) -> None:
+        """Ask `session` for the segments of `job` and verify them, until they are all in or another
+        holder finished the piece."""
+        offset = job.first * self.seg
+        length = sum(self.seg_len(i) for i in range(job.first, job.end))
         stream = await session.open_stream_wait(STALL_TIMEOUT)
         request = {"t": "get", "cid": self.cid, "offset": offset, "length": length, "sid": stream.sid}
         reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
-        received: deque[memoryview] = deque()  # not yet cut into segments
-        have = 0
-        extended = False
-        finished = False
         # segment checks run on the DB thread while the stream keeps being read; settled in order
-        checks: deque[tuple[int, list[memoryview], asyncio.Future[None]]] = deque()
-
-        async def settle(wait_all: bool) -> None:
-            while checks and (wait_all or checks[0][2].done()):
-                i, data, check = checks.popleft()
-                try:
-                    await check
-                except IntegrityError:  # this holder sent a bad segment: counted, and it is dropped
-                    COUNTERS.integrity_failures += 1
-                    raise
-                if i not in piece.segments:
-                    piece.segments[i] = data
-                    self.served[peer] = self.served.get(peer, 0) + sum(len(v) for v in data)
-            while piece.first < piece.end and piece.first in piece.segments:
-                piece.first += 1
-            if piece.first >= piece.end:
-                piece.done = True
-
+        checks: deque[_Check] = deque()
+        finished = False
         try:
-            while index < piece.end and not piece.done:
-                if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
-                    chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
-                    if not chunks:
-                        raise PeerUnavailable(f"{peer[:12]} ended the stream early")
-                    if not extended:
-                        stream.extend_window(EXTRA_WINDOW)
-                        extended = True
-                    for c in chunks:
-                        received.append(memoryview(c))
-                        have += len(c)
-                while index < piece.end and have >= self.seg_len(index):
-                    n = self.seg_len(index)
-                    data = _take(received, n)  # one copy: the frames' bytes joined into the segment
-                    have -= n
-                    if index not in piece.segments and index >= piece.first:
-                        checks.append(
-                            (
-                                index,
-                                data,
-                                asyncio.ensure_future(self.run(_check_segment, data, self.leaves, index)),
-                            )
-                        )
-                    index += 1
-                await settle(wait_all=index >= piece.end)
-            finished = index >= piece.end
+            finished = await self.receive_piece(session.peer_id, stream, job, checks)
             if finished:
                 await _within(reply, STALL_TIMEOUT)
         except (P2PError, TimeoutError) as exc:
-            if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
-                # A holder that refuses resets the stream, then replies with its reason: wait for that
-                # briefly, so the failure says "integrity check failed", not "stream reset".
-                await asyncio.wait([reply], timeout=REASON_WAIT)
-            if reply.done() and not reply.cancelled() and reply.exception() is not None:
-                raise reply.exception() from None  # type: ignore[misc]  # the holder's own reason
+            why = await _holder_reason(exc, reply)
+            if why is not exc:
+                raise why from None  # the holder's own reason
             raise
         finally:
             for _, _, pending in checks:
@@ -662,26 +611,66 @@ class _Fetch:
                 stream.reset(int(wire.ErrorCode.REFUSED))  # done by another holder, or failed
                 reply.cancel()
 
+    async def receive_piece(self, peer: str, stream: Stream, job: Assignment, checks: deque[_Check]) -> bool:
+        """Read `job`'s range, cut it into segments and check those the plan still needs. True: the whole
+        range is in and verified; False: another holder finished the piece first."""
+        plan = self.plan
+        index = job.first
+        received: deque[memoryview] = deque()  # not yet cut into segments
+        have = 0
+        extended = False
+        while index < job.end and not plan.is_done(job.piece):
+            if self.seg_len(index) > 0:  # (the one empty segment of an empty object needs none)
+                chunks = await _within(stream.read_chunks(CHUNK, HANDOFF), STALL_TIMEOUT)
+                if not chunks:
+                    raise PeerUnavailable(f"{peer[:12]} ended the stream early")
+                if not extended:
+                    stream.extend_window(EXTRA_WINDOW)
+                    extended = True
+                for c in chunks:
+                    received.append(memoryview(c))
+                    have += len(c)
+            while index < job.end and have >= self.seg_len(index):
+                n = self.seg_len(index)
+                data = _take(received, n)  # one copy: the frames' bytes joined into the segment
+                have -= n
+                if plan.needs(job.piece, index):  # not yet verified from another holder's copy
+                    check = asyncio.ensure_future(self.run(_check_segment, data, self.leaves, index))
+                    checks.append((index, data, check))
+                index += 1
+            await self.settle(peer, job, checks, wait_all=index >= job.end)
+        return index >= job.end
+
+    async def settle(self, peer: str, job: Assignment, checks: deque[_Check], wait_all: bool) -> None:
+        """Report the checks that are done (with `wait_all`, every one), in order, to the plan."""
+        while checks and (wait_all or checks[0][2].done()):
+            i, data, check = checks.popleft()
+            try:
+                await check
+            except IntegrityError:  # this holder sent a bad segment: counted, and it is dropped
+                COUNTERS.integrity_failures += 1
+                raise
+            if self.plan.verified(peer, job.piece, i, data):  # the first copy of it: this one is kept
+                self.served[peer] = self.served.get(peer, 0) + sum(len(v) for v in data)
+
     async def write_ready(self) -> None:
-        """Write every finished piece at the front, in order (one writer at a time)."""
-        async with self.write_lock:
-            while self.next_write < len(self.pieces) and self.pieces[self.next_write].done:
-                piece = self.pieces[self.next_write]
-                parts = [v for i in range(piece.index * PIECE, piece.end) for v in piece.segments[i]]
-                piece.segments = {}
-                if self.stream_out is not None:  # a pipe: written from the loop, never blocking the DB thread
-                    for part in parts:
-                        await self.stream_out.write(part)
-                    if self.keep is not None:
-                        await self.run(_keep_piece, self.keep, parts)
-                else:
-                    await self.run(_write_piece, self.out_fd, parts, self.keep)
-                if self.progress is not None:
-                    self.progress(sum(len(p) for p in parts))
-                self.next_write += 1
-                self.changed.set()
-            if self.next_write >= len(self.pieces):
-                self.complete.set()
+        """Write every finished piece at the front, in order. The plan hands out one piece at a time: a
+        worker that finds a write under way leaves it to the writer, which takes the next piece itself."""
+        while (ready := self.plan.take_write()) is not None:
+            parts = [v for seg in ready.segments for v in seg]
+            if self.stream_out is not None:  # a pipe: written from the loop, never blocking the DB thread
+                for part in parts:
+                    await self.stream_out.write(part)
+                if self.keep is not None:
+                    await self.run(_keep_piece, self.keep, parts)
+            else:
+                await self.run(_write_piece, self.out_fd, parts, self.keep)
+            if self.progress is not None:
+                self.progress(sum(len(p) for p in parts))
+            self.plan.written(ready.piece)
+            self.changed.set()
+        if self.plan.complete:
+            self.complete.set()
 
 
 async def fetch(
@@ -728,7 +717,7 @@ async def fetch(
         # a job already running on the DB thread finishes anyway; wait for it before out_fd is reused
         with contextlib.suppress(BaseException):
             await run(_barrier)
-    if job.next_write < len(job.pieces):
+    if not job.plan.complete:
         raise _no_holder(cid, failures)  # the failures are its one line: not logged as well
     for peer, exc in failures:  # the get succeeded without them: worth a warning each
         log.warning("event=holder_failed peer=%s cid=%s reason=%r", peer[:12], cid, _describe(exc))
