@@ -394,9 +394,10 @@ def _when(t: str) -> str:
 
 
 def _shown(key: str) -> str:
-    """A key for a table or result line: printable as is, otherwise escaped (store.objects.show_key, for
-    a str; that module is too heavy for a command that only asks the daemon). --json has the key itself."""
-    return key if key.isprintable() else repr(key)
+    """store.userkey.show_key, imported when a result is shown (cli.py imports p2pfast.store lazily)."""
+    from p2pfast.store.userkey import show_key
+
+    return show_key(key)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:

@@ -28,7 +28,8 @@ def encode_key(key: str | bytes) -> bytes:
     return raw
 
 
-def show_key(key: bytes) -> str:
-    """A key for one-line messages: printable as is, otherwise escaped."""
-    text = key.decode("utf-8", "replace")
+def show_key(key: str | bytes) -> str:
+    """A key for one-line messages and tables: printable as is, otherwise escaped (--json has the key
+    itself). Light to import: the CLI calls it for results that came from the daemon."""
+    text = key if isinstance(key, str) else bytes(key).decode("utf-8", "replace")
     return text if text.isprintable() else repr(text)
