@@ -134,21 +134,16 @@ class Repo:
         conn = db.open_db(p, busy_timeout_ms=busy_timeout_ms, readonly=readonly)
         try:
             with db.sql_errors(p):
-                if readonly:
-                    version = conn.pragma("user_version")
-                    if version == 0:
-                        schema.refuse_foreign(conn)
-                        raise EmptyRepo(_empty(p))
-                    if version != schema.LATEST:
-                        raise StorageError(
-                            f"repo schema version {version} is not {schema.LATEST}: "
-                            f"open it read-write first: {p}"
-                        )
-                else:
-                    schema.refuse_foreign(conn)
-                    if not create and schema.user_version(conn) == 0:
-                        raise EmptyRepo(_empty(p))
+                schema.refuse_foreign(conn)
+                version = schema.user_version(conn)
+                if version == 0 and (readonly or not create):
+                    raise EmptyRepo(_empty(p))
+                if not readonly:
                     schema.migrate(conn)
+                elif version != schema.LATEST:
+                    raise StorageError(
+                        f"repo schema version {version} is not {schema.LATEST}: open it read-write first: {p}"
+                    )
         except BaseException:
             conn.close()
             raise
