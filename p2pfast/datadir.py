@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hmac
+import itertools
 import logging
 import os
 import stat
@@ -33,6 +34,7 @@ from p2pfast.errors import ConfigError, IntegrityError, StorageError
 from p2pfast.layout import Layout as Layout  # re-exported: datadir.Layout is what callers import
 from p2pfast.repo.db import wal_path
 from p2pfast.repo.repo import EmptyRepo, Repo
+from p2pfast.store import objects
 from p2pfast.store.durable import fsync_dir, make_dirs, os_error, write_file_durably
 from p2pfast.store.keys import KeyRing, create_master_key, load_master_key, load_secret_file
 from p2pfast.store.objects import ContentStore, ReconcileReport
@@ -49,17 +51,7 @@ class AlreadyInitialised(ConfigError):
 def object_files(layout: Layout, limit: int | None = None) -> list[Path]:
     """Object files under objects/ (temp files left out), at most `limit` of them: whether a data dir
     holds objects, and how many an error message counts."""
-    found: list[Path] = []
-    if not layout.objects.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(layout.objects):
-        if Path(dirpath) == layout.objects:
-            dirnames[:] = [d for d in dirnames if d != "tmp"]
-        for fn in filenames:
-            found.append(Path(dirpath) / fn)
-            if limit is not None and len(found) >= limit:
-                return found
-    return found
+    return list(itertools.islice(objects.object_files(layout.objects), limit))
 
 
 def holds_objects(layout: Layout) -> bool:

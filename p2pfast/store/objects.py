@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,16 @@ class ReconcileReport:
     @property
     def clean(self) -> bool:
         return not (self.quarantined or self.missing or self.refcounts_fixed)
+
+
+def object_files(root: Path) -> Iterator[Path]:
+    """Every file under the objects dir `root` but the temp files of writes in progress (root/tmp): what
+    reconcile matches against the repo, and what tells that a data dir holds objects at all."""
+    for dirpath, dirnames, filenames in os.walk(root):  # nothing at all for a missing root
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d != "tmp"]
+        for fn in filenames:
+            yield Path(dirpath) / fn
 
 
 class ContentStore:
@@ -393,14 +403,7 @@ class ContentStore:
         """Bring disk and repo into agreement after a crash. Only safe repairs are made."""
         report = ReconcileReport(temp_removed=self.remove_temp_files())
         expected = {self.object_path(o.cid): o.cid for o in self.repo.list_objects()}
-        on_disk: set[Path] = set()
-        if self.root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                if Path(dirpath) == self.tmp_dir:
-                    dirnames.clear()
-                    continue
-                for fn in filenames:
-                    on_disk.add(Path(dirpath) / fn)
+        on_disk = set(object_files(self.root))
         for path in sorted(on_disk - expected.keys()):
             rel = str(path.relative_to(self.root))
             report.quarantined.append((rel, str(self._quarantine_file(path, rel))))
