@@ -120,3 +120,31 @@ class Writer:
                 raise OutputClosed("the reader of the output went away") from exc
             except OSError as exc:
                 raise os_error(exc, "cannot write the output") from exc
+
+
+class FdSource:
+    """A client's fd as the source of a store (node.sources.Source): a regular file is read by the node
+    on its DB thread; a pipe, socket or terminal is read from the loop when readable."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.file: int | None = None if is_stream(fd) else fd
+        if self.file is None:
+            widen(fd)
+
+    async def read(self, limit: int) -> bytes:
+        return await read_some(self.fd, limit)
+
+
+class FdSink:
+    """A client's fd as the sink of a get (node.sources.Sink): a regular file is written by the node on
+    its DB thread (and can be rewound by a read-repair); a pipe, socket or terminal through a Writer."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.file: int | None = None if is_stream(fd) else fd
+        self._writer = Writer(fd) if self.file is None else None
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._writer is not None, "a file sink is written by the node itself"
+        await self._writer.write(data)

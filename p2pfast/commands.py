@@ -30,11 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from p2pfast import listings
+from p2pfast.clientio import FdSink, FdSource
 from p2pfast.counters import COUNTERS
 from p2pfast.ctl.codec import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
-from p2pfast.net.transfer import NoGoodCopy
 from p2pfast.node import Node
+from p2pfast.node.fetch import NoGoodCopy
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -168,9 +169,9 @@ async def _with_fd(
 async def _execute(node: Node, cmd: str, request: dict[str, Any], fd: int, meter: _Meter) -> dict[str, Any]:
     # the reports' fields are the results' keys (README, --json)
     if cmd == "store":
-        return dataclasses.asdict(await node.store_fd(_key(request), fd, meter))
+        return dataclasses.asdict(await node.put(_key(request), FdSource(fd), meter))
     if cmd == "get":
         return dataclasses.asdict(
-            await node.get_fd(_key(request), fd, meter, keep=request.get("keep") is True)
+            await node.get(_key(request), FdSink(fd), meter, keep=request.get("keep") is True)
         )
     return dataclasses.asdict(await node.delete(_key(request)))

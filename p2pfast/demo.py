@@ -21,6 +21,7 @@ import blake3
 
 from p2pfast import __version__, _accel, identity, runtime, selftest
 from p2pfast.cli import human
+from p2pfast.clientio import FdSink, FdSource
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import IntegrityError, PeerUnavailable
 from p2pfast.node import Node
@@ -106,7 +107,9 @@ async def _demo(tmp: Path, size: int) -> None:
             print(f"    node {name}  {n.peers.listen_addr}  id {n.node_id[:16]}")
         fd = os.open(src, os.O_RDONLY)
         try:
-            report = await _step("store on A (+1 replica, replicas=1)", size, a.store_fd("demo/file.bin", fd))
+            report = await _step(
+                "store on A (+1 replica, replicas=1)", size, a.put("demo/file.bin", FdSource(fd))
+            )
         finally:
             os.close(fd)
         print(f"    stored {report.key} as {report.cid}")
@@ -117,7 +120,7 @@ async def _demo(tmp: Path, size: int) -> None:
 
         async def get() -> None:
             with DurableFile(tmp) as f:
-                await other.get_fd("demo/file.bin", f.fd)
+                await other.get("demo/file.bin", FdSink(f.fd))
                 f.commit(dst)
 
         await _step(f"get on {other_name} (network, verified)", size, get())

@@ -37,10 +37,28 @@ RULES = {
         "p2pfast.node",
         "p2pfast.datadir",
     },
-    # net sits above the store (STYLE.md: kernels -> proto and store -> net -> node): net/transfer.py moves
-    # objects between a ContentStore and sessions. SQL stays out of it: it reaches the repo only through
-    # the store it is given.
-    "net": {"p2pfast.cli", "p2pfast.node", "p2pfast.repo", "p2pfast.datadir"},
+    # net is transport glue only: sessions, streams, peers, gossip messages. It moves no object and
+    # touches no disk or client pipe: that is the node's services' work (node/).
+    "net": {
+        "p2pfast.cli",
+        "p2pfast.node",
+        "p2pfast.repo",
+        "p2pfast.store",
+        "p2pfast.datadir",
+        "p2pfast.clientio",
+        "p2pfast.commands",
+        "p2pfast.daemon",
+    },
+    # the node's services sit under the front ends: none of them imports a front end
+    "node": {
+        "p2pfast.cli",
+        "p2pfast.commands",
+        "p2pfast.daemon",
+        "p2pfast.ctl",
+        "p2pfast.clientio",
+        "p2pfast.metrics",
+        "p2pfast.demo",
+    },
     "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
     "repo": {
         "asyncio",
@@ -292,3 +310,38 @@ def test_commands_through_a_running_daemon_import_no_asyncio_apsw_or_crypto(tmp_
     # With no daemon the command opens the repo itself: then apsw is loaded, as it must be, and logging
     loaded, _ = _imported(["status", *d, "--json"])
     assert {"apsw", "logging"} <= loaded
+
+
+def test_no_module_imports_itself_back() -> None:
+    # No import cycle among the package's modules, counting `if TYPE_CHECKING:` imports too (a cycle
+    # hidden from the interpreter is still two modules that each need the other: net/session.py names
+    # what it needs of the protocol as a Protocol class instead).
+    graph: dict[str, set[str]] = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        # a module's own parent packages are not an edge: their __init__ runs before it in any case
+        graph[name] = {
+            n for n in imports_of(path) if module_path(n) is not None and not (name + ".").startswith(n + ".")
+        }
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, path, done = [(start, iter(sorted(graph.get(start, ()))))], [start], set()
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                done.add(node)
+                continue
+            if child == start:
+                return [*path, child]
+            if child in path or child in done or child.startswith(start + "."):
+                continue  # a package importing its own submodules (__init__ re-exports) is no cycle
+            stack.append((child, iter(sorted(graph.get(child, ())))))
+            path.append(child)
+        return None
+
+    cycles = [c for name in sorted(graph) if (c := cycle_from(name)) is not None]
+    assert not cycles, cycles[:3]

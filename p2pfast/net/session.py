@@ -13,18 +13,33 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from p2pfast import wire
 from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
-
-if TYPE_CHECKING:
-    from p2pfast.net.protocol import PeerProtocol
+from p2pfast.proto.connection import Connection
 
 log = logging.getLogger("p2pfast.net")
+
+
+class Transport(Protocol):
+    """What a session needs of the connection under it (net/protocol.py's PeerProtocol): named here so
+    that the session does not import the protocol, which makes it."""
+
+    conn: Connection
+    peer_host: str
+    initiator: bool
+
+    def flush(self) -> None: ...
+
+    def close_transport(self) -> None: ...
+
+    def pause_reading(self, reason: str) -> None: ...
+
+    def resume_reading(self, reason: str) -> None: ...
 
 Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -207,7 +222,7 @@ class Stream:
 
 
 class Session:
-    def __init__(self, proto: PeerProtocol, handler: Handler) -> None:
+    def __init__(self, proto: Transport, handler: Handler) -> None:
         self.proto = proto
         self.conn = proto.conn
         self.handler = handler

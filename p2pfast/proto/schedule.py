@@ -1,12 +1,12 @@
 """The piece scheduler of a parallel get, sans-IO: which piece a holder fetches next, which verified
 segment is kept, and which piece may be written.
 
-`net/transfer.py` (`_Fetch`) does the I/O (streams, segment checks, writes) and tells a `PieceSchedule`
+`node/fetch.py` (`_Fetch`) does the I/O (streams, segment checks, writes) and tells a `PieceSchedule`
 what happened; the schedule answers with decisions. It sees no bytes, sockets, tasks or clock (a stall is
 the caller's timeout, reported as a failure), so every rule is tested by feeding it events
 (tests/proto/test_schedule.py), as h11 keeps its rules apart from the I/O that drives them.
 
-The rules (docs/protocol.md, "Get"; the sizes and their measurements are beside PIECE in transfer.py):
+The rules (docs/protocol.md, "Get"; the sizes and their measurements are beside PIECE in node/fetch.py):
 
 - The object's segments are cut into pieces of `piece` segments (the last may be shorter).
 - Read-ahead: pieces are taken only from the window of `ahead` pieces that starts at the first piece not
@@ -92,7 +92,7 @@ class _Piece(Generic[T]):
 
 class PieceSchedule(Generic[T]):
     """The schedule of one get over `segments` segments (at least one: an empty object has one empty
-    segment). `T` is whatever the caller keeps per verified segment (transfer.py: its views)."""
+    segment). `T` is whatever the caller keeps per verified segment (node/fetch.py: its views)."""
 
     def __init__(self, segments: int, piece: int, ahead: int, max_workers: int = MAX_WORKERS) -> None:
         if segments < 1 or piece < 1 or ahead < 1 or max_workers < 1:

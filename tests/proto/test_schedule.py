@@ -1,6 +1,6 @@
 """proto.schedule.PieceSchedule, the piece scheduler of a parallel get, fed events without any I/O.
 
-First each rule on a small hand-made get; then `Sim`, which drives a schedule the way net/transfer.py's
+First each rule on a small hand-made get; then `Sim`, which drives a schedule the way node/fetch.py's
 `_Fetch` does (a holder receives its range in order, checks settle in order, a holder stops when its
 piece is done or its range is in), checks every invariant after every event, and runs under a hypothesis
 state machine and random interleavings: every segment written exactly once and in order, a piece given

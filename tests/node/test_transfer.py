@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 import pytest
 
 from p2pfast import identity
+from p2pfast.clientio import FdSink, FdSource
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import NotFound, PeerUnavailable
-from p2pfast.net import transfer
 from p2pfast.net.limits import NetLimits
-from p2pfast.node import Node
+from p2pfast.node import Node, fetch, flow
+from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.store import contentid
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ def source(tmp: Path, size: int, seed: int = 1) -> Path:
 async def store(node: Node, key: str, path: Path) -> Any:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return await node.store_fd(key, fd)
+        return await node.put(key, FdSource(fd))
     finally:
         os.close(fd)
 
@@ -89,7 +90,7 @@ async def store(node: Node, key: str, path: Path) -> Any:
 async def get(node: Node, key: str, out: Path, keep: bool = False) -> Any:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        return await node.get_fd(key, fd, keep=keep)
+        return await node.get(key, FdSink(fd), keep=keep)
     finally:
         os.close(fd)
 
@@ -120,6 +121,25 @@ def test_store_replicates_and_get_fetches_verified(tmp_path: Path, size: int) ->
                 assert not holds(d, "doc")  # a get does not keep a copy
             finally:
                 await d.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("size", [0, 5, 2 * 1024 * 1024 + 3])
+def test_the_node_api_takes_sources_and_sinks_in_memory(tmp_path: Path, size: int) -> None:
+    # What a front end with no fd (the gateway, a repair) uses: bytes in, bytes out, through the loop.
+    data = bytes((i * 7 + 3) & 0xFF for i in range(size))
+
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, b):
+            report = await a.put("mem", BytesSource(data))
+            assert report.size == size and report.replicated_to == [b.node_id]
+            local, fetched = BufferSink(), BufferSink()
+            assert (await a.get("mem", local)).source == "local"
+            await b.db(b.store.delete, "mem")  # b now has to fetch it from a
+            got = await b.get("mem", fetched)
+            assert got.source == "peer" and got.cid == report.cid
+            assert bytes(local.data) == data and bytes(fetched.data) == data
 
     run(main())
 
@@ -185,7 +205,7 @@ def test_get_fails_over_from_a_holder_serving_corrupt_bytes(tmp_path: Path) -> N
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 holders = [a.peers.sessions[b.node_id], a.peers.sessions[c.node_id]]
-                size, served = await transfer.fetch(holders, report.cid, fd, a.db)
+                size, served = await fetch.fetch(holders, report.cid, FdSink(fd), a.ex)
             finally:
                 os.close(fd)
             assert size == src.stat().st_size
@@ -230,7 +250,7 @@ def test_leaves_check_against_the_content_id(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, 2) as (a, b):
             report = await store(a, "l", src)
-            size, leaves = await transfer.fetch_leaves(b.peers.sessions[a.node_id], report.cid)
+            size, leaves = await fetch.fetch_leaves(b.peers.sessions[a.node_id], report.cid)
             assert size == src.stat().st_size and contentid.root(size, leaves) == report.cid
             assert len(leaves) == 3 * 32
 
@@ -302,13 +322,13 @@ def test_get_fetches_from_several_holders_and_a_stalled_one_is_overtaken(tmp_pat
                 try:
                     loop = asyncio.get_running_loop()
                     t0 = loop.time()
-                    size, served = await transfer.fetch(holders, report.cid, fd, e.db)
+                    size, served = await fetch.fetch(holders, report.cid, FdSink(fd), e.ex)
                     took = loop.time() - t0
                 finally:
                     os.close(fd)
                     release.set()
                 assert size == src.stat().st_size and (tmp_path / "out2").read_bytes() == src.read_bytes()
-                assert served.get(b.node_id, 0) == 0 and took < transfer.STALL_TIMEOUT
+                assert served.get(b.node_id, 0) == 0 and took < flow.STALL_TIMEOUT
             finally:
                 await e.close()
 
@@ -317,7 +337,7 @@ def test_get_fetches_from_several_holders_and_a_stalled_one_is_overtaken(tmp_pat
 
 # -- group commit of shares rows -------------------------------------------------------------------------
 def test_concurrent_share_rows_are_committed_together(tmp_path: Path) -> None:
-    from p2pfast.node import _GroupWrite
+    from p2pfast.node.storing import GroupWrite
 
     async def main() -> tuple[list[int], set[tuple[str, str]]]:
         async with cluster(tmp_path, 1) as (a,):
@@ -329,7 +349,8 @@ def test_concurrent_share_rows_are_committed_together(tmp_path: Path) -> None:
                 batches.append(len(rows))
                 a.repo.add_share_rows(rows)
 
-            group = _GroupWrite(a, write)
+            assert a.ctx is not None
+            group = GroupWrite(a.ctx, write)
             cids = [f"b3:{i:064x}" for i in range(20)]
             adds = [asyncio.ensure_future(group.add([(c, "p" * 64, 1.0), (c, "q" * 64, 1.0)])) for c in cids]
             gate.set()

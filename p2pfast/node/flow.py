@@ -1,0 +1,57 @@
+"""How the node's transfers pace themselves: piece sizes, stream windows and timeouts, and the waits
+that every service uses the same way.
+
+Data moves in pieces of hundreds of KiB to a few MiB, so one hand-off to a worker thread carries far more
+than one 64 KiB frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Plaintext per hand-off to the DB thread and per fan-out step: large enough that the thread hop is noise
+# (~50 us against ~1 ms of AES for 4 MiB), small enough that a store holds little: one chunk in memory.
+CHUNK = 4 * 1024 * 1024
+# A replica or holder that takes or sends nothing for this long is dropped from the transfer.
+STALL_TIMEOUT = 30.0
+# After the last byte, a replica must seal, fsync and commit; a large object on a slow disk takes a while.
+ACK_TIMEOUT = 120.0
+# A receiver hands data to the DB thread once this much is queued (below the 1 MiB stream window, so the
+# sender can always fill it), and keeps at most PIPELINE such jobs in flight: the network keeps receiving
+# while the thread hashes and writes.
+HANDOFF = 512 * 1024
+PIPELINE = 3
+# Credit a bulk receiver adds on top of the stream's initial window once data flows: with 1 MiB in
+# flight the sender waits on every hand-off; 4 MiB keeps it busy (bench_replication: get 343 -> 374 MB/s).
+# Only streams we drain get it, so what a peer can make us queue unread stays at the initial window.
+EXTRA_WINDOW = 3 * 1024 * 1024
+# How long a failed peer's own reason (its error reply) is awaited after its stream broke.
+REASON_WAIT = 2.0
+
+
+async def within(aw: Awaitable[T], seconds: float) -> T:
+    """wait_for without its task: on Python 3.11 wait_for can swallow a cancellation that arrives as
+    its inner task completes (gh-86296), and a transfer cancelled by a graceful stop then ran to the
+    end; asyncio.timeout() does not lose it (and saves a task per chunk)."""
+    async with asyncio.timeout(seconds):
+        return await aw
+
+
+def settle(fut: asyncio.Future[Any]) -> None:
+    """Cancel a future still awaited, or retrieve the error of one that failed (never left unread)."""
+    if fut.done():
+        if not fut.cancelled():
+            fut.exception()
+    else:
+        fut.cancel()
+
+
+def describe(exc: BaseException) -> str:
+    """A failure as a report's reason: a stall says how long."""
+    if isinstance(exc, TimeoutError):
+        return f"stalled for {STALL_TIMEOUT:g}s"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,148 @@
+"""Who the node knows and talks to: the peers table kept up to date as sessions come and go, peer
+exchange on connect and every gossip interval (net/gossip.py builds and reads the messages), redials of
+known peers, and the wait for a short-lived node's peer table to settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from p2pfast.errors import LocalProtocolError, PeerUnavailable, StorageError
+from p2pfast.net import gossip
+from p2pfast.net.session import Session
+from p2pfast.node.context import Context
+from p2pfast.node.tombstones import Tombstones
+
+log = logging.getLogger("p2pfast.node")
+
+
+class Membership:
+    def __init__(self, ctx: Context, bootstrap: list[str], tombstones: Tombstones) -> None:
+        self.ctx = ctx
+        self.bootstrap = bootstrap
+        self.tombstones = tombstones
+        self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
+        self._pex_truncated_logged = False
+        self.closing = False  # the node is closing: a session that closes now is recorded by close()
+
+    async def start(self) -> None:
+        """Dial the bootstrap nodes and the peers the table knows."""
+        for a in self.bootstrap:
+            self.ctx.peers.dial_soon(a)
+        for a in await self.known_addrs():
+            self.ctx.peers.dial_soon(a)
+
+    async def known_addrs(self) -> list[str]:
+        ctx = self.ctx
+        since = time.time() - ctx.limits.stale_after
+        rows = await ctx.ex.db(ctx.repo.list_peers, since)
+        return [r.address for r in rows if r.node_id != ctx.node_id]
+
+    async def recent_peers(self) -> list[tuple[str, str, float]]:
+        """(address, node id, last seen) of the peers seen within the gossip window."""
+        ctx = self.ctx
+        rows = await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.gossip_window)
+        return [(r.address, r.node_id or "", r.last_seen) for r in rows]
+
+    async def on_ready(self, session: Session) -> None:
+        # Record first: this task's first repo write then precedes that of a later on_closed task for the
+        # same peer (the DB thread runs them in order), so the table ends with the last word.
+        await self.record(session, "connected")
+        self.ctx.spawn(self.tombstones.replay(session))
+        try:
+            known = await self.recent_peers()
+        except StorageError as exc:
+            log.warning("event=gossip_skipped peer=%s reason=%r", session.peer_id[:12], str(exc))
+            return
+        self._send_pex(session, known)
+
+    async def on_closed(self, session: Session) -> None:
+        self._pex_from.discard(session.peer_id)
+        if not self.closing:
+            await self.record(session, "disconnected")
+
+    async def on_pex(self, session: Session, msg: dict[str, Any]) -> None:
+        """A peer's peer exchange: new peers recorded and dialled."""
+        ctx = self.ctx
+        for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
+            await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
+            ctx.peers.dial_soon(addr)
+        self._pex_from.add(session.peer_id)
+        ctx.peers.changed.set()
+
+    def _send_pex(self, session: Session, known: list[tuple[str, str, float]]) -> None:
+        msg, left_out = gossip.pex_message(known, self.ctx.peers, exclude=session.peer_id)
+        if left_out and not self._pex_truncated_logged:
+            self._pex_truncated_logged = True  # once per process: it stays true while the network is big
+            log.warning(
+                "event=pex_truncated sent=%d left_out=%d reason=%s",
+                len(msg["peers"]),
+                left_out,
+                "the peer list is larger than one control message; the freshest entries go",
+            )
+        with contextlib.suppress(PeerUnavailable, LocalProtocolError):
+            session.notify(msg)
+
+    async def record(self, session: Session, status: str) -> None:
+        addr = session.listen_addr
+        if not addr:
+            return
+        ctx = self.ctx
+        try:
+            await ctx.ex.db(ctx.repo.upsert_peer, addr, session.peer_id, time.time(), status)
+        except StorageError as exc:
+            # A busy or failing repo must not stop the node talking to its peers; the next event records.
+            log.warning(
+                "event=peer_not_recorded peer=%s status=%s reason=%r", session.peer_id[:12], status, str(exc)
+            )
+
+    async def maintain(self) -> None:
+        """Every gossip interval: re-gossip to every peer, and dial the peers of the table (seen within
+        the gossip window) that we are not connected to, so a peer exchange lost in a race heals by
+        itself. When alone, go back to the bootstrap nodes too."""
+        ctx = self.ctx
+        peers = ctx.peers
+        while True:
+            await asyncio.sleep(ctx.limits.gossip_interval)
+            try:
+                # Connected peers are seen now: `cleanup --older-than` must never forget a live peer.
+                live = [(s.listen_addr, p) for p, s in peers.sessions.items() if s.listen_addr]
+                await ctx.ex.db(ctx.repo.touch_peers, live, time.time())
+                known = await self.recent_peers()  # one query a round, not one per peer
+                for session in list(peers.sessions.values()):
+                    self._send_pex(session, known)
+                wanted = [a for a, nid, _ in known if nid not in peers.sessions and nid != ctx.node_id]
+                if not peers.sessions:
+                    wanted = [*self.bootstrap, *await self.known_addrs()]
+                for a in wanted:
+                    peers.dial_soon(a)
+                expired = await self.tombstones.expire()
+                log.debug(
+                    "event=gossip peers=%d redial=%d tombstones_expired=%d",
+                    len(peers.sessions),
+                    len(wanted),
+                    expired,
+                )
+            except StorageError as exc:
+                log.warning("event=gossip_skipped reason=%r", str(exc))
+
+    async def wait_settled(self, timeout: float) -> int:
+        """Wait until the peer table stops growing (no dial queued or in flight, and every connected peer
+        has sent its first peer exchange, which may name more peers) or `timeout` passes; returns the
+        number of connected peers. A short-lived node (a CLI command with no daemon) calls this before
+        storing, so its store reaches the whole network, not only the bootstrap node."""
+        peers = self.ctx.peers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while peers.busy() or not set(peers.sessions) <= self._pex_from:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            peers.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):  # not wait_for: it can lose a cancellation (3.11)
+                    await peers.changed.wait()
+        return len(peers.sessions)

@@ -1,0 +1,27 @@
+"""Which peers hold an object: rendezvous (highest random weight) hashing of (content id, node id), so
+each object's placement is stable, spreads evenly and needs no coordination (Thaler & Ravishankar, 1998;
+docs/protocol.md, "Placement"). Pure: it ranks what it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import blake3
+
+from p2pfast.net.session import Session
+
+S = TypeVar("S", bound=Session)
+
+
+def weight(cid: str, node_id: str) -> bytes:
+    """The rendezvous weight of a node for an object; higher ranks first."""
+    return blake3.blake3(f"{cid}/{node_id}".encode()).digest()
+
+
+def replica_set(cid: str, sessions: Sequence[S], replicas: int | None) -> list[S]:
+    """The peers a new object goes to: every one (replicas None, as the original system does), or the
+    `replicas` ranked highest for `cid`."""
+    if replicas is None or replicas >= len(sessions):
+        return list(sessions)
+    return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)[:replicas]

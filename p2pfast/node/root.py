@@ -1,0 +1,364 @@
+"""The composition root: the data dir, the network and the node's services wired together, and their
+lifecycle. `p2pfast serve` runs Node.run(); the CLI with no daemon starts a short-lived Node.
+
+Each job has its own room: membership.py (peers table, gossip, redials), placement.py (who holds an
+object), storing.py and replicate.py (a user's store and its fan-out), receive.py (a peer's store),
+getting.py, lookup.py, fetch.py and readrepair.py (a user's get), serve.py (a peer's get), tombstones.py
+(deletes). router.py is the one table from message kind to handler. The event loop never blocks on a
+file or on SQLite: that work goes to the named threads of executors.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from p2pfast import status, wire
+from p2pfast.counters import COUNTERS
+from p2pfast.datadir import Layout, LocalNode
+from p2pfast.errors import P2PError, PeerUnavailable, RemoteProtocolError
+from p2pfast.identity import Identity
+from p2pfast.net.limits import NetLimits
+from p2pfast.net.peers import PeerEvents, PeerManager
+from p2pfast.net.session import Session
+from p2pfast.node import getting, placement, receive, serve
+from p2pfast.node.context import Context
+from p2pfast.node.executors import Executors
+from p2pfast.node.membership import Membership
+from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
+from p2pfast.node.router import Router
+from p2pfast.node.sources import Sink, Source
+from p2pfast.node.storing import Storing
+from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
+from p2pfast.repo.repo import Repo
+from p2pfast.store.durable import write_file_durably
+from p2pfast.store.objects import ContentStore
+
+log = logging.getLogger("p2pfast.node")
+T = TypeVar("T")
+
+# After a drain's deadline, how long cancelled transfers get to unwind.
+ABORT_TIMEOUT = 10.0
+
+
+class Node:
+    def __init__(
+        self,
+        layout: Layout,
+        identity: Identity,
+        *,
+        listen: str | None = ":3000",
+        bootstrap: tuple[str, ...] = (),
+        limits: NetLimits | None = None,
+        replicas: int | None = None,
+        tombstone_grace: float = TOMBSTONE_GRACE,
+        max_object: int | None = None,
+    ) -> None:
+        self.layout = layout
+        self.replicas = replicas  # None: every connected peer, as the original system does
+        self.tombstone_grace = tombstone_grace
+        self.max_object = max_object
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.listen = listen
+        self.bootstrap = list(bootstrap)
+        self.limits = limits or NetLimits()
+        self.local: LocalNode | None = None
+        self.ex = Executors()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._work: set[asyncio.Task[Any]] = set()  # transfers and commands in flight (drain waits)
+        self.draining = False  # stopping: no new work is taken
+        self._runtime_info: dict[str, Any] = {}
+        self.started = time.time()
+        self.peers = PeerManager(
+            node_id=self.node_id,
+            static_key=identity.static_key,
+            network_key=identity.network_key,
+            limits=self.limits,
+            handler=self._handle,
+            events=PeerEvents(on_ready=self._on_ready, on_closed=self._on_closed),
+        )
+        # the services, made once the data dir is open (start)
+        self.ctx: Context | None = None
+        self.membership: Membership | None = None
+        self.tombstones: Tombstones | None = None
+        self.storing: Storing | None = None
+        self.router: Router | None = None
+
+    # -- worker threads ------------------------------------------------------------------------------
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.ex.db(fn, *args)
+
+    def db_later(self, fn: Callable[..., object], *args: Any) -> None:
+        """Queue fn on the DB thread without waiting: it runs after every job queued before it."""
+        self.ex.db_later(fn, *args)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> str:
+        self.local = await self.db(LocalNode, self.layout)
+        ctx = self.ctx = Context(
+            node_id=self.node_id,
+            layout=self.layout,
+            local=self.local,
+            ex=self.ex,
+            peers=self.peers,
+            limits=self.limits,
+            replicas=self.replicas,
+            max_object=self.max_object,
+            tombstone_grace=self.tombstone_grace,
+            spawn=self._spawn,
+            working=self.working,
+            draining=lambda: self.draining,
+        )
+        self.tombstones = Tombstones(ctx)
+        self.membership = Membership(ctx, self.bootstrap, self.tombstones)
+        self.storing = Storing(ctx)
+        self.router = Router(
+            {
+                "ping": self._ping,
+                "pex": self._pex,
+                "who_has": self._who_has,
+                "store": self._receive,
+                "get": self._serve_get,
+                "leaves": self._serve_leaves,
+                "delete": self.tombstones.on_delete,
+            }
+        )
+        addr = ""
+        if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
+            addr = await self.peers.listen(self.listen)
+            # node.json's fields; the daemon writes the file once it is ready (set_runtime_info)
+            self._runtime_info = {
+                "pid": os.getpid(),
+                "listen": addr,
+                "node_id": self.node_id,
+                "started": self.started,
+            }
+            log.info("event=listening addr=%s node=%s", addr, self.node_id)
+        self.peers.start()
+        await self.membership.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
+        return addr
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.membership is not None:
+            self.membership.closing = True
+
+    @contextlib.contextmanager
+    def working(self, what: str) -> Iterator[None]:
+        """Mark the current task as work in flight, which a graceful stop lets finish (drain)."""
+        if self.draining:
+            raise PeerUnavailable(f"{self.node_id[:12]} is shutting down: {what} refused")
+        task = asyncio.current_task()
+        assert task is not None
+        self._work.add(task)
+        try:
+            yield
+        finally:
+            self._work.discard(task)
+
+    def in_flight(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self._work if not t.done()]
+
+    async def drain(self, timeout: float) -> int:
+        """Take no new work (no new connections, commands or transfers), let what is in flight finish
+        for up to `timeout` seconds, then cancel the rest; returns how many were cancelled. A cancelled
+        transfer aborts its upload, so no partial object remains (store/objects.py)."""
+        self.draining = True
+        self.peers.stop_listening()
+        pending = {t for t in self._work if not t.done()}
+        log.info("event=shutdown phase=drain in_flight=%d timeout=%s", len(pending), timeout)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        left = [t for t in self._work if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            # Bounded too: a cancelled transfer only unwinds (closes streams, queues its abort).
+            await asyncio.wait(left, timeout=ABORT_TIMEOUT)
+            log.warning("event=shutdown phase=abort aborted=%d reason=%s", len(left), "drain timeout")
+        return len(left)
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        if self.membership is not None:
+            self.membership.closing = True
+        for t in [*self._tasks, *self._bg]:
+            t.cancel()
+        for t in [*self._tasks, *self._bg]:
+            with contextlib.suppress(asyncio.CancelledError, P2PError):
+                await t
+        sessions = list(self.peers.sessions.items())
+        await self.peers.close()
+        if self.listen is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.runtime_file)
+        if self.local is not None:
+            now = time.time()
+            for peer_id, session in sessions:
+                if session.listen_addr:
+                    await self.db(self.repo.upsert_peer, session.listen_addr, peer_id, now, "disconnected")
+            await self.db(self.local.close)
+        self.ex.shutdown()
+
+    async def run(self) -> None:
+        try:
+            await self.start()
+            await self.wait_stopped()
+        finally:
+            await self.close()
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.layout.root / "node.json"
+
+    def set_runtime_info(self, **extra: Any) -> None:
+        """Write node.json, for tools and tests: which process serves this data dir, and where (port 0
+        binds a free port), plus `extra` (the metrics address, say). The daemon writes it only once its
+        control socket and metrics listener answer, so whoever finds it with a live pid can talk to the
+        node at once (daemon.py); a node that is not a daemon (listen None) never writes it."""
+        self._runtime_info.update(extra)
+        write_file_durably(self.layout.root, self.runtime_file, orjson.dumps(self._runtime_info), mode=0o600)
+
+    async def status(self) -> dict[str, Any]:
+        """`p2pfast status`: the repo's part (status.of_repo) and what only the running node knows."""
+        from p2pfast import __version__
+
+        base = await self.db(status.of_repo, self.repo, self.layout, self.node_id, self.replicas)
+        return {
+            **base,
+            "running": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "listen": self.peers.listen_addr or None,
+            "uptime_s": round(time.time() - self.started, 1),
+            "peers_connected": len(self.peers.sessions),
+            "in_flight": len(self._work),
+            "draining": self.draining,
+        }
+
+    @property
+    def repo(self) -> Repo:
+        assert self.local is not None
+        return self.local.repo
+
+    @property
+    def store(self) -> ContentStore:
+        assert self.local is not None
+        return self.local.store
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def _started(self) -> Context:
+        assert self.ctx is not None, "Node.start() first"
+        return self.ctx
+
+    # -- what front ends ask for ---------------------------------------------------------------------
+    async def put(self, key: str, source: Source, progress: Progress | None = None) -> StoreReport:
+        """Store `source` under `key`: sealed here and durable, then replicated; returns who acknowledged
+        a copy."""
+        assert self.storing is not None, "Node.start() first"
+        return await self.storing.put(key, source, progress)
+
+    async def get(
+        self, key: str, sink: Sink, progress: Progress | None = None, keep: bool = False
+    ) -> GetReport:
+        """Write the verified plaintext of `key` to `sink`, from the local copy or the network."""
+        return await getting.get(self._started(), key, sink, progress, keep)
+
+    async def delete(self, key: str) -> DeleteReport:
+        assert self.tombstones is not None, "Node.start() first"
+        return await self.tombstones.delete(key)
+
+    @property
+    def interrupted_store(self) -> StoreReport | None:
+        """The last store cancelled while replicating (what the CLI reports on Ctrl-C)."""
+        return None if self.storing is None else self.storing.interrupted
+
+    def replica_set(self, cid: str) -> list[Session]:
+        """The connected peers a new object `cid` goes to (placement.py)."""
+        return placement.replica_set(cid, list(self.peers.sessions.values()), self.replicas)
+
+    async def wait_settled(self, timeout: float) -> int:
+        assert self.membership is not None, "Node.start() first"
+        return await self.membership.wait_settled(timeout)
+
+    # -- what peers ask for (router.py's table) ------------------------------------------------------
+    async def _handle(self, session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        assert self.router is not None  # set before the node listens or dials
+        return await self.router(session, msg)
+
+    async def _on_ready(self, session: Session) -> None:
+        if self.membership is not None:
+            await self.membership.on_ready(session)
+
+    async def _on_closed(self, session: Session) -> None:
+        if self.membership is not None:
+            await self.membership.on_closed(session)
+
+    async def _ping(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"t": "pong"}
+
+    async def _pex(self, session: Session, msg: dict[str, Any]) -> None:
+        assert self.membership is not None
+        await self.membership.on_pex(session, msg)
+
+    async def _who_has(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return await serve.who_has(msg, self.repo, self.db)
+
+    async def _receive(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
+        # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone).
+        async def run() -> dict[str, Any]:
+            return await receive.receive(session, msg, self.store, self.db, self.max_object)
+
+        return await self._transfer(session, "store", run, counted="receive")
+
+    async def _serve_get(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            return await serve.serve_get(session, msg, self.store, self.db)
+
+        return await self._transfer(session, "get", run, counted="serve")
+
+    async def _serve_leaves(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            return await serve.serve_leaves(session, msg, self.store, self.db)
+
+        return await self._transfer(session, "leaves", run, counted=None)
+
+    async def _transfer(
+        self,
+        session: Session,
+        kind: str,
+        run: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+        counted: str | None,
+    ) -> dict[str, Any]:
+        """A peer's transfer, as work in flight that a graceful stop lets finish (or refused when
+        stopping), counted in the metrics."""
+        if self.draining:
+            raise RemoteProtocolError(f"{self.node_id[:12]} is shutting down", code=wire.ErrorCode.REFUSED)
+        ok = False
+        try:
+            with self.working(f"{kind} from {session.peer_id[:12]}"):
+                reply = await run()
+            ok = True
+            return reply
+        finally:
+            if counted is not None:
+                COUNTERS.transfer(counted, ok)

@@ -1,0 +1,79 @@
+"""The holder's side of a get: a peer's `who_has`, `leaves` and `get` answered from the local store.
+What is sent is verified as it is read; a copy that fails its check is refused with INTEGRITY and logged,
+never sent."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from p2pfast import wire
+from p2pfast.errors import IntegrityError, NotFound, RemoteProtocolError
+from p2pfast.net.session import Session
+from p2pfast.node.chunks import Run, object_chunks
+from p2pfast.node.flow import STALL_TIMEOUT, within
+from p2pfast.repo.repo import Repo
+from p2pfast.store.objects import ContentStore, encode_key
+
+log = logging.getLogger("p2pfast.transfer")
+
+
+async def who_has(msg: dict[str, Any], repo: Repo, run: Run) -> dict[str, Any]:
+    """Whether this node holds an object, by content id or by key: its size and segment count if so."""
+    cid = msg.get("cid")
+    if (cid is None) == (msg.get("key") is None):
+        raise RemoteProtocolError("who_has needs exactly one of cid and key")
+    if cid is None:
+        row = await run(repo.get_file, encode_key(msg["key"]))
+        cid = None if row is None else row.cid
+    obj = None if cid is None else await run(repo.get_object, cid)
+    return {
+        "t": "have",
+        "cid": cid if obj is not None else None,
+        "size": None if obj is None else obj.size,
+        "segments": None if obj is None else obj.segments,
+    }
+
+
+async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, run: Run) -> dict[str, Any]:
+    """Serve a peer's "get": the plaintext range on its stream (our object is verified as it is read)."""
+    cid, offset, length = msg["cid"], msg["offset"], msg["length"]
+    stream = session.stream(msg["sid"])
+    obj = await run(store.repo.get_object, cid)
+    if obj is None:
+        stream.reset(int(wire.ErrorCode.REFUSED))
+        raise NotFound(f"object {cid} is not held here")
+    end = obj.size if length < 0 else min(obj.size, offset + length)
+    start = pos = min(offset, end)
+    try:
+        async with contextlib.aclosing(object_chunks(run, store, cid, start, end)) as chunks:
+            async for chunk in chunks:
+                pos += len(chunk)
+                await within(stream.write(chunk, end=pos >= end), STALL_TIMEOUT)
+    except IntegrityError as exc:
+        # Our own copy failed its check as it was read: nothing unverified was sent, the getter is told
+        # why (its reply says integrity), and the operator learns that this node holds a bad copy.
+        stream.reset(int(wire.ErrorCode.INTEGRITY))
+        log.warning(
+            "event=served_copy_corrupt peer=%s cid=%s error=%r action=refused",
+            session.peer_id[:12],
+            cid,
+            str(exc),
+        )
+        raise
+    except BaseException:
+        stream.reset(int(wire.ErrorCode.INTERNAL))
+        raise
+    return {"t": "ok", "size": pos - start}
+
+
+async def serve_leaves(
+    session: Session, msg: dict[str, Any], store: ContentStore, run: Run
+) -> dict[str, Any]:
+    size, leaves = await run(store.leaves, msg["cid"])
+    sid = msg.get("sid")
+    if sid is None:
+        return {"t": "ok", "size": size, "leaves": leaves.hex()}
+    await within(session.stream(sid).write(leaves, end=True), STALL_TIMEOUT)
+    return {"t": "ok", "size": size}
