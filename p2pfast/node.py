@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import blake3
 import orjson
 
-from p2pfast import clientio, status, wire
+from p2pfast import wire
 from p2pfast.counters import COUNTERS
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.errors import (
@@ -33,6 +33,7 @@ from p2pfast.errors import (
     RemoteProtocolError,
     StorageError,
 )
+from p2pfast.front import clientio, status
 from p2pfast.identity import Identity
 from p2pfast.net import gossip, transfer
 from p2pfast.net.limits import NetLimits

@@ -17,7 +17,7 @@ FORBIDDEN_IN_KERNELS = {
     "p2pfast.store",
     "p2pfast.repo",
     "p2pfast.net",
-    "p2pfast.cli",
+    "p2pfast.front.cli",
     "p2pfast.node",
     "p2pfast.config",
     "logging",
@@ -33,21 +33,21 @@ RULES = {
         "p2pfast.store",
         "p2pfast.repo",
         "p2pfast.net",
-        "p2pfast.cli",
+        "p2pfast.front.cli",
         "p2pfast.node",
         "p2pfast.datadir",
     },
     # net sits above the store (STYLE.md: kernels -> proto and store -> net -> node): net/transfer.py moves
     # objects between a ContentStore and sessions. SQL stays out of it: it reaches the repo only through
     # the store it is given.
-    "net": {"p2pfast.cli", "p2pfast.node", "p2pfast.repo", "p2pfast.datadir"},
-    "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
+    "net": {"p2pfast.front.cli", "p2pfast.node", "p2pfast.repo", "p2pfast.datadir"},
+    "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.front.cli", "p2pfast.node", "p2pfast.datadir"},
     "repo": {
         "asyncio",
         "uvloop",
         "p2pfast.store",
         "p2pfast.net",
-        "p2pfast.cli",
+        "p2pfast.front.cli",
         "p2pfast.node",
         "p2pfast.datadir",
     },
@@ -84,7 +84,7 @@ ENVELOPE_FORBIDDEN = {
     "p2pfast.repo",
     "p2pfast.net",
     "p2pfast.node",
-    "p2pfast.cli",
+    "p2pfast.front.cli",
     "p2pfast.datadir",
     "p2pfast.pump",
     "p2pfast.store.durable",
@@ -134,7 +134,7 @@ HEAVY = {"asyncio", "uvloop", "apsw", "cryptography"}
 UNUSED_THROUGH_DAEMON = {"logging", "shutil"}
 # The package's own modules that bring those in (or open the data dir): none is on the client's path.
 HEAVY_OWN = {
-    "p2pfast.ctl.server",
+    "p2pfast.front.ctl.server",
     "p2pfast.datadir",
     "p2pfast.identity",
     "p2pfast.node",
@@ -165,7 +165,7 @@ def _names(nodes: list[ast.stmt] | list[ast.AST]) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
-            # `from p2pfast import ctl` imports the module p2pfast.ctl
+            # `from p2pfast.front import ctl` imports the module p2pfast.front.ctl
             names.update(
                 f"{node.module}.{a.name}" for a in node.names if module_path(f"{node.module}.{a.name}")
             )
@@ -209,7 +209,13 @@ def closure(start: str) -> set[str]:
 
 
 def test_the_cli_client_imports_no_asyncio_apsw_or_crypto() -> None:
-    for start in ["p2pfast.cli", "p2pfast.ctl", "p2pfast.ctl.client", "p2pfast.layout", "p2pfast.config"]:
+    for start in [
+        "p2pfast.front.cli",
+        "p2pfast.front.ctl",
+        "p2pfast.front.ctl.client",
+        "p2pfast.layout",
+        "p2pfast.config",
+    ]:
         names = closure(start)
         assert not hits(names, HEAVY | HEAVY_OWN), (start, sorted(hits(names, HEAVY | HEAVY_OWN)))
 
@@ -222,16 +228,16 @@ def test_the_control_socket_codec_is_sans_io() -> None:
         "socket",
         "select",
         "selectors",
-        "p2pfast.ctl.client",
-        "p2pfast.ctl.server",
+        "p2pfast.front.ctl.client",
+        "p2pfast.front.ctl.server",
     }
-    assert not hits(imports_of(PKG / "ctl" / "codec.py"), forbidden)
-    assert not hits(imports_of(PKG / "ctl" / "client.py"), {"p2pfast.ctl.server"} | HEAVY)
+    assert not hits(imports_of(PKG / "front" / "ctl" / "codec.py"), forbidden)
+    assert not hits(imports_of(PKG / "front" / "ctl" / "client.py"), {"p2pfast.front.ctl.server"} | HEAVY)
 
 
 def test_the_closure_sees_what_the_daemon_imports() -> None:
     # the walk above is not blind: the server and datadir do bring in what the client must not
-    assert "asyncio" in closure("p2pfast.ctl.server")
+    assert "asyncio" in closure("p2pfast.front.ctl.server")
     assert {"apsw", "cryptography"} <= {n.split(".")[0] for n in closure("p2pfast.datadir")}
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from p2pfast import clientio, wire
+from p2pfast import wire
 from p2pfast.counters import COUNTERS
 from p2pfast.errors import (
     DiskFull,
@@ -45,6 +45,7 @@ from p2pfast.errors import (
     PeerUnavailable,
     RemoteProtocolError,
 )
+from p2pfast.front import clientio
 from p2pfast.net.session import Session, Stream, StreamError
 from p2pfast.proto.schedule import DONE, WAIT, Assignment, PieceSchedule
 from p2pfast.store import contentid, segments

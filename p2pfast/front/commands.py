@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from p2pfast import listings
 from p2pfast.counters import COUNTERS
-from p2pfast.ctl.codec import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
+from p2pfast.front import listings
+from p2pfast.front.ctl.codec import ClientGone
 from p2pfast.net.transfer import NoGoodCopy
 from p2pfast.node import Node
 

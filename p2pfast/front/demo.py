@@ -20,9 +20,9 @@ from typing import TypeVar
 import blake3
 
 from p2pfast import __version__, _accel, identity, runtime, selftest
-from p2pfast.cli import human
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import IntegrityError, PeerUnavailable
+from p2pfast.front.cli import human
 from p2pfast.node import Node
 from p2pfast.store.durable import DurableFile
 
