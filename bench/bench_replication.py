@@ -50,8 +50,8 @@ from typing import Any
 import orjson
 import pytest
 
-from p2pfast import ctl
 from p2pfast.datadir import Layout, init
+from p2pfast.front import ctl
 from p2pfast.repo.repo import Repo
 
 SIZE = 500 * 1024 * 1024

@@ -1,5 +1,5 @@
 import sys
 
-from p2pfast.cli import main
+from p2pfast.front.cli import main
 
 sys.exit(main())

@@ -21,8 +21,7 @@ import orjson
 import pytest
 from loops import LOOPS, run_on
 
-from p2pfast import ctl, errors
-from p2pfast.ctl.server import CtlServer, Handler
+from p2pfast import errors
 from p2pfast.errors import (
     BadInput,
     ConfigError,
@@ -37,6 +36,8 @@ from p2pfast.errors import (
     RemoteProtocolError,
     StorageError,
 )
+from p2pfast.front import ctl
+from p2pfast.front.ctl.server import CtlServer, Handler
 
 WAIT = 10.0  # every wait in these tests is bounded by this
 

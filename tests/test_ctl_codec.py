@@ -14,8 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pfast import ctl
-from p2pfast.ctl import codec
 from p2pfast.errors import (
     InternalError,
     LocalProtocolError,
@@ -23,6 +21,8 @@ from p2pfast.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from p2pfast.front import ctl
+from p2pfast.front.ctl import codec
 
 WAIT = 10.0
 

@@ -17,7 +17,7 @@ FORBIDDEN_IN_KERNELS = {
     "p2pfast.store",
     "p2pfast.repo",
     "p2pfast.net",
-    "p2pfast.cli",
+    "p2pfast.front",
     "p2pfast.node",
     "p2pfast.config",
     "logging",
@@ -33,39 +33,22 @@ RULES = {
         "p2pfast.store",
         "p2pfast.repo",
         "p2pfast.net",
-        "p2pfast.cli",
+        "p2pfast.front",
         "p2pfast.node",
         "p2pfast.datadir",
     },
     # net is transport glue only: sessions, streams, peers, gossip messages. It moves no object and
     # touches no disk or client pipe: that is the node's services' work (node/).
-    "net": {
-        "p2pfast.cli",
-        "p2pfast.node",
-        "p2pfast.repo",
-        "p2pfast.store",
-        "p2pfast.datadir",
-        "p2pfast.clientio",
-        "p2pfast.commands",
-        "p2pfast.daemon",
-    },
+    "net": {"p2pfast.front", "p2pfast.node", "p2pfast.repo", "p2pfast.store", "p2pfast.datadir"},
     # the node's services sit under the front ends: none of them imports a front end
-    "node": {
-        "p2pfast.cli",
-        "p2pfast.commands",
-        "p2pfast.daemon",
-        "p2pfast.ctl",
-        "p2pfast.clientio",
-        "p2pfast.metrics",
-        "p2pfast.demo",
-    },
-    "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.cli", "p2pfast.node", "p2pfast.datadir"},
+    "node": {"p2pfast.front"},
+    "store": {"asyncio", "uvloop", "p2pfast.net", "p2pfast.front", "p2pfast.node", "p2pfast.datadir"},
     "repo": {
         "asyncio",
         "uvloop",
         "p2pfast.store",
         "p2pfast.net",
-        "p2pfast.cli",
+        "p2pfast.front",
         "p2pfast.node",
         "p2pfast.datadir",
     },
@@ -102,7 +85,7 @@ ENVELOPE_FORBIDDEN = {
     "p2pfast.repo",
     "p2pfast.net",
     "p2pfast.node",
-    "p2pfast.cli",
+    "p2pfast.front",
     "p2pfast.datadir",
     "p2pfast.pump",
     "p2pfast.store.durable",
@@ -136,6 +119,24 @@ def test_layers_import_downward_only() -> None:
             assert not hits(imports_of(path), forbidden), path
 
 
+# The front ends (CLI, daemon, client I/O, metrics, the control socket) sit on top: nothing below them
+# imports p2pfast.front, not even lazily inside a function. __main__.py is `python -m p2pfast`, the CLI.
+FRONT_IMPORTERS = {"__main__.py"}
+
+
+def test_nothing_below_the_front_ends_imports_them() -> None:
+    below = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).as_posix()
+        if not rel.startswith("front/") and rel not in FRONT_IMPORTERS:
+            below[rel] = hits(imports_of(path), {"p2pfast.front"})
+    assert {"datadir.py", "runtime.py", "net/session.py", "store/objects.py", "repo/repo.py"} <= set(below)
+    assert not {rel: sorted(names) for rel, names in below.items() if names}
+    # an entry of the allow-list that no longer imports the front ends goes from the list
+    for rel in FRONT_IMPORTERS:
+        assert hits(imports_of(PKG / rel), {"p2pfast.front"}), f"{rel} imports no p2pfast.front: unlist it"
+
+
 def test_sql_lives_only_in_repo() -> None:
     for path in PKG.rglob("*.py"):
         if path.parent.name == "repo":
@@ -150,9 +151,18 @@ HEAVY = {"asyncio", "uvloop", "apsw", "cryptography"}
 # Nor, through a daemon, what it has no use for: logging (nothing in the process logs) and shutil (which
 # argparse imports only for the terminal width, cli._Formatter finds it itself).
 UNUSED_THROUGH_DAEMON = {"logging", "shutil"}
-# The package's own modules that bring those in (or open the data dir): none is on the client's path.
+# The package's own modules that bring those in (or open the data dir): none is on the client's path. The
+# front ends' daemon side too: the CLI imports them inside the commands that run a node or read the repo.
 HEAVY_OWN = {
-    "p2pfast.ctl.server",
+    "p2pfast.front.ctl.server",
+    "p2pfast.front.daemon",
+    "p2pfast.front.commands",
+    "p2pfast.front.clientio",
+    "p2pfast.front.metrics",
+    "p2pfast.front.sdnotify",
+    "p2pfast.front.listings",
+    "p2pfast.node.status",
+    "p2pfast.front.demo",
     "p2pfast.datadir",
     "p2pfast.identity",
     "p2pfast.node",
@@ -183,7 +193,7 @@ def _names(nodes: list[ast.stmt] | list[ast.AST]) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
-            # `from p2pfast import ctl` imports the module p2pfast.ctl
+            # `from p2pfast.front import ctl` imports the module p2pfast.front.ctl
             names.update(
                 f"{node.module}.{a.name}" for a in node.names if module_path(f"{node.module}.{a.name}")
             )
@@ -226,10 +236,29 @@ def closure(start: str) -> set[str]:
     return seen
 
 
+# What the CLI client imports at start: the script's module and what a command run through a daemon adds.
+CLIENT_SIDE = [
+    "p2pfast.__main__",
+    "p2pfast.front.cli",
+    "p2pfast.front.ctl",
+    "p2pfast.front.ctl.client",
+    "p2pfast.front.ctl.codec",
+    "p2pfast.layout",
+    "p2pfast.config",
+]
+
+
 def test_the_cli_client_imports_no_asyncio_apsw_or_crypto() -> None:
-    for start in ["p2pfast.cli", "p2pfast.ctl", "p2pfast.ctl.client", "p2pfast.layout", "p2pfast.config"]:
+    for start in CLIENT_SIDE:
         names = closure(start)
         assert not hits(names, HEAVY | HEAVY_OWN), (start, sorted(hits(names, HEAVY | HEAVY_OWN)))
+
+
+def test_the_front_package_init_is_a_docstring_only() -> None:
+    # every `import p2pfast.front.X` runs it first, the CLI's included: it must cost nothing
+    body = ast.parse((PKG / "front" / "__init__.py").read_text()).body
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    assert isinstance(body[0].value.value, str)
 
 
 def test_the_control_socket_codec_is_sans_io() -> None:
@@ -240,16 +269,19 @@ def test_the_control_socket_codec_is_sans_io() -> None:
         "socket",
         "select",
         "selectors",
-        "p2pfast.ctl.client",
-        "p2pfast.ctl.server",
+        "p2pfast.front.ctl.client",
+        "p2pfast.front.ctl.server",
     }
-    assert not hits(imports_of(PKG / "ctl" / "codec.py"), forbidden)
-    assert not hits(imports_of(PKG / "ctl" / "client.py"), {"p2pfast.ctl.server"} | HEAVY)
+    assert not hits(imports_of(PKG / "front" / "ctl" / "codec.py"), forbidden)
+    assert not hits(imports_of(PKG / "front" / "ctl" / "client.py"), {"p2pfast.front.ctl.server"} | HEAVY)
 
 
 def test_the_closure_sees_what_the_daemon_imports() -> None:
     # the walk above is not blind: the server and datadir do bring in what the client must not
-    assert "asyncio" in closure("p2pfast.ctl.server")
+    assert "asyncio" in closure("p2pfast.front.ctl.server")
+    assert {"p2pfast.front.commands", "p2pfast.front.clientio", "p2pfast.front.sdnotify"} <= closure(
+        "p2pfast.front.daemon"
+    )
     assert {"apsw", "cryptography"} <= {n.split(".")[0] for n in closure("p2pfast.datadir")}
 
 

@@ -22,7 +22,7 @@ from types import FrameType
 
 import pytest
 
-from p2pfast.sdnotify import Notifier
+from p2pfast.front.sdnotify import Notifier
 
 TIMEOUT = 5.0
 

@@ -41,6 +41,7 @@ class Transport(Protocol):
 
     def resume_reading(self, reason: str) -> None: ...
 
+
 Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 

@@ -23,6 +23,7 @@ from p2pfast.node.chunks import Run
 from p2pfast.node.flow import CHUNK, EXTRA_WINDOW, HANDOFF, PIPELINE, STALL_TIMEOUT, within
 from p2pfast.store import segments
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
+from p2pfast.units import iec
 
 log = logging.getLogger("p2pfast.transfer")
 
@@ -53,8 +54,8 @@ async def receive(
         need = segments.file_size(size, store.segment_size) + FREE_RESERVE
         if need > free:
             raise DiskFull(
-                f"an object of {_size(size)} does not fit: {_size(free)} free, and this node keeps"
-                f" {_size(FREE_RESERVE)} free in reserve"
+                f"an object of {iec(size)} does not fit: {iec(free)} free, and this node keeps"
+                f" {iec(FREE_RESERVE)} free in reserve"
             )
     except P2PError:
         stream.reset(int(wire.ErrorCode.REFUSED))
@@ -91,15 +92,6 @@ async def receive(
 FREE_CACHE_S = 1.0
 FREE_CACHE_MAX = 1024 * 1024
 _free_seen: dict[Path, tuple[float, int]] = {}
-
-
-def _size(n: float) -> str:
-    """Bytes as the CLI's result lines show them (cli.human: 1024-based units)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _free_bytes(root: Path, size: int) -> int:

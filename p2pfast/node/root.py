@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from p2pfast import status, wire
+from p2pfast import wire
 from p2pfast.counters import COUNTERS
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.errors import P2PError, PeerUnavailable, RemoteProtocolError
@@ -29,7 +29,7 @@ from p2pfast.identity import Identity
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import Session
-from p2pfast.node import getting, placement, receive, serve
+from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
 from p2pfast.node.membership import Membership

@@ -1,4 +1,4 @@
-"""The command line, run as a real subprocess (`python -m p2pfast.cli`) against a data dir in tmp_path.
+"""The command line, run as a real subprocess (`python -m p2pfast`) against a data dir in tmp_path.
 
 Checked: output, exit codes (README.md), and that every error is exactly one line on stderr with no
 traceback (the kernel chooser's accel_fallback WARNING lines, present only while the compiled kernels are

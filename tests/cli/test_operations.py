@@ -446,7 +446,7 @@ def test_sigterm_on_a_replica_mid_receive_aborts_cleanly(tmp_path: Path) -> None
 def test_progress_lines_only_for_a_client_that_asks(tmp_path: Path) -> None:
     """A client showing a bar asks for progress lines ("progress": true); the others get none, which
     spares a small store a write and a wake-up each way."""
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     (a,) = make_nodes(tmp_path, 1)
     src = tmp_path / "src"

@@ -20,7 +20,7 @@ from typing import Any
 from netnodes import NodeProc, make_nodes, running, wait_until
 from nodetools import cli_argv, cli_env, file_hash, pattern, run_cli
 
-from p2pfast import ctl
+from p2pfast.front import ctl
 
 BIG = 64 << 20  # the documented threshold (docs/cli.md, "Progress")
 

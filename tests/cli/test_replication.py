@@ -225,7 +225,7 @@ def test_delete_reaches_every_node_and_an_offline_one_after_restart(tmp_path: Pa
 
 def test_many_deletes_missed_offline_all_arrive_on_reconnect(tmp_path: Path) -> None:
     """Tombstones go to a reconnecting peer several at a time, and every one of them arrives."""
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     a, e = make_nodes(tmp_path, 2)
     count = 200

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from nodetools import cli_env
 
-from p2pfast import ctl
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import PeerUnavailable
+from p2pfast.front import ctl
 from p2pfast.repo.repo import Repo
 
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import pytest
 
 from p2pfast import identity
-from p2pfast.clientio import FdSink, FdSource
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import NotFound, PeerUnavailable
+from p2pfast.front.clientio import FdSink, FdSource
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node, fetch, flow
 from p2pfast.node.sources import BufferSink, BytesSource

@@ -8,8 +8,8 @@ This package re-exports the client's API and the codec's names a caller needs, n
 command that asks a running daemon imports no asyncio (tests/test_layers.py checks both).
 """
 
-from p2pfast.ctl.client import call, running
-from p2pfast.ctl.codec import (
+from p2pfast.front.ctl.client import call, running
+from p2pfast.front.ctl.codec import (
     MAX_FDS,
     MAX_REQUEST,
     SOCKET_NAME,

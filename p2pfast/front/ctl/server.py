@@ -21,9 +21,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from p2pfast.ctl import codec
-from p2pfast.ctl.client import running
-from p2pfast.ctl.codec import MAX_FDS, MAX_REQUEST, ClientGone
 from p2pfast.errors import (
     ConfigError,
     InternalError,
@@ -33,6 +30,9 @@ from p2pfast.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from p2pfast.front.ctl import codec
+from p2pfast.front.ctl.client import running
+from p2pfast.front.ctl.codec import MAX_FDS, MAX_REQUEST, ClientGone
 
 __all__ = ["CtlServer", "Handler", "ProgressFn"]
 

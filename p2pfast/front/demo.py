@@ -20,12 +20,12 @@ from typing import TypeVar
 import blake3
 
 from p2pfast import __version__, _accel, identity, runtime, selftest
-from p2pfast.cli import human
-from p2pfast.clientio import FdSink, FdSource
 from p2pfast.datadir import Layout, init
 from p2pfast.errors import IntegrityError, PeerUnavailable
+from p2pfast.front.clientio import FdSink, FdSource
 from p2pfast.node import Node
 from p2pfast.store.durable import DurableFile
+from p2pfast.units import iec as human
 
 T = TypeVar("T")
 CHUNK = 4 << 20

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from p2pfast.ctl import codec
-from p2pfast.ctl.codec import MAX_REPLY, DaemonNotRunning
 from p2pfast.errors import ConfigError, PeerUnavailable
+from p2pfast.front.ctl import codec
+from p2pfast.front.ctl.codec import MAX_REPLY, DaemonNotRunning
 
 __all__ = ["PROBE_TIMEOUT", "call", "running"]
 

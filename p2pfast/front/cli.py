@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pfast import __version__
+from p2pfast.units import iec as human
 
 if TYPE_CHECKING:
     from p2pfast.datadir import LocalNode
@@ -25,14 +26,6 @@ if TYPE_CHECKING:
 
 PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
 BOOTSTRAP_HELP = "HOST:PORT[,HOST:PORT...] to reach the network through when no daemon runs"
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _version() -> str:
@@ -228,9 +221,10 @@ def _wildcard(host: str) -> bool:
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
-    from p2pfast import ctl, identity
+    from p2pfast import identity
     from p2pfast.datadir import load_identity
     from p2pfast.errors import PeerUnavailable
+    from p2pfast.front import ctl
 
     layout = _layout(args)
     ident = load_identity(layout)
@@ -263,8 +257,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from p2pfast import daemon, runtime
+    from p2pfast import runtime
     from p2pfast.datadir import AlreadyInitialised, adopt_network, init
+    from p2pfast.front import daemon
 
     cfg = args.config_obj
     layout = _layout(args)
@@ -367,13 +362,13 @@ def _listing(
 ) -> int:
     """`files`, `shares`, `peers`: the rows from the running daemon (it knows what is live), else from
     the repo read beside it (listings.py makes both); JSON, or a table with one line per row."""
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     try:
         rows = ctl.call(_layout(args).root / ctl.SOCKET_NAME, {"cmd": cmd}, timeout=STATUS_TIMEOUT)["rows"]
     except ctl.DaemonNotRunning:
         _setup_logging(args)
-        from p2pfast import listings  # the repo's rows: only when no daemon answers
+        from p2pfast.front import listings  # the repo's rows: only when no daemon answers
 
         with _open_repo(args) as repo:
             rows = getattr(listings, cmd)(repo)
@@ -431,7 +426,7 @@ def cmd_files(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     import time
 
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     # A peer the running daemon is connected to stays, however old its row (the daemon refreshes it
     # every gossip round, but a round may be longer than --older-than).
@@ -466,7 +461,7 @@ def _network(
     """Run a network command: through the daemon serving this data dir if one runs, else in a node
     started for this command alone (it dials out, waits until its peer table settles, does the work).
     `total`: a store's input size, when known."""
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     if "key" in request:
         _check_key(request["key"])
@@ -501,7 +496,8 @@ def _check_key(key: str) -> None:
 def _embedded(
     args: argparse.Namespace, request: dict[str, Any], fds: list[int], on_progress: Callable[[Any], None]
 ) -> dict[str, Any]:
-    from p2pfast import commands, runtime, selftest
+    from p2pfast import runtime, selftest
+    from p2pfast.front import commands
 
     selftest.run()
     cfg = args.config_obj
@@ -646,15 +642,15 @@ STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is r
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from p2pfast import ctl
+    from p2pfast.front import ctl
 
     layout = _layout(args)
     try:
         s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=STATUS_TIMEOUT)
     except ctl.DaemonNotRunning:
         _setup_logging(args)
-        from p2pfast import status  # the repo and the keys: only when no daemon answers
         from p2pfast.datadir import load_identity
+        from p2pfast.node import status  # the repo and the keys: only when no daemon answers
 
         node_id = load_identity(layout).node_id
         with _open_repo(args) as repo:
@@ -731,20 +727,20 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from p2pfast.demo import run_demo
+    from p2pfast.front.demo import run_demo
 
     return run_demo(args.size, keep=args.keep)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from p2pfast.cligen import completion
+    from p2pfast.front.cligen import completion
 
     sys.stdout.write(completion(build_parser(), args.shell))
     return 0
 
 
 def cmd_man(args: argparse.Namespace) -> int:
-    from p2pfast.cligen import man_page
+    from p2pfast.front.cligen import man_page
 
     sys.stdout.write(man_page(build_parser(), __version__))
     return 0

@@ -18,11 +18,12 @@ import logging
 import sys
 from typing import Any
 
-from p2pfast import commands, runtime
-from p2pfast.ctl.codec import SOCKET_NAME
-from p2pfast.ctl.server import CtlServer
+from p2pfast import runtime
+from p2pfast.front import commands
+from p2pfast.front.ctl.codec import SOCKET_NAME
+from p2pfast.front.ctl.server import CtlServer
+from p2pfast.front.sdnotify import Notifier
 from p2pfast.node import Node
-from p2pfast.sdnotify import Notifier
 
 log = logging.getLogger("p2pfast.daemon")
 
@@ -45,7 +46,7 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
         await server.start()  # after the repo is open and the node listens: commands can run
         runtime_info: dict[str, str] = {}
         if metrics_listen is not None:
-            from p2pfast.metrics import Exporter
+            from p2pfast.front.metrics import Exporter
 
             exporter = Exporter(node, asyncio.get_running_loop())
             addr = exporter.start(metrics_listen)

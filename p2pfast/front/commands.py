@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from p2pfast import listings
-from p2pfast.clientio import FdSink, FdSource
 from p2pfast.counters import COUNTERS
-from p2pfast.ctl.codec import ClientGone
 from p2pfast.errors import BadInput, IntegrityError, P2PError, PeerUnavailable
+from p2pfast.front import listings
+from p2pfast.front.clientio import FdSink, FdSource
+from p2pfast.front.ctl.codec import ClientGone
 from p2pfast.node import Node
 from p2pfast.node.fetch import NoGoodCopy
 
