@@ -300,7 +300,9 @@ def _fields(msg: Message) -> dict[str, Any]:
 def to_wire(msg: Message, *, id: int | None = None, re: int | None = None) -> dict[str, Any]:
     """The dict `control.encode` takes for `msg`: a request needs `id`, a reply `re`, a notice neither
     (LocalProtocolError(PROTOCOL) otherwise, as for a who_has without exactly one of cid and key)."""
-    kind = KIND[type(msg)]
+    kind = KIND.get(type(msg))
+    if kind is None:  # a caller's bug (a subclass, or not a message at all), not a protocol matter
+        raise TypeError(f"not a control message: {msg!r}")
     d: dict[str, Any] = {"t": kind}
     if isinstance(msg, Request):
         if id is None or re is not None:
