@@ -1,0 +1,370 @@
+"""Typed control messages: one frozen class per kind of `control.SCHEMAS`, and the rules around them.
+
+`control` stays the wire validator (orjson, size cap, every field's type and bounds); this module is the
+typed form the layers above work with, so mypy checks every field instead of a `dict[str, Any]`:
+
+    raw --control.decode--> dict --from_wire--> Envelope(msg, id, re)
+    msg --to_wire(msg, id=|re=)--> dict --control.encode--> raw
+
+A class's fields are the wire fields minus "t" (the class is the kind), "id" and "re": those belong to the
+session's envelope (`Envelope`), not to the message. Kinds fall into three roles: a `Request` carries "id"
+and is answered by a `Reply` carrying "re" = that id (`REPLIES` says which reply kinds answer which
+request; `Error` answers any); a `Notice` (pex) carries neither and gets no answer.
+
+The rules the schema cannot express live here, sans-IO, rather than in `net/` or the node: who_has names
+exactly one of cid and key; the envelope matches the role; a reply is of a kind that answers its request
+(`check_reply`); a store announces the stream its sender will send the plaintext on (`inbound_stream`).
+docs/protocol.md, "Control messages", is the long form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeGuard, overload
+
+from p2pfast import errors, wire
+from p2pfast.proto import control
+
+__all__ = [
+    "BY_KIND",
+    "KIND",
+    "REPLIES",
+    "Delete",
+    "Envelope",
+    "Error",
+    "Get",
+    "Have",
+    "Leaves",
+    "Message",
+    "Notice",
+    "Ok",
+    "Pex",
+    "PexPeer",
+    "Ping",
+    "Pong",
+    "Reply",
+    "Request",
+    "Store",
+    "WhoHas",
+    "check_reply",
+    "from_wire",
+    "inbound_stream",
+    "is_notice",
+    "is_reply",
+    "is_request",
+    "outbound_stream",
+    "to_wire",
+]
+
+
+# -- requests: carry "id" ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness at the application level; answered by `Pong`."""
+
+
+@dataclass(frozen=True, slots=True)
+class WhoHas:
+    """Does the peer hold this object, or a file under this key? Exactly one of the two is set."""
+
+    cid: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """The peer sends `length` bytes (-1: to the end) of `cid` from `offset` on our stream `sid`."""
+
+    cid: str
+    offset: int
+    length: int
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leaves:
+    """The segment hashes of `cid`: streamed as raw digests on our stream `sid`, or without one in `Ok`."""
+
+    cid: str
+    sid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The sender streams `size` bytes of plaintext of `cid` on its stream `sid`; `Ok` once durable."""
+
+    sid: int
+    cid: str
+    size: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """A tombstone for `key` (naming `cid`), made by node `origin` at `at` (seconds since the epoch)."""
+
+    key: str
+    cid: str
+    origin: str
+    at: float
+
+
+# -- replies: carry "re" ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to `Ping`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """The answer to `WhoHas`: the object (for a key, the content id it names); all None: not held."""
+
+    cid: str | None
+    size: int | None
+    segments: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """Success; `size` (bytes served or stored) and `leaves` (hex of 32-byte hashes) where they apply."""
+
+    size: int | None = None
+    leaves: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A request failed: an `ErrorCode` or application code, and a reason (at most 512 UTF-8 bytes)."""
+
+    code: int
+    reason: str
+
+    @classmethod
+    def of(cls, code: int, reason: str) -> Error:
+        """An error whose reason always fits the wire: cut to `control.MAX_REASON_BYTES` of UTF-8 on a
+        character boundary, lone surrogates (from undecodable file names) escaped, so that answering with
+        any exception's text cannot itself fail to encode."""
+        raw = reason.encode("utf-8", "backslashreplace")[: control.MAX_REASON_BYTES]
+        return cls(int(code), raw.decode("utf-8", "ignore"))
+
+
+# -- notices: carry neither -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PexPeer:
+    """One entry of `Pex`: a peer's listening address, node id and when the sender last saw it."""
+
+    addr: str
+    id: str
+    seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pex:
+    """Peer exchange; no reply."""
+
+    peers: tuple[PexPeer, ...]
+
+
+Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete
+Reply: TypeAlias = Pong | Have | Ok | Error
+Notice: TypeAlias = Pex
+Message: TypeAlias = Request | Reply | Notice
+
+KIND: dict[type[Message], str] = {
+    Ping: "ping",
+    Pong: "pong",
+    Pex: "pex",
+    WhoHas: "who_has",
+    Have: "have",
+    Get: "get",
+    Leaves: "leaves",
+    Store: "store",
+    Delete: "delete",
+    Ok: "ok",
+    Error: "error",
+}
+BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
+
+# Which reply kinds answer which request. Error is listed for every request (any request can fail), so
+# `isinstance(reply, REPLIES[type(request)])` is the whole check.
+REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
+    Ping: (Pong, Error),
+    WhoHas: (Have, Error),
+    Get: (Ok, Error),
+    Leaves: (Ok, Error),
+    Store: (Ok, Error),
+    Delete: (Ok, Error),
+}
+
+
+def is_request(msg: Message) -> TypeGuard[Request]:
+    """A request: carries "id" and gets exactly one reply."""
+    return isinstance(msg, Request)
+
+
+def is_reply(msg: Message) -> TypeGuard[Reply]:
+    """A reply: carries "re", the id of the request it answers."""
+    return isinstance(msg, Reply)
+
+
+def is_notice(msg: Message) -> TypeGuard[Notice]:
+    """A notice: carries neither "id" nor "re" and is never answered."""
+    return isinstance(msg, Notice)
+
+
+def inbound_stream(msg: Message) -> int | None:
+    """The stream on which the peer that sent this request will send us data, or None.
+
+    Only a store announces one: its sender opens `sid` and streams the plaintext on it, maybe before the
+    handler runs, so the session must keep that stream (and the data arriving on it) for the handler
+    rather than refuse it as unannounced. A get's or a leaves' `sid` is the other way round: the requester
+    opened it for us to send on (`outbound_stream`), and receives nothing on it from us before we answer.
+    """
+    return msg.sid if isinstance(msg, Store) else None
+
+
+def outbound_stream(msg: Message) -> int | None:
+    """The peer's stream on which we send data in answer to this request (get, leaves with sid), or None."""
+    if isinstance(msg, Get | Leaves):
+        return msg.sid
+    return None
+
+
+@overload
+def check_reply(request: Ping, reply: Reply) -> Pong | Error: ...
+@overload
+def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
+@overload
+def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Error: ...
+def check_reply(request: Request, reply: Reply) -> Reply:
+    """`reply` if its kind answers `request` (`REPLIES`; an Error answers any), else RemoteProtocolError:
+    the peer answered our request with something that makes no sense for it."""
+    if not isinstance(reply, REPLIES[type(request)]):
+        raise errors.RemoteProtocolError(
+            f"{KIND[type(reply)]} does not answer {KIND[type(request)]}", wire.ErrorCode.PROTOCOL
+        )
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as it travelled: `id` on a request, `re` on a reply, neither on a notice."""
+
+    msg: Message
+    id: int | None = None
+    re: int | None = None
+
+
+def _local(reason: str) -> errors.LocalProtocolError:
+    return errors.LocalProtocolError(reason, wire.ErrorCode.PROTOCOL)
+
+
+def _remote(reason: str) -> errors.RemoteProtocolError:
+    return errors.RemoteProtocolError(reason, wire.ErrorCode.PROTOCOL)
+
+
+def _fields(msg: Message) -> dict[str, Any]:
+    # Optional fields that the schema does not allow as null are left out when None, exactly as the
+    # callers wrote their dicts before; have's fields are always sent (null: not held).
+    match msg:
+        case Get():
+            return {"cid": msg.cid, "offset": msg.offset, "length": msg.length, "sid": msg.sid}
+        case Ok():
+            d: dict[str, Any] = {}
+            if msg.size is not None:
+                d["size"] = msg.size
+            if msg.leaves is not None:
+                d["leaves"] = msg.leaves
+            return d
+        case Store():
+            return {"sid": msg.sid, "cid": msg.cid, "size": msg.size, "key": msg.key}
+        case Error():
+            return {"code": msg.code, "reason": msg.reason}
+        case Leaves():
+            return {"cid": msg.cid} if msg.sid is None else {"cid": msg.cid, "sid": msg.sid}
+        case WhoHas():
+            if (msg.cid is None) == (msg.key is None):
+                raise _local("who_has needs exactly one of cid and key")
+            return {"cid": msg.cid} if msg.key is None else {"key": msg.key}
+        case Have():
+            return {"cid": msg.cid, "size": msg.size, "segments": msg.segments}
+        case Delete():
+            return {"key": msg.key, "cid": msg.cid, "origin": msg.origin, "at": msg.at}
+        case Pex():
+            return {"peers": [{"addr": p.addr, "id": p.id, "seen": p.seen} for p in msg.peers]}
+        case Ping() | Pong():
+            return {}
+    raise TypeError(f"not a control message: {msg!r}")
+
+
+def to_wire(msg: Message, *, id: int | None = None, re: int | None = None) -> dict[str, Any]:
+    """The dict `control.encode` takes for `msg`: a request needs `id`, a reply `re`, a notice neither
+    (LocalProtocolError(PROTOCOL) otherwise, as for a who_has without exactly one of cid and key)."""
+    kind = KIND.get(type(msg))
+    if kind is None:  # a caller's bug (a subclass, or not a message at all), not a protocol matter
+        raise TypeError(f"not a control message: {msg!r}")
+    d: dict[str, Any] = {"t": kind}
+    if isinstance(msg, Request):
+        if id is None or re is not None:
+            raise _local(f"a {kind} request needs an id and no re")
+        d["id"] = id
+    elif isinstance(msg, Reply):
+        if re is None or id is not None:
+            raise _local(f"a {kind} reply needs a re and no id")
+        d["re"] = re
+    elif id is not None or re is not None:
+        raise _local(f"a {kind} notice takes neither id nor re")
+    d.update(_fields(msg))
+    return d
+
+
+def _message(kind: Any, d: dict[str, Any]) -> Message:
+    match kind:
+        case "get":
+            return Get(d["cid"], d["offset"], d["length"], d["sid"])
+        case "ok":
+            return Ok(d.get("size"), d.get("leaves"))
+        case "store":
+            return Store(d["sid"], d["cid"], d["size"], d["key"])
+        case "error":
+            return Error(d["code"], d["reason"])
+        case "leaves":
+            return Leaves(d["cid"], d.get("sid"))
+        case "who_has":
+            cid, key = d.get("cid"), d.get("key")
+            if (cid is None) == (key is None):
+                raise _remote("who_has needs exactly one of cid and key")
+            return WhoHas(cid, key)
+        case "have":
+            return Have(d["cid"], d["size"], d["segments"])
+        case "delete":
+            return Delete(d["key"], d["cid"], d["origin"], float(d["at"]))
+        case "pex":
+            return Pex(tuple(PexPeer(p["addr"], p["id"], float(p["seen"])) for p in d["peers"]))
+        case "ping":
+            return Ping()
+        case "pong":
+            return Pong()
+    raise _remote(f"unknown control message kind {str(kind)[:40]!r}")
+
+
+def from_wire(d: dict[str, Any]) -> Envelope:
+    """The typed message and envelope of `d`, a dict `control.decode` has validated; RemoteProtocolError
+    for what the schema cannot express (who_has with both or neither of cid and key) and for an envelope
+    that does not match the kind's role (a request without "id", a reply without "re", a notice with
+    either)."""
+    kind = d.get("t")
+    try:
+        msg = _message(kind, d)
+    except (KeyError, TypeError, ValueError) as exc:  # not validated after all: still the peer's fault
+        raise _remote(f"{str(kind)[:40]!r} message is malformed: {exc!r}") from None
+    rid, re = d.get("id"), d.get("re")
+    if isinstance(msg, Request):
+        if type(rid) is not int or re is not None:
+            raise _remote(f"a {kind} request needs an id and no re")
+    elif isinstance(msg, Reply):
+        if type(re) is not int or rid is not None:
+            raise _remote(f"a {kind} reply needs a re and no id")
+    elif rid is not None or re is not None:
+        raise _remote(f"a {kind} notice takes neither id nor re")
+    return Envelope(msg, rid, re)
