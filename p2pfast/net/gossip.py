@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 import orjson
 
 from p2pfast.net.peers import PeerManager
+from p2pfast.proto import messages as m
 
 NODE_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def pex_message(
-    known: list[tuple[str, str, float]], manager: PeerManager, exclude: str
-) -> tuple[dict[str, Any], int]:
+def pex_message(known: list[tuple[str, str, float]], manager: PeerManager, exclude: str) -> tuple[m.Pex, int]:
     """The pex message for one peer, and how many entries were left out for it to fit.
 
     known: (address, node id, last seen) rows from the peers table. Connected peers count as seen now.
@@ -25,33 +23,32 @@ def pex_message(
     names or IPv6 addresses the whole list no longer does, and a message that fails to encode would
     leave the peer with no exchange at all (until the membership protocol replaces this message)."""
     now = time.time()
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, m.PexPeer] = {}
     for session in manager.sessions.values():
         addr = session.listen_addr
         if addr and session.peer_id != exclude:
-            entries[session.peer_id] = {"addr": addr, "id": session.peer_id, "seen": now}
+            entries[session.peer_id] = m.PexPeer(addr, session.peer_id, now)
     for addr, node_id, seen in known:
         if node_id and node_id != exclude and node_id not in entries and NODE_ID_RE.fullmatch(node_id):
-            entries[node_id] = {"addr": addr, "id": node_id, "seen": min(seen, now)}
-    ranked = sorted(entries.values(), key=lambda e: -e["seen"])
-    room = manager.limits.proto.max_control_size - len(orjson.dumps({"t": "pex", "peers": []}))
-    peers: list[dict[str, Any]] = []
+            entries[node_id] = m.PexPeer(addr, node_id, min(seen, now))
+    ranked = sorted(entries.values(), key=lambda e: -e.seen)
+    room = manager.limits.proto.max_control_size - len(orjson.dumps(m.to_wire(m.Pex(()))))
+    peers: list[m.PexPeer] = []
     for entry in ranked[: manager.limits.max_pex_peers]:
-        room -= len(orjson.dumps(entry)) + 1  # and its comma
+        room -= len(orjson.dumps({"addr": entry.addr, "id": entry.id, "seen": entry.seen})) + 1  # and a comma
         if room < 0:
             break
         peers.append(entry)
-    return {"t": "pex", "peers": peers}, len(ranked) - len(peers)
+    return m.Pex(tuple(peers)), len(ranked) - len(peers)
 
 
-def new_peers(message: dict[str, Any], manager: PeerManager) -> list[tuple[str, str, float]]:
+def new_peers(message: m.Pex, manager: PeerManager) -> list[tuple[str, str, float]]:
     """Entries of a received pex worth recording and dialling: not us, not already connected."""
     now = time.time()
     connected = manager.connected_addrs()
     out = []
-    for entry in message.get("peers", ()):
-        node_id, addr = entry["id"], entry["addr"]
-        if node_id == manager.node_id or node_id in manager.sessions or addr in connected:
+    for entry in message.peers:
+        if entry.id == manager.node_id or entry.id in manager.sessions or entry.addr in connected:
             continue
-        out.append((addr, node_id, min(float(entry["seen"]), now)))
+        out.append((entry.addr, entry.id, min(entry.seen, now)))
     return out

@@ -13,13 +13,14 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from p2pfast import wire
 from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
+from p2pfast.proto import messages as m
 from p2pfast.proto.connection import Connection
 
 log = logging.getLogger("p2pfast.net")
@@ -42,7 +43,8 @@ class Transport(Protocol):
     def resume_reading(self, reason: str) -> None: ...
 
 
-Handler = Callable[["Session", dict[str, Any]], Awaitable[dict[str, Any] | None]]
+# A request's handler answers with a reply, or None for a notice (which gets none).
+Handler = Callable[["Session", m.Request | m.Notice], Awaitable[m.Reply | None]]
 
 
 class RequestFailed(PeerUnavailable):
@@ -231,7 +233,7 @@ class Session:
         self.hello: dict[str, Any] = {}
         self.peer_host: str = proto.peer_host
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[m.Reply]] = {}
         self._streams: dict[int, Stream] = {}
         # streams the peer announced in a request, kept until its handler claims them with stream(sid):
         # all their data (END_STREAM included) may arrive before the handler task first runs
@@ -262,10 +264,15 @@ class Session:
             host = self.peer_host
         return f"{host}:{port}"
 
-    async def request(
-        self, message: dict[str, Any], timeout: float = limits.REQUEST_TIMEOUT
-    ) -> dict[str, Any]:
-        """Send a request (an "id" is assigned) and await its reply; an error reply raises RequestFailed."""
+    @overload
+    async def request(self, message: m.Ping, timeout: float = ...) -> m.Pong: ...
+    @overload
+    async def request(self, message: m.WhoHas, timeout: float = ...) -> m.Have: ...
+    @overload
+    async def request(self, message: m.Get | m.Leaves | m.Store | m.Delete, timeout: float = ...) -> m.Ok: ...
+    async def request(self, message: m.Request, timeout: float = limits.REQUEST_TIMEOUT) -> m.Reply:
+        """Send a request (an "id" is assigned) and await its reply; an error reply raises RequestFailed,
+        a reply of a kind that does not answer it RemoteProtocolError."""
         self._check_open()
         await self.wait_writable()
         rid, fut = self.send_request(message)
@@ -274,31 +281,31 @@ class Session:
                 reply = await fut
         finally:
             self._pending.pop(rid, None)
-        return _reply(reply)
+        return _reply(message, reply)
 
-    def send_request(self, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+    def send_request(self, message: m.Request) -> tuple[int, asyncio.Future[m.Reply]]:
         """Queue a request now (its frame goes before any sent after it, such as the data of the stream
-        it announces) and return (its id, the future of its raw reply). The caller pops _pending[id]
-        when it stops waiting; replied() turns the raw reply into a result or RequestFailed."""
+        it announces) and return (its id, the future of its reply). The caller pops _pending[id] when it
+        stops waiting; replied() turns the reply into a result or RequestFailed."""
         self._check_open()
         rid = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self.conn.send_control({**message, "id": rid})
+        self.conn.send_control(m.to_wire(message, id=rid))
         self.flush_soon()
         return rid, fut
 
-    async def replied(self, rid: int, fut: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
-        """Await a reply of send_request(); an error reply raises RequestFailed."""
+    async def replied(self, request: m.Request, rid: int, fut: asyncio.Future[m.Reply]) -> m.Reply:
+        """Await the reply to `request` of send_request(); an error reply raises RequestFailed."""
         try:
-            return _reply(await fut)
+            return _reply(request, await fut)
         finally:
             self._pending.pop(rid, None)
 
-    def notify(self, message: dict[str, Any]) -> None:
+    def notify(self, message: m.Notice) -> None:
         """Send a message that gets no reply (peer exchange)."""
         self._check_open()
-        self.conn.send_control(message)
+        self.conn.send_control(m.to_wire(message))
         self.flush_soon()
 
     def open_stream(self) -> Stream:
@@ -409,16 +416,20 @@ class Session:
         if isinstance(event, ev.DataReceived):
             self.on_data(event)
         elif isinstance(event, ev.ControlReceived):
-            msg = event.message
-            if "re" in msg:
-                fut = self._pending.get(msg["re"])
+            try:
+                env = m.from_wire(event.message)
+            except ProtocolError as exc:  # valid JSON of a known kind, but it breaks a rule of messages.py
+                self._refuse(event.message.get("id"), exc)
+                return
+            if env.re is not None:
+                fut = self._pending.get(env.re)
                 if fut is not None and not fut.done():
-                    fut.set_result(msg)
-            else:
-                sid = msg.get("sid")
-                if msg["t"] == "store" and type(sid) is int:  # data flows from the peer on sid
-                    self._announced[sid] = self.stream(sid)
-                self._spawn(msg)
+                    fut.set_result(env.msg)  # type: ignore[arg-type]  # a reply: it carries re
+                return
+            sid = m.inbound_stream(env.msg)
+            if sid is not None:  # data flows from the peer on sid, maybe before the handler runs
+                self._announced[sid] = self.stream(sid)
+            self._spawn(env.msg, env.id, sid)  # type: ignore[arg-type]  # a request or a notice
         elif isinstance(event, ev.WindowUpdated):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
@@ -438,8 +449,14 @@ class Session:
         elif isinstance(event, ev.ConnectionClosed):
             self.close_reason = event.reason or f"code {event.code}"
 
-    def _spawn(self, msg: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(msg))
+    def _refuse(self, rid: object, exc: ProtocolError) -> None:
+        if type(rid) is int and not self.closed:
+            with contextlib.suppress(ProtocolError):
+                self.conn.send_control(m.to_wire(m.Error.of(int(exc.code), str(exc)), re=rid))
+                self.flush()
+
+    def _spawn(self, msg: m.Request | m.Notice, rid: int | None, sid: int | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(msg, rid, sid))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         if len(self._tasks) >= limits.MAX_INFLIGHT_REQUESTS:
@@ -450,12 +467,12 @@ class Session:
         if len(self._tasks) < limits.MAX_INFLIGHT_REQUESTS:
             self.proto.resume_reading("requests")
 
-    async def _serve(self, msg: dict[str, Any]) -> None:
-        rid = msg.get("id")
+    async def _serve(self, msg: m.Request | m.Notice, rid: int | None, sid: int | None) -> None:
+        reply: m.Reply | None
         try:
             reply = await self.handler(self, msg)
         except ProtocolError as exc:
-            reply = {"t": "error", "code": int(exc.code), "reason": str(exc)[:500]}
+            reply = m.Error.of(int(exc.code), str(exc))
         except PeerUnavailable:
             return  # the connection went away while we served it
         except P2PError as exc:  # a refusal with its reason: integrity, storage, input
@@ -463,19 +480,19 @@ class Session:
             if isinstance(exc, IntegrityError):  # a peer's bytes, or our own object on disk, were bad
                 code = wire.ErrorCode.INTEGRITY
                 COUNTERS.integrity_failures += 1
-            reply = {"t": "error", "code": int(code), "reason": str(exc)[:500]}
+            reply = m.Error.of(int(code), str(exc))
         except Exception as exc:
-            log.error("event=handler_failed peer=%s type=%s error=%r", self.peer_id[:12], msg.get("t"), exc)
-            reply = {"t": "error", "code": int(wire.ErrorCode.INTERNAL), "reason": type(exc).__name__}
+            kind = m.KIND[type(msg)]
+            log.error("event=handler_failed peer=%s type=%s error=%r", self.peer_id[:12], kind, exc)
+            reply = m.Error(int(wire.ErrorCode.INTERNAL), type(exc).__name__)
         finally:
-            sid = msg.get("sid")
-            if type(sid) is int:
+            if sid is not None:
                 self._announced.pop(sid, None)
         if reply is None or rid is None or self.closed:
             return
         try:
             await self.wait_writable()
-            self.conn.send_control({**reply, "re": rid})
+            self.conn.send_control(m.to_wire(reply, re=rid))
             self.flush()
         except PeerUnavailable:
             pass
@@ -502,8 +519,8 @@ class Session:
         self.closed_event.set()
 
 
-def _reply(reply: dict[str, Any]) -> dict[str, Any]:
-    if reply.get("t") == "error":
-        code = reply.get("code")
-        raise RequestFailed(f"{reply.get('reason', '')} (code {code})", code if type(code) is int else None)
+def _reply(request: m.Request, reply: m.Reply) -> m.Reply:
+    reply = m.check_reply(request, reply)
+    if isinstance(reply, m.Error):
+        raise RequestFailed(f"{reply.reason} (code {reply.code})", reply.code)
     return reply

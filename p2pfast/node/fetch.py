@@ -34,6 +34,7 @@ from p2pfast.node.flow import (
 )
 from p2pfast.node.reports import Progress
 from p2pfast.node.sources import Sink
+from p2pfast.proto import messages as m
 from p2pfast.proto.schedule import DONE, WAIT, Assignment, PieceSchedule
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
@@ -47,9 +48,9 @@ async def fetch_leaves(session: Session, cid: str) -> tuple[int, bytes]:
     stream = await session.open_stream_wait(STALL_TIMEOUT)
     parts: list[bytes] = []
     stream.set_sink(lambda view: parts.append(bytes(view)))
-    reply = await session.request({"t": "leaves", "cid": cid, "sid": stream.sid}, timeout=STALL_TIMEOUT)
+    reply = await session.request(m.Leaves(cid=cid, sid=stream.sid), timeout=STALL_TIMEOUT)
     await within(stream.wait_eof(), STALL_TIMEOUT)
-    size, leaves = reply.get("size"), b"".join(parts)
+    size, leaves = reply.size, b"".join(parts)
     if type(size) is not int or contentid.root(size, leaves) != cid:
         COUNTERS.integrity_failures += 1
         raise IntegrityError(f"the segment hashes from {session.peer_id[:12]} do not match {cid}")
@@ -110,7 +111,7 @@ def _write_piece(fd: int, parts: list[memoryview], keep: Upload | None) -> None:
 _Check = tuple[int, list[memoryview], asyncio.Future[None]]
 
 
-async def _holder_reason(exc: BaseException, reply: asyncio.Future[dict[str, Any]]) -> BaseException:
+async def _holder_reason(exc: BaseException, reply: asyncio.Future[m.Ok]) -> BaseException:
     """Why a holder failed: its own reason when its reply carries one, else `exc`."""
     if isinstance(exc, StreamError) and exc.code is not None and not reply.done():
         # A holder that refuses resets the stream, then replies with its reason: wait for that briefly,
@@ -178,7 +179,7 @@ class _Fetch:
         offset = job.first * self.seg
         length = sum(self.seg_len(i) for i in range(job.first, job.end))
         stream = await session.open_stream_wait(STALL_TIMEOUT)
-        request = {"t": "get", "cid": self.cid, "offset": offset, "length": length, "sid": stream.sid}
+        request = m.Get(cid=self.cid, offset=offset, length=length, sid=stream.sid)
         reply = asyncio.ensure_future(session.request(request, timeout=365 * 86400.0))
         # segment checks run on the CPU pool while the stream keeps being read; settled in order
         checks: deque[_Check] = deque()

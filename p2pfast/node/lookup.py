@@ -4,11 +4,11 @@ the content id most of them name come back best first (those `shares` records as
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from p2pfast.errors import NotFound, P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node.context import Context
+from p2pfast.proto import messages as m
 from p2pfast.store.objects import show_key
 
 # who_has answers waited for, per peer, when looking for a holder.
@@ -21,17 +21,17 @@ async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
     if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
         raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
 
-    async def ask(s: Session) -> dict[str, Any] | None:
+    async def ask(s: Session) -> m.Have | None:
         try:
-            return await s.request({"t": "who_has", "key": key.decode()}, timeout=LOOKUP_TIMEOUT)
+            return await s.request(m.WhoHas(key=key.decode()), timeout=LOOKUP_TIMEOUT)
         except (P2PError, TimeoutError):
             return None
 
     replies = await asyncio.gather(*(ask(s) for s in sessions))
     by_cid: dict[str, list[Session]] = {}
     for s, reply in zip(sessions, replies, strict=True):
-        if reply is not None and reply.get("cid") is not None:
-            by_cid.setdefault(reply["cid"], []).append(s)
+        if reply is not None and reply.cid is not None:
+            by_cid.setdefault(reply.cid, []).append(s)
     if not by_cid:
         raise NotFound(f"no file under key {show_key(key)} on this node or its {len(sessions)} peers")
     cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced

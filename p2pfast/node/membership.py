@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from p2pfast.errors import LocalProtocolError, PeerUnavailable, StorageError
 from p2pfast.net import gossip
 from p2pfast.net.session import Session
 from p2pfast.node.context import Context
 from p2pfast.node.tombstones import Tombstones
+from p2pfast.proto import messages as m
 
 log = logging.getLogger("p2pfast.node")
 
@@ -64,7 +64,7 @@ class Membership:
         if not self.closing:
             await self.record(session, "disconnected")
 
-    async def on_pex(self, session: Session, msg: dict[str, Any]) -> None:
+    async def on_pex(self, session: Session, msg: m.Pex) -> None:
         """A peer's peer exchange: new peers recorded and dialled."""
         ctx = self.ctx
         for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
@@ -79,7 +79,7 @@ class Membership:
             self._pex_truncated_logged = True  # once per process: it stays true while the network is big
             log.warning(
                 "event=pex_truncated sent=%d left_out=%d reason=%s",
-                len(msg["peers"]),
+                len(msg.peers),
                 left_out,
                 "the peer list is larger than one control message; the freshest entries go",
             )

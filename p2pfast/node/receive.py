@@ -14,13 +14,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from p2pfast import wire
 from p2pfast.errors import DiskFull, LocalProtocolError, P2PError, PeerUnavailable, RemoteProtocolError
 from p2pfast.net.session import Session, Stream
 from p2pfast.node.chunks import Run
 from p2pfast.node.flow import CHUNK, EXTRA_WINDOW, HANDOFF, PIPELINE, STALL_TIMEOUT, within
+from p2pfast.proto import messages as m
 from p2pfast.store import segments
 from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
 from p2pfast.units import iec
@@ -38,12 +38,12 @@ FREE_RESERVE = 64 * 1024 * 1024
 
 
 async def receive(
-    session: Session, msg: dict[str, Any], store: ContentStore, run: Run, max_object: int | None = None
-) -> dict[str, Any]:
+    session: Session, msg: m.Store, store: ContentStore, run: Run, max_object: int | None = None
+) -> m.Ok:
     """Serve a peer's "store": receive the plaintext, re-encrypt it with our keys, check the content id,
     commit (with the sender recorded as a holder), and only then reply ok."""
-    stream = session.stream(msg["sid"])
-    size, cid, key = msg["size"], msg["cid"], msg["key"]
+    stream = session.stream(msg.sid)
+    size, cid, key = msg.size, msg.cid, msg.key
     holders = (session.peer_id,)
     try:
         if max_object is not None and size > max_object:
@@ -81,7 +81,7 @@ async def receive(
         size,
         result.deduplicated,
     )
-    return {"t": "ok", "size": size}
+    return m.Ok(size=size)
 
 
 # A small object may be checked against a free-space reading up to FREE_CACHE_S old: statvfs per 4 KiB

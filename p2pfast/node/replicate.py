@@ -15,13 +15,13 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from p2pfast import wire
 from p2pfast.errors import LocalProtocolError, P2PError, PeerUnavailable
 from p2pfast.net.session import Session, Stream
 from p2pfast.node.chunks import Run, object_chunks
 from p2pfast.node.flow import ACK_TIMEOUT, REASON_WAIT, STALL_TIMEOUT, describe, settle, within
+from p2pfast.proto import messages as m
 from p2pfast.store.objects import ContentStore
 
 log = logging.getLogger("p2pfast.transfer")
@@ -39,7 +39,7 @@ async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
-_Live = dict[str, tuple[Session, Stream, "asyncio.Future[dict[str, Any]]"]]
+_Live = dict[str, tuple[Session, Stream, "asyncio.Future[m.Reply]"]]
 
 
 async def replicate(
@@ -68,7 +68,7 @@ async def replicate(
                 raise stream
             outcome.failed[session.peer_id] = str(stream)
             continue
-        request = {"t": "store", "sid": stream.sid, "cid": cid, "size": size, "key": key.decode()}
+        request = m.Store(sid=stream.sid, cid=cid, size=size, key=key.decode())
         try:
             # Queued now, so that it precedes the stream's data on the wire (_fan_out may send that at
             # once, with no await in between)
@@ -77,7 +77,7 @@ async def replicate(
             outcome.failed[session.peer_id] = str(exc)
             stream.reset(int(wire.ErrorCode.REFUSED))
             continue
-        live[session.peer_id] = (session, stream, asyncio.ensure_future(session.replied(*sent)))
+        live[session.peer_id] = (session, stream, asyncio.ensure_future(session.replied(request, *sent)))
 
     def drop(peer: str, why: str) -> None:
         _, stream, ack = live.pop(peer)
@@ -146,7 +146,7 @@ async def _fan_out(
                 return
 
 
-def _reason(ack: asyncio.Future[dict[str, Any]]) -> str:
+def _reason(ack: asyncio.Future[m.Reply]) -> str:
     if ack.cancelled():
         return "cancelled"
     exc = ack.exception()

@@ -38,6 +38,7 @@ from p2pfast.node.router import Router
 from p2pfast.node.sources import Sink, Source
 from p2pfast.node.storing import Storing
 from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
+from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
 from p2pfast.store.durable import write_file_durably
 from p2pfast.store.objects import ContentStore
@@ -123,17 +124,14 @@ class Node:
         self.tombstones = Tombstones(ctx)
         self.membership = Membership(ctx, self.bootstrap, self.tombstones)
         self.storing = Storing(ctx)
-        self.router = Router(
-            {
-                "ping": self._ping,
-                "pex": self._pex,
-                "who_has": self._who_has,
-                "store": self._receive,
-                "get": self._serve_get,
-                "leaves": self._serve_leaves,
-                "delete": self.tombstones.on_delete,
-            }
-        )
+        self.router = router = Router()
+        router.route(m.Ping, self._ping)
+        router.route(m.Pex, self._pex)
+        router.route(m.WhoHas, self._who_has)
+        router.route(m.Store, self._receive)
+        router.route(m.Get, self._serve_get)
+        router.route(m.Leaves, self._serve_leaves)
+        router.route(m.Delete, self.tombstones.on_delete)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
@@ -300,7 +298,7 @@ class Node:
         return await self.membership.wait_settled(timeout)
 
     # -- what peers ask for (router.py's table) ------------------------------------------------------
-    async def _handle(self, session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def _handle(self, session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         assert self.router is not None  # set before the node listens or dials
         return await self.router(session, msg)
 
@@ -312,32 +310,32 @@ class Node:
         if self.membership is not None:
             await self.membership.on_closed(session)
 
-    async def _ping(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"t": "pong"}
+    async def _ping(self, session: Session, msg: m.Ping) -> m.Pong:
+        return m.Pong()
 
-    async def _pex(self, session: Session, msg: dict[str, Any]) -> None:
+    async def _pex(self, session: Session, msg: m.Pex) -> None:
         assert self.membership is not None
         await self.membership.on_pex(session, msg)
 
-    async def _who_has(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+    async def _who_has(self, session: Session, msg: m.WhoHas) -> m.Have:
         return await serve.who_has(msg, self.repo, self.db)
 
-    async def _receive(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+    async def _receive(self, session: Session, msg: m.Store) -> m.Ok:
         # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
         # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone).
-        async def run() -> dict[str, Any]:
+        async def run() -> m.Ok:
             return await receive.receive(session, msg, self.store, self.db, self.max_object)
 
         return await self._transfer(session, "store", run, counted="receive")
 
-    async def _serve_get(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
+    async def _serve_get(self, session: Session, msg: m.Get) -> m.Ok:
+        async def run() -> m.Ok:
             return await serve.serve_get(session, msg, self.store, self.db)
 
         return await self._transfer(session, "get", run, counted="serve")
 
-    async def _serve_leaves(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
-        async def run() -> dict[str, Any]:
+    async def _serve_leaves(self, session: Session, msg: m.Leaves) -> m.Ok:
+        async def run() -> m.Ok:
             return await serve.serve_leaves(session, msg, self.store, self.db)
 
         return await self._transfer(session, "leaves", run, counted=None)
@@ -346,9 +344,9 @@ class Node:
         self,
         session: Session,
         kind: str,
-        run: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+        run: Callable[[], Coroutine[Any, Any, m.Ok]],
         counted: str | None,
-    ) -> dict[str, Any]:
+    ) -> m.Ok:
         """A peer's transfer, as work in flight that a graceful stop lets finish (or refused when
         stopping), counted in the metrics."""
         if self.draining:

@@ -6,40 +6,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 from p2pfast import wire
-from p2pfast.errors import IntegrityError, NotFound, RemoteProtocolError
+from p2pfast.errors import IntegrityError, NotFound
 from p2pfast.net.session import Session
 from p2pfast.node.chunks import Run, object_chunks
 from p2pfast.node.flow import STALL_TIMEOUT, within
+from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
 from p2pfast.store.objects import ContentStore, encode_key
 
 log = logging.getLogger("p2pfast.transfer")
 
 
-async def who_has(msg: dict[str, Any], repo: Repo, run: Run) -> dict[str, Any]:
-    """Whether this node holds an object, by content id or by key: its size and segment count if so."""
-    cid = msg.get("cid")
-    if (cid is None) == (msg.get("key") is None):
-        raise RemoteProtocolError("who_has needs exactly one of cid and key")
-    if cid is None:
-        row = await run(repo.get_file, encode_key(msg["key"]))
+async def who_has(msg: m.WhoHas, repo: Repo, run: Run) -> m.Have:
+    """Whether this node holds an object, by content id or by key (messages.py: exactly one is set): its
+    size and segment count if so."""
+    cid = msg.cid
+    if msg.key is not None:
+        row = await run(repo.get_file, encode_key(msg.key))
         cid = None if row is None else row.cid
     obj = None if cid is None else await run(repo.get_object, cid)
-    return {
-        "t": "have",
-        "cid": cid if obj is not None else None,
-        "size": None if obj is None else obj.size,
-        "segments": None if obj is None else obj.segments,
-    }
+    if obj is None:
+        return m.Have(None, None, None)
+    return m.Have(cid, obj.size, obj.segments)
 
 
-async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, run: Run) -> dict[str, Any]:
+async def serve_get(session: Session, msg: m.Get, store: ContentStore, run: Run) -> m.Ok:
     """Serve a peer's "get": the plaintext range on its stream (our object is verified as it is read)."""
-    cid, offset, length = msg["cid"], msg["offset"], msg["length"]
-    stream = session.stream(msg["sid"])
+    cid, offset, length = msg.cid, msg.offset, msg.length
+    stream = session.stream(msg.sid)
     obj = await run(store.repo.get_object, cid)
     if obj is None:
         stream.reset(int(wire.ErrorCode.REFUSED))
@@ -65,15 +61,13 @@ async def serve_get(session: Session, msg: dict[str, Any], store: ContentStore, 
     except BaseException:
         stream.reset(int(wire.ErrorCode.INTERNAL))
         raise
-    return {"t": "ok", "size": pos - start}
+    return m.Ok(size=pos - start)
 
 
-async def serve_leaves(
-    session: Session, msg: dict[str, Any], store: ContentStore, run: Run
-) -> dict[str, Any]:
-    size, leaves = await run(store.leaves, msg["cid"])
-    sid = msg.get("sid")
+async def serve_leaves(session: Session, msg: m.Leaves, store: ContentStore, run: Run) -> m.Ok:
+    size, leaves = await run(store.leaves, msg.cid)
+    sid = msg.sid
     if sid is None:
-        return {"t": "ok", "size": size, "leaves": leaves.hex()}
+        return m.Ok(size=size, leaves=leaves.hex())
     await within(session.stream(sid).write(leaves, end=True), STALL_TIMEOUT)
-    return {"t": "ok", "size": size}
+    return m.Ok(size=size)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from p2pfast.errors import P2PError
 from p2pfast.net.session import Session
 from p2pfast.node.context import Context
 from p2pfast.node.lookup import LOOKUP_TIMEOUT, locate
 from p2pfast.node.reports import DeleteReport
+from p2pfast.proto import messages as m
 from p2pfast.store.objects import encode_key, show_key
 
 log = logging.getLogger("p2pfast.node")
@@ -41,20 +41,20 @@ class Tombstones:
             cid, _ = await locate(ctx, raw)
         at = time.time()
         _, orphaned = await self.apply(raw, cid, at, ctx.node_id)
-        msg = {"t": "delete", "key": raw.decode(), "cid": cid, "origin": ctx.node_id, "at": at}
+        msg = m.Delete(key=raw.decode(), cid=cid, origin=ctx.node_id, at=at)
         peers = await self._propagate(msg, exclude=set())
         log.info(
             "event=deleted key=%s cid=%s local=%s peers=%d", show_key(raw), cid, row is not None, len(peers)
         )
         return DeleteReport(key, cid, row is not None, orphaned, peers)
 
-    async def on_delete(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+    async def on_delete(self, session: Session, msg: m.Delete) -> m.Ok:
         """A peer's delete: applied, and passed on if it was news to us, so that it reaches peers the
         origin is not connected to."""
-        changed, _ = await self.apply(encode_key(msg["key"]), msg["cid"], float(msg["at"]), msg["origin"])
+        changed, _ = await self.apply(encode_key(msg.key), msg.cid, msg.at, msg.origin)
         if changed:
-            self.ctx.spawn(self._propagate(msg, exclude={session.peer_id, msg["origin"]}, forwarded=True))
-        return {"t": "ok"}
+            self.ctx.spawn(self._propagate(msg, exclude={session.peer_id, msg.origin}, forwarded=True))
+        return m.Ok()
 
     async def apply(self, key: bytes, cid: str, at: float, origin: str) -> tuple[bool, bool]:
         """Record the tombstone and drop the file (row first, then the object); returns (news to us,
@@ -69,7 +69,7 @@ class Tombstones:
             await ctx.ex.db(ctx.store.unlink_orphan, removed)
         return removed is not None or changed, orphaned
 
-    async def _propagate(self, msg: dict[str, Any], exclude: set[str], forwarded: bool = False) -> list[str]:
+    async def _propagate(self, msg: m.Delete, exclude: set[str], forwarded: bool = False) -> list[str]:
         """Send a delete to every connected peer but `exclude`; returns those that confirmed. A miss here
         is only worth a warning at the origin: the peers it reached forward it."""
         sessions = [s for s in self.ctx.peers.sessions.values() if s.peer_id not in exclude]
@@ -93,13 +93,7 @@ class Tombstones:
 
         async def sender() -> None:
             for t in pending:  # shared by the senders: each tombstone goes once
-                msg = {
-                    "t": "delete",
-                    "key": t.key.decode(),
-                    "cid": t.cid,
-                    "origin": t.origin,
-                    "at": t.deleted_at,
-                }
+                msg = m.Delete(key=t.key.decode(), cid=t.cid, origin=t.origin, at=t.deleted_at)
                 try:
                     await session.request(msg, timeout=LOOKUP_TIMEOUT)
                 except (P2PError, TimeoutError):

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from loops import LOOPS, run_on
 
-from p2pfast.errors import PeerUnavailable
+from p2pfast.errors import PeerUnavailable, RemoteProtocolError
 from p2pfast.identity import node_id_of
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import RequestFailed, Session
+from p2pfast.proto import messages as m
 from p2pfast.proto import noise
 
 
@@ -32,7 +33,7 @@ def manager(
     async def on_closed(session: Session) -> None:
         return None
 
-    async def no_requests(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def no_requests(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         return None
 
     mgr = PeerManager(
@@ -61,19 +62,23 @@ async def connected_pair(server_handler: Any) -> tuple[PeerManager, PeerManager,
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_requests_replies_and_errors(loop_kind: str) -> None:
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
-        if msg["t"] == "ping":
-            return {"t": "pong"}
-        return {"t": "error", "code": 8, "reason": "not here"}
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
+        if isinstance(msg, m.Ping):
+            return m.Pong()
+        if isinstance(msg, m.Leaves):
+            return m.Pong()  # not what answers a leaves request: the requester refuses it
+        return m.Error(8, "not here")
 
     async def main() -> None:
         server, client, s, c = await connected_pair(handler)
         try:
             assert c.peer_id == server.node_id and s.peer_id == client.node_id
-            replies = await asyncio.gather(*(c.request({"t": "ping"}) for _ in range(100)))
-            assert all(r["t"] == "pong" for r in replies)
+            replies = await asyncio.gather(*(c.request(m.Ping()) for _ in range(100)))
+            assert all(isinstance(r, m.Pong) for r in replies)
             with pytest.raises(RequestFailed, match="not here"):
-                await c.request({"t": "who_has", "cid": "b3:" + "0" * 64})
+                await c.request(m.WhoHas(cid="b3:" + "0" * 64))
+            with pytest.raises(RemoteProtocolError, match="pong does not answer leaves"):
+                await c.request(m.Leaves(cid="b3:" + "0" * 64))
         finally:
             await client.close()
             await server.close()
@@ -86,14 +91,15 @@ def test_streams_both_ways_byte_exact(loop_kind: str) -> None:
     size = 8 << 20
     blob = os.urandom(size)
 
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         # A "get": stream `length` bytes of the blob back on the requester's stream id.
-        stream = session.stream(msg["sid"])
-        view = memoryview(blob)[: msg["length"]]
+        assert isinstance(msg, m.Get)
+        stream = session.stream(msg.sid)
+        view = memoryview(blob)[: msg.length]
         for i in range(0, len(view), 300_001):  # odd chunk sizes: frames are cut by the Connection
             await stream.write(view[i : i + 300_001])
         await stream.write_eof()
-        return {"t": "ok"}
+        return m.Ok()
 
     async def main() -> None:
         server, client, _s, c = await connected_pair(handler)
@@ -103,16 +109,15 @@ def test_streams_both_ways_byte_exact(loop_kind: str) -> None:
             got = bytearray()
             sink_stream.set_sink(lambda v: got.extend(v))
 
-            async def fetch(sid: int, length: int) -> dict[str, Any]:
-                cid = "b3:" + "0" * 64
-                return await c.request({"t": "get", "cid": cid, "offset": 0, "length": length, "sid": sid})
+            async def fetch(sid: int, length: int) -> m.Ok:
+                return await c.request(m.Get(cid="b3:" + "0" * 64, offset=0, length=length, sid=sid))
 
             replies = asyncio.gather(fetch(sink_stream.sid, size), fetch(queue_stream.sid, size // 2))
             queued = bytearray()
             while chunk := await queue_stream.read():
                 queued.extend(chunk)
             await sink_stream.wait_eof()
-            assert [r["t"] for r in await replies] == ["ok", "ok"]
+            assert await replies == [m.Ok(), m.Ok()]
             assert bytes(got) == blob and bytes(queued) == blob[: size // 2]
             # Finished streams are forgotten on both ends: a long-lived session does not pile them up.
             assert c._streams == {} and _s._streams == {}
@@ -130,10 +135,11 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
     window, streams = proto_limits.initial_window, proto_limits.max_streams
     started = asyncio.Event()
 
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         started.set()
-        await session.stream(msg["sid"]).write(bytes(3 * window), end=True)
-        return {"t": "ok"}
+        assert isinstance(msg, m.Get)
+        await session.stream(msg.sid).write(bytes(3 * window), end=True)
+        return m.Ok()
 
     async def main() -> None:
         server, client, _s, c = await connected_pair(handler)
@@ -141,9 +147,7 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
             opened = [c.open_stream() for _ in range(streams)]
             cid = "b3:" + "0" * 64
             pending = [
-                asyncio.ensure_future(
-                    c.request({"t": "get", "cid": cid, "offset": 0, "length": 1, "sid": st.sid})
-                )
+                asyncio.ensure_future(c.request(m.Get(cid=cid, offset=0, length=1, sid=st.sid)))
                 for st in opened
             ]
             await started.wait()
@@ -162,7 +166,7 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
                 while chunk := await st.read():
                     total += len(chunk)
             assert total == streams * 3 * window
-            assert all(r["t"] == "ok" for r in await asyncio.gather(*pending))
+            assert all(isinstance(r, m.Ok) for r in await asyncio.gather(*pending))
         finally:
             await client.close()
             await server.close()
@@ -173,7 +177,7 @@ def test_unread_bytes_are_bounded_by_credit() -> None:
 def test_peer_going_away_fails_pending_work() -> None:
     serving = asyncio.Event()
 
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         serving.set()
         await asyncio.Event().wait()  # never answers
         return None
@@ -181,13 +185,13 @@ def test_peer_going_away_fails_pending_work() -> None:
     async def main() -> None:
         server, client, _s, c = await connected_pair(handler)
         try:
-            req = asyncio.ensure_future(c.request({"t": "ping"}))
+            req = asyncio.ensure_future(c.request(m.Ping()))
             await asyncio.wait_for(serving.wait(), 10)  # the request is in the server's hands
             await server.close()
             with pytest.raises(PeerUnavailable):
                 await asyncio.wait_for(req, 10)
             with pytest.raises(PeerUnavailable):
-                c.notify({"t": "pex", "peers": []})
+                c.notify(m.Pex(()))
         finally:
             await client.close()
 
@@ -196,8 +200,8 @@ def test_peer_going_away_fails_pending_work() -> None:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_stream_nobody_announced_is_refused_not_held(loop_kind: str) -> None:
-    async def pong(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
-        return {"t": "pong"}
+    async def pong(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
+        return m.Pong()
 
     async def main() -> None:
         server, client, s, c = await connected_pair(pong)
@@ -208,7 +212,7 @@ def test_a_stream_nobody_announced_is_refused_not_held(loop_kind: str) -> None:
                     await stream.write(b"x" * 65536)
                     await asyncio.sleep(0)
             assert stream.sid not in s._streams
-            assert (await c.request({"t": "ping"}, timeout=10))["t"] == "pong"  # the link lives on
+            assert await c.request(m.Ping(), timeout=10) == m.Pong()  # the link lives on
         finally:
             await client.close()
             await server.close()
@@ -222,8 +226,8 @@ def test_timer_rearm_for_a_deadline_due_at_once_keeps_the_connection(loop_kind: 
     """uvloop's call_at returns a plain Handle (no .when()) for a deadline under about 0.5 ms away; the
     protocol once asked that handle for its deadline on the next re-arm and dropped a live connection."""
 
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
-        return {"t": "pong"}
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
+        return m.Pong()
 
     async def main() -> None:
         server, client, _s, c = await connected_pair(handler)
@@ -240,7 +244,7 @@ def test_timer_rearm_for_a_deadline_due_at_once_keeps_the_connection(loop_kind: 
             proto.conn.get_timer = real  # type: ignore[method-assign]
             proto._arm_timer()
             await asyncio.sleep(0.01)  # let the near timer fire: the connection must still be there
-            assert (await c.request({"t": "ping"}))["t"] == "pong"
+            assert await c.request(m.Ping()) == m.Pong()
             assert not c.closed
         finally:
             await client.close()

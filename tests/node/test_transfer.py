@@ -5,71 +5,20 @@ node between steps). Process-level tests of the same paths go through the CLI in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from inproc import cluster, run, start_node, wait_until
 
-from p2pfast import identity
-from p2pfast.datadir import Layout, init
 from p2pfast.errors import NotFound, PeerUnavailable
 from p2pfast.front.clientio import FdSink, FdSource
-from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node, fetch, flow
 from p2pfast.node.sources import BufferSink, BytesSource
+from p2pfast.proto import messages as m
 from p2pfast.store import contentid
-
-T = TypeVar("T")
-NETKEY = bytes(range(32))
-WAIT = 20.0
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    from p2pfast import runtime
-
-    return runtime.run(coro)
-
-
-@contextlib.asynccontextmanager
-async def cluster(tmp: Path, n: int, **kw: Any) -> AsyncIterator[list[Node]]:
-    nodes: list[Node] = []
-    try:
-        for i in range(n):
-            nodes.append(await start_node(tmp / f"n{i}", [nodes[0].peers.listen_addr] if nodes else [], **kw))
-        await connected(nodes)
-        yield nodes
-    finally:
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                await node.close()
-
-
-async def start_node(root: Path, bootstrap: list[str], **kw: Any) -> Node:
-    layout = Layout.of(root)
-    if not layout.db.exists():  # a node restarted on its data dir keeps it
-        init(layout, NETKEY)
-    ident = identity.load(layout.node_key, layout.network_key)
-    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=NetLimits(), **kw)
-    await node.start()
-    return node
-
-
-async def connected(nodes: list[Node]) -> None:
-    """Every node connected to every other (gossip from the first one's bootstrap), bounded."""
-    await wait_until(lambda: all(len(n.peers.sessions) == len(nodes) - 1 for n in nodes))
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
 
 
 def source(tmp: Path, size: int, seed: int = 1) -> Path:
@@ -370,9 +319,7 @@ def test_replica_refuses_an_object_larger_than_its_free_space(tmp_path: Path) ->
             stream = session.open_stream()
             cid = "b3:" + "ab" * 32
             try:
-                await session.request(
-                    {"t": "store", "sid": stream.sid, "cid": cid, "size": 1 << 52, "key": "k"}
-                )
+                await session.request(m.Store(sid=stream.sid, cid=cid, size=1 << 52, key="k"))
             except PeerUnavailable as exc:  # the refusal, with its reason, before any byte moved
                 return str(exc)
             raise AssertionError("a store larger than the disk was accepted")
