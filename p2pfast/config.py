@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from p2pfast.errors import ConfigError
 
 DEFAULT_CONFIG = "~/.p2p/config"
 DEFAULT_DATA_DIR = "~/.p2p"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_NO_SOURCES: Mapping[str, str] = MappingProxyType({})
 
 
 _VAR_RE = re.compile(r"\$(\w+|\{([^}]*)\})")
@@ -107,46 +108,62 @@ def _max_frame(v: str) -> int:
     return n
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"parse": _path})
-    db: str | None = field(default=None, metadata={"parse": _path})  # default: DATA_DIR/p2p.db
-    master_key_file: str | None = field(
-        default=None, metadata={"parse": _path}
-    )  # default: DATA_DIR/master.key
-    network_key_file: str | None = field(
-        default=None, metadata={"parse": _path}
-    )  # default: DATA_DIR/network.key
-    listen: str = field(default=":3000", metadata={"parse": _listen})
-    bootstrap: tuple[str, ...] = field(default=(), metadata={"parse": _addr_list})
-    log_level: str = field(default="warning", metadata={"parse": _log_level})
+class Config(NamedTuple):
+    """The settings in effect. A NamedTuple, not a dataclass: dataclasses imports inspect and ast,
+    ~15 ms of CPU that every CLI command, even one that only asks the daemon, would pay."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    db: str | None = None  # default: DATA_DIR/p2p.db
+    master_key_file: str | None = None  # default: DATA_DIR/master.key
+    network_key_file: str | None = None  # default: DATA_DIR/network.key
+    listen: str = ":3000"
+    bootstrap: tuple[str, ...] = ()
+    log_level: str = "warning"
     # network limits (p2pfast.net.limits and p2pfast.proto.connection.Limits say why each default)
-    max_frame: int = field(default=65535, metadata={"parse": _max_frame})
-    max_streams: int = field(default=16, metadata={"parse": _positive_int})
-    max_connections: int = field(default=256, metadata={"parse": _positive_int})
-    max_pre_handshake: int = field(default=32, metadata={"parse": _positive_int})
-    handshake_timeout: float = field(default=10.0, metadata={"parse": _seconds})
-    idle_timeout: float = field(default=60.0, metadata={"parse": _seconds})
-    gossip_interval: float = field(default=30.0, metadata={"parse": _seconds})
+    max_frame: int = 65535
+    max_streams: int = 16
+    max_connections: int = 256
+    max_pre_handshake: int = 32
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    gossip_interval: float = 30.0
     # replication: copies a store places (all = every connected peer, as the original system does)
-    replicas: int | None = field(default=None, metadata={"parse": _replicas})
+    replicas: int | None = None
     # largest object this node accepts from a peer (none = only free space limits it)
-    max_object: int | None = field(default=None, metadata={"parse": _size})
+    max_object: int | None = None
     # how long a delete is remembered, so a peer that was offline cannot bring the file back
-    tombstone_grace: float = field(default=7 * 86400.0, metadata={"parse": _seconds})
+    tombstone_grace: float = 7 * 86400.0
     # how long a CLI command with no daemon waits for its embedded node to find its peers
-    connect_timeout: float = field(default=5.0, metadata={"parse": _seconds})
+    connect_timeout: float = 5.0
     # Prometheus metrics over HTTP (":9464" binds 127.0.0.1 only; off by default)
-    metrics_listen: str | None = field(default=None, metadata={"parse": _optional_listen})
+    metrics_listen: str | None = None
     # on SIGTERM, how long transfers in flight may take to finish before they are aborted
-    shutdown_timeout: float = field(default=30.0, metadata={"parse": _seconds})
-    sources: Mapping[str, str] = field(
-        default_factory=dict, compare=False
-    )  # key -> "flag" | "file:LINE" | "default"
+    shutdown_timeout: float = 30.0
+    sources: Mapping[str, str] = _NO_SOURCES  # key -> "flag" | "file:LINE" | "default"
 
 
+# key -> the parser of its value in a config file or flag (every field but `sources`)
 PARSERS: dict[str, Callable[[str], Any]] = {
-    f.name: f.metadata["parse"] for f in fields(Config) if "parse" in f.metadata
+    "data_dir": _path,
+    "db": _path,
+    "master_key_file": _path,
+    "network_key_file": _path,
+    "listen": _listen,
+    "bootstrap": _addr_list,
+    "log_level": _log_level,
+    "max_frame": _max_frame,
+    "max_streams": _positive_int,
+    "max_connections": _positive_int,
+    "max_pre_handshake": _positive_int,
+    "handshake_timeout": _seconds,
+    "idle_timeout": _seconds,
+    "gossip_interval": _seconds,
+    "replicas": _replicas,
+    "max_object": _size,
+    "tombstone_grace": _seconds,
+    "connect_timeout": _seconds,
+    "metrics_listen": _optional_listen,
+    "shutdown_timeout": _seconds,
 }
 
 

@@ -7,12 +7,13 @@ nothing that opens it (datadir.py imports the repo, the store and their crypto).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(NamedTuple):
+    # A NamedTuple, not a dataclass: dataclasses imports inspect and ast, which a CLI command that only
+    # asks the daemon has no other use for (config.Config says what it costs).
     root: Path
     master_key_file: Path
     db: Path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -37,3 +37,14 @@ def impl(request: pytest.FixtureRequest) -> Callable[[str], ModuleType]:
 def both() -> Callable[[str], tuple[ModuleType, ModuleType]]:
     """both("frames") -> (compiled, pure), for tests that cross the twins; skipped when pure."""
     return lambda name: (load_kernel(name, "c"), load_kernel(name, "py"))
+
+
+@pytest.fixture(autouse=True)
+def _no_node_outlives_its_test() -> Iterator[None]:
+    """Every node process a test started (tests/helpers/netnodes.py) is ended when the test ends; one
+    still running then is killed here and reported as the test's error, since the test forgot it."""
+    yield
+    netnodes = sys.modules.get("netnodes")
+    if netnodes is not None:
+        left = netnodes.kill_started()
+        assert not left, f"{left} node process(es) outlived the test: end them (netnodes.running)"

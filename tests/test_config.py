@@ -760,3 +760,9 @@ def test_network_key_file_from_the_config_is_where_init_puts_the_key(tmp_path: P
         run_cli("invite", "--address", "h:1", "--config", conf, env=cli_env(HOME=str(tmp_path))).returncode
         == 0
     )
+
+
+def test_every_setting_has_a_parser_and_every_parser_a_setting() -> None:
+    from p2pfast import config
+
+    assert set(config.PARSERS) == set(config.Config._fields) - {"sources"}

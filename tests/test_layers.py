@@ -149,8 +149,9 @@ def test_sql_lives_only_in_repo() -> None:
 # What a CLI command that only asks the daemon must not load: the event loop, SQL, crypto.
 HEAVY = {"asyncio", "uvloop", "apsw", "cryptography"}
 # Nor, through a daemon, what it has no use for: logging (nothing in the process logs) and shutil (which
-# argparse imports only for the terminal width, cli._Formatter finds it itself).
-UNUSED_THROUGH_DAEMON = {"logging", "shutil"}
+# argparse imports only for the terminal width, cli._Formatter finds it itself), and orjson, whose import
+# costs ~20 ms of CPU: the control socket's lines and --json output use the stdlib (front/jsontext.py).
+UNUSED_THROUGH_DAEMON = {"logging", "shutil", "orjson"}
 # The package's own modules that bring those in (or open the data dir): none is on the client's path. The
 # front ends' daemon side too: the CLI imports them inside the commands that run a node or read the repo.
 HEAVY_OWN = {

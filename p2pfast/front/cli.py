@@ -129,10 +129,10 @@ def _bar(desc: str, total: int | None) -> Any:
 def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:
     """An error's one line on stderr: with --json, one JSON object (docs/cli.md), else text."""
     if getattr(args, "json", False):
-        import orjson
+        from p2pfast.front import jsontext
 
-        line = orjson.dumps({"code": code, "exit": exit_code, "message": message})
-        sys.stderr.buffer.write(line + b"\n")
+        line = jsontext.line({"code": code, "exit": exit_code, "message": message})
+        sys.stderr.buffer.write(line)
         sys.stderr.flush()
     else:
         print(f"p2pfast: {message}", file=sys.stderr)
@@ -140,9 +140,9 @@ def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> 
 
 
 def _print_json(obj: Any) -> None:
-    import orjson
+    from p2pfast.front import jsontext
 
-    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.buffer.write(jsontext.pretty(obj) + b"\n")
     sys.stdout.flush()
 
 
@@ -813,10 +813,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         if _Parser.json_errors:
-            import orjson
+            from p2pfast.front import jsontext
 
-            line = orjson.dumps({"code": "usage", "exit": 2, "message": f"{self.prog}: {message}"})
-            sys.stderr.buffer.write(line + b"\n")
+            line = jsontext.line({"code": "usage", "exit": 2, "message": f"{self.prog}: {message}"})
+            sys.stderr.buffer.write(line)
             sys.stderr.flush()
             sys.exit(2)
         super().error(message)
@@ -841,7 +841,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line, with the global flags (and --json) that came before the command moved to it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in argv
-    parser = build_parser()
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     for name in GLOBAL_FLAGS:
         value = getattr(args, f"global_{name}")
@@ -858,7 +858,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only`, the top level and that one command: building all 17
+    subcommands' parsers was a quarter of the CPU of a command that asks the daemon, which runs one."""
     p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
     p.add_argument("--version", action=_VersionAction)
     _global_flags(p, dest="global_")
@@ -866,33 +868,73 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     _global_flags(common)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add in COMMANDS.items():
+        if only is None or name == only:
+            add(sub, common)
+    return p
 
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command `argv` names (its first word that is not a global flag or a flag's value), if it is
+    one of COMMANDS."""
+    takes_value = {f"--{name.replace('_', '-')}" for name in GLOBAL_FLAGS}
+    words = iter(argv)
+    for word in words:
+        if word in takes_value:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def _cmd_init(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("init", parents=[common], help="create the data dir, keys, repo and config file")
     _join_args(s, "join the network of this invite (from 'p2pfast invite'); - reads it from stdin")
     s.set_defaults(func=cmd_init)
+
+
+def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("serve", parents=[common], help="run the node: listen, join the network, serve peers")
     s.add_argument("--listen", help="address to listen on (default :3000)")
     s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
     _join_args(s, "an invite line (network key, a member's address and id); - reads it from stdin")
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
     s.set_defaults(func=cmd_serve)
+
+
+def _cmd_id(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("id", parents=[common], help="print this node's id")
     s.set_defaults(func=cmd_id)
+
+
+def _cmd_invite(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("invite", parents=[common], help="print an invite line for another node to join with")
     s.add_argument("--address", help="HOST:PORT others reach this node at (default: the listen address)")
     s.set_defaults(func=cmd_invite)
+
+
+def _cmd_peers(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("peers", parents=[common], help="list connected and known peers")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_peers)
+
+
+def _cmd_cleanup(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("cleanup", parents=[common], help="remove peers unseen for longer than --older-than")
     s.add_argument("--older-than", type=parse_duration, default=3600.0, help="duration (default 1h)")
     s.set_defaults(func=cmd_cleanup)
+
+
+def _cmd_store(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("store", parents=[common], help="store FILE (- for stdin) under KEY")
     s.add_argument("key")
     s.add_argument("file")
     s.add_argument("--json", action="store_true")
     s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_store)
+
+
+def _cmd_get(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
     s.add_argument("key")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
@@ -900,20 +942,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="also store a local replica of a fetched file")
     s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_get)
+
+
+def _cmd_delete(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("delete", parents=[common], help="delete KEY here and on every peer")
     s.add_argument("key")
     s.add_argument("--json", action="store_true")
     s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
     s.set_defaults(func=cmd_delete)
+
+
+def _cmd_shares(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_shares)
+
+
+def _cmd_files(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_files)
+
+
+def _cmd_status(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("status", parents=[common], help="the node's health: peers, storage, replication")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+
+def _cmd_config(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("config", help="inspect the configuration")
     config_sub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     s = config_sub.add_parser(
@@ -923,16 +980,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", help="as for serve")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_config_show)
+
+
+def _cmd_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
     s.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     s.set_defaults(func=cmd_demo)
+
+
+def _cmd_completion(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("completion", help="print the completion script for bash or zsh (see README)")
     s.add_argument("shell", choices=["bash", "zsh"])
     s.set_defaults(func=cmd_completion)
+
+
+def _cmd_man(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("man", help="print the manual page, in roff: p2pfast man | man -l -")
     s.set_defaults(func=cmd_man)
-    return p
+
+
+COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
+    "init": _cmd_init,
+    "serve": _cmd_serve,
+    "id": _cmd_id,
+    "invite": _cmd_invite,
+    "peers": _cmd_peers,
+    "cleanup": _cmd_cleanup,
+    "store": _cmd_store,
+    "get": _cmd_get,
+    "delete": _cmd_delete,
+    "shares": _cmd_shares,
+    "files": _cmd_files,
+    "status": _cmd_status,
+    "config": _cmd_config,
+    "demo": _cmd_demo,
+    "completion": _cmd_completion,
+    "man": _cmd_man,
+}
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

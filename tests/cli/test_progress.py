@@ -138,7 +138,7 @@ def test_bars_on_a_terminal_only_for_big_objects_in_binary_units(tmp_path: Path)
     big, small = tmp_path / "big", tmp_path / "small"
     big.write_bytes(pattern(BIG, seed=41))
     small.write_bytes(pattern(BIG - 1, seed=42))  # one byte under: no bar
-    with running([a, b]):
+    with running([a, b, c]):  # c starts half way
         b.start()
         a.start("--bootstrap", b.listen)
         wait_until(lambda: b.node_id in a.connected(), 20, "a to connect to b", [a, b])

@@ -54,6 +54,7 @@ class NodeProc:
             self.proc = subprocess.Popen(
                 argv, env=env or cli_env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
+        STARTED.append(self)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -110,6 +111,20 @@ class NodeProc:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+
+
+# Every node process a test started: the conftest kills what is still running when the test ends, so a
+# node a test forgot to list in running() does not outlive it.
+STARTED: list[NodeProc] = []
+
+
+def kill_started() -> int:
+    """Kill the started nodes still running; returns how many there were."""
+    left = [n for n in STARTED if n.proc is not None and n.proc.poll() is None]
+    for n in left:
+        n.kill()
+    STARTED.clear()
+    return len(left)
 
 
 def make_nodes(base: Path, n: int, network_key: bytes | None = None) -> list[NodeProc]:

@@ -3,7 +3,7 @@
 The socket is a Unix stream socket, DATA_DIR/ctl.sock, mode 0600, and only processes of the daemon's
 own uid are served (SO_PEERCRED, on Linux). One request per connection:
 
-  client -> daemon   one line: an orjson object ending in "\\n", at most MAX_REQUEST bytes with the
+  client -> daemon   one line: a JSON object ending in "\\n", at most MAX_REQUEST bytes with the
                      newline, with a string field "cmd" (the command; the other fields are its
                      arguments). Up to MAX_FDS open file descriptors may ride on it as SCM_RIGHTS
                      ancillary data (`socket.send_fds`): the file to store or stdin, the temp file a
@@ -35,10 +35,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import orjson
-
 from p2pfast import errors
 from p2pfast.errors import LocalProtocolError, P2PError, PeerUnavailable, RemoteProtocolError
+from p2pfast.front import jsontext
 
 __all__ = [
     "MAX_ERROR",
@@ -72,8 +71,6 @@ MAX_FDS = 4
 MAX_REPLY = 16 << 20
 # An error message longer than this is cut: it is one line for a terminal.
 MAX_ERROR = 4096
-
-_LINE = orjson.OPT_APPEND_NEWLINE
 
 
 class DaemonNotRunning(PeerUnavailable):
@@ -137,8 +134,8 @@ def encode_request(request: dict[str, Any], nfds: int = 0) -> bytes:
     if nfds > MAX_FDS:
         raise LocalProtocolError(f"{nfds} file descriptors, at most {MAX_FDS} go with a request")
     try:
-        line = orjson.dumps(request, option=_LINE)
-    except TypeError as exc:
+        line = jsontext.line(request)
+    except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"request is not JSON: {exc}") from exc
     if len(line) > MAX_REQUEST:
         raise LocalProtocolError(f"request is {len(line)} bytes, over {MAX_REQUEST}")
@@ -148,8 +145,8 @@ def encode_request(request: dict[str, Any], nfds: int = 0) -> bytes:
 def decode_request(line: bytes) -> dict[str, Any]:
     """The request object of a request line (without its newline): a dict with a str "cmd"."""
     try:
-        request = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        request = jsontext.loads(line)
+    except ValueError as exc:
         raise RemoteProtocolError(f"the request is not JSON ({exc})") from None
     if not isinstance(request, dict):
         raise RemoteProtocolError("the request is not a JSON object")
@@ -198,30 +195,30 @@ class Error(NamedTuple):
 
 def encode_progress(data: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps({"progress": data}, option=_LINE)
-    except TypeError as exc:
+        return jsontext.line({"progress": data})
+    except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"progress is not JSON: {exc}") from exc
 
 
 def encode_result(result: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps({"ok": True, "result": result}, option=_LINE)
-    except TypeError as exc:
+        return jsontext.line({"ok": True, "result": result})
+    except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"the result is not JSON: {exc}") from exc
 
 
 def encode_error(error: Error | P2PError) -> bytes:
     e = error if isinstance(error, Error) else Error.of(error)
     reply = {"ok": False, "error": e.message, "exit_code": e.exit_code, "code": e.code}
-    return orjson.dumps(reply, option=_LINE)
+    return jsontext.line(reply)
 
 
 def decode_reply(line: bytes) -> Progress | Result | Error | None:
     """The message of one line from the daemon (without its newline). None for a progress line whose
     value is not an object: progress is advisory, so it is skipped rather than failing the request."""
     try:
-        msg = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        msg = jsontext.loads(line)
+    except ValueError as exc:
         raise RemoteProtocolError(f"the daemon sent a line that is not JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise RemoteProtocolError("the daemon sent a line that is not an object")

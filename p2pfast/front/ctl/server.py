@@ -73,8 +73,9 @@ a reused number; give such work a dup (closed by the thread) or wait for it befo
 
 `progress(obj)` queues the line {"progress": obj}; it never blocks, may be called from any thread, drops
 the line when the client is far behind, and raises ClientGone once the client has gone away (so a
-thread stops at its next call). The result must be an orjson-serialisable dict. A P2PError becomes an
-error reply with its exit code and message; any other exception is logged and replied as InternalError.
+thread stops at its next call). The result must be a JSON-serialisable dict (front/jsontext.py). A
+P2PError becomes an error reply with its exit code and message; any other exception is logged and
+replied as InternalError.
 """
 
 
