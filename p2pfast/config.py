@@ -139,6 +139,11 @@ class Config(NamedTuple):
     metrics_listen: str | None = None
     # on SIGTERM, how long transfers in flight may take to finish before they are aborted
     shutdown_timeout: float = 30.0
+    # self-healing (node/repair.py; docs/operations.md, "Self-healing")
+    repair_interval: float = 600.0
+    repair_grace: float = 300.0
+    repair_bandwidth: int | None = 32 << 20
+    repair_concurrency: int = 2
     sources: Mapping[str, str] = _NO_SOURCES  # key -> "flag" | "file:LINE" | "default"
 
 
@@ -164,6 +169,10 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "connect_timeout": _seconds,
     "metrics_listen": _optional_listen,
     "shutdown_timeout": _seconds,
+    "repair_interval": _seconds,
+    "repair_grace": _seconds,
+    "repair_bandwidth": _size,
+    "repair_concurrency": _positive_int,
 }
 
 
@@ -274,6 +283,10 @@ HELP: dict[str, str] = {
     "connect_timeout": "seconds a command with no daemon waits for its peers",
     "metrics_listen": "[HOST]:PORT of the Prometheus listener, or off (:9464 binds 127.0.0.1 only)",
     "shutdown_timeout": "seconds transfers in flight get to finish after SIGTERM",
+    "repair_interval": "seconds between repair passes (files below their copies are copied again)",
+    "repair_grace": "seconds a member may be gone before its copies stop counting (and are re-made)",
+    "repair_bandwidth": "bytes per second repair copies may send, all replicas together (32M, none)",
+    "repair_concurrency": "objects a repair pass copies at once",
 }
 
 
@@ -308,6 +321,7 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
         "replicas": "all",
         "max_object": "none",
         "metrics_listen": "off",
+        "repair_bandwidth": "none",
     }
     rows = []
     for name in PARSERS:

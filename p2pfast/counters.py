@@ -44,6 +44,9 @@ class Counters:
     # (kind, result) -> count; kind: store, get, delete (asked of this node), receive, serve (for peers)
     transfers: dict[tuple[str, str], int] = field(default_factory=dict)
     latency: dict[str, Histogram] = field(default_factory=lambda: {"store": Histogram(), "get": Histogram()})
+    repair_copies: int = 0  # repair copies acknowledged by their receiver (node/repair.py)
+    repair_bytes: int = 0  # the bytes of those copies
+    repair_failed: int = 0  # repair copies tried that did not land
 
     def transfer(self, kind: str, ok: bool) -> None:
         k = (kind, "ok" if ok else "failed")

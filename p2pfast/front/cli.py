@@ -313,7 +313,15 @@ def _make_node(args: argparse.Namespace, listen: str | None, bootstrap: Sequence
         replicas=cfg.replicas,
         tombstone_grace=cfg.tombstone_grace,
         max_object=cfg.max_object,
+        repair=_repair_settings(cfg),
     )
+
+
+def _repair_settings(cfg: Any) -> Any:
+    from p2pfast.node.repair import Settings
+
+    bandwidth = cfg.repair_bandwidth if cfg.repair_bandwidth is not None else 1 << 62  # none: unlimited
+    return Settings(cfg.repair_interval, cfg.repair_grace, bandwidth, cfg.repair_concurrency)
 
 
 def net_limits(cfg: Any) -> Any:
@@ -627,6 +635,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
         n = len(r["confirmed_by"])
         print(f"deleted {_shown(r['key'])}  {here}on {n} peer{'s' if n != 1 else ''}{kept}")
     return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "repair"}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    print(
+        f"repair: {r['objects']} objects checked, {r['under_replicated']} below their copies, "
+        f"{r['copies']} copies made ({human(r['bytes'])}), {r['failed']} failed, in {r['seconds']:.1f} s"
+    )
+    if r["left_to"]:
+        print(f"  {r['left_to']} left to the holder ranked first for them (it copies them on its pass)")
+    for f in r["still_under"]:
+        print(f"  still under: {_shown(f['key'])}  {f['copies']}/{f['target']} copies")
+    more = r["still_under_count"] - len(r["still_under"])
+    if more > 0:
+        print(f"  … and {more} more")
+    return 0  # the pass ran; what it could not copy is in its report (and in status)
 
 
 def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
@@ -952,6 +979,15 @@ def _cmd_delete(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_delete)
 
 
+def _cmd_repair(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "repair", parents=[common], help="run a repair pass now: copy files below their copies"
+    )
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s.set_defaults(func=cmd_repair)
+
+
 def _cmd_shares(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
     s.add_argument("--json", action="store_true")
@@ -1010,6 +1046,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
     "store": _cmd_store,
     "get": _cmd_get,
     "delete": _cmd_delete,
+    "repair": _cmd_repair,
     "shares": _cmd_shares,
     "files": _cmd_files,
     "status": _cmd_status,
@@ -1030,7 +1067,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 # Commands that ask a running daemon first. Through the daemon nothing in this process logs, so they set
 # up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
 # one; every other command gets it at once, in main().
-ASKS_DAEMON_FIRST = frozenset({"status", "files", "peers", "shares", "store", "get", "delete"})
+ASKS_DAEMON_FIRST = frozenset({"status", "files", "peers", "shares", "store", "get", "delete", "repair"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     delete  {"key"}
     status  {}                          the node's Node.status()
     files, shares, peers  {}            {"rows": [...]} as listings.py makes them
+    repair  {}                          one repair pass now: its report (node/repair.py Report)
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -113,6 +114,10 @@ async def execute(
         return {"rows": await node.db(getattr(listings, str(cmd)), node.repo)}
     if cmd == "peers":
         return {"rows": await node.db(listings.peers, node.repo, set(node.peers.sessions))}
+    if cmd == "repair":
+        assert node.repair is not None
+        with node.working("repair"):
+            return dataclasses.asdict(await node.repair.pass_now("command"))
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

@@ -78,6 +78,12 @@ class NodeCollector(Collector):
         for (kind, result), n in sorted(c.transfers.items()):
             transfers.add_metric([kind, result], n)
         yield transfers
+        for name, doc, value in (
+            ("repair_copies", "Repair copies made and acknowledged by their receiver.", c.repair_copies),
+            ("repair_bytes", "Bytes of the repair copies made.", c.repair_bytes),
+            ("repair_failures", "Repair copies tried that did not land.", c.repair_failed),
+        ):
+            yield CounterMetricFamily(f"p2pfast_{name}", doc, value=value)
         for kind, hist in c.latency.items():
             family = HistogramMetricFamily(
                 f"p2pfast_{kind}_duration_seconds", f"Time a successful {kind} command took, end to end."

@@ -21,11 +21,26 @@ from p2pfast.net.session import Session, Stream
 from p2pfast.node.chunks import Run
 from p2pfast.node.flow import CHUNK, EXTRA_WINDOW, HANDOFF, PIPELINE, STALL_TIMEOUT, within
 from p2pfast.proto import messages as m
+from p2pfast.repo.repo import TombstoneRow
 from p2pfast.store import segments
-from p2pfast.store.objects import ContentStore, PutResult, Upload, show_key
+from p2pfast.store.objects import ContentStore, PutResult, Upload, encode_key, show_key
 from p2pfast.units import iec
 
 log = logging.getLogger("p2pfast.transfer")
+
+
+class Deleted(LocalProtocolError):
+    """{}"""
+
+    # A repair copy of a file this node holds a tombstone for: the delete wins (node/repair.py).
+
+    def __init__(self, stone: TombstoneRow) -> None:
+        super().__init__(
+            f"{show_key(stone.key)} ({stone.cid}) was deleted; a repair does not bring it back",
+            wire.ErrorCode.REFUSED,
+        )
+        self.stone = stone
+
 
 # A replica takes an object up to this size whole from its stream, then stores it in one trip to the DB
 # thread (_store_small); a larger one streams in HANDOFF pieces (_receive_large). It is HANDOFF because the
@@ -46,6 +61,10 @@ async def receive(
     size, cid, key = msg.size, msg.cid, msg.key
     holders = (session.peer_id,)
     try:
+        if msg.repair:
+            stone = await run(store.repo.get_tombstone, encode_key(key))
+            if stone is not None and stone.cid == cid:
+                raise Deleted(stone)
         if max_object is not None and size > max_object:
             raise LocalProtocolError(
                 f"object of {size} bytes is over this node's limit of {max_object}", wire.ErrorCode.REFUSED

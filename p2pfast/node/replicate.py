@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from p2pfast import wire
@@ -52,11 +52,16 @@ async def replicate(
     plaintext: bytes | None = None,
     progress: Callable[[int], object] | None = None,
     outcome: StoreOutcome | None = None,
+    *,
+    repair: bool = False,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> StoreOutcome:
     """Stream object `cid` (stored locally under `key`) to every session at once; see the module doc.
     `plaintext`, when the caller still holds the whole (small) object, saves reading it back. `progress`
     gets the bytes sent, summed over the replicas (a chunk sent to three counts three times). `outcome`,
-    when given, is filled as replies come, so a caller that is cancelled midway knows who has a copy."""
+    when given, is filled as replies come, so a caller that is cancelled midway knows who has a copy.
+    `repair` marks the copies as repair copies (a tombstone for the key wins over them); `pace`, awaited
+    with the bytes of each chunk once it is sent to every replica, holds a throttled transfer back."""
     outcome = StoreOutcome(cid, size) if outcome is None else outcome
     live: _Live = {}
     opened = await asyncio.gather(
@@ -68,7 +73,7 @@ async def replicate(
                 raise stream
             outcome.failed[session.peer_id] = str(stream)
             continue
-        request = m.Store(sid=stream.sid, cid=cid, size=size, key=key.decode())
+        request = m.Store(sid=stream.sid, cid=cid, size=size, key=key.decode(), repair=repair)
         try:
             # Queued now, so that it precedes the stream's data on the wire (_fan_out may send that at
             # once, with no await in between)
@@ -87,7 +92,7 @@ async def replicate(
         log.warning("event=replica_dropped peer=%s cid=%s reason=%r", peer[:12], cid, why)
 
     try:
-        await _fan_out(live, drop, run, store, cid, size, plaintext, progress)
+        await _fan_out(live, drop, run, store, cid, size, plaintext, progress, pace)
         for peer, (_, _, ack) in list(live.items()):
             try:
                 await within(asyncio.shield(ack), ACK_TIMEOUT)
@@ -111,6 +116,7 @@ async def _fan_out(
     size: int,
     plaintext: bytes | None,
     progress: Callable[[int], object] | None = None,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     async def send(stream: Stream, chunk: bytes | bytearray, end: bool) -> None:
         await within(stream.write(chunk, end=end), STALL_TIMEOUT)
@@ -142,6 +148,8 @@ async def _fan_out(
                     drop(peer, _reason(ack) if done_with_error else describe(result))
             if progress is not None:
                 progress(len(chunk) * len(live))
+            if pace is not None:
+                await pace(len(chunk) * len(live))
             if end:
                 return
 

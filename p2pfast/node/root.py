@@ -33,6 +33,8 @@ from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
 from p2pfast.node.membership import Membership
+from p2pfast.node.repair import Repair
+from p2pfast.node.repair import Settings as RepairSettings
 from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
 from p2pfast.node.router import Router
 from p2pfast.node.sources import Sink, Source
@@ -62,11 +64,13 @@ class Node:
         replicas: int | None = None,
         tombstone_grace: float = TOMBSTONE_GRACE,
         max_object: int | None = None,
+        repair: RepairSettings | None = None,
     ) -> None:
         self.layout = layout
         self.replicas = replicas  # None: every connected peer, as the original system does
         self.tombstone_grace = tombstone_grace
         self.max_object = max_object
+        self.repair_settings = repair or RepairSettings()
         self.identity = identity
         self.node_id = identity.node_id
         self.listen = listen
@@ -94,6 +98,7 @@ class Node:
         self.membership: Membership | None = None
         self.tombstones: Tombstones | None = None
         self.storing: Storing | None = None
+        self.repair: Repair | None = None
         self.router: Router | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
@@ -123,7 +128,8 @@ class Node:
         )
         self.tombstones = Tombstones(ctx)
         self.membership = Membership(ctx, self.bootstrap, self.tombstones)
-        self.storing = Storing(ctx)
+        self.repair = Repair(ctx, self.repair_settings)
+        self.storing = Storing(ctx, on_stored=self.repair.after_store)
         self.router = router = Router()
         router.route(m.Ping, self._ping)
         router.route(m.Pex, self._pex)
@@ -132,6 +138,7 @@ class Node:
         router.route(m.Get, self._serve_get)
         router.route(m.Leaves, self._serve_leaves)
         router.route(m.Delete, self.tombstones.on_delete)
+        router.route(m.Holds, self._holds)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
@@ -146,6 +153,8 @@ class Node:
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
+        if self.listen is not None:  # a short-lived CLI node does not keep the network's copies
+            self._tasks.append(asyncio.get_running_loop().create_task(self.repair.run()))
         return addr
 
     def stop(self) -> None:
@@ -236,8 +245,13 @@ class Node:
         from p2pfast import __version__
 
         base = await self.db(status.of_repo, self.repo, self.layout, self.node_id, self.replicas)
+        repair = None if self.repair is None else self.repair.status()
+        if repair is not None and repair["last_pass"] is not None:
+            # a pass counted every file's copies on the members: better than the shares estimate
+            base["under_replicated"] = repair["last_pass"]["still_under_count"]
         return {
             **base,
+            "repair": repair,
             "running": True,
             "pid": os.getpid(),
             "version": __version__,
@@ -305,10 +319,14 @@ class Node:
     async def _on_ready(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_ready(session)
+        if self.repair is not None and self.listen is not None:
+            self.repair.on_ready(session)
 
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_closed(session)
+        if self.repair is not None and self.listen is not None and not self._stop.is_set():
+            self.repair.on_closed(session)
 
     async def _ping(self, session: Session, msg: m.Ping) -> m.Pong:
         return m.Pong()
@@ -322,11 +340,21 @@ class Node:
 
     async def _receive(self, session: Session, msg: m.Store) -> m.Ok:
         # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
-        # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone).
+        # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone), and a
+        # repair copy is such a copy: receive() refuses it, and the sender hears of the delete.
         async def run() -> m.Ok:
             return await receive.receive(session, msg, self.store, self.db, self.max_object)
 
-        return await self._transfer(session, "store", run, counted="receive")
+        try:
+            return await self._transfer(session, "store", run, counted="receive")
+        except receive.Deleted as exc:
+            assert self.tombstones is not None
+            s = exc.stone
+            self._spawn(self.tombstones.send(session, s.key, s.cid, s.deleted_at, s.origin))
+            raise
+
+    async def _holds(self, session: Session, msg: m.Holds) -> m.Held:
+        return await serve.holds(msg, self.repo, self.db)
 
     async def _serve_get(self, session: Session, msg: m.Get) -> m.Ok:
         async def run() -> m.Ok:

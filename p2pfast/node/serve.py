@@ -32,6 +32,13 @@ async def who_has(msg: m.WhoHas, repo: Repo, run: Run) -> m.Have:
     return m.Have(cid, obj.size, obj.segments)
 
 
+async def holds(msg: m.Holds, repo: Repo, run: Run) -> m.Held:
+    """Which of the files asked this node holds, one bit each (node/repair.py's digest)."""
+    files = [(encode_key(key), cid) for key, cid in msg.files]
+    have = await run(repo.held_files, files)
+    return m.Held.of([f in have for f in files])
+
+
 async def serve_get(session: Session, msg: m.Get, store: ContentStore, run: Run) -> m.Ok:
     """Serve a peer's "get": the plaintext range on its stream (our object is verified as it is read)."""
     cid, offset, length = msg.cid, msg.offset, msg.length

@@ -57,8 +57,9 @@ class GroupWrite:
 
 
 class Storing:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, on_stored: Callable[[int, int], object] | None = None) -> None:
         self.ctx = ctx
+        self.on_stored = on_stored  # (replicas that acknowledged, replicas chosen), after each store
         self.shares = GroupWrite(ctx, lambda rows: ctx.repo.add_share_rows(rows))
         self.interrupted: StoreReport | None = None  # the last store cancelled while replicating
 
@@ -101,6 +102,8 @@ class Storing:
             raise
         now = time.time()
         await self.shares.add([(result.cid, peer, now) for peer in outcome.acked])
+        if self.on_stored is not None:  # fewer than wanted (too few peers, one refused): repair follows
+            self.on_stored(len(outcome.acked), len(targets) if ctx.replicas is None else ctx.replicas)
         log.info(
             "event=stored key=%s cid=%s size=%d replicas=%d/%d",
             show_key(result.key),

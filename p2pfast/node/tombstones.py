@@ -85,6 +85,20 @@ class Tombstones:
 
         return [p for p in await asyncio.gather(*(send(s) for s in sessions)) if p is not None]
 
+    async def send(self, session: Session, key: bytes, cid: str, at: float, origin: str) -> None:
+        """One tombstone to one peer (a repair copy it sent us of a file deleted here: it deletes its
+        copy too, and passes the delete on if it is news to it)."""
+        msg = m.Delete(key=key.decode(), cid=cid, origin=origin, at=at)
+        try:
+            await session.request(msg, timeout=LOOKUP_TIMEOUT)
+        except (P2PError, TimeoutError) as exc:
+            log.info(
+                "event=tombstone_not_sent peer=%s key=%s reason=%r",
+                session.peer_id[:12],
+                show_key(key),
+                str(exc),
+            )
+
     async def replay(self, session: Session) -> None:
         """A peer that was offline hears about the deletes it missed (within the grace period). Up to
         TOMBSTONE_WINDOW requests are in flight at once: one at a time, a week of deletes took one

@@ -25,6 +25,7 @@ __all__ = [
     "HELLO_VERSION",
     "MAX_ADDR",
     "MAX_AGENT",
+    "MAX_HOLDS",
     "MAX_ID",
     "MAX_KEY_BYTES",
     "MAX_PEX_PEERS",
@@ -42,6 +43,7 @@ MAX_ADDR = 255  # "host:port": a DNS name is at most 253 characters
 MAX_PEX_PEERS = 256  # one pex message; 256 entries of ~150 bytes stay well under MAX_CONTROL_SIZE
 MAX_REASON_BYTES = 512  # an error reply's text, UTF-8
 MAX_AGENT = 128  # the HELLO's software name and version
+MAX_HOLDS = 200  # files asked about in one holds request (the sender also keeps it under the size cap)
 MAX_STREAM_ID = 0xFFFFFFFF
 MAX_CODE = 0xFFFFFFFF
 HELLO_VERSION = 1
@@ -155,6 +157,27 @@ def _peers(name: str, v: Any) -> None:
         _fields(f"{name}[{i}]", peer, _peer_fields, {})
 
 
+def _files(name: str, v: Any) -> None:
+    if type(v) is not list or not 1 <= len(v) <= MAX_HOLDS:
+        raise _Invalid(f"{name} must be a list of 1..{MAX_HOLDS} [key, cid] pairs")
+    for i, pair in enumerate(v):
+        if type(pair) is not list or len(pair) != 2:
+            raise _Invalid(f"{name}[{i}] must be a [key, cid] pair")
+        _key(f"{name}[{i}][0]", pair[0])
+        _cid(f"{name}[{i}][1]", pair[1])
+
+
+def _bool(name: str, v: Any) -> None:
+    if type(v) is not bool:
+        raise _Invalid(f"{name} must be true or false")
+
+
+_HELD_BYTES = (MAX_HOLDS + 7) // 8
+_bits = _regex(
+    re.compile(f"(?:[0-9a-f]{{2}}){{1,{_HELD_BYTES}}}"), f"lowercase hex of 1..{_HELD_BYTES} bytes"
+)
+
+
 def _t(name: str, v: Any) -> None:  # "t" is looked up in SCHEMAS before the fields are checked
     pass
 
@@ -171,10 +194,12 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
         {},
     ),
     "leaves": ({"id": _id, "cid": _cid}, {"sid": _sid}),
-    "store": ({"id": _id, "sid": _sid, "cid": _cid, "size": _size, "key": _key}, {}),
+    "store": ({"id": _id, "sid": _sid, "cid": _cid, "size": _size, "key": _key}, {"repair": _bool}),
     "delete": ({"id": _id, "key": _key, "cid": _cid, "origin": _node_id, "at": _time}, {}),
     "ok": ({"re": _id}, {"size": _size, "leaves": _leaves}),
     "error": ({"re": _id, "code": _int(0, MAX_CODE), "reason": _utf8(MAX_REASON_BYTES)}, {}),
+    "holds": ({"id": _id, "files": _files}, {}),
+    "held": ({"re": _id, "bits": _bits}, {}),
 }
 for _required, _ in SCHEMAS.values():
     _required["t"] = _t

@@ -34,6 +34,8 @@ __all__ = [
     "Error",
     "Get",
     "Have",
+    "Held",
+    "Holds",
     "Leaves",
     "Message",
     "Notice",
@@ -91,12 +93,22 @@ class Leaves:
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    """The sender streams `size` bytes of plaintext of `cid` on its stream `sid`; `Ok` once durable."""
+    """The sender streams `size` bytes of plaintext of `cid` on its stream `sid`; `Ok` once durable.
+    `repair`: a copy that restores redundancy (node/repair.py), not a user's store, so a tombstone for
+    the key wins over it."""
 
     sid: int
     cid: str
     size: int
     key: str
+    repair: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """Which of these files (key, content id) does the peer hold? Answered by `Held`, one bit each."""
+
+    files: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +160,27 @@ class Error:
         return cls(int(code), raw.decode("utf-8", "ignore"))
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The answer to `Holds`: lowercase hex of a bit string, bit i (most significant first in each
+    byte) set when the i-th file asked is held (its key names that content id here)."""
+
+    bits: str
+
+    @classmethod
+    def of(cls, held: list[bool]) -> Held:
+        raw = bytearray((len(held) + 7) // 8)
+        for i, h in enumerate(held):
+            if h:
+                raw[i // 8] |= 0x80 >> (i % 8)
+        return cls(raw.hex())
+
+    def held(self, n: int) -> list[bool]:
+        """The first n bits as booleans (a missing bit is False)."""
+        raw = bytes.fromhex(self.bits)
+        return [i // 8 < len(raw) and bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
+
+
 # -- notices: carry neither -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PexPeer:
@@ -165,8 +198,8 @@ class Pex:
     peers: tuple[PexPeer, ...]
 
 
-Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete
-Reply: TypeAlias = Pong | Have | Ok | Error
+Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds
+Reply: TypeAlias = Pong | Have | Ok | Error | Held
 Notice: TypeAlias = Pex
 Message: TypeAlias = Request | Reply | Notice
 
@@ -182,6 +215,8 @@ KIND: dict[type[Message], str] = {
     Delete: "delete",
     Ok: "ok",
     Error: "error",
+    Holds: "holds",
+    Held: "held",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -194,6 +229,7 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     Leaves: (Ok, Error),
     Store: (Ok, Error),
     Delete: (Ok, Error),
+    Holds: (Held, Error),
 }
 
 
@@ -236,6 +272,8 @@ def check_reply(request: Ping, reply: Reply) -> Pong | Error: ...
 def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
 @overload
 def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Error: ...
+@overload
+def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
 def check_reply(request: Request, reply: Reply) -> Reply:
     """`reply` if its kind answers `request` (`REPLIES`; an Error answers any), else RemoteProtocolError:
     the peer answered our request with something that makes no sense for it."""
@@ -277,7 +315,14 @@ def _fields(msg: Message) -> dict[str, Any]:
                 d["leaves"] = msg.leaves
             return d
         case Store():
-            return {"sid": msg.sid, "cid": msg.cid, "size": msg.size, "key": msg.key}
+            d = {"sid": msg.sid, "cid": msg.cid, "size": msg.size, "key": msg.key}
+            if msg.repair:  # only when set: a user's store reads as before
+                d["repair"] = True
+            return d
+        case Holds():
+            return {"files": [[key, cid] for key, cid in msg.files]}
+        case Held():
+            return {"bits": msg.bits}
         case Error():
             return {"code": msg.code, "reason": msg.reason}
         case Leaves():
@@ -325,7 +370,11 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
         case "ok":
             return Ok(d.get("size"), d.get("leaves"))
         case "store":
-            return Store(d["sid"], d["cid"], d["size"], d["key"])
+            return Store(d["sid"], d["cid"], d["size"], d["key"], d.get("repair", False))
+        case "holds":
+            return Holds(tuple((key, cid) for key, cid in d["files"]))
+        case "held":
+            return Held(d["bits"])
         case "error":
             return Error(d["code"], d["reason"])
         case "leaves":

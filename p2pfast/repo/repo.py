@@ -244,6 +244,14 @@ class Repo:
         """All objects, ordered by cid."""
         return [ObjectRow(*r) for r in self._rows(f"SELECT {_OBJECT_COLS} FROM objects ORDER BY cid")]
 
+    def held_files(self, files: Sequence[tuple[bytes, str]]) -> set[tuple[bytes, str]]:
+        """Which of ``files`` (key, cid) are here: the key names that cid (a peer's `holds`)."""
+        if not files:
+            return set()
+        marks = ", ".join("?" * len(files))
+        rows = self._rows(f"SELECT key, cid FROM files WHERE key IN ({marks})", tuple(k for k, _ in files))
+        return {(bytes(k), c) for k, c in rows} & set(files)
+
     def get_key(self, cid: str) -> tuple[bytes, str] | None:
         """The object's (wrapped data key, algorithm), or None."""
         rows = self._rows("SELECT wrapped, algorithm FROM keys WHERE cid = ?", (cid,))

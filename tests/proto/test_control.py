@@ -42,6 +42,11 @@ VALID: list[dict[str, Any]] = [
     {"t": "ok", "re": 4, "leaves": ""},
     {"t": "error", "re": 4, "code": 3, "reason": "not found"},
     {"t": "error", "re": 4, "code": 2**32 - 1, "reason": ""},
+    {"t": "store", "id": 4, "sid": 2, "cid": CID, "size": 1, "key": "k", "repair": True},
+    {"t": "holds", "id": 6, "files": [["k", CID]]},
+    {"t": "holds", "id": 6, "files": [["k", CID]] * control.MAX_HOLDS},
+    {"t": "held", "re": 6, "bits": "80"},
+    {"t": "held", "re": 6, "bits": "ff" * 25},
 ]
 
 
@@ -63,6 +68,17 @@ INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
     (0, ("id",), "1"),
     (0, ("id",), "DEL"),
     (0, ("extra",), 1),
+    (-5, ("repair",), 1),  # a store's repair flag is a bool
+    (-4, ("files",), []),  # holds: 1..MAX_HOLDS [key, cid] pairs
+    (-4, ("files",), [["k", "b3:" + "0" * 64]] * (control.MAX_HOLDS + 1)),
+    (-4, ("files", 0, 1), "b3:xyz"),
+    (-4, ("files", 0, 0), ""),
+    (-4, ("files", 0), ["k"]),
+    (-4, ("files", 0), "k"),
+    (-2, ("bits",), ""),  # held: 1..25 bytes of lowercase hex
+    (-2, ("bits",), "8"),
+    (-2, ("bits",), "FF"),
+    (-2, ("bits",), "00" * 26),
     (0, ("t",), "pingg"),
     (0, ("t",), 1),
     (0, ("t",), "DEL"),

@@ -46,7 +46,9 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Have: st.builds(m.Have, cid=cids, size=sizes, segments=sizes) | st.just(m.Have(None, None, None)),
     m.Get: st.builds(m.Get, cid=cids, offset=sizes, length=st.integers(-1, control.MAX_ID), sid=sids),
     m.Leaves: st.builds(m.Leaves, cid=cids, sid=st.none() | sids),
-    m.Store: st.builds(m.Store, sid=sids, cid=cids, size=sizes, key=keys),
+    m.Store: st.builds(m.Store, sid=sids, cid=cids, size=sizes, key=keys, repair=st.booleans()),
+    m.Holds: st.builds(m.Holds, files=st.lists(st.tuples(keys, cids), min_size=1, max_size=40).map(tuple)),
+    m.Held: st.lists(st.booleans(), min_size=1, max_size=control.MAX_HOLDS).map(m.Held.of),
     m.Delete: st.builds(m.Delete, key=keys, cid=cids, origin=hex64, at=times),
     m.Ok: st.builds(m.Ok, size=st.none() | sizes, leaves=st.none() | leaves),
     m.Error: st.builds(m.Error, code=st.integers(0, 2**32 - 1), reason=reasons),
@@ -66,6 +68,9 @@ EXAMPLES: list[m.Message] = [
     m.Delete("photos/a.jpg", CID, NODE, 1.5),
     m.Ok(size=10),
     m.Error(int(wire.ErrorCode.REFUSED), "no"),
+    m.Store(3, CID, 10, "photos/a.jpg", repair=True),
+    m.Holds((("photos/a.jpg", CID),)),
+    m.Held.of([True, False, True]),
 ]
 
 
@@ -259,7 +264,11 @@ def test_replies_cover_every_request_and_error_answers_any() -> None:
     "request_", [msg for msg in EXAMPLES if m.is_request(msg)], ids=lambda msg: m.KIND[type(msg)]
 )
 def test_check_reply_passes_the_right_kinds_and_blames_the_peer_for_the_rest(request_: m.Request) -> None:
-    special: dict[type[m.Request], set[type[m.Reply]]] = {m.Ping: {m.Pong}, m.WhoHas: {m.Have}}
+    special: dict[type[m.Request], set[type[m.Reply]]] = {
+        m.Ping: {m.Pong},
+        m.WhoHas: {m.Have},
+        m.Holds: {m.Held},
+    }
     expected = special.get(type(request_), {m.Ok}) | {m.Error}
     for reply in (msg for msg in EXAMPLES if m.is_reply(msg)):
         if type(reply) in expected:

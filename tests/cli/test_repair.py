@@ -1,0 +1,145 @@
+"""Self-healing with real node processes: files whose holders die get their copies back with no command
+typed, a member that returns makes at most one copy too many, a deleted file stays deleted, and
+`p2pfast repair` runs a pass and says what it moved (node/repair.py)."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import orjson
+from netnodes import NodeProc, make_nodes, running, wait_until
+from nodetools import pattern, run_cli
+
+from p2pfast.repo.repo import Repo
+
+# A test's settings: a pass every 2 s, a member counted out 3 s after it went, copies unthrottled.
+FAST = "replicas = 2\nrepair_interval = 2\nrepair_grace = 3\nrepair_bandwidth = none\ngossip_interval = 1\n"
+TARGET = 3  # replicas = 2: the storing node and two more
+
+
+def configure(nodes: list[NodeProc], text: str = FAST) -> None:
+    for n in nodes:
+        (n.root / "config").write_text(text)
+
+
+def holders(nodes: list[NodeProc], key: str) -> set[str]:
+    """The nodes whose repo has `key` (read-only: the node process owns the data dir)."""
+    out = set()
+    for n in nodes:
+        with Repo.open(n.layout.db, readonly=True) as repo:
+            if repo.get_file(key.encode()) is not None:
+                out.add(n.node_id)
+    return out
+
+
+def start_all(nodes: list[NodeProc]) -> None:
+    first = nodes[0]
+    first.start()
+    for n in nodes[1:]:
+        n.start("--bootstrap", first.listen)
+    ids = {n.node_id for n in nodes}
+    for n in nodes:
+        wait_until(
+            lambda n=n: ids - {n.node_id} <= n.connected(), 30, f"{n.root.name} to see everyone", nodes
+        )
+
+
+def store(node: NodeProc, key: str, data: bytes, tmp: Path) -> dict[str, object]:
+    src = tmp / f"src-{key.replace('/', '_')}"
+    src.write_bytes(data)
+    r = run_cli("store", key, src, "--data-dir", node.root, "--json")
+    assert r.returncode == 0, r.stderr
+    report: dict[str, object] = orjson.loads(r.stdout)
+    return report
+
+
+def test_lost_holders_are_replaced_and_a_returning_one_adds_at_most_one_copy(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 6)
+    configure(nodes)
+    rnd = random.Random(13)
+    files = {f"f/{i:02d}": pattern(rnd.choice([0, 1, 4096, 70_000, 1_500_000]), seed=i) for i in range(30)}
+    with running(nodes):
+        start_all(nodes)
+        for i, (key, data) in enumerate(files.items()):
+            report = store(nodes[i % 6], key, data, tmp_path)
+            assert len(report["replicated_to"]) == 2, report  # type: ignore[arg-type]
+        copies = {key: holders(nodes, key) for key in files}
+        assert all(len(h) == TARGET for h in copies.values()), copies
+        # the two nodes that hold the most copies die at once
+        by_load = sorted(nodes[1:], key=lambda n: -sum(n.node_id in h for h in copies.values()))
+        dead = by_load[:2]
+        lost = sum(any(d.node_id in h for d in dead) for h in copies.values())
+        assert lost >= 15, lost  # most files lose at least one holder
+        for d in dead:
+            d.kill()
+        live = [n for n in nodes if n not in dead]
+
+        def healed() -> bool:
+            return all(len(holders(live, key)) >= TARGET for key in files)
+
+        # bound: grace 3 s + a pass (2 s interval, 2 s debounce) + the copies (≈ 20 MiB here)
+        wait_until(healed, 90, "every file back to 3 copies on live nodes", live)
+        # every copy is verified where it is: each holder serves its own copy, checked as it is read
+        for key, data in files.items():
+            for n in live:
+                if n.node_id in holders([n], key):
+                    out = tmp_path / "check"
+                    r = run_cli("get", key, "-o", out, "--data-dir", n.root, "--json")
+                    assert r.returncode == 0, r.stderr
+                    assert orjson.loads(r.stdout)["source"] == "local" and out.read_bytes() == data
+        status = orjson.loads(run_cli("status", "--data-dir", live[0].root, "--json").stdout)
+        assert status["repair"]["last_pass"] is not None and status["under_replicated"] == 0, status
+        # one of the dead comes back: its copies are extra now, and at most one per file
+        dead[0].start("--bootstrap", live[0].listen)
+        back = [*live, dead[0]]
+        wait_until(lambda: {n.node_id for n in live} <= dead[0].connected(), 30, "the returning node", back)
+
+        def passed(n: NodeProc) -> bool:
+            s = orjson.loads(run_cli("status", "--data-dir", n.root, "--json").stdout)
+            return bool(s["repair"]["last_pass"]) and s["repair"]["last_pass"]["started_at"] > t_back
+
+        t_back = time.time()
+        wait_until(lambda: all(passed(n) for n in back), 30, "a pass on every node after the return", back)
+        for key in files:
+            assert TARGET <= len(holders(back, key)) <= TARGET + 1, key
+
+
+def test_repair_command_reports_what_it_copied_and_a_deleted_file_stays_deleted(tmp_path: Path) -> None:
+    a, b, c = make_nodes(tmp_path, 3)
+    # replicas = 2 with three nodes: every node holds everything; passes only when asked (1 h interval)
+    configure([a, b, c], FAST.replace("repair_interval = 2", "repair_interval = 3600"))
+    with running([a, b, c]):
+        start_all([a, b])
+        store(a, "kept", pattern(300_000, seed=1), tmp_path)
+        store(a, "doomed", pattern(5_000, seed=2), tmp_path)
+        assert holders([a, b], "kept") == {a.node_id, b.node_id}
+        # c joins later: the files are one copy short of their target until c has them
+        c.start("--bootstrap", a.listen)
+        wait_until(lambda: {a.node_id, b.node_id} <= c.connected(), 30, "c to join", [a, b, c])
+        r = run_cli("repair", "--data-dir", a.root, "--json")
+        assert r.returncode == 0, r.stderr
+        report = orjson.loads(r.stdout)
+        assert report["objects"] == 2 and report["copies"] + report["left_to"] >= 1, report
+        wait_until(
+            lambda: holders([c], "kept") == {c.node_id} and holders([c], "doomed") == {c.node_id},
+            30,
+            "c to receive its copies (from whichever holder ranks first)",
+            [a, b, c],
+        )
+        # c goes away; the delete happens while it is gone; c comes back with its old copy
+        c.kill()
+        r = run_cli("delete", "doomed", "--data-dir", a.root, "--json")
+        assert r.returncode == 0, r.stderr
+        assert holders([a, b], "doomed") == set()
+        c.start("--bootstrap", a.listen)
+        wait_until(lambda: {a.node_id, b.node_id} <= c.connected(), 30, "c to come back", [a, b, c])
+        for n in (a, b, c):
+            r = run_cli("repair", "--data-dir", n.root, "--json")
+            assert r.returncode == 0, r.stderr
+        wait_until(lambda: holders([a, b, c], "doomed") == set(), 30, "the delete to reach c", [a, b, c])
+        for n in (a, b, c):  # and no repair brought it back anywhere
+            run_cli("repair", "--data-dir", n.root, "--json")
+        assert holders([a, b, c], "doomed") == set()
+        assert holders([a, b, c], "kept") == {a.node_id, b.node_id, c.node_id}
