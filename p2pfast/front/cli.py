@@ -936,7 +936,7 @@ def _cmd_store(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_get(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
-    s.add_argument("key")
+    s.add_argument("key", help="the file's key, or its content id (b3: and 64 hex digits)")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
     s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
     s.add_argument("--keep", action="store_true", help="also store a local replica of a fetched file")
