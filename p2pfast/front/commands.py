@@ -11,6 +11,8 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     delete  {"key"}
     status  {}                          the node's Node.status()
     files, shares, peers  {}            {"rows": [...]} as listings.py makes them
+    network_files  {}                   every file of this node and its connected members, merged
+                                        (node/listing.py's NetworkListing: files, member_count, unanswered)
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -113,6 +115,9 @@ async def execute(
         return {"rows": await node.db(getattr(listings, str(cmd)), node.repo)}
     if cmd == "peers":
         return {"rows": await node.db(listings.peers, node.repo, set(node.peers.sessions))}
+    if cmd == "network_files":
+        with node.working("files --network"):
+            return dataclasses.asdict(await node.network_files())
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

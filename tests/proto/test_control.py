@@ -42,6 +42,10 @@ VALID: list[dict[str, Any]] = [
     {"t": "ok", "re": 4, "leaves": ""},
     {"t": "error", "re": 4, "code": 3, "reason": "not found"},
     {"t": "error", "re": 4, "code": 2**32 - 1, "reason": ""},
+    {"t": "list_files", "id": 6, "limit": 1},
+    {"t": "list_files", "id": 6, "limit": control.MAX_FILES_PAGE, "after": "photos/2024/a.jpg"},
+    {"t": "file_list", "re": 6, "files": [{"key": "photos/a.jpg", "cid": CID, "size": 10}], "more": True},
+    {"t": "file_list", "re": 6, "files": [], "more": False},
 ]
 
 
@@ -102,6 +106,19 @@ INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
     (17, ("reason",), "r" * (control.MAX_REASON_BYTES + 1)),
     (17, ("code",), -1),
     (17, ("code",), 2**32),
+    (19, ("limit",), 0),
+    (19, ("limit",), control.MAX_FILES_PAGE + 1),
+    (20, ("after",), ""),
+    (20, ("after",), "x" * (control.MAX_KEY_BYTES + 1)),
+    (20, ("after",), None),
+    (21, ("more",), "DEL"),
+    (21, ("more",), 1),
+    (21, ("files",), [{"key": "k", "cid": CID, "size": 1}] * (control.MAX_FILES_PAGE + 1)),
+    (21, ("files", 0, "key"), ""),
+    (21, ("files", 0, "cid"), "b3:" + "0" * 63),
+    (21, ("files", 0, "size"), -1),
+    (21, ("files", 0, "created"), 1.0),
+    (21, ("files", 0), "photos/a.jpg"),
 ]
 
 
