@@ -116,6 +116,7 @@ def test_get_by_cid_repairs_a_corrupt_local_copy_from_a_peer(tmp_path: Path) -> 
             assert got.repaired and got.source == "peer" and got.peer_id == b.node_id
             assert out.read_bytes() == src.read_bytes()
             assert a.store.read_bytes("x") == src.read_bytes()  # the repaired copy serves the key too
+            assert [r.key for r in a.repo.list_files()] == [b"x"]  # no file row under the cid
 
     run(main())
 
