@@ -422,6 +422,8 @@ def cmd_shares(args: argparse.Namespace) -> int:
 
 
 def cmd_files(args: argparse.Namespace) -> int:
+    if getattr(args, "network", False):
+        return _files_network(args)
     return _listing(
         args,
         "files",
@@ -429,6 +431,35 @@ def cmd_files(args: argparse.Namespace) -> int:
         lambda r: (_shown(r["key"]), human(r["size"]), r["cid"][:15] + "…", _when(r["created_at"])),
         right=frozenset({1}),
     )
+
+
+def _files_network(args: argparse.Namespace) -> int:
+    """`files --network`: the merged listing of this node and its connected members (node/listing.py),
+    through the daemon or a node started for it; a member that did not answer is a warning, not a
+    failure (with --json, it is in `unanswered`)."""
+    r = _network(args, {"cmd": "network_files"}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    rows = r["files"]
+    _print_table(
+        [
+            ("KEY", "SIZE", "CONTENT ID", "HOLDERS"),
+            *(
+                (_shown(f["key"]), human(f["size"]), f["cid"][:15] + "…", str(f["holder_count"]))
+                for f in rows
+            ),
+        ],
+        right=frozenset({1, 3}),
+    )
+    n, members = len(rows), r["member_count"]
+    print(f"({n or 'no'} file{'s' if n != 1 else ''} on {members} member{'s' if members != 1 else ''})")
+    for peer, why in sorted(r["unanswered"].items()):
+        print(
+            f"p2pfast: warning: {peer[:16]} did not answer ({why}): its files are not counted",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -963,7 +994,7 @@ def _cmd_store(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_get(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
-    s.add_argument("key")
+    s.add_argument("key", help="the file's key, or its content id (b3: and 64 hex digits)")
     s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
     s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
     s.add_argument("--keep", action="store_true", help="also store a local replica of a fetched file")
@@ -997,6 +1028,8 @@ def _cmd_shares(sub: Any, common: argparse.ArgumentParser) -> None:
 def _cmd_files(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("files", parents=[common], help="list stored files")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--network", action="store_true", help="every file the connected members hold, merged")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP + " (with --network)")
     s.set_defaults(func=cmd_files)
 
 

@@ -12,6 +12,8 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     status  {}                          the node's Node.status()
     files, shares, peers  {}            {"rows": [...]} as listings.py makes them
     repair  {}                          one repair pass now: its report (node/repair.py Report)
+    network_files  {}                   every file of this node and its connected members, merged
+                                        (node/listing.py's NetworkListing: files, member_count, unanswered)
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -118,6 +120,9 @@ async def execute(
         assert node.repair is not None
         with node.working("repair"):
             return dataclasses.asdict(await node.repair.pass_now("command"))
+    if cmd == "network_files":
+        with node.working("files --network"):
+            return dataclasses.asdict(await node.network_files())
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

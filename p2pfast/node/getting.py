@@ -1,27 +1,34 @@
 """A user's get: the local copy if this node holds the file (verified as it is read, and replaced by a
 peer's verified copy if it fails its check: readrepair.py), else fetched verified from the peers that
-hold it (fetch.py), optionally kept as a local replica."""
+hold it (fetch.py), optionally kept as a local replica. A name with the content-id prefix ("b3:…",
+store/userkey.py) asks for the content itself: the object if this node holds it under any key, else
+from the peers that hold it, the same way."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
-from p2pfast.errors import IntegrityError, NotFound
+from p2pfast.errors import BadInput, IntegrityError, NotFound
 from p2pfast.node import fetch, readrepair
 from p2pfast.node.chunks import object_chunks
 from p2pfast.node.context import Context
-from p2pfast.node.lookup import locate
+from p2pfast.node.lookup import holders_of, locate
 from p2pfast.node.reports import GetReport, Progress
 from p2pfast.node.sources import Sink
 from p2pfast.store.objects import encode_key, show_key
+from p2pfast.store.userkey import content_id_of
 
 
 async def get(
     ctx: Context, key: str, sink: Sink, progress: Progress | None = None, keep: bool = False
 ) -> GetReport:
     """Write the plaintext of `key` to `sink`: from the local store, else verified from a peer; with
-    `keep`, a fetched file is also stored here (a local replica, under this node's keys)."""
+    `keep`, a fetched file is also stored here (a local replica, under this node's keys). `key` may be a
+    content id instead (then `keep` is refused: see `_get_cid`)."""
+    cid_asked = content_id_of(key)
+    if cid_asked is not None:
+        return await _get_cid(ctx, key, cid_asked, sink, progress, keep)
     raw = encode_key(key)
     try:
         _, cid, size = await ctx.ex.db(ctx.store.stat, raw)
@@ -50,6 +57,38 @@ async def get(
         if upload is not None:
             ctx.ex.db_later(upload.abort)  # after any job of the fetch; a no-op once finished
     return GetReport(key, cid, size, "peer", source, upload is not None, len(served))
+
+
+async def _get_cid(
+    ctx: Context, asked: str, cid: str, sink: Sink, progress: Progress | None, keep: bool
+) -> GetReport:
+    """A get by content id: the object if held here (under whatever key), verified as it is read and
+    read-repaired like a key's; else fetched verified from the peers that hold it.
+
+    `keep` is refused, before anything is read: a replica is a file, and a file needs a key. The cid
+    itself as that key would be a second name for content another key names, and it would outlive a
+    delete of that key on every node that kept it (a delete removes a key, not content)."""
+    if keep:
+        raise BadInput(
+            f"--keep stores a replica under a key, and {cid[:15]}… is a content id: get it by a key that "
+            "names it, or store the output under a key of your own"
+        )
+    obj = await ctx.ex.db(ctx.repo.get_object, cid)
+    if obj is not None:
+        if progress is not None:
+            progress.begin("get", obj.size)
+        if sink.file is None:
+            await _read_to_sink(ctx, cid.encode(), cid, obj.size, sink, progress)
+            return GetReport(asked, cid, obj.size, "local")
+        start = os.lseek(sink.file, 0, os.SEEK_CUR)
+        try:
+            await ctx.ex.db(ctx.store.read_object, cid, sink.file, 0, -1, progress)
+        except IntegrityError as exc:
+            return await readrepair.repair(ctx, cid.encode(), cid, sink, start, progress, exc, by_cid=True)
+        return GetReport(asked, cid, obj.size, "local")
+    _, holders = await holders_of(ctx, cid)
+    size, served = await fetch.fetch(holders, cid, sink, ctx.ex, progress, None, fetch.sized(progress))
+    return GetReport(asked, cid, size, "peer", fetch.main_source(served, holders), False, len(served))
 
 
 async def _read_to_sink(

@@ -1,5 +1,6 @@
 """Finding who holds a file: every connected peer is asked `who_has` for the key, and the holders of
-the content id most of them name come back best first (those `shares` records as holders first)."""
+the content id most of them name come back best first (those `shares` records as holders first). For a
+get by content id, `who_has` names the cid itself (`holders_of`)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,7 @@ async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
     if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
         raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
 
-    async def ask(s: Session) -> m.Have | None:
-        try:
-            return await s.request(m.WhoHas(key=key.decode()), timeout=LOOKUP_TIMEOUT)
-        except (P2PError, TimeoutError):
-            return None
-
-    replies = await asyncio.gather(*(ask(s) for s in sessions))
+    replies = await _ask_all(sessions, m.WhoHas(key=key.decode()))
     by_cid: dict[str, list[Session]] = {}
     for s, reply in zip(sessions, replies, strict=True):
         if reply is not None and reply.cid is not None:
@@ -38,3 +33,29 @@ async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
     shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
     holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
     return cid, holders
+
+
+async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
+    """`cid` and the connected peers that hold that object, best first: as `locate`, for a get by content
+    id. A peer that names another object is not a holder (it would fail the leaves check anyway)."""
+    sessions = list(ctx.peers.sessions.values())
+    if not sessions:
+        raise PeerUnavailable(f"object {cid} is not held here, and no peer is connected to ask")
+    replies = await _ask_all(sessions, m.WhoHas(cid=cid))
+    found = [s for s, r in zip(sessions, replies, strict=True) if r is not None and r.cid == cid]
+    if not found:
+        raise NotFound(f"object {cid} is held neither by this node nor by its {len(sessions)} peers")
+    shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
+    return cid, sorted(found, key=lambda s: s.peer_id not in shared)
+
+
+async def _ask_all(sessions: list[Session], question: m.WhoHas) -> list[m.Have | None]:
+    """Every session's answer to `question`, None for one that failed or did not answer in time."""
+
+    async def ask(s: Session) -> m.Have | None:
+        try:
+            return await s.request(question, timeout=LOOKUP_TIMEOUT)
+        except (P2PError, TimeoutError):
+            return None
+
+    return list(await asyncio.gather(*(ask(s) for s in sessions)))

@@ -11,7 +11,7 @@ from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, NotFound, P2PError, PeerUnavailable
 from p2pfast.node import fetch
 from p2pfast.node.context import Context
-from p2pfast.node.lookup import locate
+from p2pfast.node.lookup import holders_of, locate
 from p2pfast.node.reports import GetReport, Progress
 from p2pfast.node.sources import Sink
 from p2pfast.store.objects import show_key
@@ -27,10 +27,13 @@ async def repair(
     start: int,
     progress: Progress | None,
     failure: IntegrityError,
+    *,
+    by_cid: bool = False,
 ) -> GetReport:
     """The local copy failed its check part way: take back what was written to the sink's file since
     `start`, fetch the object from the peers that hold it, verified, and put that copy in place of the
-    bad one. With no peer to serve it, the integrity error stands."""
+    bad one. With no peer to serve it, the integrity error stands. `by_cid`: the get named the content id
+    (then `raw` is that id), so the holders are found by it rather than by a key."""
     out_fd = sink.file
     assert out_fd is not None  # only a file's bytes can be taken back
 
@@ -40,7 +43,7 @@ async def repair(
 
     await ctx.ex.db(rewind)
     try:
-        found, holders = await locate(ctx, raw)
+        found, holders = await (holders_of(ctx, cid) if by_cid else locate(ctx, raw))
     except (NotFound, PeerUnavailable):
         raise failure from None  # nobody to repair it from: the one error line is the failure's
     if found != cid:  # the peers name other content under this key: not a copy of ours

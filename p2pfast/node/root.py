@@ -32,6 +32,7 @@ from p2pfast.net.session import Session
 from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
+from p2pfast.node.listing import NetworkListing, network_files, serve_list
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
 from p2pfast.node.repair import Settings as RepairSettings
@@ -139,6 +140,7 @@ class Node:
         router.route(m.Leaves, self._serve_leaves)
         router.route(m.Delete, self.tombstones.on_delete)
         router.route(m.Holds, self._holds)
+        router.route(m.ListFiles, self._list_files)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
@@ -298,6 +300,10 @@ class Node:
         assert self.tombstones is not None, "Node.start() first"
         return await self.tombstones.delete(key)
 
+    async def network_files(self) -> NetworkListing:
+        """`files --network`: every file this node and its connected members hold, merged (listing.py)."""
+        return await network_files(self._started())
+
     @property
     def interrupted_store(self) -> StoreReport | None:
         """The last store cancelled while replicating (what the CLI reports on Ctrl-C)."""
@@ -337,6 +343,9 @@ class Node:
 
     async def _who_has(self, session: Session, msg: m.WhoHas) -> m.Have:
         return await serve.who_has(msg, self.repo, self.db)
+
+    async def _list_files(self, session: Session, msg: m.ListFiles) -> m.FileList:
+        return await serve_list(msg, self.repo, self.db, self.limits.proto.max_control_size)
 
     async def _receive(self, session: Session, msg: m.Store) -> m.Ok:
         # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a

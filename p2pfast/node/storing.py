@@ -17,6 +17,7 @@ from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.node.reports import Progress, StoreReport
 from p2pfast.node.sources import Source
 from p2pfast.store.objects import PutResult, show_key
+from p2pfast.store.userkey import check_storable
 
 log = logging.getLogger("p2pfast.node")
 
@@ -65,6 +66,7 @@ class Storing:
 
     async def put(self, key: str, source: Source, progress: Progress | None = None) -> StoreReport:
         """Store locally (durable), then replicate; returns who acknowledged a copy."""
+        check_storable(key)  # before a byte is read: `get` would take such a key for a content id
         ctx = self.ctx
         if source.file is not None:
             result = await ctx.ex.db(ctx.store.put_fd, key, source.file, progress)

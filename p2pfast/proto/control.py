@@ -25,6 +25,7 @@ __all__ = [
     "HELLO_VERSION",
     "MAX_ADDR",
     "MAX_AGENT",
+    "MAX_FILES_PAGE",
     "MAX_HOLDS",
     "MAX_ID",
     "MAX_KEY_BYTES",
@@ -44,6 +45,9 @@ MAX_PEX_PEERS = 256  # one pex message; 256 entries of ~150 bytes stay well unde
 MAX_REASON_BYTES = 512  # an error reply's text, UTF-8
 MAX_AGENT = 128  # the HELLO's software name and version
 MAX_HOLDS = 200  # files asked about in one holds request (the sender also keeps it under the size cap)
+# Entries of one file_list reply. An entry is at least ~90 bytes of JSON, so the byte cap (MAX_CONTROL_SIZE)
+# binds first and the holder fills a page by size (node/listing.py); this bounds the validator's loop.
+MAX_FILES_PAGE = 256
 MAX_STREAM_ID = 0xFFFFFFFF
 MAX_CODE = 0xFFFFFFFF
 HELLO_VERSION = 1
@@ -157,7 +161,7 @@ def _peers(name: str, v: Any) -> None:
         _fields(f"{name}[{i}]", peer, _peer_fields, {})
 
 
-def _files(name: str, v: Any) -> None:
+def _file_pairs(name: str, v: Any) -> None:
     if type(v) is not list or not 1 <= len(v) <= MAX_HOLDS:
         raise _Invalid(f"{name} must be a list of 1..{MAX_HOLDS} [key, cid] pairs")
     for i, pair in enumerate(v):
@@ -176,6 +180,14 @@ _HELD_BYTES = (MAX_HOLDS + 7) // 8
 _bits = _regex(
     re.compile(f"(?:[0-9a-f]{{2}}){{1,{_HELD_BYTES}}}"), f"lowercase hex of 1..{_HELD_BYTES} bytes"
 )
+_file_fields: dict[str, Check] = {"key": _key, "cid": _cid, "size": _size}
+
+
+def _files(name: str, v: Any) -> None:
+    if type(v) is not list or len(v) > MAX_FILES_PAGE:
+        raise _Invalid(f"{name} must be a list of at most {MAX_FILES_PAGE} files")
+    for i, entry in enumerate(v):
+        _fields(f"{name}[{i}]", entry, _file_fields, {})
 
 
 def _t(name: str, v: Any) -> None:  # "t" is looked up in SCHEMAS before the fields are checked
@@ -198,8 +210,10 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "delete": ({"id": _id, "key": _key, "cid": _cid, "origin": _node_id, "at": _time}, {}),
     "ok": ({"re": _id}, {"size": _size, "leaves": _leaves}),
     "error": ({"re": _id, "code": _int(0, MAX_CODE), "reason": _utf8(MAX_REASON_BYTES)}, {}),
-    "holds": ({"id": _id, "files": _files}, {}),
+    "holds": ({"id": _id, "files": _file_pairs}, {}),
     "held": ({"re": _id, "bits": _bits}, {}),
+    "list_files": ({"id": _id, "limit": _int(1, MAX_FILES_PAGE)}, {"after": _key}),
+    "file_list": ({"re": _id, "files": _files, "more": _bool}, {}),
 }
 for _required, _ in SCHEMAS.values():
     _required["t"] = _t

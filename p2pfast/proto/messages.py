@@ -32,11 +32,14 @@ __all__ = [
     "Delete",
     "Envelope",
     "Error",
+    "FileEntry",
+    "FileList",
     "Get",
     "Have",
     "Held",
     "Holds",
     "Leaves",
+    "ListFiles",
     "Message",
     "Notice",
     "Ok",
@@ -121,6 +124,15 @@ class Delete:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ListFiles:
+    """A page of the peer's files: at most `limit`, in the order of their keys' UTF-8 bytes, from the
+    first key after `after` (None: from the first); answered by `FileList`."""
+
+    limit: int
+    after: str | None = None
+
+
 # -- replies: carry "re" ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Pong:
@@ -181,6 +193,25 @@ class Held:
         return [i // 8 < len(raw) and bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
 
 
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One entry of `FileList`: a file the peer holds, its content id and plaintext size."""
+
+    key: str
+    cid: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileList:
+    """The answer to `ListFiles`, in key order. The holder may send fewer than `limit` files to keep the
+    reply within the control message cap, so only `more` says that the list goes on (ask again with the
+    last key as `after`)."""
+
+    files: tuple[FileEntry, ...]
+    more: bool
+
+
 # -- notices: carry neither -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PexPeer:
@@ -198,8 +229,8 @@ class Pex:
     peers: tuple[PexPeer, ...]
 
 
-Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds
-Reply: TypeAlias = Pong | Have | Ok | Error | Held
+Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles
+Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList
 Notice: TypeAlias = Pex
 Message: TypeAlias = Request | Reply | Notice
 
@@ -217,6 +248,8 @@ KIND: dict[type[Message], str] = {
     Error: "error",
     Holds: "holds",
     Held: "held",
+    ListFiles: "list_files",
+    FileList: "file_list",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -230,6 +263,7 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     Store: (Ok, Error),
     Delete: (Ok, Error),
     Holds: (Held, Error),
+    ListFiles: (FileList, Error),
 }
 
 
@@ -274,6 +308,8 @@ def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
 def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Error: ...
 @overload
 def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
+@overload
+def check_reply(request: ListFiles, reply: Reply) -> FileList | Error: ...
 def check_reply(request: Request, reply: Reply) -> Reply:
     """`reply` if its kind answers `request` (`REPLIES`; an Error answers any), else RemoteProtocolError:
     the peer answered our request with something that makes no sense for it."""
@@ -339,6 +375,13 @@ def _fields(msg: Message) -> dict[str, Any]:
             return {"peers": [{"addr": p.addr, "id": p.id, "seen": p.seen} for p in msg.peers]}
         case Ping() | Pong():
             return {}
+        case ListFiles():
+            return {"limit": msg.limit} if msg.after is None else {"limit": msg.limit, "after": msg.after}
+        case FileList():
+            return {
+                "files": [{"key": f.key, "cid": f.cid, "size": f.size} for f in msg.files],
+                "more": msg.more,
+            }
     raise TypeError(f"not a control message: {msg!r}")
 
 
@@ -394,6 +437,10 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
             return Ping()
         case "pong":
             return Pong()
+        case "list_files":
+            return ListFiles(d["limit"], d.get("after"))
+        case "file_list":
+            return FileList(tuple(FileEntry(f["key"], f["cid"], f["size"]) for f in d["files"]), d["more"])
     raise _remote(f"unknown control message kind {str(kind)[:40]!r}")
 
 

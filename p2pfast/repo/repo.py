@@ -236,6 +236,17 @@ class Repo:
         """All files, ordered by key bytes (memcmp order)."""
         return [FileRow(*r) for r in self._rows(f"SELECT {_FILE_COLS} FROM files ORDER BY key")]
 
+    def list_files_after(self, after: bytes | None, limit: int) -> list[FileRow]:
+        """At most `limit` files whose key sorts after `after` (None: from the first), by key bytes: a page
+        of a listing that a key cursor walks (a peer's `list_files`)."""
+        if after is None:
+            rows = self._rows(f"SELECT {_FILE_COLS} FROM files ORDER BY key LIMIT ?", (limit,))
+        else:
+            rows = self._rows(
+                f"SELECT {_FILE_COLS} FROM files WHERE key > ? ORDER BY key LIMIT ?", (after, limit)
+            )
+        return [FileRow(*r) for r in rows]
+
     def get_object(self, cid: str) -> ObjectRow | None:
         rows = self._rows(f"SELECT {_OBJECT_COLS} FROM objects WHERE cid = ?", (cid,))
         return ObjectRow(*rows[0]) if rows else None

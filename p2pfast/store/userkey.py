@@ -33,3 +33,35 @@ def show_key(key: str | bytes) -> str:
     itself). Light to import: the CLI calls it for results that came from the daemon."""
     text = key if isinstance(key, str) else bytes(key).decode("utf-8", "replace")
     return text if text.isprintable() else repr(text)
+
+
+# A get names a file by its key or its content by its content id, and both are strings: the prefix of a
+# content id ("b3:", contentid.PREFIX) is reserved for content ids, so `get b3:…` always means the
+# content, and what it returns always hashes to what was asked. A store under a key with that prefix is
+# refused (check_storable): such a file could never be got by its key. The whole prefix is reserved, not
+# only well-formed ids, so that a mistyped or cut id is "not a content id" rather than "no such key".
+CID_PREFIX = "b3:"
+_HEX = frozenset("0123456789abcdef")
+
+
+def content_id_of(name: str) -> str | None:
+    """The content id `name` asks for, or None when it is a key; BadInput for a name with the content-id
+    prefix that is not one ("b3:" and 64 lowercase hex digits, as the wire has them)."""
+    if not name.startswith(CID_PREFIX):
+        return None
+    digits = name[len(CID_PREFIX) :]
+    if len(digits) != 64 or not _HEX.issuperset(digits):
+        raise BadInput(
+            f"{show_key(name)[:80]} is not a content id ('b3:' and 64 lowercase hex digits); "
+            f"keys starting with {CID_PREFIX!r} are reserved for content ids"
+        )
+    return name
+
+
+def check_storable(key: str) -> None:
+    """BadInput for a key a store must refuse: one that `get` would read as a content id."""
+    if key.startswith(CID_PREFIX):
+        raise BadInput(
+            f"cannot store under {show_key(key)[:80]}: keys starting with {CID_PREFIX!r} are reserved for "
+            "content ids (get b3:… fetches by content id); choose another key"
+        )

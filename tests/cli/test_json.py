@@ -94,6 +94,15 @@ def test_every_json_output_is_the_documented_one(tmp_path: Path) -> None:
         assert [(s["peer_id"], is_rfc3339(s["acked_at"])) for s in live["shares"]] == [(b.node_id, True)]
         assert [(p["peer_id"], p["status"]) for p in live["peers"]] == [(b.node_id, "connected")]
         assert is_rfc3339(live["peers"][0]["last_seen_at"])
+        network = ok_json(run_cli("files", "--network", "--json", "--data-dir", a.root))
+        fields = doc_fields("files --network --json")
+        assert list(network) == [f for f in fields if "[]." not in f]
+        assert [list(r) for r in network["files"]] == [[f[len("files[].") :] for f in fields if "[]." in f]]
+        assert (network["files"][0]["holder_count"], network["member_count"], network["unanswered"]) == (
+            2,
+            2,
+            {},
+        )
         status = ok_json(run_cli("status", "--json", "--data-dir", a.root))
         assert sorted(status) == sorted(doc_fields("status --json"))
         assert HEX64.fullmatch(status["node_id"]) and isinstance(status["uptime_s"], float)

@@ -37,6 +37,7 @@ hosts = st.from_regex(r"[A-Za-z0-9._-]{1,40}", fullmatch=True) | st.sampled_from
 addrs = st.builds(lambda h, p: f"{h}:{p}", hosts, ports)
 leaves = st.lists(st.binary(min_size=32, max_size=32), max_size=8).map(lambda ds: b"".join(ds).hex())
 peers = st.builds(m.PexPeer, addr=addrs, id=hex64, seen=times)
+file_entries = st.builds(m.FileEntry, key=keys, cid=cids, size=sizes)
 
 STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Ping: st.just(m.Ping()),
@@ -52,6 +53,11 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Delete: st.builds(m.Delete, key=keys, cid=cids, origin=hex64, at=times),
     m.Ok: st.builds(m.Ok, size=st.none() | sizes, leaves=st.none() | leaves),
     m.Error: st.builds(m.Error, code=st.integers(0, 2**32 - 1), reason=reasons),
+    m.ListFiles: st.builds(m.ListFiles, limit=st.integers(1, control.MAX_FILES_PAGE), after=st.none() | keys),
+    # up to 8 entries of keys of at most 256 characters stay within the 16 KiB cap
+    m.FileList: st.builds(
+        m.FileList, files=st.lists(file_entries, max_size=8).map(tuple), more=st.booleans()
+    ),
 }
 messages = st.one_of(list(STRATEGIES.values()))
 
@@ -71,6 +77,8 @@ EXAMPLES: list[m.Message] = [
     m.Store(3, CID, 10, "photos/a.jpg", repair=True),
     m.Holds((("photos/a.jpg", CID),)),
     m.Held.of([True, False, True]),
+    m.ListFiles(100, "photos/a.jpg"),
+    m.FileList((m.FileEntry("photos/a.jpg", CID, 10),), more=False),
 ]
 
 
@@ -133,6 +141,35 @@ def test_pex_peer_fields_are_the_schema_peer_fields() -> None:
             control.encode(short)
 
 
+def test_file_entry_fields_are_the_schema_file_fields() -> None:
+    # as for pex's peers: the entry dict to_wire writes passes, and fails without any one of its fields
+    d = m.to_wire(m.FileList((m.FileEntry("k", CID, 1),), more=True), re=1)
+    control.encode(d)
+    entry = d["files"][0]
+    assert set(entry) == {f.name for f in dataclasses.fields(m.FileEntry)}
+    for name in entry:
+        short = {**d, "files": [{k: v for k, v in entry.items() if k != name}]}
+        with pytest.raises(LocalProtocolError, match="lacks"):
+            control.encode(short)
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        {"t": "list_files", "id": 1, "limit": 0},
+        {"t": "list_files", "id": 1, "limit": control.MAX_FILES_PAGE + 1},
+        {"t": "list_files", "id": 1, "limit": 5, "after": ""},
+        {"t": "file_list", "re": 1, "files": [], "more": 1},
+        {"t": "file_list", "re": 1, "files": [{"key": "k", "cid": CID, "size": 1}] * 257, "more": False},
+        {"t": "file_list", "re": 1, "files": [{"key": "k", "cid": "b3:x", "size": 1}], "more": False},
+    ],
+    ids=["limit 0", "limit over", "empty cursor", "more not bool", "too many files", "bad cid"],
+)
+def test_the_listing_messages_keep_their_bounds(d: dict[str, Any]) -> None:
+    with pytest.raises(LocalProtocolError):
+        control.encode(d)
+
+
 def test_messages_are_frozen_and_slotted() -> None:
     for msg in EXAMPLES:
         assert not hasattr(msg, "__dict__")
@@ -180,6 +217,9 @@ def test_times_come_back_as_floats(msg: m.Delete, n: int) -> None:
         (m.Pex(()), {}, {"t": "pex", "peers": []}),
         (m.Ping(), {"id": 0}, {"t": "ping", "id": 0}),
         (m.Error(9, "x"), {"re": 0}, {"t": "error", "re": 0, "code": 9, "reason": "x"}),
+        (m.ListFiles(5), {"id": 1}, {"t": "list_files", "id": 1, "limit": 5}),
+        (m.ListFiles(5, "k"), {"id": 1}, {"t": "list_files", "id": 1, "limit": 5, "after": "k"}),
+        (m.FileList((), False), {"re": 2}, {"t": "file_list", "re": 2, "files": [], "more": False}),
     ],
     ids=lambda v: type(v).__name__ if dataclasses.is_dataclass(v) else None,
 )
@@ -268,6 +308,7 @@ def test_check_reply_passes_the_right_kinds_and_blames_the_peer_for_the_rest(req
         m.Ping: {m.Pong},
         m.WhoHas: {m.Have},
         m.Holds: {m.Held},
+        m.ListFiles: {m.FileList},
     }
     expected = special.get(type(request_), {m.Ok}) | {m.Error}
     for reply in (msg for msg in EXAMPLES if m.is_reply(msg)):
