@@ -127,8 +127,10 @@ class Config(NamedTuple):
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
     gossip_interval: float = 30.0
-    # replication: copies a store places (all = every connected peer, as the original system does)
-    replicas: int | None = None
+    # replication: copies a store places besides its own, picked by rendezvous hashing; all = every
+    # connected peer, as the original system does. 2 (3 copies in all, as Garage, Ceph and HDFS keep by
+    # default) survives the loss of any two holders while a 50-node network stores 3 copies, not 50.
+    replicas: int | None = 2
     # largest object this node accepts from a peer (none = only free space limits it)
     max_object: int | None = None
     # how long a delete is remembered, so a peer that was offline cannot bring the file back

@@ -73,7 +73,7 @@ TIERS: dict[str, tuple[str, Any, str, Any, Any]] = {
     "data_dir": ("/srv/from-flag", "/srv/from-flag", "/srv/from-file", "/srv/from-file", "HOME/.p2p"),
     "db": ("/srv/flag.db", "/srv/flag.db", "/srv/file.db", "/srv/file.db", None),
     "master_key_file": ("/k/flag.key", "/k/flag.key", "/k/file.key", "/k/file.key", None),
-    "replicas": ("2", 2, "3", 3, None),
+    "replicas": ("1", 1, "3", 3, 2),
     "max_object": ("1M", 1 << 20, "2k", 2048, None),
     "max_streams": ("4", 4, "8", 8, 16),
     "handshake_timeout": ("2.5", 2.5, "7", 7.0, 10.0),
@@ -127,7 +127,7 @@ def test_all_defaults_without_any_file(home: Path) -> None:
     assert set(cfg.sources.values()) == {"default"}
     assert cfg.data_dir == str(home / ".p2p")
     assert cfg.listen == ":3000" and cfg.bootstrap == () and cfg.log_level == "warning"
-    assert cfg.db is None and cfg.replicas is None and cfg.max_object is None and cfg.metrics_listen is None
+    assert cfg.db is None and cfg.replicas == 2 and cfg.max_object is None and cfg.metrics_listen is None
 
 
 def test_default_file_is_read_when_present(home: Path) -> None:
@@ -305,7 +305,7 @@ def test_unset_env_var_in_path_is_an_error(
 
 
 # -- 3. every error path: one ConfigError line naming FILE:LINE ---------------------------------------------
-POSITIVE_INT_KEYS = ["max_streams", "max_connections", "max_pre_handshake"]
+POSITIVE_INT_KEYS = ["max_streams", "max_connections", "max_pre_handshake", "repair_concurrency"]
 SECONDS_KEYS = [
     "handshake_timeout",
     "idle_timeout",
@@ -313,6 +313,8 @@ SECONDS_KEYS = [
     "tombstone_grace",
     "connect_timeout",
     "shutdown_timeout",
+    "repair_interval",
+    "repair_grace",
 ]
 BAD_VALUES: list[tuple[str, str]] = [
     ("listen", "127.0.0.1"),  # no port
@@ -342,6 +344,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_object", "M"),
     ("max_object", "1.2.3M"),
     ("max_object", "5kg"),
+    ("repair_bandwidth", "0"),
+    ("repair_bandwidth", "fast"),
     ("replicas", "0"),
     ("replicas", "-1"),
     ("replicas", "two"),
@@ -501,12 +505,16 @@ max_pre_handshake=2
 handshake_timeout=0.25
 idle_timeout=1e-3
 gossip_interval=45
-replicas=2
+replicas=4
 max_object=1.5G
 tombstone_grace=3600
 connect_timeout=0.5
 metrics_listen=:9464
 shutdown_timeout=12.75
+repair_interval=90
+repair_grace=15.5
+repair_bandwidth=8M
+repair_concurrency=3
 """
 
 
@@ -561,7 +569,7 @@ def test_show_spells_unset_values(home: Path) -> None:
     assert shown["db"] == str(home / ".p2p" / "p2p.db")
     assert shown["master_key_file"] == str(home / ".p2p" / "master.key")
     assert shown["network_key_file"] == str(home / ".p2p" / "network.key")
-    assert shown["replicas"] == "all" and shown["max_object"] == "none" and shown["metrics_listen"] == "off"
+    assert shown["replicas"] == "2" and shown["max_object"] == "none" and shown["metrics_listen"] == "off"
     assert shown["bootstrap"] == ""
 
 
@@ -593,7 +601,7 @@ def test_cli_show_json(tmp_path: Path) -> None:
     assert out["bootstrap"] == {"value": ["h1:3000", "h2:3001"], "source": f"{conf}:4"}
     assert out["data_dir"] == {"value": str(tmp_path / ".p2p"), "source": "default"}
     assert out["db"] == {"value": str(tmp_path / ".p2p" / "p2p.db"), "source": "default"}
-    assert out["replicas"] == {"value": None, "source": "default"}  # all: every connected peer
+    assert out["replicas"] == {"value": 2, "source": "default"}  # 3 copies: this node's and 2 more
     others = set(ALL_KEYS) - {"listen", "log_level", "bootstrap"}
     assert {k: out[k]["source"] for k in others} == dict.fromkeys(others, "default")
 
@@ -637,14 +645,16 @@ def test_cli_show_json_values_are_typed(tmp_path: Path) -> None:
     assert type(out["max_streams"]) is int and type(out["gossip_interval"]) is float
     assert out["metrics_listen"] == ":9464" and out["bootstrap"] == []
     unset = {k: v["value"] for k, v in show_json(tmp_path).items()}
-    assert unset["replicas"] is None and unset["max_object"] is None and unset["metrics_listen"] is None
+    assert unset["replicas"] == 2 and unset["max_object"] is None and unset["metrics_listen"] is None
     assert unset["network_key_file"] == str(tmp_path / ".p2p" / "network.key")
 
 
 def spelled(key: str, value: Any) -> str:
     """A typed `config show --json` value as the table (and the config file) spells it."""
     if value is None:
-        return {"replicas": "all", "max_object": "none", "metrics_listen": "off"}[key]
+        return {"replicas": "all", "max_object": "none", "metrics_listen": "off", "repair_bandwidth": "none"}[
+            key
+        ]
     return ",".join(value) if isinstance(value, list) else str(value)
 
 

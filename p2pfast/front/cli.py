@@ -722,6 +722,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             peers_connected=0,
             in_flight=0,
             draining=False,
+            repair=None,  # passes run in the daemon
         )
     if args.json:
         _print_json(s)

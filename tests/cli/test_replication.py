@@ -185,6 +185,8 @@ def test_get_on_a_fresh_node_fetches_from_a_holder(tmp_path: Path) -> None:
 # -- 3. delete everywhere, and on a node that was offline --------------------------------------------------
 def test_delete_reaches_every_node_and_an_offline_one_after_restart(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, 5)
+    for n in nodes:  # every node holds a copy: the delete must reach each (the default places 2)
+        (n.root / "config").write_text("replicas = all\n")
     a, b, c, d, e = nodes
     src = source(tmp_path / "src", SMALL, seed=3)
     with running(nodes):
