@@ -139,6 +139,10 @@ class Config(NamedTuple):
     metrics_listen: str | None = None
     # on SIGTERM, how long transfers in flight may take to finish before they are aborted
     shutdown_timeout: float = 30.0
+    # the background scrub (node/scrub.py): every local object read back and verified once per
+    # scrub_period, at most scrub_bandwidth bytes a second (none: unthrottled); docs/operations.md
+    scrub_bandwidth: int | None = 32 << 20
+    scrub_period: float = 30 * 86400.0
     sources: Mapping[str, str] = _NO_SOURCES  # key -> "flag" | "file:LINE" | "default"
 
 
@@ -164,6 +168,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "connect_timeout": _seconds,
     "metrics_listen": _optional_listen,
     "shutdown_timeout": _seconds,
+    "scrub_bandwidth": _size,
+    "scrub_period": _seconds,
 }
 
 
@@ -274,6 +280,8 @@ HELP: dict[str, str] = {
     "connect_timeout": "seconds a command with no daemon waits for its peers",
     "metrics_listen": "[HOST]:PORT of the Prometheus listener, or off (:9464 binds 127.0.0.1 only)",
     "shutdown_timeout": "seconds transfers in flight get to finish after SIGTERM",
+    "scrub_bandwidth": "bytes a second the background scrub reads at most (32M, none: unthrottled)",
+    "scrub_period": "seconds between the starts of two scrub passes (2592000: 30 days)",
 }
 
 
@@ -308,6 +316,7 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
         "replicas": "all",
         "max_object": "none",
         "metrics_listen": "off",
+        "scrub_bandwidth": "none",
     }
     rows = []
     for name in PARSERS:

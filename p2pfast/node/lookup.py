@@ -38,3 +38,20 @@ async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
     shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
     holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
     return cid, holders
+
+
+async def holders_of(ctx: Context, cid: str) -> list[Session]:
+    """The connected peers that say they hold the object `cid` (`who_has` by content id), those `shares`
+    records as holders first; empty when none does or no peer is connected."""
+    sessions = list(ctx.peers.sessions.values())
+
+    async def ask(s: Session) -> m.Have | None:
+        try:
+            return await s.request(m.WhoHas(cid=cid), timeout=LOOKUP_TIMEOUT)
+        except (P2PError, TimeoutError):
+            return None
+
+    replies = await asyncio.gather(*(ask(s) for s in sessions))
+    holders = [s for s, r in zip(sessions, replies, strict=True) if r is not None and r.cid == cid]
+    shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)} if holders else set()
+    return sorted(holders, key=lambda s: s.peer_id not in shared)

@@ -35,6 +35,7 @@ from p2pfast.node.executors import Executors
 from p2pfast.node.membership import Membership
 from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
 from p2pfast.node.router import Router
+from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
 from p2pfast.node.sources import Sink, Source
 from p2pfast.node.storing import Storing
 from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
@@ -62,6 +63,8 @@ class Node:
         replicas: int | None = None,
         tombstone_grace: float = TOMBSTONE_GRACE,
         max_object: int | None = None,
+        scrub_bandwidth: int | None = SCRUB_BANDWIDTH,
+        scrub_period: float = SCRUB_PERIOD,
     ) -> None:
         self.layout = layout
         self.replicas = replicas  # None: every connected peer, as the original system does
@@ -95,6 +98,8 @@ class Node:
         self.tombstones: Tombstones | None = None
         self.storing: Storing | None = None
         self.router: Router | None = None
+        self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
+        self.scrub: Scrub | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -146,6 +151,11 @@ class Node:
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
+        # The background scrub (scrub.py) runs in the daemon; a CLI command's short-lived node only
+        # runs `scrub --now` when asked.
+        self.scrub = Scrub(ctx, self.scrub_bandwidth, self.scrub_period)
+        if self.listen is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.scrub.run()))
         return addr
 
     def stop(self) -> None:
@@ -246,6 +256,8 @@ class Node:
             "peers_connected": len(self.peers.sessions),
             "in_flight": len(self._work),
             "draining": self.draining,
+            # (the file's, read with the repo, until the scrub has loaded its state)
+            "scrub": base["scrub"] if self.scrub is None or self.scrub.state is None else self.scrub.status(),
         }
 
     @property
@@ -280,6 +292,11 @@ class Node:
         """Write the verified plaintext of `key` to `sink`, from the local copy or the network."""
         return await getting.get(self._started(), key, sink, progress, keep)
 
+    async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
+        """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""
+        assert self.scrub is not None, "Node.start() first"
+        return await self.scrub.now(progress)
+
     async def delete(self, key: str) -> DeleteReport:
         assert self.tombstones is not None, "Node.start() first"
         return await self.tombstones.delete(key)
@@ -305,6 +322,8 @@ class Node:
     async def _on_ready(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_ready(session)
+        if self.scrub is not None:
+            self.scrub.peer_ready()  # it may hold a good copy of what the scrub could not repair
 
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:
