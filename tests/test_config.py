@@ -313,6 +313,7 @@ SECONDS_KEYS = [
     "tombstone_grace",
     "connect_timeout",
     "shutdown_timeout",
+    "scrub_period",
 ]
 BAD_VALUES: list[tuple[str, str]] = [
     ("listen", "127.0.0.1"),  # no port
@@ -342,6 +343,9 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_object", "M"),
     ("max_object", "1.2.3M"),
     ("max_object", "5kg"),
+    ("scrub_bandwidth", "0"),
+    ("scrub_bandwidth", "fast"),
+    ("scrub_bandwidth", "-32M"),
     ("replicas", "0"),
     ("replicas", "-1"),
     ("replicas", "two"),
@@ -507,6 +511,8 @@ tombstone_grace=3600
 connect_timeout=0.5
 metrics_listen=:9464
 shutdown_timeout=12.75
+scrub_bandwidth=16M
+scrub_period=86400
 """
 
 
@@ -523,7 +529,7 @@ def round_trip_configs(tmp_path: Path) -> Iterator[config.Config]:
     yield load_text(tmp_path, FULL_FILE.format(root=tmp_path))
     yield load_text(
         tmp_path,
-        "replicas=all\nmax_object=none\nbootstrap=\n",
+        "replicas=all\nmax_object=none\nbootstrap=\nscrub_bandwidth=none\n",
         {"listen": "127.0.0.1:1", "data_dir": str(tmp_path / "d"), "log_level": "error"},
     )
 
