@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import error_lines, file_hash, object_files, pattern, run_cli
+from nodetools import cli_argv, cli_env, error_lines, file_hash, killing, object_files, pattern, run_cli
 
+from p2pfast.front import ctl
 from p2pfast.store import segments
 
 SEG = segments.SEGMENT_SIZE
@@ -206,3 +207,51 @@ def test_the_background_pass_runs_every_scrub_period_and_repairs(tmp_path: Path)
         flip_byte(a, 32 + SEG + 100)
         wait_until(lambda: f"event=scrub_repaired cid={stored['cid']}" in a.log(), 30, "the repair", [a, b])
         assert ok(cli(a, "scrub", "--now", "--json"), [a, b])["bad"] == 0  # the repaired copy verifies
+
+
+# -- 4. progress, a graceful stop, and the pass resumed ----------------------------------------------------
+def test_scrub_now_reports_progress_in_phase_scrub(tmp_path: Path) -> None:
+    (a,) = make_nodes(tmp_path, 1)
+    sizes = [3 * SEG + 1, SEG, 0]  # an empty object is read (and its one segment checked) too
+    for i, size in enumerate(sizes):
+        ok(cli(a, "store", f"k{i}", source(tmp_path / f"s{i}", size, seed=40 + i), "--json"))
+    with running([a]):
+        a.start()
+        events: list[dict[str, Any]] = []
+        r = ctl.call(
+            a.root / ctl.SOCKET_NAME,
+            {"cmd": "scrub", "now": True, "progress": True},
+            on_progress=events.append,
+        )
+        assert r["checked"] == 3 and r["bytes_checked"] == sum(sizes)
+        assert {e["phase"] for e in events} == {"scrub"}
+        assert events[0] == {"phase": "scrub", "done": 0, "total": sum(sizes), "peers": 1}
+        assert events[-1]["done"] == sum(sizes)
+
+
+def test_a_graceful_stop_ends_the_pass_between_objects_and_the_next_start_resumes_it(tmp_path: Path) -> None:
+    (a,) = make_nodes(tmp_path, 1)
+    n = 4
+    for i in range(n):
+        ok(cli(a, "store", f"k{i}", source(tmp_path / f"s{i}", 2 * SEG, seed=50 + i), "--json"))
+    # 1 MiB/s: each object takes about 2 s to read, the pass about 8 s
+    (a.root / "config").write_text("scrub_bandwidth = 1M\n")
+    with running([a]):
+        a.start()
+        argv = cli_argv("scrub", "--now", "--data-dir", a.root)
+        scrubbing = subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with killing(scrubbing):
+            wait_until(lambda: "event=scrub_start" in a.log(), 30, "the pass to start", [a])
+            assert a.stop() == 0  # SIGTERM: the object being read finishes, the pass stops after it
+            _out, err = scrubbing.communicate(timeout=60)
+        assert scrubbing.returncode == 10, err
+        assert err.decode().startswith(
+            "p2pfast: peer unavailable: the node is shutting down: the scrub stopped"
+        )
+        state = json.loads((a.root / "scrub.json").read_bytes())
+        assert state["last"] is None and 0 < state["current"]["checked"] < n, state  # its place is kept
+        (a.root / "config").write_text("scrub_bandwidth = none\n")
+        a.start()  # an unfinished pass is due at once: resumed in the background from its place
+        wait_until(lambda: "event=scrub_resume" in a.log(), 30, "the pass to resume", [a])
+        wait_until(lambda: scrub_status(a)["last_pass_ended_at"] is not None, 30, "the resumed pass", [a])
+        assert scrub_status(a)["checked"] == n  # the objects before the stop and those after it, once each
