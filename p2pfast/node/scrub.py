@@ -302,10 +302,11 @@ class Scrub:
                             state.unrepaired.remove(cid)  # gone, or repaired meanwhile (a get)
                         elif await self._repair(cid):
                             state.unrepaired.remove(cid)
-                except (PeerUnavailable, NotFound):
+                except NotFound:
+                    state.unrepaired.remove(cid)  # deleted meanwhile
+                except PeerUnavailable:
                     if self.ctx.draining():
                         return
-                    continue
             await self._save()
 
     # -- a pass --------------------------------------------------------------------------------------
@@ -441,7 +442,11 @@ class Scrub:
             log.info("event=scrub_unrepaired cid=%s reason=%s", cid, "no connected peer holds it")
             return False
         raw = await ctx.ex.db(_key_naming, ctx, cid)
-        upload = await ctx.ex.db(ctx.store.begin, raw)
+        try:
+            upload = await ctx.ex.db(ctx.store.begin, raw)
+        except P2PError as exc:  # no room for the new copy (disk full), say: the bad one stays
+            log.warning("event=scrub_repair_failed cid=%s error=%r", cid, str(exc))
+            return False
         try:
             _size, served = await fetch.fetch(holders, cid, _DiscardAsync(), ctx.ex, None, upload)
             await ctx.ex.db(upload.finish_repair, cid)
