@@ -152,6 +152,8 @@ def test_a_corrupt_sole_holder_is_kept_and_reported_then_repaired_once_a_peer_ha
         assert text.stderr.decode().startswith("p2pfast: integrity check failed: 1 bad copy kept")
         assert a.log().count("event=scrub_bad_copy") == 1
         assert path.read_bytes() == bad_bytes
+        bad_get = cli(a, "get", "only", "-o", tmp_path / "bad-out")  # no peer to repair it from either
+        assert bad_get.returncode == 4 and not (tmp_path / "bad-out").exists(), bad_get.stderr
 
         # B comes (A's retry on its connect finds no copy on it), then stores the same content itself:
         # now a good copy exists elsewhere
