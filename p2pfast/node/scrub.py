@@ -255,6 +255,8 @@ class Scrub:
             if self.ctx.draining():
                 return
             async with self._lock:
+                if state.due(self.period) > time.time():
+                    continue  # a `scrub --now` ran while this waited for the lock: it was the pass
                 task = self._pass = asyncio.ensure_future(self._run_pass(None, resume=True))
                 try:
                     await asyncio.wait([task])  # not `await`: a pass cancelled by --now is not our end

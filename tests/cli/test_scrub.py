@@ -6,6 +6,7 @@ runs on its own at `scrub_period`; the state survives a restart."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -257,3 +258,28 @@ def test_a_graceful_stop_ends_the_pass_between_objects_and_the_next_start_resume
         wait_until(lambda: "event=scrub_resume" in a.log(), 30, "the pass to resume", [a])
         wait_until(lambda: scrub_status(a)["last_pass_ended_at"] is not None, 30, "the resumed pass", [a])
         assert scrub_status(a)["checked"] == n  # the objects before the stop and those after it, once each
+
+
+def test_scrub_now_stands_in_for_a_background_pass_under_way(tmp_path: Path) -> None:
+    """An unreadable scrub.json makes a pass due at once, so the daemon starts one as it starts; `scrub
+    --now` stops it at its next object and runs the whole pass itself, which then counts as the period's
+    pass: no other starts after it."""
+    (a,) = make_nodes(tmp_path, 1)
+    n = 3
+    for i in range(n):
+        ok(cli(a, "store", f"k{i}", source(tmp_path / f"s{i}", SEG, seed=60 + i), "--json"))
+    (a.root / "config").write_text("scrub_bandwidth = 1M\n")  # about 1 s an object
+    (a.root / "scrub.json").write_bytes(b"\x00 not json")
+    with running([a]):
+        a.start()
+        wait_until(lambda: "event=scrub_start" in a.log(), 30, "the background pass", [a])
+        assert "event=scrub_state_unreadable" in a.log()
+        r = ok(cli(a, "scrub", "--now", "--json"), [a])
+        assert (r["checked"], r["bytes_checked"], r["bad"]) == (n, n * SEG, 0)  # every object, from the first
+        s = scrub_status(a)
+        assert s["running"] is False and s["checked"] == n, s
+        assert a.log().count("event=scrub_start") == 2 and a.log().count("event=scrub_done") == 1
+        due = datetime.datetime.fromisoformat(s["next_due_at"]) - datetime.datetime.fromisoformat(
+            s["last_pass_started_at"]
+        )
+        assert due == datetime.timedelta(days=30)
