@@ -146,6 +146,10 @@ class Config(NamedTuple):
     repair_grace: float = 300.0
     repair_bandwidth: int | None = 32 << 20
     repair_concurrency: int = 2
+    # the background scrub (node/scrub.py): every local object read back and verified once per
+    # scrub_period, at most scrub_bandwidth bytes a second (none: unthrottled); docs/operations.md
+    scrub_bandwidth: int | None = 32 << 20
+    scrub_period: float = 30 * 86400.0
     sources: Mapping[str, str] = _NO_SOURCES  # key -> "flag" | "file:LINE" | "default"
 
 
@@ -175,6 +179,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "repair_grace": _seconds,
     "repair_bandwidth": _size,
     "repair_concurrency": _positive_int,
+    "scrub_bandwidth": _size,
+    "scrub_period": _seconds,
 }
 
 
@@ -289,6 +295,8 @@ HELP: dict[str, str] = {
     "repair_grace": "seconds a member may be gone before its copies stop counting (and are re-made)",
     "repair_bandwidth": "bytes per second repair copies may send, all replicas together (32M, none)",
     "repair_concurrency": "objects a repair pass copies at once",
+    "scrub_bandwidth": "bytes a second the background scrub reads at most (32M, none: unthrottled)",
+    "scrub_period": "seconds between the starts of two scrub passes (2592000: 30 days)",
 }
 
 
@@ -324,6 +332,7 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
         "max_object": "none",
         "metrics_listen": "off",
         "repair_bandwidth": "none",
+        "scrub_bandwidth": "none",
     }
     rows = []
     for name in PARSERS:

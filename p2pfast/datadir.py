@@ -7,6 +7,7 @@ DATA_DIR/
   network.key     the network's 32-byte key (the Noise PSK), mode 0600 (or network_key_file elsewhere)
   node.json       pid and listen address of the serving process, once it answers on ctl.sock, while it runs
   p2p.db          the repo (SQLite, WAL)
+  scrub.json      the scrub's schedule, last pass and unrepaired copies (node/scrub.py)
   lock            flock()ed by the one process that may write this data dir
   objects/        encrypted objects, sharded by an HMAC of their content id
   objects/tmp/    temp files of writes in progress; removed at open

@@ -10,3 +10,11 @@ def iec(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
+
+
+def rfc3339(t: float) -> str:
+    """Unix seconds as RFC 3339 in UTC, to the millisecond (docs/cli.md, "Times"): the `*_at` fields."""
+    import datetime  # only where a time is shown: a command that prints none does not pay for it
+
+    when = datetime.datetime.fromtimestamp(t, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

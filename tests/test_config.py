@@ -315,6 +315,7 @@ SECONDS_KEYS = [
     "shutdown_timeout",
     "repair_interval",
     "repair_grace",
+    "scrub_period",
 ]
 BAD_VALUES: list[tuple[str, str]] = [
     ("listen", "127.0.0.1"),  # no port
@@ -346,6 +347,9 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_object", "5kg"),
     ("repair_bandwidth", "0"),
     ("repair_bandwidth", "fast"),
+    ("scrub_bandwidth", "0"),
+    ("scrub_bandwidth", "fast"),
+    ("scrub_bandwidth", "-32M"),
     ("replicas", "0"),
     ("replicas", "-1"),
     ("replicas", "two"),
@@ -515,6 +519,8 @@ repair_interval=90
 repair_grace=15.5
 repair_bandwidth=8M
 repair_concurrency=3
+scrub_bandwidth=16M
+scrub_period=86400
 """
 
 
@@ -531,7 +537,7 @@ def round_trip_configs(tmp_path: Path) -> Iterator[config.Config]:
     yield load_text(tmp_path, FULL_FILE.format(root=tmp_path))
     yield load_text(
         tmp_path,
-        "replicas=all\nmax_object=none\nbootstrap=\n",
+        "replicas=all\nmax_object=none\nbootstrap=\nscrub_bandwidth=none\n",
         {"listen": "127.0.0.1:1", "data_dir": str(tmp_path / "d"), "log_level": "error"},
     )
 

@@ -314,6 +314,8 @@ def _make_node(args: argparse.Namespace, listen: str | None, bootstrap: Sequence
         tombstone_grace=cfg.tombstone_grace,
         max_object=cfg.max_object,
         repair=_repair_settings(cfg),
+        scrub_bandwidth=cfg.scrub_bandwidth,
+        scrub_period=cfg.scrub_period,
     )
 
 
@@ -507,7 +509,7 @@ def _network(
     sock = _layout(args).root / ctl.SOCKET_NAME
     # Events only for a terminal, and not for a store known to be small (a get learns its size later).
     bars = None
-    if request["cmd"] in ("store", "get") and sys.stderr.isatty():
+    if request["cmd"] in ("store", "get", "scrub") and sys.stderr.isatty():
         bars = _Bars() if total is None or total >= PROGRESS_MIN_BYTES else None
     request = {**request, "progress": bars is not None}
     try:
@@ -687,6 +689,70 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0  # the pass ran; what it could not copy is in its report (and in status)
 
 
+def cmd_scrub(args: argparse.Namespace) -> int:
+    if not args.now:
+        return _scrub_state(args)
+    r = _network(args, {"cmd": "scrub", "now": True}, [])
+    if args.json:
+        _print_json(r)
+    else:
+        print(
+            f"scrubbed {r['checked']} object{'s' if r['checked'] != 1 else ''} "
+            f"({human(r['bytes_checked'])}) in {r['duration_s']:.1f} s: {r['bad']} bad, "
+            f"{r['repaired']} repaired, {r['unrepaired']} unrepaired"
+        )
+    if r["unrepaired"]:
+        from p2pfast.errors import IntegrityError
+
+        n = r["unrepaired"]
+        cids = ", ".join(c[:15] + "…" for c in r["unrepaired_cids"][:5]) + (", …" if n > 5 else "")
+        raise IntegrityError(
+            f"{n} bad cop{'ies' if n != 1 else 'y'} kept: no connected peer has a good copy to repair "
+            f"{'them' if n != 1 else 'it'} from ({cids}); tried again when a peer connects and on the "
+            "next pass"
+        )
+    return 0
+
+
+def _scrub_state(args: argparse.Namespace) -> int:
+    """`scrub` without --now: the scrub's state, from the daemon, else from DATA_DIR/scrub.json."""
+    from p2pfast.front import ctl
+
+    layout = _layout(args)
+    try:
+        s = ctl.call(layout.root / ctl.SOCKET_NAME, {"cmd": "scrub", "now": False}, timeout=STATUS_TIMEOUT)
+    except ctl.DaemonNotRunning:
+        _setup_logging(args)
+        from p2pfast.node import scrub
+
+        with _open_repo(args):  # an initialised data dir of this master key, or the one error line
+            s = scrub.report_of_file(layout)
+    if args.json:
+        _print_json(s)
+        return 0
+    for line in _scrub_lines(s):
+        print(line)
+    return 0
+
+
+def _scrub_lines(s: dict[str, Any]) -> list[str]:
+    """The scrub's state for people (`scrub`, `status`)."""
+    if s["last_pass_started_at"] is None:
+        last = "no pass yet"
+    else:
+        ended = "-" if s["last_pass_ended_at"] is None else _when(s["last_pass_ended_at"])
+        last = (
+            f"{_when(s['last_pass_started_at'])} to {ended}: {s['checked']} object"
+            f"{'s' if s['checked'] != 1 else ''} "
+            f"({human(s['bytes_checked'])}) checked, {s['bad']} bad, {s['repaired']} repaired"
+        )
+    lines = [f"last pass: {last}" + ("  (a pass is running)" if s["running"] else "")]
+    lines.append(f"unrepaired: {s['unrepaired']}")
+    lines += [f"  {cid}" for cid in s["unrepaired_cids"]]
+    lines.append(f"next pass due: {'-' if s['next_due_at'] is None else _when(s['next_due_at'])}")
+    return lines
+
+
 def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -758,6 +824,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             ),
         ]
     )
+    print("==== SCRUB ====")
+    for line in _scrub_lines(s["scrub"]):
+        print(line)
     if s["quarantined"]:
         print(
             f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
@@ -1020,6 +1089,14 @@ def _cmd_repair(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_repair)
 
 
+def _cmd_scrub(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("scrub", parents=[common], help="the background scrub's state; --now runs a pass")
+    s.add_argument("--now", action="store_true", help="read back and verify every object now, repairing")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s.set_defaults(func=cmd_scrub)
+
+
 def _cmd_shares(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
     s.add_argument("--json", action="store_true")
@@ -1081,6 +1158,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
     "get": _cmd_get,
     "delete": _cmd_delete,
     "repair": _cmd_repair,
+    "scrub": _cmd_scrub,
     "shares": _cmd_shares,
     "files": _cmd_files,
     "status": _cmd_status,
@@ -1101,7 +1179,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
 # Commands that ask a running daemon first. Through the daemon nothing in this process logs, so they set
 # up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
 # one; every other command gets it at once, in main().
-ASKS_DAEMON_FIRST = frozenset({"status", "files", "peers", "shares", "store", "get", "delete", "repair"})
+ASKS_DAEMON_FIRST = frozenset(
+    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
     repair  {}                          one repair pass now: its report (node/repair.py Report)
     network_files  {}                   every file of this node and its connected members, merged
                                         (node/listing.py's NetworkListing: files, member_count, unanswered)
+    scrub   {"now": bool}               now: one scrub pass (progress phase `scrub`), its ScrubReport;
+                                        else the scrub's state, status's `scrub` object
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -123,10 +125,25 @@ async def execute(
     if cmd == "network_files":
         with node.working("files --network"):
             return dataclasses.asdict(await node.network_files())
+    if cmd == "scrub":
+        return await _scrub(node, request, progress)
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):
         return await _timed(node, str(cmd), request, fds, progress)
+
+
+async def _scrub(node: Node, request: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+    """A pass is not work in flight as a whole: it marks each object it reads (scrub.py), so a drain
+    waits for one object at most, and this command ends with the pass's 'shutting down' line."""
+    if request.get("now") is not True:
+        return dict((await node.status())["scrub"])
+    meter = _Meter(progress if request.get("progress") is True else None)
+    try:
+        return dataclasses.asdict(await node.scrub_now(meter))
+    except asyncio.CancelledError:
+        meter.gone = True  # a read already on the DB thread stops at its next count
+        raise
 
 
 async def _timed(

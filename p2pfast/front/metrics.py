@@ -115,6 +115,24 @@ class NodeCollector(Collector):
         )
         for name, doc, key in gauges:
             yield GaugeMetricFamily(f"p2pfast_{name}", doc, value=status[key])
+        scrub = status["scrub"]  # the last finished pass (node/scrub.py); unrepaired: as of now
+        for name, doc, key in (
+            ("checked_objects", "Objects the last scrub pass read back and verified.", "checked"),
+            ("bad_objects", "Local copies the last scrub pass found bad.", "bad"),
+            ("repaired_objects", "Bad copies the last scrub pass replaced from a peer.", "repaired"),
+            ("unrepaired_objects", "Bad copies kept because no peer had a good one yet.", "unrepaired"),
+            ("running", "1 while a scrub pass runs.", "running"),
+        ):
+            yield GaugeMetricFamily(f"p2pfast_scrub_{name}", doc, value=int(scrub[key]))
+        if scrub["last_pass_ended_at"] is not None:
+            import datetime
+
+            ended = datetime.datetime.fromisoformat(scrub["last_pass_ended_at"]).timestamp()
+            yield GaugeMetricFamily(
+                "p2pfast_scrub_last_pass_end_timestamp_seconds",
+                "When the last scrub pass finished (Unix time).",
+                value=ended,
+            )
         info = GaugeMetricFamily(
             "p2pfast_node_info", "The node's id and version.", labels=["node_id", "version"]
         )

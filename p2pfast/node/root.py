@@ -38,6 +38,7 @@ from p2pfast.node.repair import Repair
 from p2pfast.node.repair import Settings as RepairSettings
 from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
 from p2pfast.node.router import Router
+from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
 from p2pfast.node.sources import Sink, Source
 from p2pfast.node.storing import Storing
 from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
@@ -66,6 +67,8 @@ class Node:
         tombstone_grace: float = TOMBSTONE_GRACE,
         max_object: int | None = None,
         repair: RepairSettings | None = None,
+        scrub_bandwidth: int | None = SCRUB_BANDWIDTH,
+        scrub_period: float = SCRUB_PERIOD,
     ) -> None:
         self.layout = layout
         self.replicas = replicas  # None: every connected peer, as the original system does
@@ -101,6 +104,8 @@ class Node:
         self.storing: Storing | None = None
         self.repair: Repair | None = None
         self.router: Router | None = None
+        self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
+        self.scrub: Scrub | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -157,6 +162,11 @@ class Node:
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
         if self.listen is not None:  # a short-lived CLI node does not keep the network's copies
             self._tasks.append(asyncio.get_running_loop().create_task(self.repair.run()))
+        # The background scrub (scrub.py) runs in the daemon; a CLI command's short-lived node only
+        # runs `scrub --now` when asked.
+        self.scrub = Scrub(ctx, self.scrub_bandwidth, self.scrub_period)
+        if self.listen is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.scrub.run()))
         return addr
 
     def stop(self) -> None:
@@ -262,6 +272,8 @@ class Node:
             "peers_connected": len(self.peers.sessions),
             "in_flight": len(self._work),
             "draining": self.draining,
+            # (the file's, read with the repo, until the scrub has loaded its state)
+            "scrub": base["scrub"] if self.scrub is None or self.scrub.state is None else self.scrub.status(),
         }
 
     @property
@@ -296,6 +308,11 @@ class Node:
         """Write the verified plaintext of `key` to `sink`, from the local copy or the network."""
         return await getting.get(self._started(), key, sink, progress, keep)
 
+    async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
+        """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""
+        assert self.scrub is not None, "Node.start() first"
+        return await self.scrub.now(progress)
+
     async def delete(self, key: str) -> DeleteReport:
         assert self.tombstones is not None, "Node.start() first"
         return await self.tombstones.delete(key)
@@ -327,6 +344,8 @@ class Node:
             await self.membership.on_ready(session)
         if self.repair is not None and self.listen is not None:
             self.repair.on_ready(session)
+        if self.scrub is not None:
+            self.scrub.peer_ready()  # it may hold a good copy of what the scrub could not repair
 
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:

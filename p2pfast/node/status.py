@@ -12,6 +12,7 @@ from typing import Any
 
 from p2pfast.datadir import Layout
 from p2pfast.errors import StorageError
+from p2pfast.node import scrub
 from p2pfast.repo.repo import Repo
 
 
@@ -41,6 +42,7 @@ def of_repo(repo: Repo, layout: Layout, node_id: str, replicas: int | None) -> d
         "under_replicated": repo.count_under_replicated(target) if target else 0,
         "wal_bytes": repo.wal_size(),
         **quarantine(layout),
+        "scrub": scrub.report_of_file(layout),  # the running node reports its own (Node.status)
     }
 
 
