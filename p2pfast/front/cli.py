@@ -827,6 +827,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("==== SCRUB ====")
     for line in _scrub_lines(s["scrub"]):
         print(line)
+    if s.get("repair") is not None:
+        print("==== REPAIR ====")
+        for line in _repair_lines(s["repair"]):
+            print(line)
     if s["quarantined"]:
         print(
             f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
@@ -834,6 +838,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             "move them back under objects/ once the right p2p.db is restored, or delete them yourself"
         )
     return 0
+
+
+def _repair_lines(r: dict[str, Any]) -> list[str]:
+    """The repair service for people (`status`): the last pass, and the files still short of copies."""
+    last = r["last_pass"]
+    if last is None:
+        return [f"last pass: none yet (every {_duration(r['interval_s'])}; after a member joins or goes)"]
+    lines = [
+        f"last pass: {_when_unix(last['started_at'])} ({last['reason']}): {last['files']} files checked, "
+        f"{last['copies']} copies made ({human(last['bytes'])}), {last['failed']} failed"
+        + ("  (a pass is running)" if r["running"] else "")
+    ]
+    for f in last["still_under"]:
+        lines.append(f"  short: {_shown(f['key'])}  {f['copies']}/{f['target']} copies")
+    more = last["still_under_count"] - len(last["still_under"])
+    if more > 0:
+        lines.append(f"  … and {more} more")
+    return lines
+
+
+def _when_unix(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _duration(seconds: float) -> str:

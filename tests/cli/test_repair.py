@@ -122,6 +122,10 @@ def test_repair_command_reports_what_it_copied_and_a_deleted_file_stays_deleted(
         assert r.returncode == 0, r.stderr
         report = orjson.loads(r.stdout)
         assert report["objects"] == 2 and report["copies"] + report["left_to"] >= 1, report
+        shown = run_cli("status", "--data-dir", a.root).stdout.decode()
+        assert "==== REPAIR ====" in shown and "(command): 2 files checked" in shown, shown
+        text = run_cli("repair", "--data-dir", b.root)
+        assert text.returncode == 0 and text.stdout.startswith(b"repair: 2 objects checked"), text
         wait_until(
             lambda: holders([c], "kept") == {c.node_id} and holders([c], "doomed") == {c.node_id},
             30,

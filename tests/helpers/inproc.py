@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from p2pfast import identity
 from p2pfast.datadir import Layout, init
+from p2pfast.front.clientio import FdSource
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
 
@@ -61,3 +63,20 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
+
+
+def source(tmp: Path, size: int, seed: int = 1) -> Path:
+    """A file of `size` bytes of a pattern that depends on `seed`."""
+    path = tmp / f"src-{seed}-{size}"
+    rnd = bytes((i * 131 + seed) & 0xFF for i in range(4096))
+    path.write_bytes((rnd * (size // 4096 + 1))[:size])
+    return path
+
+
+async def store(node: Node, key: str, path: Path) -> Any:
+    """`node.put` of a file, through the fd adapter the control socket uses."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return await node.put(key, FdSource(fd))
+    finally:
+        os.close(fd)

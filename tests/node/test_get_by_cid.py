@@ -10,29 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import cluster, run, start_node
+from inproc import cluster, run, source, start_node, store
 
 from p2pfast.errors import BadInput, NotFound, PeerUnavailable
-from p2pfast.front.clientio import FdSink, FdSource
+from p2pfast.front.clientio import FdSink
 from p2pfast.node import Node
 from p2pfast.node.sources import BufferSink
 
 SEG = 1024 * 1024
-
-
-def source(tmp: Path, size: int, seed: int = 1) -> Path:
-    path = tmp / f"src-{seed}-{size}"
-    rnd = bytes((i * 131 + seed) & 0xFF for i in range(4096))
-    path.write_bytes((rnd * (size // 4096 + 1))[:size])
-    return path
-
-
-async def store(node: Node, key: str, path: Path) -> Any:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return await node.put(key, FdSource(fd))
-    finally:
-        os.close(fd)
 
 
 class Recorder:

@@ -11,29 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import cluster, run, start_node, wait_until
+from inproc import cluster, run, source, start_node, store, wait_until
 
 from p2pfast.errors import NotFound, PeerUnavailable
-from p2pfast.front.clientio import FdSink, FdSource
+from p2pfast.front.clientio import FdSink
 from p2pfast.node import Node, fetch, flow
 from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.proto import messages as m
 from p2pfast.store import contentid
-
-
-def source(tmp: Path, size: int, seed: int = 1) -> Path:
-    path = tmp / f"src-{seed}-{size}"
-    rnd = bytes((i * 131 + seed) & 0xFF for i in range(4096))
-    path.write_bytes((rnd * (size // 4096 + 1))[:size])
-    return path
-
-
-async def store(node: Node, key: str, path: Path) -> Any:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return await node.put(key, FdSource(fd))
-    finally:
-        os.close(fd)
 
 
 async def get(node: Node, key: str, out: Path, keep: bool = False) -> Any:
