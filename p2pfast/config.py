@@ -133,6 +133,9 @@ class Config(NamedTuple):
     replicas: int | None = 2
     # largest object this node accepts from a peer (none = only free space limits it)
     max_object: int | None = None
+    # the most plaintext bytes this node stores for its peers and users (none = only free space limits it);
+    # a full node refuses replicas with its reason, and the store moves on to the next-ranked peer
+    max_storage: int | None = None
     # how long a delete is remembered, so a peer that was offline cannot bring the file back
     tombstone_grace: float = 7 * 86400.0
     # how long a CLI command with no daemon waits for its embedded node to find its peers
@@ -171,6 +174,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "gossip_interval": _seconds,
     "replicas": _replicas,
     "max_object": _size,
+    "max_storage": _size,
     "tombstone_grace": _seconds,
     "connect_timeout": _seconds,
     "metrics_listen": _optional_listen,
@@ -287,6 +291,7 @@ HELP: dict[str, str] = {
     "gossip_interval": "seconds between peer exchanges",
     "replicas": "peers a store copies to: all, or N picked by rendezvous hashing",
     "max_object": "largest object accepted from a peer (512M, 2G, none)",
+    "max_storage": "most bytes this node stores in all (500G, 2T, none: only free space limits it)",
     "tombstone_grace": "seconds a delete is remembered",
     "connect_timeout": "seconds a command with no daemon waits for its peers",
     "metrics_listen": "[HOST]:PORT of the Prometheus listener, or off (:9464 binds 127.0.0.1 only)",
@@ -330,6 +335,7 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
         "network_key_file": str(root / "network.key"),
         "replicas": "all",
         "max_object": "none",
+        "max_storage": "none",
         "metrics_listen": "off",
         "repair_bandwidth": "none",
         "scrub_bandwidth": "none",

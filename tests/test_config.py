@@ -345,6 +345,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("max_object", "M"),
     ("max_object", "1.2.3M"),
     ("max_object", "5kg"),
+    ("max_storage", "0"),
+    ("max_storage", "lots"),
     ("repair_bandwidth", "0"),
     ("repair_bandwidth", "fast"),
     ("scrub_bandwidth", "0"),
@@ -511,6 +513,7 @@ idle_timeout=1e-3
 gossip_interval=45
 replicas=4
 max_object=1.5G
+max_storage=3T
 tombstone_grace=3600
 connect_timeout=0.5
 metrics_listen=:9464
@@ -658,9 +661,8 @@ def test_cli_show_json_values_are_typed(tmp_path: Path) -> None:
 def spelled(key: str, value: Any) -> str:
     """A typed `config show --json` value as the table (and the config file) spells it."""
     if value is None:
-        return {"replicas": "all", "max_object": "none", "metrics_listen": "off", "repair_bandwidth": "none"}[
-            key
-        ]
+        unset = {"replicas": "all", "max_object": "none", "metrics_listen": "off"}
+        return {**unset, "max_storage": "none", "repair_bandwidth": "none", "scrub_bandwidth": "none"}[key]
     return ",".join(value) if isinstance(value, list) else str(value)
 
 

@@ -313,6 +313,7 @@ def _make_node(args: argparse.Namespace, listen: str | None, bootstrap: Sequence
         replicas=cfg.replicas,
         tombstone_grace=cfg.tombstone_grace,
         max_object=cfg.max_object,
+        max_storage=cfg.max_storage,
         repair=_repair_settings(cfg),
         scrub_bandwidth=cfg.scrub_bandwidth,
         scrub_period=cfg.scrub_period,

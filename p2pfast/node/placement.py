@@ -19,9 +19,14 @@ def weight(cid: str, node_id: str) -> bytes:
     return blake3.blake3(f"{cid}/{node_id}".encode()).digest()
 
 
+def ranked(cid: str, sessions: Sequence[S]) -> list[S]:
+    """`sessions` best first for `cid`: the order a store or a repair tries them in."""
+    return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)
+
+
 def replica_set(cid: str, sessions: Sequence[S], replicas: int | None) -> list[S]:
     """The peers a new object goes to: every one (replicas None, as the original system does), or the
     `replicas` ranked highest for `cid`."""
     if replicas is None or replicas >= len(sessions):
         return list(sessions)
-    return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)[:replicas]
+    return ranked(cid, sessions)[:replicas]

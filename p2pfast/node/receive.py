@@ -53,7 +53,12 @@ FREE_RESERVE = 64 * 1024 * 1024
 
 
 async def receive(
-    session: Session, msg: m.Store, store: ContentStore, run: Run, max_object: int | None = None
+    session: Session,
+    msg: m.Store,
+    store: ContentStore,
+    run: Run,
+    max_object: int | None = None,
+    max_storage: int | None = None,
 ) -> m.Ok:
     """Serve a peer's "store": receive the plaintext, re-encrypt it with our keys, check the content id,
     commit (with the sender recorded as a holder), and only then reply ok."""
@@ -69,6 +74,13 @@ async def receive(
             raise LocalProtocolError(
                 f"object of {size} bytes is over this node's limit of {max_object}", wire.ErrorCode.REFUSED
             )
+        if max_storage is not None:
+            stored = await run(store.repo.stored_bytes)
+            if stored + size > max_storage and await run(store.repo.get_object, cid) is None:
+                raise DiskFull(
+                    f"this node stores at most {iec(max_storage)} (max_storage) and holds {iec(stored)}:"
+                    f" an object of {iec(size)} does not fit"
+                )
         free = _free_bytes(store.root, size)
         need = segments.file_size(size, store.segment_size) + FREE_RESERVE
         if need > free:

@@ -217,16 +217,19 @@ class Repair:
                 report.left_to += 1  # the holder ranked first for it makes the copies
                 continue
             lacking = [s for s in live.values() if s.peer_id in answered and s.peer_id not in holders]
-            chosen = placement.replica_set(cid, lacking, target - copies)
-            if chosen:
-                work.append((key, cid, size, chosen))
+            if lacking:
+                work.append((key, cid, size, placement.ranked(cid, lacking)))
         gate = asyncio.Semaphore(max(1, self.settings.concurrency))
 
-        async def copy(key: bytes, cid: str, size: int, to: list[Session]) -> None:
+        async def copy(key: bytes, cid: str, size: int, order: list[Session]) -> None:
             async with gate:
-                acked = await self._copy(key, cid, size, to, report)
-            cid, copies, holders = under[key]
-            under[key] = (cid, copies + len(acked), holders | acked)
+                # the best-ranked first; one that refuses (full) or fails is replaced by the next
+                while order and under[key][1] < target:
+                    need = target - under[key][1]
+                    to, order = order[:need], order[need:]
+                    acked = await self._copy(key, cid, size, to, report)
+                    _, copies, holders = under[key]
+                    under[key] = (cid, copies + len(acked), holders | acked)
 
         await asyncio.gather(*(copy(*w) for w in work))
         for key, (cid, copies, holders) in sorted(under.items()):

@@ -66,6 +66,7 @@ class Node:
         replicas: int | None = None,
         tombstone_grace: float = TOMBSTONE_GRACE,
         max_object: int | None = None,
+        max_storage: int | None = None,
         repair: RepairSettings | None = None,
         scrub_bandwidth: int | None = SCRUB_BANDWIDTH,
         scrub_period: float = SCRUB_PERIOD,
@@ -74,6 +75,7 @@ class Node:
         self.replicas = replicas  # None: every connected peer, as the original system does
         self.tombstone_grace = tombstone_grace
         self.max_object = max_object
+        self.max_storage = max_storage
         self.repair_settings = repair or RepairSettings()
         self.identity = identity
         self.node_id = identity.node_id
@@ -371,7 +373,7 @@ class Node:
         # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone), and a
         # repair copy is such a copy: receive() refuses it, and the sender hears of the delete.
         async def run() -> m.Ok:
-            return await receive.receive(session, msg, self.store, self.db, self.max_object)
+            return await receive.receive(session, msg, self.store, self.db, self.max_object, self.max_storage)
 
         try:
             return await self._transfer(session, "store", run, counted="receive")

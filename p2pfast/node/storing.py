@@ -72,7 +72,9 @@ class Storing:
             result = await ctx.ex.db(ctx.store.put_fd, key, source.file, progress)
         else:
             result = await self._put_stream(key, source, progress)
-        targets = placement.replica_set(result.cid, list(ctx.peers.sessions.values()), ctx.replicas)
+        order = placement.ranked(result.cid, list(ctx.peers.sessions.values()))
+        want = len(order) if ctx.replicas is None else min(ctx.replicas, len(order))
+        targets, spare = order[:want], order[want:]
         if progress is not None and targets:  # the second phase: what goes to the replicas
             progress.begin("replicate", result.size * len(targets), len(targets))
         outcome = StoreOutcome(result.cid, result.size)
@@ -88,6 +90,21 @@ class Storing:
                 progress,
                 outcome,
             )
+            # A replica that refused (full, over its limits) or failed: the next-ranked peers take its
+            # place, so the store still reaches its target when some members cannot hold it.
+            while len(outcome.acked) < want and spare:
+                more, spare = spare[: want - len(outcome.acked)], spare[want - len(outcome.acked) :]
+                await replicate(
+                    more,
+                    ctx.store,
+                    ctx.ex.db,
+                    result.key,
+                    result.cid,
+                    result.size,
+                    result.plaintext,
+                    progress,
+                    outcome,
+                )
         except asyncio.CancelledError:
             # Interrupted after the local copy is durable: the copies acknowledged so far count, and the
             # caller can say where the file is (the CLI with no daemon, on Ctrl-C).

@@ -255,6 +255,11 @@ class Repo:
         """All objects, ordered by cid."""
         return [ObjectRow(*r) for r in self._rows(f"SELECT {_OBJECT_COLS} FROM objects ORDER BY cid")]
 
+    def stored_bytes(self) -> int:
+        """The plaintext bytes of every object here (max_storage's measure)."""
+        (row,) = self._rows("SELECT coalesce(sum(size), 0) FROM objects")
+        return int(row[0])
+
     def held_files(self, files: Sequence[tuple[bytes, str]]) -> set[tuple[bytes, str]]:
         """Which of ``files`` (key, cid) are here: the key names that cid (a peer's `holds`)."""
         if not files:

@@ -12,12 +12,13 @@ from inproc import cluster, run, start_node, wait_until
 
 from p2pfast.errors import PeerUnavailable
 from p2pfast.node import placement
-from p2pfast.node.repair import _Pace
+from p2pfast.node.repair import Settings, _Pace
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
+from p2pfast.store import contentid
 
 
 def test_holds_answers_one_bit_per_file_in_order(tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ def test_a_file_short_of_copies_is_copied_by_the_first_ranked_holder_only(tmp_pa
             assert report.replicated_to == [b.node_id]  # only one peer: 2 copies of the 3 wanted
             c = await start_node(tmp_path / "c", [a.peers.listen_addr], replicas=2)
             try:
-                await wait_until(lambda: len(c.peers.sessions) == 2 and len(a.peers.sessions) == 2)
+                await wait_until(lambda: all(len(n.peers.sessions) == 2 for n in (a, b, c)))
                 first = max((a, b), key=lambda n: placement.weight(report.cid, n.node_id))
                 other = b if first is a else a
                 assert first.repair is not None and other.repair is not None
@@ -125,7 +126,7 @@ def test_a_pass_on_a_stopping_node_ends_with_peer_unavailable(tmp_path: Path) ->
             report = await a.put("x", BytesSource(b"x"))
             c = await start_node(tmp_path / "c", [a.peers.listen_addr], replicas=2)
             try:
-                await wait_until(lambda: len(c.peers.sessions) == 2)
+                await wait_until(lambda: all(len(n.peers.sessions) == 2 for n in (a, b, c)))
                 first = max((a, b), key=lambda n: placement.weight(report.cid, n.node_id))
                 assert first.repair is not None
                 first.draining = True  # it would copy x to c, but it is stopping
@@ -133,5 +134,52 @@ def test_a_pass_on_a_stopping_node_ends_with_peer_unavailable(tmp_path: Path) ->
                     await first.repair.pass_now("test")
             finally:
                 await c.close()
+
+    run(main())
+
+
+def cid_of(data: bytes) -> str:
+    seg = 1024 * 1024
+    parts = [data[i : i + seg] for i in range(0, len(data), seg)] or [b""]
+    return contentid.root(len(data), b"".join(contentid.leaf(p) for p in parts))
+
+
+def test_a_full_node_refuses_and_the_store_and_the_repair_move_on_to_the_next(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 400  # 100 KiB
+    cid = cid_of(data)
+
+    async def main() -> None:
+        now = Settings(grace=0.0)  # a member that goes stops counting at once
+        a = await start_node(tmp_path / "a", [], replicas=2, repair=now)
+        others = []
+        try:
+            for name in "bcd":
+                others.append(
+                    await start_node(tmp_path / name, [a.peers.listen_addr], replicas=2, repair=now)
+                )
+            await wait_until(lambda: all(len(n.peers.sessions) == 3 for n in [a, *others]))
+            full = max(others, key=lambda n: placement.weight(cid, n.node_id))  # ranked first for it
+            full.max_storage = 50_000  # smaller than the object: it must refuse
+            report = await a.put("big", BytesSource(data))
+            assert report.cid == cid and len(report.replicated_to) == 2, report
+            assert full.node_id not in report.replicated_to
+            assert "max_storage" in report.failed[full.node_id]
+            assert full.repo.get_file(b"big") is None
+            # one holder gone: the repair, too, passes over the full node and uses the last one
+            gone = next(n for n in others if n.node_id in report.replicated_to)
+            await gone.close()
+            others.remove(gone)
+            await wait_until(lambda: all(len(n.peers.sessions) == 2 for n in [a, *others]))
+            spare = next(n for n in others if n is not full)
+            assert spare.repo.get_file(b"big") is not None  # the other holder, still there
+            assert a.repair is not None and spare.repair is not None
+            first = max((a, spare), key=lambda n: placement.weight(cid, n.node_id))
+            assert first.repair is not None
+            done = await first.repair.pass_now("test")
+            assert done.still_under_count == 1 and done.copies == 0  # 2 copies; the only other is full
+            assert full.repo.get_file(b"big") is None
+        finally:
+            for n in [a, *others]:
+                await n.close()
 
     run(main())
