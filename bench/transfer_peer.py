@@ -28,6 +28,7 @@ from p2pfast.identity import node_id_of
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
 from p2pfast.net.session import Session
+from p2pfast.proto import messages as m
 from p2pfast.proto import noise
 
 CHUNK = 1 << 20
@@ -74,11 +75,12 @@ async def session_server() -> None:
     served: list[Session] = []
     cpu: list[float] = []
 
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
+        assert isinstance(msg, m.Get)
         served.append(session)
         cpu.append(_cpu())
-        stream = session.stream(msg["sid"])
-        left = msg["length"]
+        stream = session.stream(msg.sid)
+        left = msg.length
         while left > 0:
             n = min(left, CHUNK)
             await stream.write(payload[:n])
@@ -86,7 +88,7 @@ async def session_server() -> None:
         await stream.write_eof()
         cpu.append(_cpu())
         done.set()
-        return {"t": "ok"}
+        return m.Ok()
 
     mgr = _manager(handler)
     addr = await mgr.listen("127.0.0.1:0")
@@ -99,7 +101,7 @@ async def session_server() -> None:
 
 
 async def session_client(port: int, size: int) -> None:
-    async def handler(session: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+    async def handler(session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
         return None
 
     ready: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
@@ -118,9 +120,7 @@ async def session_client(port: int, size: int) -> None:
     stream.set_sink(sink)
     t0, cpu0 = time.perf_counter(), _cpu()
     reply = asyncio.ensure_future(
-        session.request(
-            {"t": "get", "cid": "b3:" + "0" * 64, "offset": 0, "length": size, "sid": stream.sid}, timeout=600
-        )
+        session.request(m.Get(cid="b3:" + "0" * 64, offset=0, length=size, sid=stream.sid), timeout=600)
     )
     eof = asyncio.ensure_future(stream.wait_eof())
     await asyncio.wait([reply, eof], return_when=asyncio.FIRST_EXCEPTION)
