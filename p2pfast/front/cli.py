@@ -21,11 +21,10 @@ from p2pfast.front.parser import build_parser, parse_args
 from p2pfast.front.render import (
     PROGRESS_MIN_BYTES,
     _Bars,
-    _duration,
     _fail,
     _print_json,
+    _print_status,
     _print_table,
-    _repair_lines,
     _scrub_lines,
     _shown,
     _when,
@@ -652,50 +651,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(s)
         return 0
-    state = "draining" if s.get("draining") else "running" if s["running"] else "not running"
-    uptime = "-" if s["uptime_s"] is None else _duration(s["uptime_s"])
-    print("==== NODE ====")
-    _print_table(
-        [
-            ("ID", "LISTEN", "STATE", "PID", "UPTIME", "DATA DIR"),
-            (s["node_id"][:16], s["listen"] or "-", state, str(s["pid"] or "-"), uptime, s["data_dir"]),
-        ]
-    )
-    print("==== PEERS ====")
-    _print_table(
-        [
-            ("CONNECTED", "KNOWN", "IN FLIGHT"),
-            (str(s["peers_connected"]), str(s["peers_known"]), str(s["in_flight"])),
-        ]
-    )
-    print("==== STORAGE ====")
-    under = f"{s['under_replicated']} (target {s['replica_target']})"
-    _print_table(
-        [
-            ("FILES", "OBJECTS", "STORED", "FREE", "UNDER-REPLICATED", "WAL"),
-            (
-                str(s["files"]),
-                str(s["objects"]),
-                human(s["bytes_stored"]),
-                human(s["bytes_free"]),
-                under,
-                human(s["wal_bytes"]),
-            ),
-        ]
-    )
-    print("==== SCRUB ====")
-    for line in _scrub_lines(s["scrub"]):
-        print(line)
-    if s.get("repair") is not None:
-        print("==== REPAIR ====")
-        for line in _repair_lines(s["repair"]):
-            print(line)
-    if s["quarantined"]:
-        print(
-            f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
-            f"({human(s['quarantined_bytes'])}) no repo row accounts for, kept in {s['quarantine_dir']}: "
-            "move them back under objects/ once the right p2p.db is restored, or delete them yourself"
-        )
+    _print_status(s)
     return 0
 
 

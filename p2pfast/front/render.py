@@ -101,7 +101,7 @@ def _when(t: str) -> str:
 
 
 def _shown(key: str) -> str:
-    """store.userkey.show_key, imported when a result is shown (cli.py imports p2pfast.store lazily)."""
+    """store.userkey.show_key, imported when a result is shown (the CLI imports p2pfast.store lazily)."""
     from p2pfast.store.userkey import show_key
 
     return show_key(key)
@@ -132,6 +132,54 @@ def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = froze
             c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         print("  ".join(cells).rstrip())
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    """`status` for people: the node, its peers, storage, scrub and repair, and any quarantine."""
+    state = "draining" if s.get("draining") else "running" if s["running"] else "not running"
+    uptime = "-" if s["uptime_s"] is None else _duration(s["uptime_s"])
+    print("==== NODE ====")
+    _print_table(
+        [
+            ("ID", "LISTEN", "STATE", "PID", "UPTIME", "DATA DIR"),
+            (s["node_id"][:16], s["listen"] or "-", state, str(s["pid"] or "-"), uptime, s["data_dir"]),
+        ]
+    )
+    print("==== PEERS ====")
+    _print_table(
+        [
+            ("CONNECTED", "KNOWN", "IN FLIGHT"),
+            (str(s["peers_connected"]), str(s["peers_known"]), str(s["in_flight"])),
+        ]
+    )
+    print("==== STORAGE ====")
+    under = f"{s['under_replicated']} (target {s['replica_target']})"
+    _print_table(
+        [
+            ("FILES", "OBJECTS", "STORED", "FREE", "UNDER-REPLICATED", "WAL"),
+            (
+                str(s["files"]),
+                str(s["objects"]),
+                human(s["bytes_stored"]),
+                human(s["bytes_free"]),
+                under,
+                human(s["wal_bytes"]),
+            ),
+        ]
+    )
+    print("==== SCRUB ====")
+    for line in _scrub_lines(s["scrub"]):
+        print(line)
+    if s.get("repair") is not None:
+        print("==== REPAIR ====")
+        for line in _repair_lines(s["repair"]):
+            print(line)
+    if s["quarantined"]:
+        print(
+            f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
+            f"({human(s['quarantined_bytes'])}) no repo row accounts for, kept in {s['quarantine_dir']}: "
+            "move them back under objects/ once the right p2p.db is restored, or delete them yourself"
+        )
 
 
 def _repair_lines(r: dict[str, Any]) -> list[str]:
