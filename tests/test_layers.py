@@ -149,7 +149,7 @@ def test_sql_lives_only_in_repo() -> None:
 # What a CLI command that only asks the daemon must not load: the event loop, SQL, crypto.
 HEAVY = {"asyncio", "uvloop", "apsw", "cryptography"}
 # Nor, through a daemon, what it has no use for: logging (nothing in the process logs) and shutil (which
-# argparse imports only for the terminal width, cli._Formatter finds it itself), and orjson, whose import
+# argparse imports only for the terminal width, parser._Formatter finds it itself), and orjson, whose import
 # costs ~20 ms of CPU: the control socket's lines and --json output use the stdlib (front/jsontext.py).
 UNUSED_THROUGH_DAEMON = {"logging", "shutil", "orjson"}
 # The package's own modules that bring those in (or open the data dir): none is on the client's path. The
@@ -241,6 +241,8 @@ def closure(start: str) -> set[str]:
 CLIENT_SIDE = [
     "p2pfast.__main__",
     "p2pfast.front.cli",
+    "p2pfast.front.parser",
+    "p2pfast.front.render",
     "p2pfast.front.ctl",
     "p2pfast.front.ctl.client",
     "p2pfast.front.ctl.codec",

@@ -1,6 +1,8 @@
 """The front ends: what a person or a service manager talks to, above the node.
 
-  cli.py        the `p2pfast` command line; heavy modules only inside the commands that use them
+  cli.py        the `p2pfast` command line's handlers and main(); heavy modules only inside the commands
+  parser.py     the command line's definition (argparse), built for the one command a call names
+  render.py     output for people and scripts: bars, tables, JSON, the error line, times and sizes
   commands.py   what a command asks a node to do, shared by the daemon and a CLI run with no daemon
   daemon.py     `p2pfast serve`: the node with its control socket, sdnotify.py and metrics.py
   ctl/          the control socket: codec (sans-IO), the blocking client, the daemon's asyncio server

@@ -1,5 +1,6 @@
-"""The p2pfast command line. Heavy modules are imported inside the commands that use them, so that
-`p2pfast --help` and `p2pfast --version` start fast.
+"""The p2pfast command line's handlers and main(): parser.py defines the command line, render.py prints the
+results, and HANDLERS maps each command name to the function that runs it. Heavy modules are imported
+inside the commands that use them, so that `p2pfast --help` and `p2pfast --version` start fast.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad input, 6 storage/I-O error,
 7 disk full, 8 config error, 9 protocol error, 10 peer unavailable, 70 internal error.
@@ -8,7 +9,6 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 integrity failure, 5 bad inpu
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,35 +17,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2pfast import __version__
+from p2pfast.front.parser import build_parser, parse_args
+from p2pfast.front.render import (
+    PROGRESS_MIN_BYTES,
+    _Bars,
+    _fail,
+    _print_json,
+    _print_status,
+    _print_table,
+    _scrub_lines,
+    _shown,
+    _when,
+)
 from p2pfast.units import iec as human
 
 if TYPE_CHECKING:
     from p2pfast.datadir import LocalNode
     from p2pfast.layout import Layout
     from p2pfast.node import Node
-
-PROGRESS_MIN_BYTES = 64 << 20  # below this a bar would only flicker
-BOOTSTRAP_HELP = "HOST:PORT[,HOST:PORT...] to reach the network through when no daemon runs"
-
-
-def _version() -> str:
-    from p2pfast import _accel
-
-    kernels = "accelerated (Cython kernels)" if _accel.ACCELERATED else "pure Python kernels"
-    return f"p2pfast {__version__} ({kernels})"
-
-
-class _VersionAction(argparse.Action):
-    """--version, with the kernels looked up only when it is given: argparse's own action takes the text
-    when the parser is built, and importing _accel loads the kernels and logging for every command."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
-        kw.setdefault("help", "show program's version number and exit")
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
-        sys.stdout.write(_version() + "\n")
-        parser.exit()
 
 
 def _layout(args: argparse.Namespace) -> Layout:
@@ -66,84 +55,6 @@ def _node(args: argparse.Namespace) -> Iterator[LocalNode]:
         yield node
     finally:
         node.close()
-
-
-class _Bars:
-    """A command's progress events (commands.py) drawn on stderr: one bar per phase, for an object of at
-    least PROGRESS_MIN_BYTES, in the binary units of every other figure (tqdm's own scaling would print
-    1024-based numbers as "MB"), with percentage and ETA once the total is known."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.phase: object = None
-        self.shown = 0
-        self.big: bool | None = None
-
-    def __call__(self, p: dict[str, Any]) -> None:
-        done, total, peers = p.get("done"), p.get("total"), p.get("peers")
-        if type(done) is not int or (total is not None and type(total) is not int):
-            return
-        peers = peers if type(peers) is int and peers > 0 else 1
-        if p.get("phase") != self.phase:
-            self.close()
-            self.phase, self.shown = p.get("phase"), 0
-            self.big = None if total is None else total // peers >= PROGRESS_MIN_BYTES
-        if self.bar is None:
-            if not (self.big or (self.big is None and done >= PROGRESS_MIN_BYTES)):
-                return
-            self.bar = _bar(str(self.phase) + (f" to {peers} peers" if peers > 1 else ""), total)
-        if done > self.shown:
-            self.bar.update(done - self.shown)
-            self.shown = done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _bar(desc: str, total: int | None) -> Any:
-    from tqdm import tqdm
-
-    class IECBar(tqdm):  # type: ignore[misc]
-        @property
-        def format_dict(self) -> dict[str, Any]:
-            d: dict[str, Any] = super().format_dict
-            rate = d["rate"] or (d["n"] / d["elapsed"] if d["elapsed"] else None)
-            d["n_iec"] = human(d["n"])
-            d["total_iec"] = human(d["total"]) if d["total"] is not None else "?"
-            d["rate_iec"] = f"{human(rate)}/s" if rate else "?/s"
-            return d
-
-    if total is None:
-        fmt = "{desc}: {n_iec} [{elapsed}, {rate_iec}]"
-    else:
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}]"
-    try:  # a terminal that reports no width (0 columns, as a fresh pty does) gets 80, not an empty bar
-        ncols = None if os.get_terminal_size(sys.stderr.fileno()).columns else 80
-    except OSError:
-        ncols = 80
-    return IECBar(total=total, desc=desc, file=sys.stderr, bar_format=fmt, mininterval=0.2, ncols=ncols)
-
-
-def _fail(args: argparse.Namespace, code: str, exit_code: int, message: str) -> int:
-    """An error's one line on stderr: with --json, one JSON object (docs/cli.md), else text."""
-    if getattr(args, "json", False):
-        from p2pfast.front import jsontext
-
-        line = jsontext.line({"code": code, "exit": exit_code, "message": message})
-        sys.stderr.buffer.write(line)
-        sys.stderr.flush()
-    else:
-        print(f"p2pfast: {message}", file=sys.stderr)
-    return exit_code
-
-
-def _print_json(obj: Any) -> None:
-    from p2pfast.front import jsontext
-
-    sys.stdout.buffer.write(jsontext.pretty(obj) + b"\n")
-    sys.stdout.flush()
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -392,20 +303,6 @@ def _listing(
     return 0
 
 
-def _when(t: str) -> str:
-    """An RFC 3339 time of a listing (listings.rfc3339) in local time, for the table."""
-    import datetime
-
-    return datetime.datetime.fromisoformat(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _shown(key: str) -> str:
-    """store.userkey.show_key, imported when a result is shown (cli.py imports p2pfast.store lazily)."""
-    from p2pfast.store.userkey import show_key
-
-    return show_key(key)
-
-
 def cmd_peers(args: argparse.Namespace) -> int:
     return _listing(
         args,
@@ -483,18 +380,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     kept = f" (kept {len(connected)} connected)" if connected else ""
     print(f"removed {n} peer{'s' if n != 1 else ''} unseen for more than {args.older_than:g} s{kept}")
     return 0
-
-
-def parse_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m, 1h, 7d)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("duration must not be negative")
-    return value
 
 
 def _network(
@@ -736,33 +621,6 @@ def _scrub_state(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scrub_lines(s: dict[str, Any]) -> list[str]:
-    """The scrub's state for people (`scrub`, `status`)."""
-    if s["last_pass_started_at"] is None:
-        last = "no pass yet"
-    else:
-        ended = "-" if s["last_pass_ended_at"] is None else _when(s["last_pass_ended_at"])
-        last = (
-            f"{_when(s['last_pass_started_at'])} to {ended}: {s['checked']} object"
-            f"{'s' if s['checked'] != 1 else ''} "
-            f"({human(s['bytes_checked'])}) checked, {s['bad']} bad, {s['repaired']} repaired"
-        )
-    lines = [f"last pass: {last}" + ("  (a pass is running)" if s["running"] else "")]
-    lines.append(f"unrepaired: {s['unrepaired']}")
-    lines += [f"  {cid}" for cid in s["unrepaired_cids"]]
-    lines.append(f"next pass due: {'-' if s['next_due_at'] is None else _when(s['next_due_at'])}")
-    return lines
-
-
-def _print_table(table: Sequence[tuple[str, ...]], right: frozenset[int] = frozenset()) -> None:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        cells = (
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        print("  ".join(cells).rstrip())
-
-
 STATUS_TIMEOUT = 10.0  # a daemon that does not answer `status` within this is reported as such
 
 
@@ -794,82 +652,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(s)
         return 0
-    state = "draining" if s.get("draining") else "running" if s["running"] else "not running"
-    uptime = "-" if s["uptime_s"] is None else _duration(s["uptime_s"])
-    print("==== NODE ====")
-    _print_table(
-        [
-            ("ID", "LISTEN", "STATE", "PID", "UPTIME", "DATA DIR"),
-            (s["node_id"][:16], s["listen"] or "-", state, str(s["pid"] or "-"), uptime, s["data_dir"]),
-        ]
-    )
-    print("==== PEERS ====")
-    _print_table(
-        [
-            ("CONNECTED", "KNOWN", "IN FLIGHT"),
-            (str(s["peers_connected"]), str(s["peers_known"]), str(s["in_flight"])),
-        ]
-    )
-    print("==== STORAGE ====")
-    under = f"{s['under_replicated']} (target {s['replica_target']})"
-    _print_table(
-        [
-            ("FILES", "OBJECTS", "STORED", "FREE", "UNDER-REPLICATED", "WAL"),
-            (
-                str(s["files"]),
-                str(s["objects"]),
-                human(s["bytes_stored"]),
-                human(s["bytes_free"]),
-                under,
-                human(s["wal_bytes"]),
-            ),
-        ]
-    )
-    print("==== SCRUB ====")
-    for line in _scrub_lines(s["scrub"]):
-        print(line)
-    if s.get("repair") is not None:
-        print("==== REPAIR ====")
-        for line in _repair_lines(s["repair"]):
-            print(line)
-    if s["quarantined"]:
-        print(
-            f"quarantine: {s['quarantined']} object file{'s' if s['quarantined'] != 1 else ''} "
-            f"({human(s['quarantined_bytes'])}) no repo row accounts for, kept in {s['quarantine_dir']}: "
-            "move them back under objects/ once the right p2p.db is restored, or delete them yourself"
-        )
+    _print_status(s)
     return 0
-
-
-def _repair_lines(r: dict[str, Any]) -> list[str]:
-    """The repair service for people (`status`): the last pass, and the files still short of copies."""
-    last = r["last_pass"]
-    if last is None:
-        return [f"last pass: none yet (every {_duration(r['interval_s'])}; after a member joins or goes)"]
-    lines = [
-        f"last pass: {_when_unix(last['started_at'])} ({last['reason']}): {last['files']} files checked, "
-        f"{last['copies']} copies made ({human(last['bytes'])}), {last['failed']} failed"
-        + ("  (a pass is running)" if r["running"] else "")
-    ]
-    for f in last["still_under"]:
-        lines.append(f"  short: {_shown(f['key'])}  {f['copies']}/{f['target']} copies")
-    more = last["still_under_count"] - len(last["still_under"])
-    if more > 0:
-        lines.append(f"  … and {more} more")
-    return lines
-
-
-def _when_unix(t: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    d, h = divmod(h, 24)
-    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -903,299 +687,33 @@ def cmd_man(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_size(text: str) -> int:
-    units = {
-        "": 1,
-        "b": 1,
-        "k": 1 << 10,
-        "kib": 1 << 10,
-        "m": 1 << 20,
-        "mib": 1 << 20,
-        "g": 1 << 30,
-        "gib": 1 << 30,
-    }
-    t = text.strip().lower()
-    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    try:
-        value = int(float(num) * units[t[len(num) :]])
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M or 1GiB)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("size must not be negative")
-    return value
-
-
-def _join_args(s: argparse.ArgumentParser, help_text: str) -> None:
-    g = s.add_mutually_exclusive_group()
-    g.add_argument("--join", metavar="INVITE", help=help_text)
-    g.add_argument("--join-file", metavar="PATH", help="read the invite from this file")
-
-
-@functools.cache
-def _terminal_columns() -> int:
-    """The width shutil.get_terminal_size gives ($COLUMNS, else stdout's terminal, else 80), found once."""
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0 and sys.__stdout__ is not None:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80
-
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse's own formatter, but its width from _terminal_columns: argparse makes one for every
-    add_argument, on every CLI call, and asks shutil each time (importing it, and with it zlib, bz2 and
-    lzma, costs more than building the whole parser)."""
-
-    def __init__(
-        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
-    ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2  # the margin argparse leaves
-        super().__init__(prog, indent_increment, max_help_position, width)
-
-
-class _Parser(argparse.ArgumentParser):
-    """With --json on the command line, a usage error is one JSON line too (docs/cli.md)."""
-
-    json_errors = False
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        kw.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kw)
-
-    def error(self, message: str) -> Any:
-        if _Parser.json_errors:
-            from p2pfast.front import jsontext
-
-            line = jsontext.line({"code": "usage", "exit": 2, "message": f"{self.prog}: {message}"})
-            sys.stderr.buffer.write(line)
-            sys.stderr.flush()
-            sys.exit(2)
-        super().error(message)
-
-
-# The flags every command that reads the data dir takes, after the command or before it; given in both
-# places, the one after the command wins.
-GLOBAL_FLAGS = ("config", "data_dir", "master_key_file", "log_level")
-
-
-def _global_flags(p: argparse.ArgumentParser, dest: str = "") -> None:
-    config_help = "config file (default: ~/.p2p/config, if it exists)"
-    p.add_argument("--config", dest=f"{dest}config", help=config_help)
-    data_help = "node data directory (default: $P2PFAST_DATA_DIR or ~/.p2p)"
-    p.add_argument("--data-dir", dest=f"{dest}data_dir", help=data_help)
-    key_help = "master key file (default: DATA_DIR/master.key)"
-    p.add_argument("--master-key-file", dest=f"{dest}master_key_file", help=key_help)
-    p.add_argument("--log-level", dest=f"{dest}log_level", choices=["debug", "info", "warning", "error"])
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line, with the global flags (and --json) that came before the command moved to it."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _Parser.json_errors = "--json" in argv
-    parser = build_parser(_command_in(argv))
-    args = parser.parse_args(argv)
-    for name in GLOBAL_FLAGS:
-        value = getattr(args, f"global_{name}")
-        delattr(args, f"global_{name}")
-        if value is None:
-            continue
-        if not hasattr(args, name):
-            parser.error(f"{args.command} takes no --{name.replace('_', '-')}")
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.global_json:
-        args.json = True
-    del args.global_json
-    return args
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or with `only`, the top level and that one command: building all 17
-    subcommands' parsers was a quarter of the CPU of a command that asks the daemon, which runs one."""
-    p = _Parser(prog="p2pfast", description="A fast, encrypted peer-to-peer storage node.")
-    p.add_argument("--version", action=_VersionAction)
-    _global_flags(p, dest="global_")
-    p.add_argument("--json", dest="global_json", action="store_true", help="print results and errors as JSON")
-    common = _Parser(add_help=False)
-    _global_flags(common)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, add in COMMANDS.items():
-        if only is None or name == only:
-            add(sub, common)
-    return p
-
-
-def _command_in(argv: Sequence[str]) -> str | None:
-    """The command `argv` names (its first word that is not a global flag or a flag's value), if it is
-    one of COMMANDS."""
-    takes_value = {f"--{name.replace('_', '-')}" for name in GLOBAL_FLAGS}
-    words = iter(argv)
-    for word in words:
-        if word in takes_value:
-            next(words, None)
-        elif not word.startswith("-"):
-            return word if word in COMMANDS else None
-    return None
-
-
-def _cmd_init(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("init", parents=[common], help="create the data dir, keys, repo and config file")
-    _join_args(s, "join the network of this invite (from 'p2pfast invite'); - reads it from stdin")
-    s.set_defaults(func=cmd_init)
-
-
-def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("serve", parents=[common], help="run the node: listen, join the network, serve peers")
-    s.add_argument("--listen", help="address to listen on (default :3000)")
-    s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
-    _join_args(s, "an invite line (network key, a member's address and id); - reads it from stdin")
-    s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
-    s.set_defaults(func=cmd_serve)
-
-
-def _cmd_id(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("id", parents=[common], help="print this node's id")
-    s.set_defaults(func=cmd_id)
-
-
-def _cmd_invite(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("invite", parents=[common], help="print an invite line for another node to join with")
-    s.add_argument("--address", help="HOST:PORT others reach this node at (default: the listen address)")
-    s.set_defaults(func=cmd_invite)
-
-
-def _cmd_peers(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("peers", parents=[common], help="list connected and known peers")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_peers)
-
-
-def _cmd_cleanup(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("cleanup", parents=[common], help="remove peers unseen for longer than --older-than")
-    s.add_argument("--older-than", type=parse_duration, default=3600.0, help="duration (default 1h)")
-    s.set_defaults(func=cmd_cleanup)
-
-
-def _cmd_store(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("store", parents=[common], help="store FILE (- for stdin) under KEY")
-    s.add_argument("key")
-    s.add_argument("file")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
-    s.set_defaults(func=cmd_store)
-
-
-def _cmd_get(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("get", parents=[common], help="write the file stored under KEY (stdout by default)")
-    s.add_argument("key", help="the file's key, or its content id (b3: and 64 hex digits)")
-    s.add_argument("-o", "--output", help="output file (written whole and verified, or not at all)")
-    s.add_argument("--json", action="store_true", help="print the result as JSON (with -o)")
-    s.add_argument("--keep", action="store_true", help="also store a local replica of a fetched file")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
-    s.set_defaults(func=cmd_get)
-
-
-def _cmd_delete(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("delete", parents=[common], help="delete KEY here and on every peer")
-    s.add_argument("key")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
-    s.set_defaults(func=cmd_delete)
-
-
-def _cmd_repair(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser(
-        "repair", parents=[common], help="run a repair pass now: copy files below their copies"
-    )
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
-    s.set_defaults(func=cmd_repair)
-
-
-def _cmd_scrub(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("scrub", parents=[common], help="the background scrub's state; --now runs a pass")
-    s.add_argument("--now", action="store_true", help="read back and verify every object now, repairing")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
-    s.set_defaults(func=cmd_scrub)
-
-
-def _cmd_shares(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("shares", parents=[common], help="list which peers acknowledged a copy of what")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_shares)
-
-
-def _cmd_files(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("files", parents=[common], help="list stored files")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--network", action="store_true", help="every file the connected members hold, merged")
-    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP + " (with --network)")
-    s.set_defaults(func=cmd_files)
-
-
-def _cmd_status(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("status", parents=[common], help="the node's health: peers, storage, replication")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_status)
-
-
-def _cmd_config(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("config", help="inspect the configuration")
-    config_sub = s.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    s = config_sub.add_parser(
-        "show", parents=[common], help="print the effective config and where each value came from"
-    )
-    s.add_argument("--listen", help="as for serve: shows what serve would run with")
-    s.add_argument("--bootstrap", help="as for serve")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_config_show)
-
-
-def _cmd_demo(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
-    s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
-    s.add_argument("--keep", action="store_true", help="keep the temporary data dir")
-    s.set_defaults(func=cmd_demo)
-
-
-def _cmd_completion(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("completion", help="print the completion script for bash or zsh (see README)")
-    s.add_argument("shell", choices=["bash", "zsh"])
-    s.set_defaults(func=cmd_completion)
-
-
-def _cmd_man(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("man", help="print the manual page, in roff: p2pfast man | man -l -")
-    s.set_defaults(func=cmd_man)
-
-
-COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
-    "init": _cmd_init,
-    "serve": _cmd_serve,
-    "id": _cmd_id,
-    "invite": _cmd_invite,
-    "peers": _cmd_peers,
-    "cleanup": _cmd_cleanup,
-    "store": _cmd_store,
-    "get": _cmd_get,
-    "delete": _cmd_delete,
-    "repair": _cmd_repair,
-    "scrub": _cmd_scrub,
-    "shares": _cmd_shares,
-    "files": _cmd_files,
-    "status": _cmd_status,
-    "config": _cmd_config,
-    "demo": _cmd_demo,
-    "completion": _cmd_completion,
-    "man": _cmd_man,
+# What runs each command of parser.COMMANDS, by its name ("config show" for a command's subcommand).
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": cmd_init,
+    "serve": cmd_serve,
+    "id": cmd_id,
+    "invite": cmd_invite,
+    "peers": cmd_peers,
+    "cleanup": cmd_cleanup,
+    "store": cmd_store,
+    "get": cmd_get,
+    "delete": cmd_delete,
+    "repair": cmd_repair,
+    "scrub": cmd_scrub,
+    "shares": cmd_shares,
+    "files": cmd_files,
+    "status": cmd_status,
+    "config show": cmd_config_show,
+    "demo": cmd_demo,
+    "completion": cmd_completion,
+    "man": cmd_man,
 }
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """The HANDLERS key of a parsed command line: the command, with its subcommand if it has one."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return args.command if sub is None else f"{args.command} {sub}"
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -1230,11 +748,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "metrics_listen": getattr(args, "metrics_listen", None),
                 },
                 args.config,
-                missing_ok=args.func is cmd_init,  # init writes the file it names
+                missing_ok=args.command == "init",  # init writes the file it names
             )
         if args.command not in ASKS_DAEMON_FIRST:
             _setup_logging(args)
-        return int(args.func(args))
+        return int(HANDLERS[_command_name(args)](args))
     except P2PError as exc:
         return _fail(args, exc.name, exc.exit_code, str(exc))
     except BrokenPipeError:

@@ -1,4 +1,4 @@
-"""What the command line generates about itself, from the parser `cli.build_parser()` makes: shell
+"""What the command line generates about itself, from the parser `parser.build_parser()` makes: shell
 completion scripts (shtab) and the manual page (argparse-manpage).
 
 Both are made when asked (`p2pfast completion bash|zsh`, `p2pfast man`), not at build time, as restic's

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from nodetools import cli_env, run_cli
 
-from p2pfast.front.cli import build_parser
+from p2pfast.front.parser import build_parser
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
 
