@@ -92,8 +92,11 @@ class NodeCollector(Collector):
             yield family
 
         status = self._status()
-        if status is None:
-            return
+        if status is not None:
+            yield from self._gauges(status)
+
+    def _gauges(self, status: dict[str, Any]) -> Iterator[Metric]:
+        """The gauges read from the node's status: peers, storage, the scrub's last pass."""
         peers = GaugeMetricFamily("p2pfast_peers", "Peers, by state.", labels=["state"])
         peers.add_metric(["connected"], status["peers_connected"])
         peers.add_metric(["known"], status["peers_known"])

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
 from p2pfast.node.flow import CHUNK
@@ -79,32 +80,7 @@ class Storing:
             progress.begin("replicate", result.size * len(targets), len(targets))
         outcome = StoreOutcome(result.cid, result.size)
         try:
-            await replicate(
-                targets,
-                ctx.store,
-                ctx.ex.db,
-                result.key,
-                result.cid,
-                result.size,
-                result.plaintext,
-                progress,
-                outcome,
-            )
-            # A replica that refused (full, over its limits) or failed: the next-ranked peers take its
-            # place, so the store still reaches its target when some members cannot hold it.
-            while len(outcome.acked) < want and spare:
-                more, spare = spare[: want - len(outcome.acked)], spare[want - len(outcome.acked) :]
-                await replicate(
-                    more,
-                    ctx.store,
-                    ctx.ex.db,
-                    result.key,
-                    result.cid,
-                    result.size,
-                    result.plaintext,
-                    progress,
-                    outcome,
-                )
+            await self._replicate(result, targets, spare, want, progress, outcome)
         except asyncio.CancelledError:
             # Interrupted after the local copy is durable: the copies acknowledged so far count, and the
             # caller can say where the file is (the CLI with no daemon, on Ctrl-C).
@@ -132,6 +108,34 @@ class Storing:
             len(targets),
         )
         return _report(result, outcome, len(targets), result.key.decode())
+
+    async def _replicate(
+        self,
+        result: PutResult,
+        targets: list[Session],
+        spare: list[Session],
+        want: int,
+        progress: Progress | None,
+        outcome: StoreOutcome,
+    ) -> None:
+        """The local copy to `targets` at once; a replica that refused (full, over its limits) or failed
+        is replaced by the next-ranked of `spare`, so the store still reaches `want` copies when some
+        members cannot hold it. `outcome` is filled as replies come."""
+        ctx = self.ctx
+        while targets:
+            await replicate(
+                targets,
+                ctx.store,
+                ctx.ex.db,
+                result.key,
+                result.cid,
+                result.size,
+                result.plaintext,
+                progress,
+                outcome,
+            )
+            short = want - len(outcome.acked)
+            targets, spare = spare[: max(0, short)], spare[max(0, short) :]
 
     async def _put_stream(self, key: str, source: Source, progress: Progress | None) -> PutResult:
         """put_fd for a source the loop awaits (a pipe, a socket, memory): read on the loop, sealed on
