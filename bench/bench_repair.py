@@ -135,6 +135,9 @@ def test_time_to_restore_redundancy(
                 n.kill()
                 nodes.remove(n)
             t0 = time.monotonic()
+            # once the repair has begun (the grace is over and copies are landing), store as a user would
+            before = sum(copies(nodes).get(k, 0) for k in keys)
+            br.wait(lambda: sum(copies(nodes).get(k, 0) for k in keys) > before, "the repair to begin")
             busy_rate = user_stores(nodes[0], base, "busy")
             results.append(
                 ("kill 2 more (3 of 6 left)", time.monotonic() - t0 + restore_time(nodes, keys), lost)
