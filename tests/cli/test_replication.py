@@ -324,14 +324,18 @@ def test_replica_killed_mid_store_leaves_no_partial_object(tmp_path: Path) -> No
 
         assert temp_files(c.root), "C's partial temp file should still be there before its restart"
         c.start("--bootstrap", a.listen)  # the dirty flag makes its start-up reconcile the store
-        assert temp_files(c.root) == []
-        # Under objects/: exactly the object files C's repo lists (none), nothing else, tmp/ empty.
+        # The partial object went at start-up, before C took anything new:
+        assert "event=reconcile action=removed_temp_file" in c.log()
+        # then A or B finds the file one copy short of its 3 and copies it to C (repair): C ends with
+        # exactly the object files its repo lists, the whole verified file, and nothing in objects/tmp.
+        wait_until(lambda: "big" in files(c) and not temp_files(c.root), 180, "C's repair copy of big", nodes)
         under_objects = [
             p.relative_to(c.root).as_posix() for p in (c.root / "objects").rglob("*") if p.is_file()
         ]
-        assert sorted(under_objects) == sorted(expected_object_files(c.root)) == []
-        assert "big" not in files(c)
-        assert "event=reconcile action=removed_temp_file" in c.log()
+        assert sorted(under_objects) == sorted(expected_object_files(c.root)) and len(under_objects) == 1
+        out = tmp_path / "out-c"
+        assert get_to(c, "big", out, nodes)["source"] == "local"
+        assert file_hash(out) == file_hash(src)
 
 
 # -- 5. a holder serving corrupt bytes -----------------------------------------------------------------
