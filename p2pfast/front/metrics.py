@@ -118,6 +118,19 @@ class NodeCollector(Collector):
         )
         for name, doc, key in gauges:
             yield GaugeMetricFamily(f"p2pfast_{name}", doc, value=status[key])
+        repair = status.get("repair")
+        if repair is not None:
+            yield GaugeMetricFamily(
+                "p2pfast_repair_queue_files",
+                "Files of the repair pass under way still waiting for their copies.",
+                value=repair["queue"],
+            )
+            if repair["last_pass"] is not None:
+                yield GaugeMetricFamily(
+                    "p2pfast_repair_last_pass_timestamp_seconds",
+                    "When the last repair pass began (Unix time).",
+                    value=repair["last_pass"]["started_at"],
+                )
         scrub = status["scrub"]  # the last finished pass (node/scrub.py); unrepaired: as of now
         for name, doc, key in (
             ("checked_objects", "Objects the last scrub pass read back and verified.", "checked"),

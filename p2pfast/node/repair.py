@@ -112,6 +112,7 @@ class Repair:
         self.pace = _Pace(settings.bandwidth)
         self.last: Report | None = None
         self.running: Report | None = None  # the pass under way
+        self.queue = 0  # files of the pass under way still waiting for their copies
         self._lock = asyncio.Lock()  # one pass at a time
         self._wake = asyncio.Event()
         self._due: float | None = None  # loop time of the next triggered pass
@@ -220,6 +221,7 @@ class Repair:
             if lacking:
                 work.append((key, cid, size, placement.ranked(cid, lacking)))
         gate = asyncio.Semaphore(max(1, self.settings.concurrency))
+        self.queue = len(work)
 
         async def copy(key: bytes, cid: str, size: int, order: list[Session]) -> None:
             async with gate:
@@ -230,6 +232,7 @@ class Repair:
                     acked = await self._copy(key, cid, size, to, report)
                     _, copies, holders = under[key]
                     under[key] = (cid, copies + len(acked), holders | acked)
+            self.queue -= 1
 
         await asyncio.gather(*(copy(*w) for w in work))
         for key, (cid, copies, holders) in sorted(under.items()):
@@ -317,6 +320,7 @@ class Repair:
         return {
             "last_pass": None if self.last is None else asdict(self.last),
             "running": self.running is not None,
+            "queue": self.queue if self.running is not None else 0,
             "interval_s": self.settings.interval,
             "grace_s": self.settings.grace,
             "bandwidth": self.settings.bandwidth,

@@ -1,5 +1,7 @@
 """The one dispatch table of the messages peers send: message class -> the service's handler. A request
-of a class with no route is refused (REFUSED), so a newer peer's request gets a clear answer.
+of a known class with no route is refused (REFUSED). A kind this version does not know at all never gets
+here: proto/control.py refuses it as a protocol error, which ends the connection (so a message kind added
+in a later version must not be sent to a member that does not announce it; issue 14's membership).
 
 To serve a new message: its class in proto/messages.py (and its schema in proto/control.py), a handler
 in the service it belongs to, and one `route` line where the composition root builds the table."""

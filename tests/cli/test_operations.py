@@ -338,6 +338,7 @@ def test_metrics_scrape(tmp_path: Path) -> None:
         assert ma[("p2pfast_stored_bytes", ())] == 2 << 20
         assert ma[("p2pfast_peers", (("state", "connected"),))] == 1
         assert ma[("p2pfast_under_replicated_files", ())] == 0
+        assert ma[("p2pfast_repair_queue_files", ())] == 0 and ("p2pfast_repair_copies_total", ()) in ma
         assert ma[("p2pfast_node_info", (("node_id", a.node_id), ("version", status(a)["version"])))] == 1
 
         mb = wait_until_scraped(b, ("p2pfast_handshake_failures_total", ()), 1)
