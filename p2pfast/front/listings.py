@@ -5,17 +5,11 @@ node ids as `peer_id`, times as RFC 3339 strings (`*_at`), keys as the exact sto
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Collection
 from typing import Any
 
 from p2pfast.repo.repo import Repo
-
-
-def rfc3339(t: float) -> str:
-    """A repo time (Unix seconds) as RFC 3339 in UTC, to the millisecond, like the log's `ts`."""
-    when = datetime.datetime.fromtimestamp(t, datetime.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from p2pfast.units import rfc3339
 
 
 def files(repo: Repo) -> list[dict[str, Any]]:

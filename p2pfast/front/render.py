@@ -94,7 +94,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _when(t: str) -> str:
-    """An RFC 3339 time of a listing (listings.rfc3339) in local time, for the table."""
+    """An RFC 3339 time of a listing (units.rfc3339) in local time, for the table."""
     import datetime
 
     return datetime.datetime.fromisoformat(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")

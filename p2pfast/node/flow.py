@@ -55,3 +55,21 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"stalled for {STALL_TIMEOUT:g}s"
     return str(exc) or type(exc).__name__
+
+
+class Throttle:
+    """Paces work to `rate` bytes a second on average (the scrub's reads, repair's copies): each n bytes
+    book n / rate seconds, and `take` says how long to wait so the work done never runs ahead of that. Idle
+    time is not saved up: after a pause the rate starts again from now, so a pass never bursts above its
+    bandwidth."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._free_at = 0.0  # when the bytes read so far have been paid for
+
+    def take(self, n: int, now: float) -> float:
+        """Seconds to wait after reading `n` bytes at time `now` (monotonic)."""
+        if self.rate is None:
+            return 0.0
+        self._free_at = max(self._free_at, now) + n / self.rate
+        return self._free_at - now

@@ -64,8 +64,8 @@ async def _ask_all(sessions: list[Session], question: m.WhoHas) -> list[m.Have |
 async def holding(ctx: Context, cid: str) -> list[Session]:
     """The connected peers that say they hold the object `cid`, those `shares` records as holders first;
     empty when none does or no peer is connected (the scrub's repair, which then keeps the bad copy)."""
-    sessions = list(ctx.peers.sessions.values())
-    replies = await _ask_all(sessions, m.WhoHas(cid=cid))
-    holders = [s for s, r in zip(sessions, replies, strict=True) if r is not None and r.cid == cid]
-    shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)} if holders else set()
-    return sorted(holders, key=lambda s: s.peer_id not in shared)
+    try:
+        _, holders = await holders_of(ctx, cid)
+    except (NotFound, PeerUnavailable):
+        return []
+    return holders

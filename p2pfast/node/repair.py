@@ -40,6 +40,7 @@ from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
+from p2pfast.node.flow import Throttle
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
@@ -94,13 +95,10 @@ class _Pace:
     n / bandwidth seconds later."""
 
     def __init__(self, bandwidth: int) -> None:
-        self.bandwidth = max(1, bandwidth)
-        self._free_at = 0.0
+        self._throttle = Throttle(max(1, bandwidth))
 
     async def __call__(self, n: int) -> None:
-        now = time.monotonic()
-        self._free_at = max(self._free_at, now) + n / self.bandwidth
-        delay = self._free_at - now
+        delay = self._throttle.take(n, time.monotonic())
         if delay > 0:
             await asyncio.sleep(delay)
 

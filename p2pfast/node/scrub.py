@@ -36,7 +36,7 @@ from p2pfast.datadir import Layout
 from p2pfast.errors import IntegrityError, NotFound, P2PError, PeerUnavailable, StorageError
 from p2pfast.node import fetch
 from p2pfast.node.context import Context
-from p2pfast.node.flow import CHUNK
+from p2pfast.node.flow import CHUNK, Throttle
 from p2pfast.node.lookup import holding
 from p2pfast.node.reports import Progress
 from p2pfast.repo.repo import ObjectRow
@@ -62,23 +62,6 @@ RECHECK_S = 3600.0
 def pass_seconds(total_bytes: int, bandwidth: int | None) -> float:
     """How long a pass over `total_bytes` takes at `bandwidth` bytes a second (None: unthrottled, 0)."""
     return 0.0 if bandwidth is None else total_bytes / bandwidth
-
-
-class Throttle:
-    """Paces reads to `rate` bytes a second on average: each read of n bytes books n / rate seconds, and
-    `take` says how long to wait so the reads done never run ahead of that. Idle time is not saved up:
-    after a pause the rate starts again from now, so a pass never bursts above its bandwidth."""
-
-    def __init__(self, rate: int | None) -> None:
-        self.rate = rate
-        self._free_at = 0.0  # when the bytes read so far have been paid for
-
-    def take(self, n: int, now: float) -> float:
-        """Seconds to wait after reading `n` bytes at time `now` (monotonic)."""
-        if self.rate is None:
-            return 0.0
-        self._free_at = max(self._free_at, now) + n / self.rate
-        return self._free_at - now
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ import pytest
 from p2pfast import config
 from p2pfast.datadir import Layout, init
 from p2pfast.node import scrub
-from p2pfast.node.scrub import PassCounts, ScrubState, Throttle
+from p2pfast.node.flow import Throttle
+from p2pfast.node.scrub import PassCounts, ScrubState
 
 MiB = 1 << 20
 DAY = 86400.0
