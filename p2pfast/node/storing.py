@@ -172,6 +172,11 @@ class Storing:
             for f in (reading, sealing):
                 if f is not None:
                     f.cancel()
+            if reading is not None:
+                # A cancelled read unwinds on a later loop turn, and only then stops watching the fd: wait
+                # for it, or the caller may close the fd first (front/commands.py closes its copy once the
+                # store ends), and the loop is left polling a closed descriptor.
+                await asyncio.wait([reading])
             ex.db_later(upload.abort)  # after any write still queued; a no-op once finished
 
 
