@@ -47,6 +47,7 @@ class Counters:
     repair_copies: int = 0  # repair copies acknowledged by their receiver (node/repair.py)
     repair_bytes: int = 0  # the bytes of those copies
     repair_failed: int = 0  # repair copies tried that did not land
+    repair_dropped: int = 0  # surplus copies dropped once others held the file at its target
 
     def transfer(self, kind: str, ok: bool) -> None:
         k = (kind, "ok" if ok else "failed")

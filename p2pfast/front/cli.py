@@ -567,6 +567,14 @@ def cmd_repair(args: argparse.Namespace) -> int:
     )
     if r["left_to"]:
         print(f"  {r['left_to']} left to the holder ranked first for them (it copies them on its pass)")
+    if r["rebalanced"]:
+        print(
+            f"  {r['rebalanced']} of the copies moved files onto members that rank for them (a member joined)"
+        )
+    if r["dropped"]:
+        print(
+            f"  {r['dropped']} surplus copies dropped here (the file's other holders have it at its target)"
+        )
     for f in r["still_under"]:
         print(f"  still under: {_shown(f['key'])}  {f['copies']}/{f['target']} copies")
     more = r["still_under_count"] - len(r["still_under"])

@@ -82,6 +82,11 @@ class NodeCollector(Collector):
             ("repair_copies", "Repair copies made and acknowledged by their receiver.", c.repair_copies),
             ("repair_bytes", "Bytes of the repair copies made.", c.repair_bytes),
             ("repair_failures", "Repair copies tried that did not land.", c.repair_failed),
+            (
+                "repair_dropped",
+                "Surplus copies dropped once others held the file at its target.",
+                c.repair_dropped,
+            ),
         ):
             yield CounterMetricFamily(f"p2pfast_{name}", doc, value=value)
         for kind, hist in c.latency.items():

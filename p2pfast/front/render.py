@@ -190,6 +190,7 @@ def _repair_lines(r: dict[str, Any]) -> list[str]:
     lines = [
         f"last pass: {_when_unix(last['started_at'])} ({last['reason']}): {last['files']} files checked, "
         f"{last['copies']} copies made ({human(last['bytes'])}), {last['failed']} failed"
+        + (f", {last['dropped']} surplus dropped" if last.get("dropped") else "")
         + ("  (a pass is running)" if r["running"] else "")
     ]
     for f in last["still_under"]:

@@ -4,7 +4,7 @@ docs/protocol.md, "Placement"). Pure: it ranks what it is given."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TypeVar
 
 import blake3
@@ -30,3 +30,17 @@ def replica_set(cid: str, sessions: Sequence[S], replicas: int | None) -> list[S
     if replicas is None or replicas >= len(sessions):
         return list(sessions)
     return ranked(cid, sessions)[:replicas]
+
+
+def keep_order(cid: str, nodes: Iterable[str], pinned: Collection[str]) -> list[str]:
+    """`nodes` in the order they keep copies of `cid`: the pinned ones (a user stored it there, so it
+    stays) first, then by weight. Every node that knows the same holders computes the same order, so the
+    first `target` of it never drop theirs (node/repair.py)."""
+    return sorted(nodes, key=lambda n: (n in pinned, weight(cid, n)), reverse=True)
+
+
+def ideal(cid: str, members: Iterable[str], pinned: Collection[str], target: int) -> list[str]:
+    """Who should hold `cid` among `members`: its pinned holders, then the best-ranked others up to
+    `target` copies in all. Repair moves copies onto these (a member that joined and ranks high gets
+    its share), and the holders outside it drop theirs once these hold it."""
+    return keep_order(cid, set(members) | set(pinned), pinned)[: max(target, len(pinned))]

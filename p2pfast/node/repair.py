@@ -13,13 +13,19 @@ copy is an ordinary replication (replicate.py), marked as a repair: the receiver
 like a store, and refuses it if it holds a tombstone for the file (a deleted file is never brought
 back), sending the tombstone back so the holder deletes its copy too.
 
+Copies also move onto the placement: a file's ideal holders are the members a user stored it on
+(`pinned`: never dropped) and then the best-ranked others up to its target (placement.ideal). A member
+that joins and ranks among them for a file gets a copy from the first-ranked holder even when the file
+is at its target, so files stored before it joined reach it. That leaves a copy too many, and a member
+that returns after its files were repaired elsewhere does the same: a holder whose copy is one too many
+(`target` others rank above it in placement.keep_order: the pinned, then by weight) drops it at its
+next pass, after asking those others again that they hold it. The first `target` in that order never
+drop theirs, so holders dropping at once still leave the target; a user's own store is never dropped.
+
 Passes run every `repair_interval`, shortly after a member joins (a file that could not reach its
 target before may now), `repair_grace` after a member goes, after a store that reached fewer replicas
 than its target, and on `p2pfast repair`. Copies are throttled to `repair_bandwidth` (bytes sent per
 second, summed over the replicas) and `repair_concurrency` objects at once.
-
-Nothing is ever dropped here: a member that returns after its files were repaired elsewhere makes
-them one copy over their target until an operator deletes or a later version moves copies.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from p2pfast.node.flow import Throttle
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
+from p2pfast.repo.repo import FileRow
 from p2pfast.store.objects import show_key
 
 log = logging.getLogger("p2pfast.repair")
@@ -57,6 +64,9 @@ REPAIR_CONCURRENCY = 2
 DEBOUNCE = 2.0
 # A member's answer to one holds request.
 HOLDS_TIMEOUT = 30.0
+# A pass that leaves copies to be moved onto a member (one that joined) looks again this soon, to drop
+# the copies those moves make surplus; again after that only while the moves progress.
+FOLLOW_UP = 30.0
 # Files listed by name in a report (status shows them): the count is always whole.
 LISTED = 20
 
@@ -67,6 +77,7 @@ class Settings:
     grace: float = REPAIR_GRACE
     bandwidth: int = REPAIR_BANDWIDTH
     concurrency: int = REPAIR_CONCURRENCY
+    debounce: float = DEBOUNCE  # not a config key: tests that drive passes by hand set it long
 
 
 @dataclass(slots=True)
@@ -88,6 +99,41 @@ class Report:
     still_under: list[dict[str, Any]] = field(default_factory=list)
     still_under_count: int = 0
     left_to: int = 0  # under-replicated objects whose copying another holder ranks first for
+    rebalanced: int = 0  # of the copies, those that moved a file at its target onto its placement
+    dropped: int = 0  # surplus copies this node dropped (others hold the file at its target in its stead)
+    moves_pending: int = 0  # files this node holds outside their ideal holders, one of whom lacks it yet
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What members answered to holds: who holds each (key, cid), who of those pinned it, who answered."""
+
+    held: dict[tuple[bytes, str], set[str]] = field(default_factory=dict)
+    pinned: dict[tuple[bytes, str], set[str]] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
+
+    def by_cid(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for (_, cid), peers in self.held.items():
+            out.setdefault(cid, set()).update(peers)
+        return out
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A pass's decisions: the copies to make (file, copies it has, copies to make, members best first),
+    the files below target (key -> cid, copies, holders), and this node's surplus copies."""
+
+    target: int
+    work: list[tuple[FileRow, int, int, list[Session]]] = field(default_factory=list)
+    under: dict[bytes, tuple[str, int, set[str]]] = field(default_factory=dict)
+    surplus: list[FileRow] = field(default_factory=list)
+
+
+def _surplus(cid: str, me: str, holders: set[str], pinned: set[str], target: int) -> bool:
+    """Whether `target` of the other holders rank above this node in keep order (so its copy is one too
+    many, and theirs stay whatever the others decide)."""
+    return me not in pinned and placement.keep_order(cid, holders, pinned).index(me) >= target
 
 
 class _Pace:
@@ -117,9 +163,9 @@ class Repair:
         self._why = ""
 
     # -- triggers ------------------------------------------------------------------------------------
-    def trigger(self, reason: str, delay: float = DEBOUNCE) -> None:
-        """Ask for a pass in `delay` seconds (or sooner, if one is already due sooner)."""
-        due = asyncio.get_running_loop().time() + delay
+    def trigger(self, reason: str, delay: float | None = None) -> None:
+        """Ask for a pass in `delay` seconds (the debounce when None), or sooner if one is already due."""
+        due = asyncio.get_running_loop().time() + (self.settings.debounce if delay is None else delay)
         if self._due is None or due < self._due:
             self._due, self._why = due, reason
         self._wake.set()
@@ -129,7 +175,7 @@ class Repair:
 
     def on_closed(self, session: Session) -> None:
         # Its copies count until the grace period ends; then a pass copies what it held.
-        self.trigger("member_gone", self.settings.grace + DEBOUNCE)
+        self.trigger("member_gone", self.settings.grace + self.settings.debounce)
 
     def after_store(self, acked: int, target: int) -> None:
         if acked < target:
@@ -167,7 +213,11 @@ class Repair:
             finally:
                 report.seconds = round(time.monotonic() - t0, 3)
                 self.running = None
-                self.last = report
+                previous, self.last = self.last, report
+            if report.moves_pending and (
+                reason != "moves_pending" or previous is None or report.moves_pending < previous.moves_pending
+            ):
+                self.trigger("moves_pending", min(FOLLOW_UP, self.settings.interval))
             level = (
                 logging.INFO if report.copies or report.still_under_count or report.failed else logging.DEBUG
             )
@@ -188,52 +238,50 @@ class Repair:
 
     async def _pass(self, report: Report) -> None:
         ctx = self.ctx
-        files = [(f.key, f.cid, f.size) for f in await ctx.ex.db(ctx.repo.list_files)]
+        files = await ctx.ex.db(ctx.repo.list_files)
         report.files = len(files)
-        report.objects = len({cid for _, cid, _ in files})
+        report.objects = len({f.cid for f in files})
         if not files:
             return
+        began = time.time()
         live = dict(ctx.peers.sessions)
-        held, answered = await self._ask(live, [(key, cid) for key, cid, _ in files], report)
+        seen = await self._ask(live, [(f.key, f.cid) for f in files], report)
         away = await self._recently_away(set(live))
-        shares: dict[str, set[str]] = {}
-        for row in await ctx.ex.db(ctx.repo.list_shares):
-            if row.peer in away:
-                shares.setdefault(row.cid, set()).add(row.peer)
-        members = 1 + len(live) + len(away)  # everyone who counts: us, the connected, the not yet gone
+        shares = await self._away_shares(seen, away, began)
+        counted = (
+            {ctx.node_id} | seen.answered | away
+        )  # whose copies count: us, who answered, the not yet gone
+        members = 1 + len(live) + len(away)
         target = members if ctx.replicas is None else min(ctx.replicas + 1, members)
-        work: list[tuple[bytes, str, int, list[Session]]] = []
-        under: dict[bytes, tuple[str, int, set[str]]] = {}
-        for key, cid, size in files:
-            holders = {ctx.node_id} | held.get((key, cid), set())
-            copies = len(holders | shares.get(cid, set()))
-            if copies >= target:
+        plan = _Plan(target)
+        for f in files:
+            holders = {ctx.node_id} | seen.held.get((f.key, f.cid), set())
+            pinned = seen.pinned.get((f.key, f.cid), set()) | ({ctx.node_id} if f.origin is None else set())
+            copies = len(holders | shares.get(f.cid, set()))
+            if copies < target:
+                report.under_replicated += 1
+                plan.under[f.key] = (f.cid, copies, holders)
+            elif ctx.node_id not in pinned and _surplus(f.cid, ctx.node_id, holders, pinned, target):
+                plan.surplus.append(f)
                 continue
-            report.under_replicated += 1
-            under[key] = (cid, copies, holders)
-            first = max(holders, key=lambda n: placement.weight(cid, n))
+            first = max(holders, key=lambda n: placement.weight(f.cid, n))
+            ideal = placement.ideal(f.cid, counted, pinned, target)
+            lacking = [s for s in live.values() if s.peer_id in seen.answered and s.peer_id not in holders]
+            # members of the ideal set that lack it come first in ranked(lacking): it is ranked by weight too
+            moves = sum(1 for s in lacking if s.peer_id in ideal)
+            if moves and ctx.node_id not in ideal:
+                report.moves_pending += 1  # once they hold it, this copy is surplus
+            if copies >= target and not moves:
+                continue
             if first != ctx.node_id:
-                report.left_to += 1  # the holder ranked first for it makes the copies
+                report.left_to += copies < target  # the holder ranked first for it makes the copies
                 continue
-            lacking = [s for s in live.values() if s.peer_id in answered and s.peer_id not in holders]
             if lacking:
-                work.append((key, cid, size, placement.ranked(cid, lacking)))
-        gate = asyncio.Semaphore(max(1, self.settings.concurrency))
-        self.queue = len(work)
-
-        async def copy(key: bytes, cid: str, size: int, order: list[Session]) -> None:
-            async with gate:
-                # the best-ranked first; one that refuses (full) or fails is replaced by the next
-                while order and under[key][1] < target:
-                    need = target - under[key][1]
-                    to, order = order[:need], order[need:]
-                    acked = await self._copy(key, cid, size, to, report)
-                    _, copies, holders = under[key]
-                    under[key] = (cid, copies + len(acked), holders | acked)
-            self.queue -= 1
-
-        await asyncio.gather(*(copy(*w) for w in work))
-        for key, (cid, copies, holders) in sorted(under.items()):
+                need = max(target - copies, moves)
+                plan.work.append((f, copies, need, placement.ranked(f.cid, lacking)))
+        await self._make_copies(plan, report)
+        await self._drop_surplus(plan.surplus, live, target, report)
+        for key, (cid, copies, holders) in sorted(plan.under.items()):
             if copies >= target:
                 continue
             report.still_under_count += 1
@@ -248,12 +296,91 @@ class Repair:
                     }
                 )
 
+    async def _away_shares(self, seen: _Seen, away: set[str], began: float) -> dict[str, set[str]]:
+        """The shares (cid -> members) of members away less than the grace period: their copies count. The
+        shares of members that answered they hold no file of that object go: they dropped it (surplus) or
+        lost it, and a stale share would count a copy that is not there."""
+        ctx = self.ctx
+        holding = seen.by_cid()
+        shares: dict[str, set[str]] = {}
+        stale: list[tuple[str, str]] = []
+        for row in await ctx.ex.db(ctx.repo.list_shares):
+            if row.peer in away:
+                shares.setdefault(row.cid, set()).add(row.peer)
+            elif (
+                row.peer in seen.answered
+                and row.peer not in holding.get(row.cid, ())
+                and row.acked_at < began
+            ):
+                stale.append((row.cid, row.peer))  # acked before we asked: not a store still under way
+        await ctx.ex.db(ctx.repo.remove_share_rows, stale)
+        return shares
+
+    async def _make_copies(self, plan: _Plan, report: Report) -> None:
+        """The pass's copies, `repair_concurrency` objects at once. A file gets `need` copies, to the
+        best-ranked members that lack it; one that refuses (full) or fails is replaced by the next, and is
+        sent nothing more this pass (a full member refuses every copy)."""
+        gate = asyncio.Semaphore(max(1, self.settings.concurrency))
+        failed: set[str] = set()
+        self.queue = len(plan.work)
+
+        async def copy(f: FileRow, copies: int, need: int, order: list[Session]) -> None:
+            async with gate:
+                made = 0
+                while order and made < need:
+                    order = [s for s in order if s.peer_id not in failed]
+                    to, order = order[: need - made], order[need - made :]
+                    if not to:
+                        break
+                    acked = await self._copy(f.key, f.cid, f.size, to, report)
+                    failed.update(s.peer_id for s in to if s.peer_id not in acked)
+                    made += len(acked)
+                    if f.key in plan.under:
+                        cid, have, holders = plan.under[f.key]
+                        plan.under[f.key] = (cid, have + len(acked), holders | acked)
+                # copies past what the file lacked moved it onto its placement (a member that joined)
+                report.rebalanced += max(0, made - max(0, plan.target - copies))
+            self.queue -= 1
+
+        await asyncio.gather(*(copy(*w) for w in plan.work))
+
+    async def _drop_surplus(
+        self, surplus: list[FileRow], live: dict[str, Session], target: int, report: Report
+    ) -> None:
+        """Drop this node's copies of files that `target` others hold in its stead (they rank above it in
+        placement.keep_order), asked again just before each goes: a copy goes only once that many others
+        acknowledged theirs, and the `target` first in that order never drop theirs, so two holders
+        dropping at once still leave `target`. A user's store here (pinned) is never dropped."""
+        if not surplus:
+            return
+        ctx = self.ctx
+        again = await self._ask(live, [(f.key, f.cid) for f in surplus], None)
+        for f in surplus:
+            holders = {ctx.node_id} | again.held.get((f.key, f.cid), set())
+            pinned = again.pinned.get((f.key, f.cid), set())
+            if not _surplus(f.cid, ctx.node_id, holders, pinned, target):
+                continue
+            dropped = await ctx.ex.db(ctx.repo.drop_copy, f.key, f.cid, f.created)
+            if dropped is None:  # stored again, or by a user, since the pass looked: it stays
+                continue
+            if dropped[1]:
+                await ctx.ex.db(ctx.store.unlink_orphan, dropped[0])
+            report.dropped += 1
+            COUNTERS.repair_dropped += 1
+            kept = placement.keep_order(f.cid, holders - {ctx.node_id}, pinned)[:target]
+            log.info(
+                "event=surplus_dropped key=%s cid=%s kept_by=%s",
+                show_key(f.key),
+                f.cid,
+                ",".join(p[:12] for p in kept),
+            )
+
     async def _ask(
-        self, live: dict[str, Session], files: Sequence[tuple[bytes, str]], report: Report
-    ) -> tuple[dict[tuple[bytes, str], set[str]], set[str]]:
-        """Which connected member holds which of `files`; and the members that answered every batch (one
-        that did not is neither counted as a holder nor sent a copy this pass)."""
-        held: dict[tuple[bytes, str], set[str]] = {}
+        self, live: dict[str, Session], files: Sequence[tuple[bytes, str]], report: Report | None
+    ) -> _Seen:
+        """Which connected member holds (and pinned) which of `files`, and the members that answered every
+        batch (one that did not is neither counted as a holder nor sent a copy this pass)."""
+        seen = _Seen()
         batches = _batches(files)
 
         async def ask(session: Session) -> bool:
@@ -261,9 +388,12 @@ class Repair:
                 for batch in batches:
                     asked = m.Holds(tuple((key.decode(), cid) for key, cid in batch))
                     reply = await session.request(asked, timeout=HOLDS_TIMEOUT)
-                    for f, has in zip(batch, reply.held(len(batch)), strict=True):
+                    n = len(batch)
+                    for f, has, pin in zip(batch, reply.held(n), reply.pins(n), strict=True):
                         if has:
-                            held.setdefault(f, set()).add(session.peer_id)
+                            seen.held.setdefault(f, set()).add(session.peer_id)
+                            if pin:
+                                seen.pinned.setdefault(f, set()).add(session.peer_id)
                 return True
             except (P2PError, TimeoutError) as exc:
                 log.info("event=repair_holds_unanswered peer=%s error=%r", session.peer_id[:12], str(exc))
@@ -271,9 +401,11 @@ class Repair:
 
         sessions = list(live.values())
         results = await asyncio.gather(*(ask(s) for s in sessions))
-        report.members_asked = len(sessions)
-        report.members_unanswered = results.count(False)
-        return held, {s.peer_id for s, ok in zip(sessions, results, strict=True) if ok}
+        if report is not None:
+            report.members_asked = len(sessions)
+            report.members_unanswered = results.count(False)
+        seen.answered = {s.peer_id for s, ok in zip(sessions, results, strict=True) if ok}
+        return seen
 
     async def _recently_away(self, live: set[str]) -> set[str]:
         """Members not connected now that went less than the grace period ago: their copies still count."""

@@ -33,10 +33,11 @@ async def who_has(msg: m.WhoHas, repo: Repo, run: Run) -> m.Have:
 
 
 async def holds(msg: m.Holds, repo: Repo, run: Run) -> m.Held:
-    """Which of the files asked this node holds, one bit each (node/repair.py's digest)."""
+    """Which of the files asked this node holds, one bit each, and which of those a user stored here
+    (node/repair.py's digest)."""
     files = [(encode_key(key), cid) for key, cid in msg.files]
     have = await run(repo.held_files, files)
-    return m.Held.of([f in have for f in files])
+    return m.Held.of([f in have for f in files], [have.get(f, False) for f in files])
 
 
 async def serve_get(session: Session, msg: m.Get, store: ContentStore, run: Run) -> m.Ok:

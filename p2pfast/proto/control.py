@@ -211,7 +211,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "ok": ({"re": _id}, {"size": _size, "leaves": _leaves}),
     "error": ({"re": _id, "code": _int(0, MAX_CODE), "reason": _utf8(MAX_REASON_BYTES)}, {}),
     "holds": ({"id": _id, "files": _file_pairs}, {}),
-    "held": ({"re": _id, "bits": _bits}, {}),
+    "held": ({"re": _id, "bits": _bits}, {"pinned": _bits}),
     "list_files": ({"id": _id, "limit": _int(1, MAX_FILES_PAGE)}, {"after": _key}),
     "file_list": ({"re": _id, "files": _files, "more": _bool}, {}),
 }

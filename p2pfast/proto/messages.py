@@ -175,22 +175,37 @@ class Error:
 @dataclass(frozen=True, slots=True)
 class Held:
     """The answer to `Holds`: lowercase hex of a bit string, bit i (most significant first in each
-    byte) set when the i-th file asked is held (its key names that content id here)."""
+    byte) set when the i-th file asked is held (its key names that content id here). `pinned`, the same
+    form, sets bit i when that file was stored on the peer by a user (not a copy it received): a pinned
+    copy is never dropped as surplus, so repair ranks it first among the holders it keeps."""
 
     bits: str
+    pinned: str = ""
 
     @classmethod
-    def of(cls, held: list[bool]) -> Held:
-        raw = bytearray((len(held) + 7) // 8)
-        for i, h in enumerate(held):
-            if h:
-                raw[i // 8] |= 0x80 >> (i % 8)
-        return cls(raw.hex())
+    def of(cls, held: list[bool], pinned: list[bool] | None = None) -> Held:
+        return cls(_hexbits(held), "" if pinned is None or not any(pinned) else _hexbits(pinned))
 
     def held(self, n: int) -> list[bool]:
         """The first n bits as booleans (a missing bit is False)."""
-        raw = bytes.fromhex(self.bits)
-        return [i // 8 < len(raw) and bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
+        return _bools(self.bits, n)
+
+    def pins(self, n: int) -> list[bool]:
+        """The first n bits of `pinned` (a peer that sends none pins nothing it says)."""
+        return _bools(self.pinned, n)
+
+
+def _hexbits(flags: list[bool]) -> str:
+    raw = bytearray((len(flags) + 7) // 8)
+    for i, f in enumerate(flags):
+        if f:
+            raw[i // 8] |= 0x80 >> (i % 8)
+    return raw.hex()
+
+
+def _bools(bits: str, n: int) -> list[bool]:
+    raw = bytes.fromhex(bits)
+    return [i // 8 < len(raw) and bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +373,7 @@ def _fields(msg: Message) -> dict[str, Any]:
         case Holds():
             return {"files": [[key, cid] for key, cid in msg.files]}
         case Held():
-            return {"bits": msg.bits}
+            return {"bits": msg.bits, "pinned": msg.pinned} if msg.pinned else {"bits": msg.bits}
         case Error():
             return {"code": msg.code, "reason": msg.reason}
         case Leaves():
@@ -417,7 +432,7 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
         case "holds":
             return Holds(tuple((key, cid) for key, cid in d["files"]))
         case "held":
-            return Held(d["bits"])
+            return Held(d["bits"], d.get("pinned", ""))
         case "error":
             return Error(d["code"], d["reason"])
         case "leaves":

@@ -260,13 +260,17 @@ class Repo:
         (row,) = self._rows("SELECT coalesce(sum(size), 0) FROM objects")
         return int(row[0])
 
-    def held_files(self, files: Sequence[tuple[bytes, str]]) -> set[tuple[bytes, str]]:
-        """Which of ``files`` (key, cid) are here: the key names that cid (a peer's `holds`)."""
+    def held_files(self, files: Sequence[tuple[bytes, str]]) -> dict[tuple[bytes, str], bool]:
+        """Which of ``files`` (key, cid) are here (the key names that cid), each with whether a user stored
+        it here (origin NULL: pinned) rather than it arriving as a copy (a peer's `holds`)."""
         if not files:
-            return set()
+            return {}
         marks = ", ".join("?" * len(files))
-        rows = self._rows(f"SELECT key, cid FROM files WHERE key IN ({marks})", tuple(k for k, _ in files))
-        return {(bytes(k), c) for k, c in rows} & set(files)
+        rows = self._rows(
+            f"SELECT key, cid, origin IS NULL FROM files WHERE key IN ({marks})", tuple(k for k, _ in files)
+        )
+        asked = set(files)
+        return {(bytes(k), c): bool(p) for k, c, p in rows if (bytes(k), c) in asked}
 
     def get_key(self, cid: str) -> tuple[bytes, str] | None:
         """The object's (wrapped data key, algorithm), or None."""
@@ -362,6 +366,17 @@ class Repo:
             if removed is None:
                 raise NotFound(key_text(key))
             return removed
+
+    def drop_copy(self, key: bytes, cid: str, created: float) -> tuple[str, bool] | None:
+        """Drop a surplus copy (node/repair.py): the files row of ``key`` goes only if it still names
+        ``cid``, still is a copy received from a peer (origin not NULL: never a user's store here), and
+        was not stored again since the caller looked (``created`` unchanged). Returns (cid, orphaned) as
+        :meth:`remove_file` does, or None when the row no longer qualifies and stays."""
+        with self._write() as conn:
+            row = conn.execute("SELECT cid, created, origin FROM files WHERE key = ?", (key,)).fetchone()
+            if row is None or row[0] != cid or float(row[1]) != created or row[2] is None:
+                return None
+            return _unlink_file(conn, key, cid)
 
     def delete_object_rows(self, cid: str) -> None:
         """For reconcile: drop the object, key and shares rows of ``cid``.
@@ -535,6 +550,13 @@ class Repo:
                 " ON CONFLICT (cid, peer) DO UPDATE SET acked_at = excluded.acked_at",
                 rows,
             )
+
+    def remove_share_rows(self, rows: Sequence[tuple[str, str]]) -> None:
+        """Forget (cid, peer) shares a peer no longer backs (it said it does not hold the object)."""
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany("DELETE FROM shares WHERE cid = ? AND peer = ?", rows)
 
     def shares_for(self, cid: str) -> list[ShareRow]:
         rows = self._rows(f"SELECT {_SHARE_COLS} FROM shares WHERE cid = ? ORDER BY peer", (cid,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,5 +182,109 @@ def test_a_full_node_refuses_and_the_store_and_the_repair_move_on_to_the_next(tm
         finally:
             for n in [a, *others]:
                 await n.close()
+
+    run(main())
+
+
+HAND = Settings(interval=3600.0, debounce=3600.0)  # no pass but the test's own
+
+
+def payload_where(rank: Callable[[str], bool], start: int = 0) -> bytes:
+    """The first small payload whose content id `rank` accepts (weights are fixed once ids are)."""
+    for i in range(start, start + 10_000):
+        data = f"payload {i} ".encode() * 500
+        if rank(cid_of(data)):
+            return data
+    raise AssertionError("no payload ranks as wanted")
+
+
+def test_a_member_that_joins_gets_the_files_it_ranks_for_and_the_copy_it_replaces_goes(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3, replicas=1, repair=HAND) as (a, b, c):
+            d = await start_node(tmp_path / "d", [], replicas=1, repair=HAND)  # not connected yet
+            try:
+                w = placement.weight
+                data = payload_where(
+                    lambda cid: w(cid, d.node_id) > max(w(cid, b.node_id), w(cid, c.node_id))
+                )
+                report = await a.put("moved", BytesSource(data))
+                (old,) = [n for n in (b, c) if n.node_id in report.replicated_to]
+                d.peers.dial_soon(a.peers.listen_addr)
+                await wait_until(lambda: all(len(n.peers.sessions) == 3 for n in (a, b, c, d)))
+                # a's store (pinned) and old's copy: at its target of 2, but d ranks above old now
+                first = max((a, old), key=lambda n: w(report.cid, n.node_id))
+                other = old if first is a else a
+                assert first.repair is not None and other.repair is not None and old.repair is not None
+                mid = await other.repair.pass_now("test")
+                assert mid.copies == 0 and mid.dropped == 0  # not its move to make
+                moved = await first.repair.pass_now("test")
+                assert moved.copies == 1 and moved.rebalanced == 1 and moved.under_replicated == 0
+                assert d.repo.get_file(b"moved") is not None
+                assert old.repo.get_file(b"moved") is not None  # not dropped before its own pass
+                gone = await old.repair.pass_now("test")
+                assert gone.dropped == 1 and old.repo.get_file(b"moved") is None
+                assert not old.store.object_path(report.cid).exists()  # its object file went too
+                got = BufferSink()
+                assert (await d.get("moved", got)).source == "local" and bytes(got.data) == data
+                for n in (a, b, c, d):  # settled: nothing more moves, nothing more goes
+                    assert n.repair is not None
+                    again = await n.repair.pass_now("test")
+                    assert again.copies == again.dropped == again.moves_pending == 0, again
+                assert {n.node_id for n in (a, b, c, d) if n.repo.get_file(b"moved")} == {
+                    a.node_id,
+                    d.node_id,
+                }
+                # the origin no longer counts old as a holder (its pass found that share stale)
+                assert old.node_id not in {s.peer for s in a.repo.shares_for(report.cid)}
+            finally:
+                await d.close()
+
+    run(main())
+
+
+def test_a_users_own_store_is_never_dropped_and_a_received_copy_beyond_the_target_is(tmp_path: Path) -> None:
+    # Holders in keep order: the two nodes users stored the file on, then the one that received a copy.
+    # With a target of 2 the received copy is surplus, though it ranks first by weight: without the
+    # holds reply's `pinned` bits, that holder would count itself among the two to keep.
+    async def main() -> None:
+        async with cluster(tmp_path, 3, replicas=1, repair=HAND) as (a, b, c):
+            w = placement.weight
+            ids = {n.node_id: n for n in (a, b, c)}
+            data = payload_where(lambda cid: max(ids, key=lambda i: w(cid, i)) != a.node_id)
+            report = await a.put("both", BytesSource(data))
+            (copy,) = [ids[i] for i in report.replicated_to]  # the best-ranked of b and c: first of all
+            user = c if copy is b else b
+            again = await user.put("both", BytesSource(data))  # a user stores the same file there
+            assert again.cid == report.cid
+            assert user.repo.get_file(b"both").origin is None  # type: ignore[union-attr]
+            for n in (a, user):
+                assert n.repair is not None
+                r = await n.repair.pass_now("test")
+                assert r.dropped == 0 and n.repo.get_file(b"both") is not None
+            assert copy.repair is not None
+            dropped = await copy.repair.pass_now("test")
+            assert dropped.dropped == 1 and copy.repo.get_file(b"both") is None
+            for n in (a, user):
+                got = BufferSink()
+                assert (await n.get("both", got)).source == "local" and bytes(got.data) == data
+
+    run(main())
+
+
+def test_drop_copy_keeps_a_row_stored_again_or_by_a_user(tmp_path: Path) -> None:
+    # The last check before a surplus copy goes is on the DB thread, against the row as it is then.
+    async def main() -> None:
+        async with cluster(tmp_path, 2, replicas=1, repair=HAND) as (a, b):
+            report = await a.put("k", BytesSource(b"v" * 5000))
+            row = b.repo.get_file(b"k")
+            assert row is not None and row.origin == a.node_id
+            assert b.repo.drop_copy(b"k", report.cid, row.created + 1) is None  # stored again since
+            assert b.repo.drop_copy(b"k", "b3:" + "00" * 32, row.created) is None  # names other content
+            assert a.repo.drop_copy(b"k", report.cid, a.repo.get_file(b"k").created) is None  # type: ignore[union-attr]
+            assert a.repo.get_file(b"k") is not None and b.repo.get_file(b"k") is not None
+            assert b.repo.drop_copy(b"k", report.cid, row.created) == (report.cid, True)
+            assert b.repo.get_file(b"k") is None
 
     run(main())

@@ -51,6 +51,7 @@ VALID: list[dict[str, Any]] = [
     {"t": "holds", "id": 6, "files": [["k", CID]] * control.MAX_HOLDS},
     {"t": "held", "re": 6, "bits": "80"},
     {"t": "held", "re": 6, "bits": "ff" * 25},
+    {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
 ]
 
 

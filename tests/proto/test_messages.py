@@ -49,7 +49,9 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Leaves: st.builds(m.Leaves, cid=cids, sid=st.none() | sids),
     m.Store: st.builds(m.Store, sid=sids, cid=cids, size=sizes, key=keys, repair=st.booleans()),
     m.Holds: st.builds(m.Holds, files=st.lists(st.tuples(keys, cids), min_size=1, max_size=40).map(tuple)),
-    m.Held: st.lists(st.booleans(), min_size=1, max_size=control.MAX_HOLDS).map(m.Held.of),
+    m.Held: st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=control.MAX_HOLDS).map(
+        lambda bits: m.Held.of([h for h, _ in bits], [p for _, p in bits])
+    ),
     m.Delete: st.builds(m.Delete, key=keys, cid=cids, origin=hex64, at=times),
     m.Ok: st.builds(m.Ok, size=st.none() | sizes, leaves=st.none() | leaves),
     m.Error: st.builds(m.Error, code=st.integers(0, 2**32 - 1), reason=reasons),
@@ -77,6 +79,7 @@ EXAMPLES: list[m.Message] = [
     m.Store(3, CID, 10, "photos/a.jpg", repair=True),
     m.Holds((("photos/a.jpg", CID),)),
     m.Held.of([True, False, True]),
+    m.Held.of([True, False, True], [False, False, True]),
     m.ListFiles(100, "photos/a.jpg"),
     m.FileList((m.FileEntry("photos/a.jpg", CID, 10),), more=False),
 ]
@@ -361,3 +364,14 @@ def test_to_wire_refuses_what_is_not_one_of_the_classes() -> None:
     for thing in (Louder(), {"t": "ping"}):
         with pytest.raises(TypeError, match="not a control message"):
             m.to_wire(thing, id=1)  # type: ignore[arg-type]
+
+
+def test_held_carries_which_files_the_peer_pinned_and_a_peer_that_sends_none_pins_nothing() -> None:
+    held = m.Held.of([True, True, False, True], [False, True, False, False])
+    back = through_the_wire(m.to_wire(held, re=3)).msg
+    assert isinstance(back, m.Held)
+    assert back.held(4) == [True, True, False, True]
+    assert back.pins(4) == [False, True, False, False]
+    older = through_the_wire({"t": "held", "re": 3, "bits": "d0"}).msg  # a peer of an earlier version
+    assert isinstance(older, m.Held) and older.pins(4) == [False] * 4 and older.held(4)[3]
+    assert "pinned" not in m.to_wire(m.Held.of([True], [False]), re=1)  # nothing pinned: not sent
