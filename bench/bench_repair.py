@@ -5,7 +5,7 @@ total), each node's repair copies throttled to `repair_bandwidth` (64 MiB/s here
 
 * kill 1 node: seconds until every file has 3 copies on the live nodes again;
 * then kill 2 more at once: the same;
-* user stores (20 x 4 MiB through one node's daemon) while that second repair runs, against the same
+* user stores (50 x 4 MiB through one node's daemon) while that second repair runs, against the same
   stores before any node died.
 
 Beside each time, the floor it is a ratio to: the bytes the lost copies hold at one node's repair
@@ -44,7 +44,7 @@ CONFIG = (
     f"replicas = 2\nrepair_grace = {GRACE:g}\nrepair_bandwidth = {BANDWIDTH}\nrepair_interval = 600\n"
     "gossip_interval = 2\n"
 )
-USER_FILES = 20
+USER_FILES = 50
 USER_SIZE = 4 << 20
 
 

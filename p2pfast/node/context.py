@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from p2pfast.datadir import Layout, LocalNode
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerManager
 from p2pfast.node.executors import Executors
+from p2pfast.node.flow import Activity
 from p2pfast.repo.repo import Repo
 from p2pfast.store.objects import ContentStore
 
@@ -34,6 +35,8 @@ class Context:
     working: Callable[[str], contextlib.AbstractContextManager[None]]
     # the node is stopping: no new transfer is taken
     draining: Callable[[], bool]
+    # user transfers under way, that repair yields to
+    activity: Activity = field(default_factory=Activity)
 
     @property
     def store(self) -> ContentStore:

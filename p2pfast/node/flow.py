@@ -8,7 +8,9 @@ than one 64 KiB frame.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import time
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -73,3 +75,31 @@ class Throttle:
             return 0.0
         self._free_at = max(self._free_at, now) + n / self.rate
         return self._free_at - now
+
+
+# While a user's transfer runs on a node (and for LINGER after the last one ends, so a script's
+# back-to-back stores count as one busy spell), its repair copies, sent and received, are charged
+# BUSY_SHARE times their bytes: repair yields to users but keeps moving, at 1/BUSY_SHARE of its bandwidth.
+BUSY_SHARE = 8
+LINGER = 1.0
+
+
+class Activity:
+    """The user transfers under way on this node: its own stores and gets, a peer's store (a user's
+    replication) and a peer's get. Background work asks `busy` to yield to them."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._ended = float("-inf")
+
+    @contextlib.contextmanager
+    def user(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._ended = time.monotonic()
+
+    def busy(self, now: float) -> bool:
+        return self.active > 0 or now - self._ended < LINGER

@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from p2pfast import wire
@@ -59,9 +59,11 @@ async def receive(
     run: Run,
     max_object: int | None = None,
     max_storage: int | None = None,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> m.Ok:
     """Serve a peer's "store": receive the plaintext, re-encrypt it with our keys, check the content id,
-    commit (with the sender recorded as a holder), and only then reply ok."""
+    commit (with the sender recorded as a holder), and only then reply ok. `pace`, awaited with the bytes
+    of each piece received, holds back a repair copy (node/repair.py) while users' transfers run here."""
     stream = session.stream(msg.sid)
     size, cid, key = msg.size, msg.cid, msg.key
     holders = (session.peer_id,)
@@ -97,7 +99,7 @@ async def receive(
             data = await _read_exactly(stream, size, cid)
             result = await run(_store_small, store, key, data, cid, holders)
         else:
-            result = await _receive_large(stream, size, cid, key, store, run, holders)
+            result = await _receive_large(stream, size, cid, key, store, run, holders, pace)
     except TimeoutError:
         stream.reset(int(wire.ErrorCode.REFUSED))
         raise PeerUnavailable(f"store of {cid} stalled for {STALL_TIMEOUT:g}s") from None
@@ -179,6 +181,7 @@ async def _receive_large(
     store: ContentStore,
     run: Run,
     holders: Sequence[str],
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> PutResult:
     upload = await run(store.begin, key, size)
     try:
@@ -198,6 +201,8 @@ async def _receive_large(
             jobs.append(asyncio.ensure_future(run(_write_chunks, upload, chunks)))  # one thread: in order
             while len(jobs) >= PIPELINE:
                 await jobs.popleft()
+            if pace is not None:  # not reading meanwhile: the sender's credit runs out, and it waits too
+                await pace(sum(len(c) for c in chunks))
         while jobs:
             await jobs.popleft()
         if received != size:

@@ -46,7 +46,7 @@ from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
-from p2pfast.node.flow import Throttle
+from p2pfast.node.flow import BUSY_SHARE, STALL_TIMEOUT, Activity, Throttle
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
@@ -137,14 +137,29 @@ def _surplus(cid: str, me: str, holders: set[str], pinned: set[str], target: int
 
 
 class _Pace:
-    """One bandwidth budget for every repair copy of this node: after n bytes went out, the next may go
-    n / bandwidth seconds later."""
+    """One bandwidth budget for every repair copy this node sends: after n bytes went, the next may go
+    n / bandwidth seconds later. While users' transfers run here (`activity`), bytes count BUSY_SHARE
+    times, so repair yields to them and still moves; `when_busy` holds received copies to that share too
+    (and does not hold them at all otherwise: the sender's budget paces them)."""
 
-    def __init__(self, bandwidth: int) -> None:
+    def __init__(self, bandwidth: int, activity: Activity | None = None) -> None:
         self._throttle = Throttle(max(1, bandwidth))
+        self._activity = activity
 
     async def __call__(self, n: int) -> None:
-        delay = self._throttle.take(n, time.monotonic())
+        now = time.monotonic()
+        busy = self._activity is not None and self._activity.busy(now)
+        await self._wait(n * BUSY_SHARE if busy else n, now)
+
+    async def when_busy(self, n: int) -> None:
+        now = time.monotonic()
+        if self._activity is not None and self._activity.busy(now):
+            await self._wait(n * BUSY_SHARE, now)
+
+    async def _wait(self, n: int, now: float) -> None:
+        # Never so long that the other side takes the copy for stalled (a 4 MiB piece at a low bandwidth,
+        # times BUSY_SHARE): the budget still books every byte, so the average holds.
+        delay = min(self._throttle.take(n, now), STALL_TIMEOUT / 2)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -153,7 +168,7 @@ class Repair:
     def __init__(self, ctx: Context, settings: Settings) -> None:
         self.ctx = ctx
         self.settings = settings
-        self.pace = _Pace(settings.bandwidth)
+        self.pace = _Pace(settings.bandwidth, ctx.activity)
         self.last: Report | None = None
         self.running: Report | None = None  # the pass under way
         self.queue = 0  # files of the pass under way still waiting for their copies

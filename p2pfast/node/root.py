@@ -301,14 +301,17 @@ class Node:
     async def put(self, key: str, source: Source, progress: Progress | None = None) -> StoreReport:
         """Store `source` under `key`: sealed here and durable, then replicated; returns who acknowledged
         a copy."""
-        assert self.storing is not None, "Node.start() first"
-        return await self.storing.put(key, source, progress)
+        assert self.storing is not None and self.ctx is not None, "Node.start() first"
+        with self.ctx.activity.user():
+            return await self.storing.put(key, source, progress)
 
     async def get(
         self, key: str, sink: Sink, progress: Progress | None = None, keep: bool = False
     ) -> GetReport:
         """Write the verified plaintext of `key` to `sink`, from the local copy or the network."""
-        return await getting.get(self._started(), key, sink, progress, keep)
+        ctx = self._started()
+        with ctx.activity.user():
+            return await getting.get(ctx, key, sink, progress, keep)
 
     async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
         """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""
@@ -372,8 +375,18 @@ class Node:
         # A store is a user's deliberate act, newer than any tombstone for its key: accept it. What a
         # tombstone prevents is an old copy outliving its delete (Repo.delete_file_with_tombstone), and a
         # repair copy is such a copy: receive() refuses it, and the sender hears of the delete.
+        assert self.ctx is not None and self.repair is not None
+        activity, pace = self.ctx.activity, self.repair.pace.when_busy
+
         async def run() -> m.Ok:
-            return await receive.receive(session, msg, self.store, self.db, self.max_object, self.max_storage)
+            if msg.repair:  # repair yields to users' transfers here, as the sender's does there
+                return await receive.receive(
+                    session, msg, self.store, self.db, self.max_object, self.max_storage, pace
+                )
+            with activity.user():
+                return await receive.receive(
+                    session, msg, self.store, self.db, self.max_object, self.max_storage
+                )
 
         try:
             return await self._transfer(session, "store", run, counted="receive")
@@ -387,8 +400,12 @@ class Node:
         return await serve.holds(msg, self.repo, self.db)
 
     async def _serve_get(self, session: Session, msg: m.Get) -> m.Ok:
+        assert self.ctx is not None
+        activity = self.ctx.activity
+
         async def run() -> m.Ok:
-            return await serve.serve_get(session, msg, self.store, self.db)
+            with activity.user():  # a peer's get serves a user there (or a scrub's repair)
+                return await serve.serve_get(session, msg, self.store, self.db)
 
         return await self._transfer(session, "get", run, counted="serve")
 

@@ -4,8 +4,9 @@ which holder copies, the copies landing verified, a tombstone winning over a rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from inproc import cluster, run, start_node, wait_until
 
 from p2pfast.errors import PeerUnavailable
 from p2pfast.node import placement
+from p2pfast.node.flow import BUSY_SHARE, Activity
 from p2pfast.node.repair import Settings, _Pace
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.node.sources import BufferSink, BytesSource
@@ -286,5 +288,84 @@ def test_drop_copy_keeps_a_row_stored_again_or_by_a_user(tmp_path: Path) -> None
             assert a.repo.get_file(b"k") is not None and b.repo.get_file(b"k") is not None
             assert b.repo.drop_copy(b"k", report.cid, row.created) == (report.cid, True)
             assert b.repo.get_file(b"k") is None
+
+    run(main())
+
+
+def test_repair_copies_yield_to_user_transfers_on_the_node() -> None:
+    # While a user's transfer runs (and briefly after), each byte of a repair copy books BUSY_SHARE
+    # times its time: the budget is read back, so nothing here depends on how fast the machine is.
+    async def main() -> None:
+        rate = 100 * 1024 * 1024
+        n = 1024 * 1024
+        activity = Activity()
+        idle = _Pace(rate, activity)
+        t0 = time.monotonic()
+        await idle.when_busy(n)  # a received copy while no user transfer runs: not held at all
+        assert idle._throttle._free_at == 0.0
+        await idle(n)
+        assert idle._throttle._free_at - t0 < 4 * n / rate  # booked n / rate (10 ms), not 8 times that
+        busy = _Pace(rate, activity)
+        with activity.user():
+            assert activity.busy(time.monotonic())
+            t1 = time.monotonic()
+            await busy(n)
+            assert busy._throttle._free_at - t1 >= BUSY_SHARE * n / rate
+            await busy.when_busy(n)
+            assert busy._throttle._free_at - t1 >= 2 * BUSY_SHARE * n / rate
+        assert activity.active == 0 and activity.busy(time.monotonic())  # it lingers a moment
+
+    asyncio.run(main())
+
+
+class _SlowSource:
+    """A source that gives its bytes only as the test lets it (a user's upload still coming in)."""
+
+    file: int | None = None
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.gate = data, asyncio.Event()
+
+    async def read(self, limit: int) -> bytes:
+        await self.gate.wait()
+        chunk, self.data = self.data[:limit], self.data[limit:]
+        return chunk
+
+
+class _Counted(Activity):
+    """The node's own Activity, remembering how many user transfers it saw begin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun = 0
+
+    @contextlib.contextmanager
+    def user(self) -> Iterator[None]:
+        self.begun += 1
+        with super().user():
+            yield
+
+
+def test_a_store_counts_as_user_activity_on_the_storer_and_its_replicas(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3, replicas=2, repair=HAND) as (a, b, c):
+            assert a.ctx is not None and b.ctx is not None and c.ctx is not None
+            a.ctx.activity, b.ctx.activity, c.ctx.activity = _Counted(), _Counted(), _Counted()
+            src = _SlowSource(b"u" * 3_000_000)
+            put = asyncio.ensure_future(a.put("user", src))
+            await wait_until(lambda: a.ctx is not None and a.ctx.activity.active == 1)
+            src.gate.set()
+            report = await put
+            assert sorted(report.replicated_to) == sorted([b.node_id, c.node_id])
+            assert [n.ctx.activity.begun for n in (a, b, c) if n.ctx] == [1, 1, 1]  # the put, two receives
+            assert all(n.ctx.activity.active == 0 for n in (a, b, c) if n.ctx)
+            # a repair copy is not user activity on its receiver: it is what yields there
+            await c.db(c.store.delete, "user")
+            outcome = StoreOutcome(report.cid, report.size)
+            await replicate(
+                [a.peers.sessions[c.node_id]], a.store, a.db, b"user", report.cid, report.size,
+                outcome=outcome, repair=True,
+            )  # fmt: skip
+            assert outcome.acked == [c.node_id] and c.ctx.activity.begun == 1
 
     run(main())
