@@ -1,15 +1,29 @@
 """Self-healing with real node processes: files whose holders die get their copies back with no command
-typed, the copies a member that returns makes surplus go again, a deleted file stays deleted, and
-`p2pfast repair` runs a pass and says what it moved (node/repair.py)."""
+typed, the copies a member that returns makes surplus go again, a deleted file stays deleted,
+`p2pfast repair` runs a pass and says what it moved (node/repair.py), and nodes SIGKILLed at random,
+between stores or while one is in flight, lose no acknowledged file."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from netnodes import NodeProc, make_nodes, running, wait_until
-from nodetools import pattern, run_cli
+from nodetools import (
+    error_lines,
+    feed,
+    killing,
+    object_files,
+    pattern,
+    run_cli,
+    start_cli,
+    temp_files,
+    wait_for,
+)
 
 from p2pfast.repo.repo import Repo
 
@@ -192,3 +206,163 @@ def test_random_kills_and_restarts_during_stores_lose_nothing_and_end_at_target(
             out = tmp_path / "out"
             r = run_cli("get", key, "-o", out, "--data-dir", rnd.choice(nodes).root)
             assert r.returncode == 0 and out.read_bytes() == data, (key, r.stderr)
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    victim: NodeProc | None  # the node killed, if any
+    running: bool  # the store had not ended when the kill came
+    receiving: bool  # the victim, a peer, held a temp file of this store then
+    reading: bool  # the kill came while the origin still waited for the rest of the input
+    returncode: int
+    out: bytes
+    err: bytes
+
+
+def store_in_flight_and_kill(
+    rnd: random.Random, origin: NodeProc, others: list[NodeProc], key: str, data: bytes, tmp: Path, kill: bool
+) -> InFlight:
+    """`store KEY` on `origin` in the background; while it is in flight, maybe SIGKILL one node: the
+    origin itself, a peer seen receiving the file, or another. The moment is one seen from outside, never
+    a sleep for a peer: part of the input written to `store -` and the origin's temp file there (it reads
+    the rest), or a peer's new temp file (the origin sends), then a short random delay."""
+    before = {n.root: set(temp_files(n.root)) for n in [origin, *others]}
+
+    def receiving(n: NodeProc) -> bool:
+        return bool(set(temp_files(n.root)) - before[n.root])
+
+    from_pipe = rnd.random() < 0.5
+    if from_pipe:
+        proc = start_cli("store", key, "-", "--json", "--data-dir", origin.root, stdin=subprocess.PIPE)
+    else:
+        src = tmp / "src"
+        src.write_bytes(data)
+        proc = start_cli("store", key, src, "--json", "--data-dir", origin.root)
+    victim, running_then, received = None, False, False
+    with killing(proc):
+        rest = data
+        if from_pipe:
+            cut = rnd.randrange(1, len(data))
+            feed(proc, data[:cut], 30)
+            rest = data[cut:]
+            wait_for(lambda: receiving(origin) or proc.poll() is not None, 30, "the store to begin")
+            candidates = others
+        else:  # the input is the origin's already: wait until a peer receives (or the store is over)
+            wait_for(
+                lambda: any(receiving(n) for n in others) or proc.poll() is not None,
+                30,
+                "a replica to begin receiving",
+                interval=0.002,
+            )
+            candidates = [n for n in others if receiving(n)] or others
+        if kill:
+            time.sleep(rnd.uniform(0, 0.05))  # a random moment within the transfer, not a wait for a peer
+            victim = origin if rnd.random() < 0.4 else rnd.choice(candidates)
+            received = victim is not origin and receiving(victim)
+            running_then = proc.poll() is None
+            victim.kill()
+        out, err = proc.communicate(rest if from_pipe else None, timeout=120)
+    reading = from_pipe and running_then
+    return InFlight(victim, running_then, received, reading, proc.returncode, out, err)
+
+
+RECOVERY = ("removed_temp_file", "quarantined_object", "missing_object")
+
+
+def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_file(tmp_path: Path) -> None:
+    # Stores of a few MiB each, and while each is in flight a node is SIGKILLed at random (most steps):
+    # the node the store went to, a peer receiving it, or another; killed nodes come back at random (at
+    # most two down at a time). A store counts as acknowledged only when it exited 0 with its JSON report.
+    # At the end, with every node back and its start-up recovery done: each acknowledged file has its 3
+    # copies and reads back byte for byte, no temp file is left, and every object file under a final name
+    # is a whole one its repo lists (scrub reads each back and verifies it). A fixed seed: a failure can
+    # be replayed (the step and the kill are in each assertion's message).
+    rnd = random.Random(1313)
+    nodes = make_nodes(tmp_path, 5)
+    configure(nodes, FAST.replace("repair_grace = 3", "repair_grace = 1") + "scrub_bandwidth = none\n")
+    acked: dict[str, bytes] = {}
+    # What the kills hit: how many were made, came while the store ran (in_flight), while the origin
+    # still read the input (reading); the origin itself (origin; origin_failed: the store failed), another
+    # node (replica; receiving: it held a temp file of this store then; replica_failed: the report says
+    # its copy failed).
+    counters = "kills in_flight reading origin origin_failed replica receiving replica_failed"
+    seen = dict.fromkeys(counters.split(), 0)
+    steps = 30
+    with running(nodes):
+        start_all(nodes)
+        down: list[NodeProc] = []
+        for step in range(steps):
+            up = [n for n in nodes if n not in down]
+            if down and (len(down) == 2 or rnd.random() < 0.4):
+                back = down.pop(rnd.randrange(len(down)))
+                back.start("--bootstrap", up[0].listen)
+                up = [n for n in nodes if n not in down]
+            origin = rnd.choice(up)
+            key = f"m/{step:02d}"
+            data = pattern(rnd.choice([2, 3, 5]) * (1 << 20) + rnd.randrange(1 << 16), seed=500 + step)
+            others = [n for n in up if n is not origin]
+            flight = store_in_flight_and_kill(rnd, origin, others, key, data, tmp_path, rnd.random() < 0.8)
+            victim = flight.victim
+            ctx = (
+                step,
+                key,
+                len(data),
+                origin.root.name,
+                victim and victim.root.name,
+                flight.returncode,
+                flight.err,
+            )
+            if victim is not None:
+                down.append(victim)
+                seen["kills"] += 1
+                seen["in_flight"] += flight.running
+                seen["reading"] += flight.reading
+            if flight.returncode == 0:  # acknowledged: it must survive whatever comes next
+                report = orjson.loads(flight.out)
+                assert report["key"] == key and report["size"] == len(data), (ctx, report)
+                acked[key] = data
+            else:  # only the loss of the node the store went to may fail it, and with its one line
+                assert victim is origin and flight.returncode == 10, ctx
+                assert len(error_lines(flight.err)) == 1 and b"Traceback" not in flight.err, ctx
+            if victim is origin:
+                seen["origin"] += 1
+                seen["origin_failed"] += flight.returncode != 0
+            elif victim is not None:
+                seen["replica"] += 1
+                seen["receiving"] += flight.receiving
+                seen["replica_failed"] += victim.node_id in report["failed"]
+        for n in down:
+            n.start("--bootstrap", nodes[0].listen if nodes[0] not in down else nodes[-1].listen)
+        ids = {n.node_id for n in nodes}
+        wait_until(lambda: all(ids - {n.node_id} <= n.connected() for n in nodes), 60, "everyone back", nodes)
+        recovered = {w: sum(n.log_path.read_text().count(f"action={w}") for n in nodes) for w in RECOVERY}
+        print(f"acknowledged {len(acked)} of {steps} stores; kills: {seen}; start-up recovery: {recovered}")
+        # The kills did land mid-store: some failed the store, some broke a replica's transfer.
+        assert seen["in_flight"] >= seen["kills"] // 2 and seen["origin_failed"] >= 2, seen
+        assert seen["replica_failed"] >= 2 and len(acked) >= steps // 2, (seen, len(acked))
+        wait_until(
+            lambda: all(len(holders(nodes, key)) >= TARGET for key in acked),
+            90,
+            "every acknowledged file at 3 copies",
+            nodes,
+        )
+
+        def settled(n: NodeProc) -> bool:
+            # No temp file (a repair copy still running ends on its own; a leftover never does), and the
+            # object files under final names are as many as the objects its repo lists.
+            with Repo.open(n.layout.db, readonly=True) as repo:
+                rows = len(repo.list_objects())
+            return not temp_files(n.root) and len(object_files(n.root)) == rows
+
+        wait_until(
+            lambda: all(settled(n) for n in nodes), 30, "no temp file, no object file without a row", nodes
+        )
+        for n in nodes:
+            r = run_cli("scrub", "--now", "--json", "--data-dir", n.root)
+            assert r.returncode == 0, (n.root.name, r.stderr)
+            scrubbed = orjson.loads(r.stdout)
+            assert scrubbed["bad"] == 0 and scrubbed["checked"] >= 1, (n.root.name, scrubbed)
+        for key, data in acked.items():
+            out_file = tmp_path / "out"
+            r = run_cli("get", key, "-o", out_file, "--data-dir", rnd.choice(nodes).root)
+            assert r.returncode == 0 and out_file.read_bytes() == data, (key, r.stderr)

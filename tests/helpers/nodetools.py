@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -127,6 +128,37 @@ def run_cli(
     return subprocess.run(
         cli_argv(*args), input=input, capture_output=True, timeout=timeout, env=env or cli_env(), check=False
     )
+
+
+def start_cli(*args: str | os.PathLike[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Start the CLI in the background (wrap it in `killing`); stdout/stderr piped, stdin as given
+    (subprocess.PIPE for a test that feeds it, unbuffered: see `feed`)."""
+    return subprocess.Popen(
+        cli_argv(*args), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), bufsize=0
+    )
+
+
+def feed(proc: subprocess.Popen[bytes], data: bytes, timeout: float) -> bool:
+    """Write `data` to `proc`'s stdin pipe within `timeout` seconds; False when its reader went away.
+    Non-blocking writes behind select: a blocking write to a reader that stalled would wait forever."""
+    assert proc.stdin is not None
+    fd = proc.stdin.fileno()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{len(view)} of {len(data)} bytes unread by the CLI after {timeout} s")
+        if not select.select([], [fd], [], left)[1]:
+            continue
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
+        except BrokenPipeError:
+            return False
+    return True
 
 
 def error_lines(stderr: bytes) -> list[str]:
