@@ -65,6 +65,15 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
 
 
+def cid_of(data: bytes) -> str:
+    """The content id a store of `data` gets (1 MiB segments), known before it is stored."""
+    from p2pfast.store import contentid
+
+    seg = 1024 * 1024
+    parts = [data[i : i + seg] for i in range(0, len(data), seg)] or [b""]
+    return contentid.root(len(data), b"".join(contentid.leaf(p) for p in parts))
+
+
 def source(tmp: Path, size: int, seed: int = 1) -> Path:
     """A file of `size` bytes of a pattern that depends on `seed`."""
     path = tmp / f"src-{seed}-{size}"

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from inproc import cluster, run, start_node, wait_until
+from inproc import cid_of, cluster, run, start_node, wait_until
 
 from p2pfast.errors import PeerUnavailable
 from p2pfast.node import placement
@@ -21,7 +21,6 @@ from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
-from p2pfast.store import contentid
 
 
 def test_holds_answers_one_bit_per_file_in_order(tmp_path: Path) -> None:
@@ -139,12 +138,6 @@ def test_a_pass_on_a_stopping_node_ends_with_peer_unavailable(tmp_path: Path) ->
                 await c.close()
 
     run(main())
-
-
-def cid_of(data: bytes) -> str:
-    seg = 1024 * 1024
-    parts = [data[i : i + seg] for i in range(0, len(data), seg)] or [b""]
-    return contentid.root(len(data), b"".join(contentid.leaf(p) for p in parts))
 
 
 def test_a_full_node_refuses_and_the_store_and_the_repair_move_on_to_the_next(tmp_path: Path) -> None:
