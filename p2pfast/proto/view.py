@@ -1,6 +1,6 @@
-"""The membership view, sans-IO: every member's record, how two records of one member are ordered, and the
-digests two nodes compare to find, in a few small messages, where their views differ (docs/protocol.md,
-"Membership").
+"""The membership view, sans-IO (the caller passes the time, Unix seconds, where it matters): every
+member's record, how two records of one member are ordered, and the digests two nodes compare to find, in
+a few small messages, where their views differ (docs/protocol.md, "Membership that scales").
 
 A record says what is known of one member: its node id, its verified address, its incarnation and its
 state (alive, suspect, dead, left). Records of one member are totally ordered by their `key`
@@ -22,7 +22,6 @@ stamps (node id and key) of the buckets that differ, and send each other the rec
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -130,7 +129,7 @@ class View:
         return [r for r in self._records.values() if not r.gone and r.node_id != self.me]
 
     # -- changing ------------------------------------------------------------------------------------
-    def merge(self, record: Record) -> Record | None:
+    def merge(self, record: Record, now: float) -> Record | None:
         """Keep `record` if it is news (greater than what is known of its member); returns what this
         view now holds for the member when that changed (the record, or this node's refutation of a
         claim about itself), None when it was not news."""
@@ -148,17 +147,17 @@ class View:
                 self._records[record.node_id] = record
                 self._by_bucket[bucket_of(record.node_id)][record.node_id] = record
             return None
-        if record.gone and record.at and record.at + FORGET_AFTER < time.time():
+        if record.gone and record.at and record.at + FORGET_AFTER < now:
             return None  # long forgotten everywhere: do not bring it back
         return self._put(record)
 
-    def claim(self, node_id: str, state: State, now: float | None = None) -> Record | None:
+    def claim(self, node_id: str, state: State, now: float) -> Record | None:
         """This node declares a member suspect, dead (or, for itself, left), at the incarnation it knows;
         returns the new record (None if the view already says as much or more)."""
         old = self._records.get(node_id)
         if old is None:
             return None
-        at = (time.time() if now is None else now) if state >= State.DEAD else 0.0
+        at = now if state >= State.DEAD else 0.0
         new = Record(node_id, old.addr, old.inc, state, at)
         if new.key <= old.key:
             return None
@@ -166,9 +165,8 @@ class View:
             return self._put(new) if state == State.LEFT else None
         return self._put(new)
 
-    def forget(self, now: float | None = None) -> list[str]:
+    def forget(self, now: float) -> list[str]:
         """Drop the records of members gone longer than FORGET_AFTER; returns their ids."""
-        now = time.time() if now is None else now
         old = [r.node_id for r in self._records.values() if r.gone and r.at + FORGET_AFTER < now]
         for node_id in old:
             if node_id != self.me:

@@ -15,12 +15,13 @@ from p2pfast.proto.view import BUCKETS, FORGET_AFTER, Record, State, View, bucke
 
 IDS = [f"{i:02x}" + "ab" * 31 for i in (0x00, 0x01, 0x7F, 0xFE)]  # three buckets, one shared by two
 ME = "ff" + "00" * 31
+NOW = time.time()
 
 
 def view_of(records: list[Record]) -> View:
     v = View(Record(ME, "127.0.0.1:1", 1, State.ALIVE))
     for r in records:
-        v.merge(r)
+        v.merge(r, NOW)
     return v
 
 
@@ -52,29 +53,29 @@ def test_the_digest_kept_up_to_date_equals_one_made_from_scratch(rs: list[Record
     v = view_of(rs)
     fresh = View(v.mine)
     for r in v:
-        fresh.merge(r)
+        fresh.merge(r, NOW)
     assert fresh.root() == v.root() and fresh.buckets() == v.buckets()
 
 
 def test_a_member_refutes_a_claim_about_itself_one_incarnation_up() -> None:
     v = view_of([])
-    assert v.merge(Record(ME, "127.0.0.1:1", 1, State.ALIVE)) is None  # what it already says
-    back = v.merge(Record(ME, "127.0.0.1:1", 1, State.SUSPECT))
+    assert v.merge(Record(ME, "127.0.0.1:1", 1, State.ALIVE), NOW) is None  # what it already says
+    back = v.merge(Record(ME, "127.0.0.1:1", 1, State.SUSPECT), NOW)
     assert back == Record(ME, "127.0.0.1:1", 2, State.ALIVE) and v.mine == back
-    again = v.merge(Record(ME, "127.0.0.1:1", 5, State.DEAD, time.time()))
+    again = v.merge(Record(ME, "127.0.0.1:1", 5, State.DEAD, NOW), NOW)
     assert again is not None and again.inc == 6 and again.state == State.ALIVE
-    assert v.claim(ME, State.SUSPECT) is None  # it never suspects itself
-    left = v.claim(ME, State.LEFT)
+    assert v.claim(ME, State.SUSPECT, NOW) is None  # it never suspects itself
+    left = v.claim(ME, State.LEFT, NOW)
     assert left is not None and left.state == State.LEFT and v.mine.gone
 
 
 def test_a_claim_outranks_the_record_it_is_about_and_a_higher_incarnation_outranks_the_claim() -> None:
     other = IDS[0]
     v = view_of([Record(other, "127.0.0.1:7001", 3, State.ALIVE)])
-    suspect = v.claim(other, State.SUSPECT)
+    suspect = v.claim(other, State.SUSPECT, NOW)
     assert suspect is not None and suspect.inc == 3
-    assert v.merge(Record(other, "127.0.0.1:7001", 3, State.ALIVE)) is None  # old news
-    assert v.merge(Record(other, "127.0.0.1:7001", 4, State.ALIVE)) is not None  # its refutation
+    assert v.merge(Record(other, "127.0.0.1:7001", 3, State.ALIVE), NOW) is None  # old news
+    assert v.merge(Record(other, "127.0.0.1:7001", 4, State.ALIVE), NOW) is not None  # its refutation
     assert v.get(other) is not None and v.get(other).state == State.ALIVE  # type: ignore[union-attr]
     assert [r.node_id for r in v.alive()] == [other]
 
@@ -87,8 +88,9 @@ def test_a_dead_member_is_forgotten_after_its_time_and_not_brought_back() -> Non
     assert dead is not None and dead.at == t0 and v.alive() == []
     assert v.forget(now=t0 + FORGET_AFTER - 1) == [] and v.get(other) is not None
     assert v.forget(now=t0 + FORGET_AFTER + 1) == [other] and v.get(other) is None
-    stale = Record(other, "127.0.0.1:7001", 3, State.DEAD, time.time() - FORGET_AFTER - 5)
-    assert v.merge(stale) is None and v.get(other) is None  # a peer that has not forgotten yet
+    stale = Record(other, "127.0.0.1:7001", 3, State.DEAD, t0)
+    later = t0 + FORGET_AFTER + 5
+    assert v.merge(stale, later) is None and v.get(other) is None  # a peer that has not forgotten yet
 
 
 def test_compare_finds_what_each_side_lacks() -> None:
@@ -99,9 +101,9 @@ def test_compare_finds_what_each_side_lacks() -> None:
     send, want = a.compare(diff, b.stamps(diff))
     assert [r.node_id for r in send] == [IDS[0], IDS[1]] and want == [IDS[2]]
     for r in send:
-        b.merge(r)
+        b.merge(r, NOW)
     for r in b.records(want):
-        a.merge(r)
+        a.merge(r, NOW)
     assert a.root() == b.root() and summary(a) == summary(b)
 
 
@@ -120,11 +122,11 @@ def sync(a: View, b: View, sizes: list[int]) -> None:
     send, want = b.compare(diff, stamps, PAGE)  # b sends what a lacks; asks for what a knows better
     sizes.append(sum(64 + 40 for _ in send) + 64 * len(want))
     for r in send:
-        a.merge(r)
+        a.merge(r, NOW)
     back = a.records(want)
     sizes.append(sum(64 + 40 for _ in back))
     for r in back:
-        b.merge(r)
+        b.merge(r, NOW)
 
 
 @pytest.mark.parametrize("n", [100, 1000])
@@ -133,7 +135,7 @@ def test_anti_entropy_between_many_views_converges_in_rounds_that_grow_slowly(n:
     ids = [f"{rnd.getrandbits(256):064x}" for _ in range(n)]
     views = [View(Record(i, f"127.0.0.1:{10000 + k}", 1, State.ALIVE)) for k, i in enumerate(ids)]
     for v in views[1:]:  # everyone knows only the bootstrap node
-        v.merge(views[0].mine)
+        v.merge(views[0].mine, NOW)
     index = {i: k for k, i in enumerate(ids)}
     known: list[list[str]] = [[] for _ in views]
     rounds, biggest = 0, 0
