@@ -42,6 +42,7 @@ from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
 from p2pfast.node.sources import Sink, Source
 from p2pfast.node.storing import Storing
 from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
+from p2pfast.node.viewsync import ViewSync
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
 from p2pfast.store.durable import write_file_durably
@@ -108,6 +109,7 @@ class Node:
         self.router: Router | None = None
         self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
         self.scrub: Scrub | None = None
+        self.viewsync: ViewSync | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -159,11 +161,17 @@ class Node:
                 "started": self.started,
             }
             log.info("event=listening addr=%s node=%s", addr, self.node_id)
+        # the view begins with this node's own record, which needs the address just bound
+        self.viewsync = ViewSync(ctx, self.limits.gossip_interval)
+        router.route(m.ViewSync, self.viewsync.on_sync)
+        router.route(m.ViewPull, self.viewsync.on_pull)
+        router.route(m.ViewNews, self.viewsync.on_news)
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
         if self.listen is not None:  # a short-lived CLI node does not keep the network's copies
             self._tasks.append(asyncio.get_running_loop().create_task(self.repair.run()))
+            self._tasks.append(asyncio.get_running_loop().create_task(self.viewsync.run()))
         # The background scrub (scrub.py) runs in the daemon; a CLI command's short-lived node only
         # runs `scrub --now` when asked.
         self.scrub = Scrub(ctx, self.scrub_bandwidth, self.scrub_period)
@@ -272,6 +280,8 @@ class Node:
             "listen": self.peers.listen_addr or None,
             "uptime_s": round(time.time() - self.started, 1),
             "peers_connected": len(self.peers.sessions),
+            # the membership view (node/viewsync.py): members by state, this node included
+            "members": None if self.viewsync is None else self.viewsync.counts(),
             "in_flight": len(self._work),
             "draining": self.draining,
             # (the file's, read with the repo, until the scrub has loaded its state)
@@ -347,6 +357,8 @@ class Node:
     async def _on_ready(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_ready(session)
+        if self.viewsync is not None and self.listen is not None:
+            self.viewsync.on_ready(session)
         if self.repair is not None and self.listen is not None:
             self.repair.on_ready(session)
         if self.scrub is not None:

@@ -1,0 +1,71 @@
+"""The membership view between real in-process nodes (node/viewsync.py): every node learns every member,
+a newcomer is known to all soon after it joins one, a restart's higher incarnation replaces the old
+record everywhere, and once the views agree an exchange is a single root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inproc import cluster, run, start_node, wait_until
+
+from p2pfast.node import Node
+from p2pfast.proto import messages as m
+from p2pfast.proto import view
+
+
+def views(nodes: list[Node]) -> list[view.View]:
+    out = []
+    for n in nodes:
+        assert n.viewsync is not None
+        out.append(n.viewsync.view)
+    return out
+
+
+def agree(nodes: list[Node], size: int) -> bool:
+    vs = views(nodes)
+    return all(len(v) == size for v in vs) and len({v.root() for v in vs}) == 1
+
+
+def test_every_node_learns_every_member_and_a_newcomer_reaches_all(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 4) as nodes:
+            await wait_until(lambda: agree(nodes, 4))
+            for v in views(nodes):
+                assert {r.node_id for r in v} == {n.node_id for n in nodes}
+                assert all(r.state == view.State.ALIVE and r.addr for r in v)
+            late = await start_node(tmp_path / "late", [nodes[-1].peers.listen_addr])
+            try:
+                await wait_until(lambda: agree([*nodes, late], 5))
+                record = views(nodes)[0].get(late.node_id)
+                assert record is not None and record.addr == late.peers.listen_addr
+                # settled: an exchange is the root and nothing more
+                (mine,) = views([late])
+                peer = next(iter(late.peers.sessions.values()))
+                diff = await peer.request(m.ViewSync(mine.root().hex()))
+                assert diff.buckets == ""
+                status = await nodes[0].status()
+                assert status["members"] == {"alive": 5, "suspect": 0, "dead": 0, "left": 0}
+            finally:
+                await late.close()
+
+    run(main())
+
+
+def test_a_restarted_member_replaces_its_old_record_everywhere(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            before = views([a])[0].get(c.node_id)
+            assert before is not None
+            await c.close()
+            c2 = await start_node(tmp_path / "n2", [a.peers.listen_addr])
+            try:
+                assert c2.node_id == c.node_id
+                fresh = views([c2])[0].mine
+                assert fresh.inc > before.inc  # a restart outranks its past life
+                await wait_until(lambda: agree([a, b, c2], 3))
+                assert views([a])[0].get(c.node_id) == fresh and views([b])[0].get(c.node_id) == fresh
+            finally:
+                await c2.close()
+
+    run(main())
