@@ -6,8 +6,9 @@ Node 0 starts first and every other node bootstraps from it, as `p2pfast serve -
 
 It reports:
 
-* `converged_s`: from the first start until every node is connected to (today) or knows (with issue 14's
-  view) every other one;
+* `converged_s`: from the first start until every node is connected to every other one (today's
+  discovery); `view_converged_s`: until every node's membership view (node/viewsync.py) holds every
+  member and all views agree;
 * `links_max`, `links_median`: sessions per node once converged;
 * `gossip_bytes_per_node_s`: encrypted bytes all nodes wrote during an idle window after convergence,
   per node and second (peer exchange, pings: whatever an idle network sends);
@@ -82,11 +83,19 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
                 await node.start()
                 nodes.append(node)
             started_s = time.monotonic() - t0
+            view_s = None
             while not all(len(x.peers.sessions) == n - 1 for x in nodes):
+                if view_s is None and _views_agree(nodes, n):
+                    view_s = time.monotonic() - t0
                 if time.monotonic() - t0 > timeout:
                     raise SystemExit(f"not converged after {timeout:g} s")
                 await asyncio.sleep(0.05)  # polls this process's own state; bounded by the timeout
             converged_s = time.monotonic() - t0
+            while not _views_agree(nodes, n):
+                if time.monotonic() - t0 > timeout:
+                    raise SystemExit(f"views do not agree after {timeout:g} s")
+                await asyncio.sleep(0.05)
+            view_s = time.monotonic() - t0 if view_s is None else view_s
             links = sorted(len(x.peers.sessions) for x in nodes)
             out0 = COUNTERS.bytes_out
             await asyncio.sleep(idle)  # the idle window being measured, not a wait for a peer
@@ -105,6 +114,7 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
                 "nodes": n,
                 "started_s": round(started_s, 2),
                 "converged_s": round(converged_s, 2),
+                "view_converged_s": round(view_s, 2),
                 "links_max": links[-1],
                 "links_median": statistics.median(links),
                 "gossip_interval_s": gossip_interval,
@@ -118,6 +128,12 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
             for x in nodes:
                 with contextlib.suppress(Exception):
                     await x.close()
+
+
+def _views_agree(nodes: list[Any], n: int) -> bool:
+    """Every node's membership view holds all n members, and all views are the same."""
+    views = [x.viewsync.view for x in nodes]
+    return all(len(v) == n for v in views) and len({v.root() for v in views}) == 1
 
 
 def _count_who_has(nodes: list[Any], m: Any) -> dict[str, int]:

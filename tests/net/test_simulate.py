@@ -31,7 +31,14 @@ def test_simulate_reports_its_figures_as_one_json_line() -> None:
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    for field in ("nodes", "converged_s", "links_max", "links_median", "gossip_bytes_per_node_s"):
+    for field in (
+        "nodes",
+        "converged_s",
+        "view_converged_s",
+        "links_max",
+        "links_median",
+        "gossip_bytes_per_node_s",
+    ):
         assert field in out, out
     assert out["nodes"] == 6 and out["links_max"] == 5  # today's discovery: every node to every node
     assert out["gossip_bytes_per_node_s"] > 0  # an idle network still pings
