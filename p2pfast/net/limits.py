@@ -40,6 +40,11 @@ class NetLimits:
     gossip_interval: float = 30.0
     # Entries per peer-exchange message (control messages are size-capped).
     max_pex_peers: int = 128
+    # Failure detection (node/viewsync.py): a member whose session ended is suspected once it has not come
+    # back for suspect_after (a restart or a blip reconnects sooner), and declared dead when the suspicion
+    # stands dead_after more (time for the member, if alive, to hear it and refute it).
+    suspect_after: float = 5.0
+    dead_after: float = 30.0
     # A peer unseen for longer than this is dropped by `cleanup` (the original's one hour).
     stale_after: float = 60 * 60.0
     proto: ProtoLimits = field(default_factory=ProtoLimits)

@@ -162,10 +162,14 @@ class Node:
             }
             log.info("event=listening addr=%s node=%s", addr, self.node_id)
         # the view begins with this node's own record, which needs the address just bound
-        self.viewsync = ViewSync(ctx, self.limits.gossip_interval)
-        router.route(m.ViewSync, self.viewsync.on_sync)
-        router.route(m.ViewPull, self.viewsync.on_pull)
+        lim = self.limits
+        self.viewsync = ViewSync(
+            ctx, lim.gossip_interval, suspect_after=lim.suspect_after, dead_after=lim.dead_after
+        )
         router.route(m.ViewNews, self.viewsync.on_news)
+        if self.listen is not None:  # a short-lived CLI node is no member: it answers no exchange (REFUSED)
+            router.route(m.ViewSync, self.viewsync.on_sync)
+            router.route(m.ViewPull, self.viewsync.on_pull)
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
@@ -223,6 +227,8 @@ class Node:
         await self._stop.wait()
 
     async def close(self) -> None:
+        if self.viewsync is not None and self.listen is not None:
+            self.viewsync.leave()  # before the sessions close: they carry the news
         if self.membership is not None:
             self.membership.closing = True
         for t in [*self._tasks, *self._bg]:
@@ -367,6 +373,8 @@ class Node:
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_closed(session)
+        if self.viewsync is not None and self.listen is not None and not self._stop.is_set():
+            self.viewsync.on_closed(session)
         if self.repair is not None and self.listen is not None and not self._stop.is_set():
             self.repair.on_closed(session)
 

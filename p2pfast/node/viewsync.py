@@ -12,8 +12,17 @@ rules; docs/protocol.md, "Membership that scales", the design).
   the exchange goes on (at most MAX_ROUNDS pages) while the views still differ.
 * A member that connects is synced with at once, so a joining node learns the view in its first seconds.
 
-Not yet (issue 14): the view does not choose whom to dial (peer exchange still does), and no member is
-declared suspect or dead here (the failure detector comes with the bounded set of connections).
+* Failure detection, SWIM's suspicion (Das, Gupta, Motivala 2002) on the links this node has: a member
+  whose session ended and that has not reconnected within `suspect_after` is declared suspect at the
+  incarnation it had; a suspicion not refuted (the member, hearing it, answers with an alive record one
+  incarnation up) within `dead_after` more becomes a death, declared once here and spread like any
+  news. Every node that lost the link makes the same claim, and equal claims are not news, so a death
+  costs one record per link, not a storm. A node that stops gracefully says it left (state `left`)
+  before it closes its sessions, so nobody has to suspect it.
+
+Not yet (issue 14): the view does not choose whom to dial (peer exchange still does); suspicion is not
+yet confirmed by indirect probes through other members (SWIM's ping-req), which the bounded set of
+connections needs.
 """
 
 from __future__ import annotations
@@ -44,10 +53,24 @@ SYNC_TIMEOUT = 10.0
 _ROOM = wire.MAX_CONTROL_SIZE - 512
 
 
+# Defaults of NetLimits.suspect_after / dead_after (net/limits.py says why).
+SUSPECT_AFTER = 5.0
+DEAD_AFTER = 30.0
+
+
 class ViewSync:
-    def __init__(self, ctx: Context, interval: float, rnd: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        interval: float,
+        rnd: random.Random | None = None,
+        suspect_after: float = SUSPECT_AFTER,
+        dead_after: float = DEAD_AFTER,
+    ) -> None:
         self.ctx = ctx
         self.interval = interval
+        self.suspect_after, self.dead_after = suspect_after, dead_after
+        self.closing = False
         self.rnd = rnd or random.Random()
         # A restart begins at the time in milliseconds: it outranks whatever was said of a past life.
         me = view.Record(ctx.node_id, ctx.peers.listen_addr, int(time.time() * 1000), view.State.ALIVE)
@@ -66,6 +89,39 @@ class ViewSync:
 
     def on_ready(self, session: Session) -> None:
         self.ctx.spawn(self.sync(session))
+
+    # -- failure detection ---------------------------------------------------------------------------
+    def on_closed(self, session: Session) -> None:
+        r = self.view.get(session.peer_id)
+        if self.closing or r is None or r.gone or session.peer_id == self.ctx.node_id:
+            return
+        self.ctx.spawn(self._watch(session.peer_id, r.inc))
+
+    async def _watch(self, node_id: str, inc: int) -> None:
+        """Suspect, then declare dead, a member that went and did not come back at the same incarnation."""
+        for state, wait in ((view.State.SUSPECT, self.suspect_after), (view.State.DEAD, self.dead_after)):
+            await asyncio.sleep(wait)  # the detector's timeout, not a wait for a peer to do something
+            r = self.view.get(node_id)
+            if self.closing or node_id in self.ctx.peers.sessions or r is None or r.inc != inc:
+                return  # back, refuted, or restarted since
+            if r.state >= state:
+                continue  # another member said as much already
+            if r.state != view.State(state - 1):
+                return
+            claim = self.view.claim(node_id, state, time.time())
+            if claim is not None:
+                log.info("event=member_%s node=%s inc=%d", state.name.lower(), node_id[:12], inc)
+                self._spread(claim, None)
+
+    def leave(self) -> None:
+        """Say, to every connected member, that this node leaves (a graceful stop): nobody suspects it."""
+        self.closing = True
+        record = self.view.claim(self.ctx.node_id, view.State.LEFT, time.time())
+        if record is None:
+            return
+        for session in list(self.ctx.peers.sessions.values()):
+            with contextlib.suppress(P2PError):
+                session.notify(m.ViewNews((record,)))
 
     # -- anti-entropy, the asking side ----------------------------------------------------------------
     async def sync(self, session: Session) -> None:

@@ -46,7 +46,8 @@ async def start_node(root: Path, bootstrap: list[str], **kw: Any) -> Node:
     if not layout.db.exists():  # a node restarted on its data dir keeps it
         init(layout, NETKEY)
     ident = identity.load(layout.node_key, layout.network_key)
-    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=NetLimits(), **kw)
+    limits = kw.pop("limits", None) or NetLimits()
+    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=limits, **kw)
     await node.start()
     return node
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from inproc import cluster, run, start_node, wait_until
 
+from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
 from p2pfast.proto import messages as m
 from p2pfast.proto import view
@@ -67,5 +68,63 @@ def test_a_restarted_member_replaces_its_old_record_everywhere(tmp_path: Path) -
                 assert views([a])[0].get(c.node_id) == fresh and views([b])[0].get(c.node_id) == fresh
             finally:
                 await c2.close()
+
+    run(main())
+
+
+QUICK = NetLimits(suspect_after=0.3, dead_after=0.6)
+
+
+def state_of(node: Node, node_id: str) -> view.State | None:
+    assert node.viewsync is not None
+    r = node.viewsync.view.get(node_id)
+    return None if r is None else r.state
+
+
+async def crash(node: Node) -> None:
+    """As kill -9 looks from the outside, in one process: its connections reset, nothing said first."""
+    node.peers.stop_listening()
+    for t in node._tasks:
+        t.cancel()
+    node.membership.closing = True  # type: ignore[union-attr]  # it dials nobody again
+    for proto in list(node.peers._protocols):
+        if proto.transport is not None:
+            proto.transport.abort()
+
+
+def test_a_member_that_stops_says_it_left_and_a_crashed_one_is_suspected_then_declared_dead(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 4, limits=QUICK) as (a, b, c, d):
+            await wait_until(lambda: agree([a, b, c, d], 4))
+            await d.close()  # graceful: no suspicion needed
+            await wait_until(lambda: all(state_of(n, d.node_id) == view.State.LEFT for n in (a, b, c)))
+            seen: list[view.State | None] = []
+            await crash(c)
+            await wait_until(
+                lambda: seen.append(state_of(a, c.node_id)) or state_of(a, c.node_id) == view.State.DEAD
+            )
+            assert view.State.SUSPECT in seen  # suspected first, then declared dead
+            await wait_until(lambda: state_of(b, c.node_id) == view.State.DEAD)
+            status = await a.status()
+            assert status["members"] == {"alive": 2, "suspect": 0, "dead": 1, "left": 1}
+
+    run(main())
+
+
+def test_a_live_member_refutes_a_suspicion_and_every_view_ends_with_it_alive(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            assert a.viewsync is not None
+            was = a.viewsync.view.get(c.node_id)
+            assert was is not None
+            claim = a.viewsync.view.claim(c.node_id, view.State.SUSPECT, 0.0)
+            assert claim is not None
+            a.viewsync._spread(claim, None)  # a wrongly suspects c, and says so
+            await wait_until(lambda: agree([a, b, c], 3) and state_of(a, c.node_id) == view.State.ALIVE)
+            now = a.viewsync.view.get(c.node_id)
+            assert now is not None and now.inc == was.inc + 1  # c answered one incarnation up
 
     run(main())
