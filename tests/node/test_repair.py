@@ -362,3 +362,23 @@ def test_a_store_counts_as_user_activity_on_the_storer_and_its_replicas(tmp_path
             assert outcome.acked == [c.node_id] and c.ctx.activity.begun == 1
 
     run(main())
+
+
+def test_nothing_moves_while_a_holder_is_away_and_may_be_where_a_user_stored_the_file(tmp_path: Path) -> None:
+    # The origin goes away within its grace: its copy still counts, but whether a user stored the file
+    # there (so that it stays among the holders) is not known, so the ideal holders are not either.
+    async def main() -> None:
+        async with cluster(tmp_path, 3, replicas=1, repair=HAND) as (a, b, c):
+            w = placement.weight
+            data = payload_where(lambda cid: min((a, b, c), key=lambda n: w(cid, n.node_id)) is b)
+            report = await b.put("k", BytesSource(data))  # b's own store, ranked last of the three by weight
+            (x,) = [n for n in (a, c) if n.node_id in report.replicated_to]
+            y = c if x is a else a
+            await b.close()
+            await wait_until(lambda: b.node_id not in x.peers.sessions and b.node_id not in y.peers.sessions)
+            assert x.repair is not None
+            r = await x.repair.pass_now("test")
+            assert r.under_replicated == 0 and r.copies == 0 and r.rebalanced == 0, r
+            assert y.repo.get_file(b"k") is None
+
+    run(main())
