@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
+import orjson
 from netnodes import NodeProc, make_nodes, running, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from p2pfast import wire
 from p2pfast.frames import pack_header
@@ -90,19 +93,40 @@ def test_peer_stalling_mid_frame_is_dropped_at_idle_timeout(tmp_path: Path) -> N
         assert node.proc is not None and node.proc.poll() is None
 
 
-def test_pre_handshake_limit_refuses_the_excess_and_serves_members(tmp_path: Path) -> None:
+def _scrape(node: NodeProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    addr = orjson.loads((node.root / "node.json").read_bytes())["metrics"]
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=20) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_pre_handshake_limit_evicts_the_oldest_and_serves_members(tmp_path: Path) -> None:
+    """At max_pre_handshake, a newcomer is admitted and the oldest connection still in its handshake is
+    closed for it (it was refused, so that two stalled sockets kept every new peer out); a member's
+    session is never touched."""
     nodes = make_nodes(tmp_path, 2)
     a, b = nodes
+    network_key = (a.root / "network.key").read_bytes()
     with running(nodes):
-        a.start("--config", _config(tmp_path / "cfg", max_pre_handshake=2, handshake_timeout=30))
+        cfg = _config(tmp_path / "cfg", max_pre_handshake=2, handshake_timeout=30)
+        a.start("--config", cfg, "--metrics-listen", "127.0.0.1:0")
         b.start("--bootstrap", a.listen)
         wait_until(lambda: b.node_id in a.connected(), 20, "b to join a", nodes)
+        # accepted in the order they connect (one listening socket's queue is first in, first out)
         stalled = [socket.create_connection(_addr(a)) for _ in range(2)]
         try:
-            with socket.create_connection(_addr(a)) as extra:
-                took = _read_until_closed(extra, 10)
-            assert took < 5, "the connection over the limit must be refused at once, not at the deadline"
-            wait_until(lambda: "reason=max_pre_handshake" in a.log(), 10, "the refusal to be logged", nodes)
+            with socket.create_connection(_addr(a)) as newcomer:
+                assert _read_until_closed(stalled[0], 10) < 5, "the oldest must go at once"
+                _handshake(newcomer, network_key)  # admitted, and served through its handshake
+            wait_until(lambda: "event=connection_evicted" in a.log(), 10, "the eviction to be logged", nodes)
+            line = next(ln for ln in a.log().splitlines() if "event=connection_evicted" in ln)
+            assert "reason=max_pre_handshake " in line and "evicted_peer=127.0.0.1" in line, line
+            metrics = _scrape(a)
+            assert metrics[("p2pfast_connections_evicted_total", (("limit", "max_pre_handshake"),))] == 1
             # The member is still served: its session is up and it answers as before.
             assert b.node_id in a.connected()
         finally:
