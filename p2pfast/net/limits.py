@@ -37,10 +37,10 @@ class NetLimits:
     # nodes behind one NAT or on one host fit; a flood from one address holds at most a quarter of the
     # global slots and, once at this limit, evicts only its own connections.
     max_pre_handshake_per_address: int = 8
-    # From one /24 (IPv4) or /64 (IPv6). A /24 is the smallest IPv4 block routed between networks and a
-    # /64 one IPv6 subnet, whose 2**64 addresses one host may pick from at will (RFC 4291 interface ids,
-    # RFC 8981 temporary addresses): without it one IPv6 host would be any number of "addresses". Half the
-    # global slots, so one prefix alone can never fill them.
+    # From one /24 (IPv4) or /64 (IPv6). A /24 is the longest IPv4 prefix networks commonly accept from
+    # each other (RFC 7454) and a /64 one IPv6 subnet, whose 2**64 addresses one host may pick from at
+    # will (RFC 4291 interface ids, RFC 8981 temporary addresses): without it one IPv6 host would be any
+    # number of "addresses". Half the global slots, so one prefix alone can never fill them.
     max_pre_handshake_per_prefix: int = 16
     # Admission log lines (evictions, refusals): at most one per kind per this many seconds, each saying
     # how many were left out since the last; the metrics count every one. A flood must not flood the log.
