@@ -76,10 +76,10 @@ class NodeCollector(Collector):
                 c.admission_refused,
             ),
         ):
-            family = CounterMetricFamily(f"p2pfast_{name}", doc, labels=["limit"])
+            counter = CounterMetricFamily(f"p2pfast_{name}", doc, labels=["limit"])
             for limit, n in sorted(by_limit.items()):
-                family.add_metric([limit], n)
-            yield family
+                counter.add_metric([limit], n)
+            yield counter
         yield CounterMetricFamily(
             "p2pfast_integrity_failures",
             "Bytes that failed their hash or authentication check, from a peer or on disk.",
