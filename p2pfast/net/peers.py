@@ -207,6 +207,10 @@ class PeerManager:
             COUNTERS.handshake_failures += 1
 
     def _ready(self, session: Session) -> None:
+        if isinstance(session.proto, PeerProtocol):
+            # Out of admission now, as the handshake completes: `ready`'s callbacks run a loop turn
+            # later, and a newcomer accepted in between must not find this session evictable.
+            self._admission.done(session.proto)
         if session.peer_id == self.node_id:
             # We dialled ourselves through an address someone gossiped: remember it, never again.
             addr = session.listen_addr
