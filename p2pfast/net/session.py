@@ -20,6 +20,7 @@ from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
+from p2pfast.proto import features
 from p2pfast.proto import messages as m
 from p2pfast.proto.connection import Connection
 
@@ -252,6 +253,16 @@ class Session:
     @property
     def initiator(self) -> bool:
         return self.proto.initiator
+
+    @property
+    def agent(self) -> str:
+        """The peer's software and version, from its hello ("p2pfast/X.Y.Z")."""
+        return str(self.hello.get("agent") or "")
+
+    def speaks(self, feature: str) -> bool:
+        """Whether the peer's build has `feature` (proto/features.py): what a later build added goes
+        only to peers that speak it."""
+        return features.speaks(self.agent, feature)
 
     @property
     def listen_addr(self) -> str | None:

@@ -417,7 +417,7 @@ class Node:
             raise
 
     async def _holds(self, session: Session, msg: m.Holds) -> m.Held:
-        return await serve.holds(msg, self.repo, self.db)
+        return await serve.holds(msg, self.repo, self.db, pinned=session.speaks("held_pinned"))
 
     async def _serve_get(self, session: Session, msg: m.Get) -> m.Ok:
         assert self.ctx is not None

@@ -83,9 +83,14 @@ class ViewSync:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval * (0.5 + self.rnd.random()))  # jitter: no lockstep rounds
-            sessions = list(self.ctx.peers.sessions.values())
+            sessions = self._members()
             if sessions:
                 await self.sync(self.rnd.choice(sessions))
+
+    def _members(self) -> list[Session]:
+        """Connected members whose build speaks the view (proto/features.py): an older one would end
+        the connection on a kind it does not know."""
+        return [s for s in self.ctx.peers.sessions.values() if s.speaks("view")]
 
     def on_ready(self, session: Session) -> None:
         self.ctx.spawn(self.sync(session))
@@ -119,13 +124,15 @@ class ViewSync:
         record = self.view.claim(self.ctx.node_id, view.State.LEFT, time.time())
         if record is None:
             return
-        for session in list(self.ctx.peers.sessions.values()):
+        for session in self._members():
             with contextlib.suppress(P2PError):
                 session.notify(m.ViewNews((record,)))
 
     # -- anti-entropy, the asking side ----------------------------------------------------------------
     async def sync(self, session: Session) -> None:
         """Reconcile with one member until the views agree or MAX_ROUNDS pages went."""
+        if not session.speaks("view"):
+            return
         self.syncs += 1
         try:
             for _ in range(MAX_ROUNDS):
@@ -177,7 +184,7 @@ class ViewSync:
     def _send_news(self) -> None:
         self._flush = None
         news, self._news = self._news, {}
-        for session in list(self.ctx.peers.sessions.values()):
+        for session in self._members():
             records = [r for r, source in news.values() if source != session.peer_id]
             for page in _pages(records):
                 with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it

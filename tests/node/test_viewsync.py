@@ -10,6 +10,7 @@ from inproc import cluster, run, start_node, wait_until
 
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
+from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.proto import messages as m
 from p2pfast.proto import view
 
@@ -126,5 +127,45 @@ def test_a_live_member_refutes_a_suspicion_and_every_view_ends_with_it_alive(tmp
             await wait_until(lambda: agree([a, b, c], 3) and state_of(a, c.node_id) == view.State.ALIVE)
             now = a.viewsync.view.get(c.node_id)
             assert now is not None and now.inc == was.inc + 1  # c answered one incarnation up
+
+    run(main())
+
+
+def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Path) -> None:
+    # An earlier build ends the connection on a kind or field it does not know: it is sent no view
+    # message and no `pinned` bits, and the two still work together.
+    async def main() -> None:
+        a = await start_node(tmp_path / "a", [])
+        old = await start_node(tmp_path / "old", [])
+        try:
+            hello = old.peers._hello
+            old.peers._hello = lambda: {**hello(), "agent": "p2pfast/0.1.0"}  # type: ignore[method-assign]
+            got: list[str] = []
+            assert old.router is not None
+            for kind in (m.ViewSync, m.ViewPull, m.ViewNews):
+                real = old.router._routes.get(kind)
+
+                async def record(session: object, msg: object, real: object = real) -> object:
+                    got.append(type(msg).__name__)
+                    return await real(session, msg)  # type: ignore[operator]
+
+                if real is not None:
+                    old.router._routes[kind] = record
+            report = await a.put("k", BytesSource(b"x" * 3000))
+            old.peers.dial_soon(a.peers.listen_addr)
+            await wait_until(lambda: a.node_id in old.peers.sessions and old.node_id in a.peers.sessions)
+            session = old.peers.sessions[a.node_id]
+            assert a.peers.sessions[old.node_id].agent == "p2pfast/0.1.0"
+            held = await session.request(m.Holds((("k", report.cid),)))
+            assert held.held(1) == [True] and held.pinned == ""  # a's own store, but no pinned bits for it
+            assert a.viewsync is not None
+            a.viewsync._spread(a.viewsync.view.mine, None)  # news: goes to members that speak the view
+            await a.viewsync.sync(a.peers.sessions[old.node_id])
+            got_back = BufferSink()
+            await old.get("k", got_back)  # and the two still work together
+            assert bytes(got_back.data) == b"x" * 3000 and got == []
+        finally:
+            await old.close()
+            await a.close()
 
     run(main())
