@@ -188,9 +188,9 @@ class PeerManager:
                 (other, session) if initiator_id(other) <= initiator_id(session) else (session, other)
             )
             drop.close(0, "duplicate connection")
+            # the dropped one may be the one that verified the peer's address (our dial to it)
+            keep.verified_addr = keep.verified_addr or drop.verified_addr
             if keep is other:
-                # the dropped one may have verified the peer's address (a dial to what its hello said)
-                other.verified_addr = other.verified_addr or session.verified_addr
                 return
         self.sessions[session.peer_id] = session
         self.changed.set()

@@ -159,3 +159,29 @@ def test_an_address_no_member_verified_is_dialled_once_and_never_gossiped(tmp_pa
         heard.close()
     for n in nodes:
         assert "Traceback" not in n.log(), n.log()
+
+
+def test_a_network_converges_with_a_member_listening_on_another_loopback_host(tmp_path: Path) -> None:
+    """n listens on 127.0.0.5 but its connections come from 127.0.0.1: its peers cannot verify its
+    address from them, so none gossips it, and the network still converges from one bootstrap (n dials
+    the members it hears of, at the addresses b verified)."""
+    nodes = make_nodes(tmp_path, 4)
+    b, c, d, n = nodes
+    cfg = tmp_path / "cfg"
+    cfg.write_text("gossip_interval=1\n")
+    with running(nodes):
+        b.start("--config", str(cfg))
+        c.start("--bootstrap", b.listen, "--config", str(cfg))
+        n.start("--bootstrap", b.listen, "--config", str(cfg), "--listen", "127.0.0.5:0")
+        d.start("--bootstrap", b.listen, "--config", str(cfg))
+        assert n.listen.startswith("127.0.0.5:")
+        wait_until(lambda: _full_mesh(nodes), 30, "4-node full membership", nodes)
+        for peer in (b, c, d):
+            with Repo.open(peer.layout.db, readonly=True) as repo:
+                verified = {r.node_id for r in repo.list_peers() if r.verified}
+            assert n.node_id not in verified  # connected, at an address nobody could verify
+            assert verified == {p.node_id for p in (b, c, d) if p is not peer}
+        for node in nodes:
+            assert node.stop() == 0
+    for node in nodes:
+        assert "Traceback" not in node.log(), node.log()

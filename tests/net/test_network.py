@@ -172,6 +172,7 @@ def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
         live = orjson.loads(cli("peers", "--json"))  # beside the running node
         connected = {p["peer_id"] for p in live if p["status"] == "connected"}
         assert connected == {nodes[1].node_id, nodes[2].node_id}
+        assert all(p["verified"] for p in live)  # reached, or connected from the host they advertise
         assert "ADDRESS" in cli("peers")
         for n in nodes:
             assert n.stop() == 0
