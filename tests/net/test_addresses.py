@@ -185,3 +185,13 @@ def test_a_network_converges_with_a_member_listening_on_another_loopback_host(tm
             assert node.stop() == 0
     for node in nodes:
         assert "Traceback" not in node.log(), node.log()
+
+
+def test_the_observed_host_matches_the_spellings_of_one_address() -> None:
+    from p2pfast.net.session import _same_host
+
+    assert _same_host("127.0.0.1", "::ffff:127.0.0.1")  # what a dual-stack listener reports
+    assert _same_host("[::1]", "0000:0000:0000:0000:0000:0000:0000:0001")
+    assert _same_host("Node-A.example", "node-a.example")
+    assert not _same_host("127.0.0.5", "127.0.0.1")
+    assert not _same_host("localhost", "127.0.0.1")  # a name is not resolved: only a dial verifies it
