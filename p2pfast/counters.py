@@ -40,6 +40,11 @@ class Counters:
     bytes_in: int = 0  # encrypted bytes read from peers' connections
     bytes_out: int = 0  # and written to them
     handshake_failures: int = 0  # connections that closed or failed before the Noise handshake finished
+    # limit -> incoming connections closed in their handshake to admit a newer one (net/admission.py):
+    # per_address, per_prefix, global (max_pre_handshake) or max_connections
+    admission_evicted: dict[str, int] = field(default_factory=dict)
+    # limit -> connections refused at once (max_connections reached, none in its handshake to evict)
+    admission_refused: dict[str, int] = field(default_factory=dict)
     integrity_failures: int = 0  # bytes that did not match their hash or tag: from a peer or on disk
     # (kind, result) -> count; kind: store, get, delete (asked of this node), receive, serve (for peers)
     transfers: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -48,6 +53,12 @@ class Counters:
     repair_bytes: int = 0  # the bytes of those copies
     repair_failed: int = 0  # repair copies tried that did not land
     repair_dropped: int = 0  # surplus copies dropped once others held the file at its target
+
+    def evicted(self, limit: str) -> None:
+        self.admission_evicted[limit] = self.admission_evicted.get(limit, 0) + 1
+
+    def refused(self, limit: str) -> None:
+        self.admission_refused[limit] = self.admission_refused.get(limit, 0) + 1
 
     def transfer(self, kind: str, ok: bool) -> None:
         k = (kind, "ok" if ok else "failed")

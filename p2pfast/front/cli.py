@@ -653,6 +653,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             listen=None,
             uptime_s=None,
             peers_connected=0,
+            members=None,  # the membership view lives in the running node
             in_flight=0,
             draining=False,
             repair=None,  # passes run in the daemon

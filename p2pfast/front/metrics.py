@@ -64,6 +64,22 @@ class NodeCollector(Collector):
             "Connections that failed or closed before the Noise handshake completed.",
             value=c.handshake_failures,
         )
+        for name, doc, by_limit in (
+            (
+                "connections_evicted",
+                "Incoming connections closed in their handshake to admit a newer one, by the limit reached.",
+                c.admission_evicted,
+            ),
+            (
+                "connections_refused",
+                "Connections refused at once, by the limit reached.",
+                c.admission_refused,
+            ),
+        ):
+            counter = CounterMetricFamily(f"p2pfast_{name}", doc, labels=["limit"])
+            for limit, n in sorted(by_limit.items()):
+                counter.add_metric([limit], n)
+            yield counter
         yield CounterMetricFamily(
             "p2pfast_integrity_failures",
             "Bytes that failed their hash or authentication check, from a peer or on disk.",

@@ -12,6 +12,7 @@ from typing import Any
 
 from p2pfast.counters import COUNTERS
 from p2pfast.errors import ConfigError, ListenError, PeerUnavailable
+from p2pfast.net.admission import Admission, Admitted, LogThrottle
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.protocol import PeerProtocol
 from p2pfast.net.session import Handler, Session
@@ -68,7 +69,14 @@ class PeerManager:
         # (a WeakSet kept closed ones until the garbage collector ran, refusing peers meanwhile).
         self._protocols: set[PeerProtocol] = set()
         self._bg_tasks: set[asyncio.Task[None]] = set()
-        self._pending_handshake = 0
+        # incoming connections in their handshake (outgoing ones are ours, bounded by the dialer)
+        self._admission: Admission[PeerProtocol] = Admission(
+            limits.max_pre_handshake_per_address,
+            limits.max_pre_handshake_per_prefix,
+            limits.max_pre_handshake,
+        )
+        self._evict_log = LogThrottle(limits.admission_log_interval)
+        self._refuse_log = LogThrottle(limits.admission_log_interval)
         self._dialing: set[str] = set()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -151,25 +159,60 @@ class PeerManager:
         return proto
 
     def _admit(self, proto: PeerProtocol) -> bool:
-        """Called when a transport is made: enforce the connection limits before any crypto runs."""
+        """Called when a transport is made: enforce the connection limits before any crypto runs. An
+        incoming connection over a limit closes the oldest one still in its handshake near it (same
+        address, else prefix, else any: net/admission.py) rather than be refused."""
+        now = asyncio.get_running_loop().time()
+        incoming = not proto.initiator
         if len(self._protocols) >= self.limits.max_connections:
-            log.warning("event=connection_refused peer=%s reason=max_connections", proto.peer_host)
-            return False
-        if self._pending_handshake >= self.limits.max_pre_handshake and not proto.initiator:
-            log.warning("event=connection_refused peer=%s reason=max_pre_handshake", proto.peer_host)
-            return False
+            made = self._admission.make_room(proto.peer_host, "max_connections", now) if incoming else None
+            if made is None or made.evicted is None:
+                COUNTERS.refused("max_connections")
+                if (left_out := self._refuse_log.allow(now)) is not None:
+                    log.warning(
+                        "event=connection_refused peer=%s reason=max_connections left_out=%d",
+                        proto.peer_host,
+                        left_out,
+                    )
+                return False
+            self._evict(proto, made, now)
+        if incoming:
+            self._evict(proto, self._admission.admit(proto, proto.peer_host, now), now)
         self._protocols.add(proto)
-        self._pending_handshake += 1
         # `ready` resolves when the handshake completes and fails when the connection goes first.
-        proto.session.ready.add_done_callback(self._handshake_over)
+        proto.session.ready.add_done_callback(lambda ready: self._handshake_over(proto, ready))
         return True
 
-    def _handshake_over(self, ready: asyncio.Future[None]) -> None:
-        self._pending_handshake -= 1
+    def _evict(self, newcomer: PeerProtocol, made: Admitted[PeerProtocol], now: float) -> None:
+        victim = made.evicted
+        if victim is None or made.limit is None:
+            return
+        # Out of the count at once, not when its transport reports it lost (a loop turn later), so the
+        # next connect of a burst sees the room this one made.
+        self._protocols.discard(victim)
+        victim.session.close_reason = f"evicted in its handshake for a newer connection ({made.limit})"
+        victim.close_transport()
+        COUNTERS.evicted(made.limit)
+        if (left_out := self._evict_log.allow(now)) is not None:
+            log.warning(
+                "event=connection_evicted peer=%s reason=%s evicted_peer=%s evicted_age=%.1f left_out=%d",
+                newcomer.peer_host,
+                made.limit,
+                made.evicted_host,
+                made.evicted_age,
+                left_out,
+            )
+
+    def _handshake_over(self, proto: PeerProtocol, ready: asyncio.Future[None]) -> None:
+        self._admission.done(proto)
         if ready.cancelled() or ready.exception() is not None:
             COUNTERS.handshake_failures += 1
 
     def _ready(self, session: Session) -> None:
+        if isinstance(session.proto, PeerProtocol):
+            # Out of admission now, as the handshake completes: `ready`'s callbacks run a loop turn
+            # later, and a newcomer accepted in between must not find this session evictable.
+            self._admission.done(session.proto)
         # Verified: the address we dialed and completed the handshake at (whatever id answered there, it
         # is that node's), or for a peer that dialed us, its listen address on the host it came from.
         session.verified_addr = session.dialed or session.listen_addr_observed

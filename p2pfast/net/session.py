@@ -21,6 +21,7 @@ from p2pfast.counters import COUNTERS
 from p2pfast.errors import IntegrityError, LocalProtocolError, P2PError, PeerUnavailable, ProtocolError
 from p2pfast.net import limits
 from p2pfast.proto import events as ev
+from p2pfast.proto import features
 from p2pfast.proto import messages as m
 from p2pfast.proto.connection import Connection
 
@@ -259,6 +260,16 @@ class Session:
         return self.proto.initiator
 
     @property
+    def agent(self) -> str:
+        """The peer's software and version, from its hello ("p2pfast/X.Y.Z")."""
+        return str(self.hello.get("agent") or "")
+
+    def speaks(self, feature: str) -> bool:
+        """Whether the peer's build has `feature` (proto/features.py): what a later build added goes
+        only to peers that speak it."""
+        return features.speaks(self.agent, feature)
+
+    @property
     def listen_addr(self) -> str | None:
         """host:port where the peer accepts connections, from its hello and the address it came from."""
         listen = str(self.hello.get("listen") or "")
@@ -294,6 +305,10 @@ class Session:
     async def request(self, message: m.Holds, timeout: float = ...) -> m.Held: ...
     @overload
     async def request(self, message: m.ListFiles, timeout: float = ...) -> m.FileList: ...
+    @overload
+    async def request(self, message: m.ViewSync, timeout: float = ...) -> m.ViewDiff: ...
+    @overload
+    async def request(self, message: m.ViewPull, timeout: float = ...) -> m.ViewPush: ...
     async def request(self, message: m.Request, timeout: float = limits.REQUEST_TIMEOUT) -> m.Reply:
         """Send a request (an "id" is assigned) and await its reply; an error reply raises RequestFailed,
         a reply of a kind that does not answer it RemoteProtocolError."""

@@ -284,6 +284,10 @@ class Repair:
             lacking = [s for s in live.values() if s.peer_id in seen.answered and s.peer_id not in holders]
             # members of the ideal set that lack it come first in ranked(lacking): it is ranked by weight too
             moves = sum(1 for s in lacking if s.peer_id in ideal)
+            if shares.get(f.cid, set()) - holders:
+                # a holder away now (within its grace) counts as a copy, but whether a user stored the
+                # file there is unknown: the ideal set is not known either, so nothing moves this pass
+                moves = 0
             if moves and ctx.node_id not in ideal:
                 report.moves_pending += 1  # once they hold it, this copy is surplus
             if copies >= target and not moves:

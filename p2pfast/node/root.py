@@ -42,6 +42,7 @@ from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
 from p2pfast.node.sources import Sink, Source
 from p2pfast.node.storing import Storing
 from p2pfast.node.tombstones import TOMBSTONE_GRACE, Tombstones
+from p2pfast.node.viewsync import ViewSync
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
 from p2pfast.store.durable import write_file_durably
@@ -110,6 +111,7 @@ class Node:
         self.router: Router | None = None
         self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
         self.scrub: Scrub | None = None
+        self.viewsync: ViewSync | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -161,11 +163,21 @@ class Node:
                 "started": self.started,
             }
             log.info("event=listening addr=%s node=%s", addr, self.node_id)
+        # the view begins with this node's own record, which needs the address just bound
+        lim = self.limits
+        self.viewsync = ViewSync(
+            ctx, lim.gossip_interval, suspect_after=lim.suspect_after, dead_after=lim.dead_after
+        )
+        router.route(m.ViewNews, self.viewsync.on_news)
+        if self.listen is not None:  # a short-lived CLI node is no member: it answers no exchange (REFUSED)
+            router.route(m.ViewSync, self.viewsync.on_sync)
+            router.route(m.ViewPull, self.viewsync.on_pull)
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
         if self.listen is not None:  # a short-lived CLI node does not keep the network's copies
             self._tasks.append(asyncio.get_running_loop().create_task(self.repair.run()))
+            self._tasks.append(asyncio.get_running_loop().create_task(self.viewsync.run()))
         # The background scrub (scrub.py) runs in the daemon; a CLI command's short-lived node only
         # runs `scrub --now` when asked.
         self.scrub = Scrub(ctx, self.scrub_bandwidth, self.scrub_period)
@@ -217,6 +229,8 @@ class Node:
         await self._stop.wait()
 
     async def close(self) -> None:
+        if self.viewsync is not None and self.listen is not None:
+            self.viewsync.leave()  # before the sessions close: they carry the news
         if self.membership is not None:
             self.membership.closing = True
         for t in [*self._tasks, *self._bg]:
@@ -274,6 +288,8 @@ class Node:
             "listen": self.peers.listen_addr or None,
             "uptime_s": round(time.time() - self.started, 1),
             "peers_connected": len(self.peers.sessions),
+            # the membership view (node/viewsync.py): members by state, this node included
+            "members": None if self.viewsync is None else self.viewsync.counts(),
             "in_flight": len(self._work),
             "draining": self.draining,
             # (the file's, read with the repo, until the scrub has loaded its state)
@@ -349,6 +365,8 @@ class Node:
     async def _on_ready(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_ready(session)
+        if self.viewsync is not None and self.listen is not None:
+            self.viewsync.on_ready(session)
         if self.repair is not None and self.listen is not None:
             self.repair.on_ready(session)
         if self.scrub is not None:
@@ -361,6 +379,8 @@ class Node:
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:
             await self.membership.on_closed(session)
+        if self.viewsync is not None and self.listen is not None and not self._stop.is_set():
+            self.viewsync.on_closed(session)
         if self.repair is not None and self.listen is not None and not self._stop.is_set():
             self.repair.on_closed(session)
 
@@ -403,7 +423,7 @@ class Node:
             raise
 
     async def _holds(self, session: Session, msg: m.Holds) -> m.Held:
-        return await serve.holds(msg, self.repo, self.db)
+        return await serve.holds(msg, self.repo, self.db, pinned=session.speaks("held_pinned"))
 
     async def _serve_get(self, session: Session, msg: m.Get) -> m.Ok:
         assert self.ctx is not None

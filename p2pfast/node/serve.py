@@ -32,11 +32,13 @@ async def who_has(msg: m.WhoHas, repo: Repo, run: Run) -> m.Have:
     return m.Have(cid, obj.size, obj.segments)
 
 
-async def holds(msg: m.Holds, repo: Repo, run: Run) -> m.Held:
+async def holds(msg: m.Holds, repo: Repo, run: Run, pinned: bool = True) -> m.Held:
     """Which of the files asked this node holds, one bit each, and which of those a user stored here
     (node/repair.py's digest)."""
     files = [(encode_key(key), cid) for key, cid in msg.files]
     have = await run(repo.held_files, files)
+    if not pinned:  # the asker's build does not know the field (proto/features.py)
+        return m.Held.of([f in have for f in files])
     return m.Held.of([f in have for f in files], [have.get(f, False) for f in files])
 
 

@@ -48,6 +48,11 @@ MAX_HOLDS = 200  # files asked about in one holds request (the sender also keeps
 # Entries of one file_list reply. An entry is at least ~90 bytes of JSON, so the byte cap (MAX_CONTROL_SIZE)
 # binds first and the holder fills a page by size (node/listing.py); this bounds the validator's loop.
 MAX_FILES_PAGE = 256
+# Membership view messages (proto/view.py): records and stamps per message, and ids asked back. A record
+# is at most ~340 bytes of JSON (a 255-character address), so the sender fills a page by size too.
+MAX_VIEW_RECORDS = 128
+MAX_VIEW_STAMPS = 160
+MAX_VIEW_WANT = 64
 MAX_STREAM_ID = 0xFFFFFFFF
 MAX_CODE = 0xFFFFFFFF
 HELLO_VERSION = 1
@@ -190,6 +195,57 @@ def _files(name: str, v: Any) -> None:
         _fields(f"{name}[{i}]", entry, _file_fields, {})
 
 
+_view_root = _regex(re.compile(r"[0-9a-f]{32}"), "32 lowercase hex digits")
+_view_buckets_hex = _regex(re.compile(r"(?:[0-9a-f]{8192})?"), "empty or 256 16-byte hashes in lowercase hex")
+_inc = _int(0, MAX_ID)
+_state = _int(0, 3)
+_tag = _regex(re.compile(r"[0-9a-f]{8}"), "8 lowercase hex digits")
+_listen = _addr(host_required=True, empty_ok=True)
+
+
+def _tuple_list(name: str, v: Any, n: int, most: int, what: str) -> None:
+    if type(v) is not list or len(v) > most:
+        raise _Invalid(f"{name} must be a list of at most {most} {what}")
+    for i, x in enumerate(v):
+        if type(x) is not list or len(x) != n:
+            raise _Invalid(f"{name}[{i}] must be a list of {n} fields")
+
+
+def _view_records(name: str, v: Any) -> None:
+    _tuple_list(name, v, 5, MAX_VIEW_RECORDS, "[node id, addr, incarnation, state, at] records")
+    for i, (node, addr, inc, state, at) in enumerate(v):
+        _node_id(f"{name}[{i}][0]", node)
+        _listen(f"{name}[{i}][1]", addr)
+        _inc(f"{name}[{i}][2]", inc)
+        _state(f"{name}[{i}][3]", state)
+        _time(f"{name}[{i}][4]", at)
+
+
+def _view_stamps(name: str, v: Any) -> None:
+    _tuple_list(name, v, 4, MAX_VIEW_STAMPS, "[node id, incarnation, state, tag] stamps")
+    for i, (node, inc, state, tag) in enumerate(v):
+        _node_id(f"{name}[{i}][0]", node)
+        _inc(f"{name}[{i}][1]", inc)
+        _state(f"{name}[{i}][2]", state)
+        _tag(f"{name}[{i}][3]", tag)
+
+
+def _view_bucket_list(name: str, v: Any) -> None:
+    if (
+        type(v) is not list
+        or not 1 <= len(v) <= 256
+        or any(type(b) is not int or not 0 <= b < 256 for b in v)
+    ):
+        raise _Invalid(f"{name} must be a list of 1..256 bucket numbers in 0..255")
+
+
+def _view_want(name: str, v: Any) -> None:
+    if type(v) is not list or len(v) > MAX_VIEW_WANT:
+        raise _Invalid(f"{name} must be a list of at most {MAX_VIEW_WANT} node ids")
+    for i, node in enumerate(v):
+        _node_id(f"{name}[{i}]", node)
+
+
 def _t(name: str, v: Any) -> None:  # "t" is looked up in SCHEMAS before the fields are checked
     pass
 
@@ -214,6 +270,11 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "held": ({"re": _id, "bits": _bits}, {"pinned": _bits}),
     "list_files": ({"id": _id, "limit": _int(1, MAX_FILES_PAGE)}, {"after": _key}),
     "file_list": ({"re": _id, "files": _files, "more": _bool}, {}),
+    "view_sync": ({"id": _id, "root": _view_root}, {}),
+    "view_diff": ({"re": _id, "buckets": _view_buckets_hex}, {}),
+    "view_pull": ({"id": _id, "buckets": _view_bucket_list, "stamps": _view_stamps}, {}),
+    "view_push": ({"re": _id, "records": _view_records, "want": _view_want}, {}),
+    "view_news": ({"records": _view_records}, {}),
 }
 for _required, _ in SCHEMAS.values():
     _required["t"] = _t

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeGuard, overload
 
 from p2pfast import errors, wire
-from p2pfast.proto import control
+from p2pfast.proto import control, view
 
 __all__ = [
     "BY_KIND",
@@ -50,6 +50,11 @@ __all__ = [
     "Reply",
     "Request",
     "Store",
+    "ViewDiff",
+    "ViewNews",
+    "ViewPull",
+    "ViewPush",
+    "ViewSync",
     "WhoHas",
     "check_reply",
     "from_wire",
@@ -131,6 +136,23 @@ class ListFiles:
 
     limit: int
     after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSync:
+    """Membership anti-entropy (proto/view.py): the sender's view digest (`root`, 32 hex digits);
+    answered by `ViewDiff`."""
+
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPull:
+    """The sender's stamps of the view buckets it names (a page of those whose hashes differ); answered
+    by `ViewPush`."""
+
+    buckets: tuple[int, ...]
+    stamps: tuple[view.Stamp, ...]
 
 
 # -- replies: carry "re" ----------------------------------------------------------------------------
@@ -227,6 +249,23 @@ class FileList:
     more: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ViewDiff:
+    """The answer to `ViewSync`: "" when the views agree, else the 256 bucket hashes (16 bytes each, as
+    lowercase hex, in bucket order)."""
+
+    buckets: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPush:
+    """The answer to `ViewPull`: the records the asker lacks or holds older, and the ids of the members
+    the asker knows better (it sends those records back in a `ViewNews`)."""
+
+    records: tuple[view.Record, ...]
+    want: tuple[str, ...]
+
+
 # -- notices: carry neither -------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PexPeer:
@@ -244,9 +283,17 @@ class Pex:
     peers: tuple[PexPeer, ...]
 
 
-Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles
-Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList
-Notice: TypeAlias = Pex
+@dataclass(frozen=True, slots=True)
+class ViewNews:
+    """Member records for the recipient's view: news the sender heard (spread once along each link) or
+    the records a `ViewPush` asked for; no reply."""
+
+    records: tuple[view.Record, ...]
+
+
+Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull
+Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList | ViewDiff | ViewPush
+Notice: TypeAlias = Pex | ViewNews
 Message: TypeAlias = Request | Reply | Notice
 
 KIND: dict[type[Message], str] = {
@@ -265,6 +312,11 @@ KIND: dict[type[Message], str] = {
     Held: "held",
     ListFiles: "list_files",
     FileList: "file_list",
+    ViewSync: "view_sync",
+    ViewDiff: "view_diff",
+    ViewPull: "view_pull",
+    ViewPush: "view_push",
+    ViewNews: "view_news",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -279,6 +331,8 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     Delete: (Ok, Error),
     Holds: (Held, Error),
     ListFiles: (FileList, Error),
+    ViewSync: (ViewDiff, Error),
+    ViewPull: (ViewPush, Error),
 }
 
 
@@ -325,6 +379,10 @@ def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Er
 def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
 @overload
 def check_reply(request: ListFiles, reply: Reply) -> FileList | Error: ...
+@overload
+def check_reply(request: ViewSync, reply: Reply) -> ViewDiff | Error: ...
+@overload
+def check_reply(request: ViewPull, reply: Reply) -> ViewPush | Error: ...
 def check_reply(request: Request, reply: Reply) -> Reply:
     """`reply` if its kind answers `request` (`REPLIES`; an Error answers any), else RemoteProtocolError:
     the peer answered our request with something that makes no sense for it."""
@@ -374,6 +432,16 @@ def _fields(msg: Message) -> dict[str, Any]:
             return {"files": [[key, cid] for key, cid in msg.files]}
         case Held():
             return {"bits": msg.bits, "pinned": msg.pinned} if msg.pinned else {"bits": msg.bits}
+        case ViewSync():
+            return {"root": msg.root}
+        case ViewDiff():
+            return {"buckets": msg.buckets}
+        case ViewPull():
+            return {"buckets": list(msg.buckets), "stamps": [_stamp_out(x) for x in msg.stamps]}
+        case ViewPush():
+            return {"records": [_record_out(r) for r in msg.records], "want": list(msg.want)}
+        case ViewNews():
+            return {"records": [_record_out(r) for r in msg.records]}
         case Error():
             return {"code": msg.code, "reason": msg.reason}
         case Leaves():
@@ -433,6 +501,16 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
             return Holds(tuple((key, cid) for key, cid in d["files"]))
         case "held":
             return Held(d["bits"], d.get("pinned", ""))
+        case "view_sync":
+            return ViewSync(d["root"])
+        case "view_diff":
+            return ViewDiff(d["buckets"])
+        case "view_pull":
+            return ViewPull(tuple(d["buckets"]), tuple(_stamp_in(x) for x in d["stamps"]))
+        case "view_push":
+            return ViewPush(tuple(_record_in(r) for r in d["records"]), tuple(d["want"]))
+        case "view_news":
+            return ViewNews(tuple(_record_in(r) for r in d["records"]))
         case "error":
             return Error(d["code"], d["reason"])
         case "leaves":
@@ -457,6 +535,22 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
         case "file_list":
             return FileList(tuple(FileEntry(f["key"], f["cid"], f["size"]) for f in d["files"]), d["more"])
     raise _remote(f"unknown control message kind {str(kind)[:40]!r}")
+
+
+def _record_out(r: view.Record) -> list[Any]:
+    return [r.node_id, r.addr, r.inc, int(r.state), r.at]
+
+
+def _record_in(x: list[Any]) -> view.Record:
+    return view.Record(x[0], x[1], x[2], view.State(x[3]), float(x[4]))
+
+
+def _stamp_out(s: view.Stamp) -> list[Any]:
+    return [s.node_id, s.inc, int(s.state), s.tag]
+
+
+def _stamp_in(x: list[Any]) -> view.Stamp:
+    return view.Stamp(x[0], x[1], view.State(x[2]), x[3])
 
 
 def from_wire(d: dict[str, Any]) -> Envelope:

@@ -46,7 +46,8 @@ async def start_node(root: Path, bootstrap: list[str], **kw: Any) -> Node:
     if not layout.db.exists():  # a node restarted on its data dir keeps it
         init(layout, NETKEY)
     ident = identity.load(layout.node_key, layout.network_key)
-    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=NetLimits(), **kw)
+    limits = kw.pop("limits", None) or NetLimits()
+    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=tuple(bootstrap), limits=limits, **kw)
     await node.start()
     return node
 
@@ -63,6 +64,15 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
+
+
+def cid_of(data: bytes) -> str:
+    """The content id a store of `data` gets (1 MiB segments), known before it is stored."""
+    from p2pfast.store import contentid
+
+    seg = 1024 * 1024
+    parts = [data[i : i + seg] for i in range(0, len(data), seg)] or [b""]
+    return contentid.root(len(data), b"".join(contentid.leaf(p) for p in parts))
 
 
 def source(tmp: Path, size: int, seed: int = 1) -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from loops import LOOPS, run_on
 
+from p2pfast.counters import COUNTERS
 from p2pfast.errors import PeerUnavailable, RemoteProtocolError
 from p2pfast.identity import node_id_of
 from p2pfast.net.limits import NetLimits
@@ -284,3 +285,56 @@ def test_closed_connections_stop_counting_at_once(loop_kind: str) -> None:
         run_on(loop_kind, main)
     finally:
         gc.enable()
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """The other end closed (EOF, or a reset when it closed with our bytes unread), within 10 s."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_at_max_connections_a_newcomer_evicts_one_in_its_handshake(loop_kind: str) -> None:
+    """With every connection slot taken, an incoming connection closes the oldest one still in its
+    handshake and is served; with every slot a finished session, it is refused and no session is
+    touched."""
+
+    async def main() -> None:
+        netkey = os.urandom(32)
+        server, _ready = manager(netkey, limits=NetLimits(max_connections=2))
+        members = [manager(netkey) for _ in range(2)]
+        silent: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        evicted = COUNTERS.admission_evicted.get("max_connections", 0)
+        refused = COUNTERS.admission_refused.get("max_connections", 0)
+        try:
+            addr = await server.listen("127.0.0.1:0")
+            host, port = addr.rsplit(":", 1)
+            # two connections that say nothing take both slots (accepted first: one listening socket's
+            # queue is first in, first out)
+            silent = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+            for (member, ready), (reader, _w) in zip(members, silent, strict=True):
+                await member.listen("127.0.0.1:0")
+                member.start()
+                member.dial_soon(addr)
+                session = await asyncio.wait_for(ready.get(), 10)
+                assert session.peer_id == server.node_id
+                assert await _closed_by_peer(reader), "the oldest in its handshake makes room"
+            assert COUNTERS.admission_evicted.get("max_connections", 0) == evicted + 2
+            assert len(server.sessions) == 2
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                assert await _closed_by_peer(reader), "no one to evict: refused"
+            finally:
+                writer.close()
+            assert COUNTERS.admission_refused.get("max_connections", 0) == refused + 1
+            assert len(server.sessions) == 2 and not any(s.closed for s in server.sessions.values())
+        finally:
+            for _r, w in silent:
+                w.close()
+            for member, _ready in members:
+                await member.close()
+            await server.close()
+
+    run_on(loop_kind, main)

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import cluster, run, source, start_node, store
+from inproc import cid_of, cluster, run, source, start_node, store
 
 from p2pfast.errors import BadInput, NotFound, PeerUnavailable
 from p2pfast.front.clientio import FdSink
-from p2pfast.node import Node
-from p2pfast.node.sources import BufferSink
+from p2pfast.node import Node, placement
+from p2pfast.node.repair import Settings
+from p2pfast.node.sources import BufferSink, BytesSource
+from p2pfast.proto import messages as m
 
 SEG = 1024 * 1024
 
@@ -149,5 +151,67 @@ def test_keep_is_refused_for_a_cid_and_a_store_under_the_cid_prefix_too(tmp_path
                 with pytest.raises(BadInput, match="reserved for content ids"):
                     await store(a, key, src)
                 assert a.repo.get_file(key.encode()) is None and b.repo.get_file(key.encode()) is None
+
+    run(main())
+
+
+def count_who_has(nodes: list[Node]) -> dict[str, int]:
+    """Each node's who_has requests served from now on (its real handler, counted on the way in)."""
+    asked = {n.node_id: 0 for n in nodes}
+    for n in nodes:
+        real = n.router._routes[m.WhoHas]
+
+        async def counting(session: Any, msg: Any, real: Any = real, me: str = n.node_id) -> Any:
+            asked[me] += 1
+            return await real(session, msg)
+
+        n.router._routes[m.WhoHas] = counting
+    return asked
+
+
+HAND = Settings(interval=3600.0, debounce=3600.0)  # no repair pass moves copies during the test
+
+
+def test_a_get_by_cid_asks_the_members_ranked_for_it_first_not_everyone(tmp_path: Path) -> None:
+    # 7 nodes, replicas = 1: a get by content id from a node that does not hold the object asks the
+    # replicas + 2 members that placement ranks highest for it; only a miss there widens to the rest.
+    async def main() -> None:
+        async with cluster(tmp_path, 7, replicas=1, repair=HAND) as nodes:
+            asked = count_who_has(nodes)
+            origin = nodes[0]
+            data = b"ranked first " * 5000
+            report = await origin.put("r", BytesSource(data))
+            holders = {origin.node_id, *report.replicated_to}
+            getter = next(n for n in nodes if n.node_id not in holders)
+            got = BufferSink()
+            assert (await getter.get(report.cid, got)).source == "peer" and bytes(got.data) == data
+            ranked = placement.ranked(report.cid, list(getter.peers.sessions.values()))
+            assert {k for k, v in asked.items() if v} == {s.peer_id for s in ranked[:3]}, asked
+            assert sum(asked.values()) == 3  # replicas + 2 of the 6 it could have asked
+
+    run(main())
+
+
+def test_a_get_by_cid_widens_to_every_member_when_none_ranked_first_holds_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 7, replicas=1, repair=HAND) as nodes:
+            sole, getter = nodes[1], nodes[2]
+            ids = lambda n: [s.peer_id for s in n.peers.sessions.values()]  # noqa: E731
+            w = placement.weight
+            for i in range(10_000):  # a payload the getter ranks its only holder low for
+                data = f"far away {i} ".encode() * 3000
+                cid = cid_of(data)
+                order = sorted(ids(getter), key=lambda p: w(cid, p), reverse=True)
+                if order.index(sole.node_id) >= 3:
+                    break
+            report = await sole.put("far", BytesSource(data))
+            for peer in report.replicated_to:  # its replica drops the copy: the sole holder is ranked low
+                other = next(n for n in nodes if n.node_id == peer)
+                await other.db(other.store.delete, "far")
+            asked = count_who_has(nodes)
+            got = BufferSink()
+            result = await getter.get(report.cid, got)
+            assert result.source == "peer" and bytes(got.data) == data
+            assert sum(asked.values()) == 6 and asked[getter.node_id] == 0  # the first 3, then the other 3
 
     run(main())

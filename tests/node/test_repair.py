@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from inproc import cluster, run, start_node, wait_until
+from inproc import cid_of, cluster, run, start_node, wait_until
 
 from p2pfast.errors import PeerUnavailable
 from p2pfast.node import placement
@@ -21,7 +21,6 @@ from p2pfast.node.sources import BufferSink, BytesSource
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
-from p2pfast.store import contentid
 
 
 def test_holds_answers_one_bit_per_file_in_order(tmp_path: Path) -> None:
@@ -139,12 +138,6 @@ def test_a_pass_on_a_stopping_node_ends_with_peer_unavailable(tmp_path: Path) ->
                 await c.close()
 
     run(main())
-
-
-def cid_of(data: bytes) -> str:
-    seg = 1024 * 1024
-    parts = [data[i : i + seg] for i in range(0, len(data), seg)] or [b""]
-    return contentid.root(len(data), b"".join(contentid.leaf(p) for p in parts))
 
 
 def test_a_full_node_refuses_and_the_store_and_the_repair_move_on_to_the_next(tmp_path: Path) -> None:
@@ -367,5 +360,25 @@ def test_a_store_counts_as_user_activity_on_the_storer_and_its_replicas(tmp_path
                 outcome=outcome, repair=True,
             )  # fmt: skip
             assert outcome.acked == [c.node_id] and c.ctx.activity.begun == 1
+
+    run(main())
+
+
+def test_nothing_moves_while_a_holder_is_away_and_may_be_where_a_user_stored_the_file(tmp_path: Path) -> None:
+    # The origin goes away within its grace: its copy still counts, but whether a user stored the file
+    # there (so that it stays among the holders) is not known, so the ideal holders are not either.
+    async def main() -> None:
+        async with cluster(tmp_path, 3, replicas=1, repair=HAND) as (a, b, c):
+            w = placement.weight
+            data = payload_where(lambda cid: min((a, b, c), key=lambda n: w(cid, n.node_id)) is b)
+            report = await b.put("k", BytesSource(data))  # b's own store, ranked last of the three by weight
+            (x,) = [n for n in (a, c) if n.node_id in report.replicated_to]
+            y = c if x is a else a
+            await b.close()
+            await wait_until(lambda: b.node_id not in x.peers.sessions and b.node_id not in y.peers.sessions)
+            assert x.repair is not None
+            r = await x.repair.pass_now("test")
+            assert r.under_replicated == 0 and r.copies == 0 and r.rebalanced == 0, r
+            assert y.repo.get_file(b"k") is None
 
     run(main())

@@ -23,7 +23,7 @@ def test_every_request_and_notice_kind_is_routed(tmp_path: Path) -> None:
             return a.router.kinds()
 
     served = run(main())
-    assert served == {*typing.get_args(m.Request), m.Pex}
+    assert served == {*typing.get_args(m.Request), *typing.get_args(m.Notice)}
 
 
 def test_a_kind_with_no_route_is_refused(tmp_path: Path) -> None:

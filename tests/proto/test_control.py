@@ -46,12 +46,19 @@ VALID: list[dict[str, Any]] = [
     {"t": "list_files", "id": 6, "limit": control.MAX_FILES_PAGE, "after": "photos/2024/a.jpg"},
     {"t": "file_list", "re": 6, "files": [{"key": "photos/a.jpg", "cid": CID, "size": 10}], "more": True},
     {"t": "file_list", "re": 6, "files": [], "more": False},
+    # the entries from here on are named from the end of the list by INVALID
+    {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
+    {"t": "view_sync", "id": 6, "root": "0f" * 16},
+    {"t": "view_diff", "re": 6, "buckets": ""},
+    {"t": "view_diff", "re": 6, "buckets": "ab" * 4096},
+    {"t": "view_pull", "id": 6, "buckets": [0, 255], "stamps": [["ab" * 32, 3, 1, "0011aabb"]]},
+    {"t": "view_push", "re": 6, "records": [["ab" * 32, "127.0.0.1:7001", 3, 0, 0]], "want": ["cd" * 32]},
+    {"t": "view_news", "records": [["ab" * 32, "", 9, 2, 1.7e9]]},
     {"t": "store", "id": 4, "sid": 2, "cid": CID, "size": 1, "key": "k", "repair": True},
     {"t": "holds", "id": 6, "files": [["k", CID]]},
     {"t": "holds", "id": 6, "files": [["k", CID]] * control.MAX_HOLDS},
     {"t": "held", "re": 6, "bits": "80"},
     {"t": "held", "re": 6, "bits": "ff" * 25},
-    {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
 ]
 
 
@@ -84,6 +91,17 @@ INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
     (-2, ("bits",), "8"),
     (-2, ("bits",), "FF"),
     (-2, ("bits",), "00" * 26),
+    (-11, ("root",), "0F" * 16),  # view_sync: 32 lowercase hex digits
+    (-9, ("buckets",), "ab" * 4095),  # view_diff: empty or exactly 256 hashes
+    (-8, ("buckets",), []),  # view_pull: 1..256 bucket numbers
+    (-8, ("buckets", 0), 256),
+    (-8, ("stamps", 0, 3), "xyz"),
+    (-8, ("stamps", 0), ["ab" * 32, 3, 1]),
+    (-7, ("records", 0, 3), 4),  # a state is 0..3
+    (-7, ("records", 0, 1), "nohost"),
+    (-7, ("records",), [["ab" * 32, "", 1, 0, 0]] * (control.MAX_VIEW_RECORDS + 1)),
+    (-7, ("want",), ["cd" * 32] * (control.MAX_VIEW_WANT + 1)),
+    (-6, ("records", 0, 0), "AB" * 32),
     (0, ("t",), "pingg"),
     (0, ("t",), 1),
     (0, ("t",), "DEL"),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from p2pfast import wire
 from p2pfast.errors import LocalProtocolError, RemoteProtocolError
-from p2pfast.proto import control
+from p2pfast.proto import control, view
 from p2pfast.proto import messages as m
 
 CID = "b3:" + "0123456789abcdef" * 4
@@ -39,6 +39,17 @@ leaves = st.lists(st.binary(min_size=32, max_size=32), max_size=8).map(lambda ds
 peers = st.builds(m.PexPeer, addr=addrs, id=hex64, seen=times)
 file_entries = st.builds(m.FileEntry, key=keys, cid=cids, size=sizes)
 
+view_records = st.builds(
+    view.Record,
+    node_id=hex64,
+    addr=addrs | st.just(""),
+    inc=st.integers(0, control.MAX_ID),
+    state=st.sampled_from(list(view.State)),
+    at=st.floats(0, 2e9, allow_nan=False),
+)
+view_stamps = view_records.map(lambda r: r.stamp)
+view_page = st.lists(view_records, max_size=16).map(tuple)
+
 STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Ping: st.just(m.Ping()),
     m.Pong: st.just(m.Pong()),
@@ -60,6 +71,15 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.FileList: st.builds(
         m.FileList, files=st.lists(file_entries, max_size=8).map(tuple), more=st.booleans()
     ),
+    m.ViewSync: st.builds(m.ViewSync, root=st.binary(min_size=16, max_size=16).map(bytes.hex)),
+    m.ViewDiff: st.just(m.ViewDiff("")) | st.just(m.ViewDiff("ab" * 16 * 256)),
+    m.ViewPull: st.builds(
+        m.ViewPull,
+        buckets=st.lists(st.integers(0, 255), min_size=1, max_size=256).map(tuple),
+        stamps=st.lists(view_stamps, max_size=16).map(tuple),
+    ),
+    m.ViewPush: st.builds(m.ViewPush, records=view_page, want=st.lists(hex64, max_size=8).map(tuple)),
+    m.ViewNews: st.builds(m.ViewNews, records=view_page),
 }
 messages = st.one_of(list(STRATEGIES.values()))
 
@@ -82,6 +102,11 @@ EXAMPLES: list[m.Message] = [
     m.Held.of([True, False, True], [False, False, True]),
     m.ListFiles(100, "photos/a.jpg"),
     m.FileList((m.FileEntry("photos/a.jpg", CID, 10),), more=False),
+    m.ViewSync("00" * 16),
+    m.ViewDiff(""),
+    m.ViewPull((3, 200), (view.Stamp(NODE, 7, view.State.SUSPECT, "0a1b2c3d"),)),
+    m.ViewPush((view.Record(NODE, "127.0.0.1:7001", 7, view.State.ALIVE),), (NODE,)),
+    m.ViewNews((view.Record(NODE, "", 9, view.State.DEAD, 1.7e9),)),
 ]
 
 
@@ -120,13 +145,13 @@ def test_role_matches_the_envelope_fields_the_schema_requires(kind: str) -> None
     cls = m.BY_KIND[kind]
     assert ("id" in required) is (cls in get_args(m.Request))
     assert ("re" in required) is (cls in get_args(m.Reply))
-    assert (not ENVELOPE & (set(required) | set(optional)) - {"t"}) is (cls is m.Notice)
+    assert (not ENVELOPE & (set(required) | set(optional)) - {"t"}) is (cls in get_args(m.Notice))
 
 
 def test_roles_partition_the_kinds() -> None:
-    requests, replies = set(get_args(m.Request)), set(get_args(m.Reply))
-    assert requests | replies | {m.Notice} == set(m.KIND)
-    assert not requests & replies and m.Notice not in requests | replies
+    requests, replies, notices = set(get_args(m.Request)), set(get_args(m.Reply)), set(get_args(m.Notice))
+    assert requests | replies | notices == set(m.KIND)
+    assert not requests & replies and not notices & (requests | replies)
     for msg in EXAMPLES:
         assert [m.is_request(msg), m.is_reply(msg), m.is_notice(msg)].count(True) == 1
 
@@ -312,6 +337,8 @@ def test_check_reply_passes_the_right_kinds_and_blames_the_peer_for_the_rest(req
         m.WhoHas: {m.Have},
         m.Holds: {m.Held},
         m.ListFiles: {m.FileList},
+        m.ViewSync: {m.ViewDiff},
+        m.ViewPull: {m.ViewPush},
     }
     expected = special.get(type(request_), {m.Ok}) | {m.Error}
     for reply in (msg for msg in EXAMPLES if m.is_reply(msg)):

@@ -1,0 +1,215 @@
+"""The membership view kept in step with the other members (proto/view.py holds the view and its
+rules; docs/protocol.md, "Membership that scales", the design).
+
+* News spreads eagerly: a record that was news here (a member joined, changed its address, refuted a
+  claim, was declared dead) goes once to every connected member but the one it came from, gathered per
+  loop turn into one `view_news` each.
+* Anti-entropy repairs what news missed: every gossip interval this node sends one member, chosen at
+  random, its view's root (16 bytes). Equal roots end the exchange, so an idle network costs one small
+  request per node and interval whatever its size. Otherwise the member answers with its bucket hashes,
+  this node sends the stamps of a page of the buckets that differ, the member sends back the records this
+  node lacks and names those it lacks, which this node sends it: each message under the control cap, and
+  the exchange goes on (at most MAX_ROUNDS pages) while the views still differ.
+* A member that connects is synced with at once, so a joining node learns the view in its first seconds.
+
+* Failure detection, SWIM's suspicion (Das, Gupta, Motivala 2002) on the links this node has: a member
+  whose session ended and that has not reconnected within `suspect_after` is declared suspect at the
+  incarnation it had; a suspicion not refuted (the member, hearing it, answers with an alive record one
+  incarnation up) within `dead_after` more becomes a death, declared once here and spread like any
+  news. Every node that lost the link makes the same claim, and equal claims are not news, so a death
+  costs one record per link, not a storm. A node that stops gracefully says it left (state `left`)
+  before it closes its sessions, so nobody has to suspect it.
+
+Not yet (issue 14): the view does not choose whom to dial (peer exchange still does); suspicion is not
+yet confirmed by indirect probes through other members (SWIM's ping-req), which the bounded set of
+connections needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+import orjson
+
+from p2pfast import wire
+from p2pfast.errors import P2PError
+from p2pfast.net.session import Session
+from p2pfast.node.context import Context
+from p2pfast.proto import control, view
+from p2pfast.proto import messages as m
+
+log = logging.getLogger("p2pfast.view")
+
+# Exchanges of one anti-entropy session: enough for a joining node to learn a few thousand members at
+# once; what is left waits for the next interval.
+MAX_ROUNDS = 32
+SYNC_TIMEOUT = 10.0
+# Room for the records of one message: the control cap less the message's own fields.
+_ROOM = wire.MAX_CONTROL_SIZE - 512
+
+
+# Defaults of NetLimits.suspect_after / dead_after (net/limits.py says why).
+SUSPECT_AFTER = 5.0
+DEAD_AFTER = 30.0
+
+
+class ViewSync:
+    def __init__(
+        self,
+        ctx: Context,
+        interval: float,
+        rnd: random.Random | None = None,
+        suspect_after: float = SUSPECT_AFTER,
+        dead_after: float = DEAD_AFTER,
+    ) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self.suspect_after, self.dead_after = suspect_after, dead_after
+        self.closing = False
+        self.rnd = rnd or random.Random()
+        # A restart begins at the time in milliseconds: it outranks whatever was said of a past life.
+        me = view.Record(ctx.node_id, ctx.peers.listen_addr, int(time.time() * 1000), view.State.ALIVE)
+        self.view = view.View(me)
+        self._news: dict[str, tuple[view.Record, str | None]] = {}  # node id -> (record, heard from)
+        self._flush: asyncio.Handle | None = None
+        self.syncs = 0  # exchanges this node began (tests, bench/simulate.py)
+
+    # -- the background loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval * (0.5 + self.rnd.random()))  # jitter: no lockstep rounds
+            sessions = self._members()
+            if sessions:
+                await self.sync(self.rnd.choice(sessions))
+
+    def _members(self) -> list[Session]:
+        """Connected members whose build speaks the view (proto/features.py): an older one would end
+        the connection on a kind it does not know."""
+        return [s for s in self.ctx.peers.sessions.values() if s.speaks("view")]
+
+    def on_ready(self, session: Session) -> None:
+        self.ctx.spawn(self.sync(session))
+
+    # -- failure detection ---------------------------------------------------------------------------
+    def on_closed(self, session: Session) -> None:
+        r = self.view.get(session.peer_id)
+        if self.closing or r is None or r.gone or session.peer_id == self.ctx.node_id:
+            return
+        self.ctx.spawn(self._watch(session.peer_id, r.inc))
+
+    async def _watch(self, node_id: str, inc: int) -> None:
+        """Suspect, then declare dead, a member that went and did not come back at the same incarnation."""
+        for state, wait in ((view.State.SUSPECT, self.suspect_after), (view.State.DEAD, self.dead_after)):
+            await asyncio.sleep(wait)  # the detector's timeout, not a wait for a peer to do something
+            r = self.view.get(node_id)
+            if self.closing or node_id in self.ctx.peers.sessions or r is None or r.inc != inc:
+                return  # back, refuted, or restarted since
+            if r.state >= state:
+                continue  # another member said as much already
+            if r.state != view.State(state - 1):
+                return
+            claim = self.view.claim(node_id, state, time.time())
+            if claim is not None:
+                log.info("event=member_%s node=%s inc=%d", state.name.lower(), node_id[:12], inc)
+                self._spread(claim, None)
+
+    def leave(self) -> None:
+        """Say, to every connected member, that this node leaves (a graceful stop): nobody suspects it."""
+        self.closing = True
+        record = self.view.claim(self.ctx.node_id, view.State.LEFT, time.time())
+        if record is None:
+            return
+        for session in self._members():
+            with contextlib.suppress(P2PError):
+                session.notify(m.ViewNews((record,)))
+
+    # -- anti-entropy, the asking side ----------------------------------------------------------------
+    async def sync(self, session: Session) -> None:
+        """Reconcile with one member until the views agree or MAX_ROUNDS pages went."""
+        if not session.speaks("view"):
+            return
+        self.syncs += 1
+        try:
+            for _ in range(MAX_ROUNDS):
+                diff = await session.request(m.ViewSync(self.view.root().hex()), timeout=SYNC_TIMEOUT)
+                if not diff.buckets:
+                    return
+                theirs = [bytes.fromhex(diff.buckets[i : i + 32]) for i in range(0, len(diff.buckets), 32)]
+                buckets, stamps = self.view.stamps_page(self.view.differing(theirs), control.MAX_VIEW_STAMPS)
+                if not buckets:
+                    return  # the digests changed under us: the next interval will see
+                push = await session.request(m.ViewPull(tuple(buckets), tuple(stamps)), timeout=SYNC_TIMEOUT)
+                self._merge_all(push.records, session.peer_id)
+                if push.want:
+                    for page in _pages(self.view.records(push.want)):
+                        session.notify(m.ViewNews(page))
+                if not push.records and not push.want:
+                    return
+        except (P2PError, TimeoutError) as exc:
+            log.debug("event=view_sync_failed peer=%s error=%r", session.peer_id[:12], str(exc))
+
+    # -- anti-entropy and news, the answering side ----------------------------------------------------
+    async def on_sync(self, session: Session, msg: m.ViewSync) -> m.ViewDiff:
+        if msg.root == self.view.root().hex():
+            return m.ViewDiff("")
+        return m.ViewDiff("".join(b.hex() for b in self.view.buckets()))
+
+    async def on_pull(self, session: Session, msg: m.ViewPull) -> m.ViewPush:
+        send, want = self.view.compare(msg.buckets, msg.stamps, control.MAX_VIEW_RECORDS)
+        pages = _pages(send, room=_ROOM - 70 * len(want))
+        return m.ViewPush(pages[0] if pages else (), tuple(want[: control.MAX_VIEW_WANT]))
+
+    async def on_news(self, session: Session, msg: m.ViewNews) -> None:
+        self._merge_all(msg.records, session.peer_id)
+
+    # -- merging and spreading ----------------------------------------------------------------------
+    def _merge_all(self, records: Sequence[view.Record], source: str) -> None:
+        now = time.time()
+        for r in records:
+            changed = self.view.merge(r, now)
+            if changed is not None:
+                # our own refutation goes everywhere, the source included: it made the claim
+                self._spread(changed, None if changed.node_id == self.ctx.node_id else source)
+
+    def _spread(self, record: view.Record, source: str | None) -> None:
+        self._news[record.node_id] = (record, source)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._send_news)
+
+    def _send_news(self) -> None:
+        self._flush = None
+        news, self._news = self._news, {}
+        for session in self._members():
+            records = [r for r, source in news.values() if source != session.peer_id]
+            for page in _pages(records):
+                with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it
+                    session.notify(m.ViewNews(page))
+
+    def counts(self) -> dict[str, int]:
+        """Members by state, this node included (status)."""
+        out = {s.name.lower(): 0 for s in view.State}
+        for r in self.view:
+            out[r.state.name.lower()] += 1
+        return out
+
+
+def _pages(records: Sequence[view.Record], room: int = _ROOM) -> list[tuple[view.Record, ...]]:
+    """`records` cut into messages that stay under the control cap (and the schema's count)."""
+    out: list[tuple[view.Record, ...]] = []
+    page: list[view.Record] = []
+    used = 0
+    for r in records:
+        size = len(orjson.dumps(m.to_wire(m.ViewNews((r,)))))
+        if page and (used + size > room or len(page) == control.MAX_VIEW_RECORDS):
+            out.append(tuple(page))
+            page, used = [], 0
+        page.append(r)
+        used += size
+    if page:
+        out.append(tuple(page))
+    return out

@@ -1,0 +1,245 @@
+"""The membership view, sans-IO (the caller passes the time, Unix seconds, where it matters): every
+member's record, how two records of one member are ordered, and the digests two nodes compare to find, in
+a few small messages, where their views differ (docs/protocol.md, "Membership that scales").
+
+A record says what is known of one member: its node id, its verified address, its incarnation and its
+state (alive, suspect, dead, left). Records of one member are totally ordered by their `key`
+(incarnation, state, address tag): of two, every node keeps the greater, so views merge like a
+join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order of delivery
+ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das, Gupta &
+Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the member
+answers a claim with an alive record one incarnation higher. A restart starts from the time in
+milliseconds, so a node that lost its state still outranks what was said of it before.
+
+Reconciliation is Scuttlebutt-like anti-entropy (van Renesse et al. 2008) with a hashed digest in place of
+Scuttlebutt's per-member version list, so an idle exchange costs one message of constant size whatever
+the network's size: each record hashes to 16 bytes, a bucket (the first byte of the node id: 256 buckets)
+is the XOR of its records' hashes, and the root is the XOR of all of them, each kept up to date in O(1)
+per change. Two nodes whose roots agree are done; otherwise they compare the 256 bucket hashes, then the
+stamps (node id and key) of the buckets that differ, and send each other the records the other lacks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+
+BUCKETS = 256
+HASH_SIZE = 16
+ZERO = bytes(HASH_SIZE)
+# A dead or left member's record is kept this long after the death was declared (or the member left),
+# so that every node hears of it before any forgets it; then it goes everywhere at about the same time.
+FORGET_AFTER = 24 * 3600.0
+
+
+class State(enum.IntEnum):
+    """A member's state; at equal incarnations, a greater state wins (a suspicion over an alive record, a
+    death over a suspicion), so a claim spreads until the member refutes it with a higher incarnation."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+def addr_tag(addr: str) -> str:
+    """8 hex digits naming an address in keys and stamps (the address itself is in the record)."""
+    return blake3.blake3(addr.encode()).hexdigest(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    node_id: str  # 64 lowercase hex digits
+    addr: str  # its listen address as verified ("" when it has none a node verified)
+    inc: int  # incarnation: raised only by the member itself
+    state: State
+    at: float = 0.0  # for DEAD and LEFT: when it was declared (Unix time); 0 otherwise
+    # The order of records of one member: the greater is kept. Made once: every merge compares keys.
+    key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.inc, int(self.state), addr_tag(self.addr)))
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.node_id, self.inc, self.state, self.key[2])
+
+    @property
+    def gone(self) -> bool:
+        return self.state >= State.DEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a digest exchange says of one record: enough to order it, without its address."""
+
+    node_id: str
+    inc: int
+    state: State
+    tag: str
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.inc, int(self.state), self.tag)
+
+
+def bucket_of(node_id: str) -> int:
+    return int(node_id[:2], 16)
+
+
+def _hash(r: Record) -> bytes:
+    # `at` is left out: two nodes that heard of one death at different moments agree on the view
+    return blake3.blake3(f"{r.node_id}/{r.inc}/{int(r.state)}/{r.addr}".encode()).digest(HASH_SIZE)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(HASH_SIZE, "big")
+
+
+class View:
+    """One node's view of every member, itself included."""
+
+    def __init__(self, me: Record) -> None:
+        self.me = me.node_id
+        self._records: dict[str, Record] = {}
+        self._by_bucket: list[dict[str, Record]] = [{} for _ in range(BUCKETS)]
+        self._buckets = [ZERO] * BUCKETS
+        self._root = ZERO
+        self._put(me)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._records.values())
+
+    def get(self, node_id: str) -> Record | None:
+        return self._records.get(node_id)
+
+    @property
+    def mine(self) -> Record:
+        return self._records[self.me]
+
+    def alive(self) -> list[Record]:
+        """Members not known to be gone, this node left out (a suspect is still a member)."""
+        return [r for r in self._records.values() if not r.gone and r.node_id != self.me]
+
+    # -- changing ------------------------------------------------------------------------------------
+    def merge(self, record: Record, now: float) -> Record | None:
+        """Keep `record` if it is news (greater than what is known of its member); returns what this
+        view now holds for the member when that changed (the record, or this node's refutation of a
+        claim about itself), None when it was not news."""
+        old = self._records.get(record.node_id)
+        if record.node_id == self.me:
+            if old is not None and record.key > old.key:
+                # A claim that this node is suspect, dead or gone, or an alive record of a past life of it
+                # that outranks this one: refute it (SWIM), one incarnation up.
+                return self._put(Record(self.me, old.addr, record.inc + 1, State.ALIVE))
+            return None
+        if old is not None and record.key < old.key:
+            return None
+        if old is not None and record.key == old.key:
+            if record.gone and 0 < record.at < old.at:  # the earliest declaration, wherever it came from
+                self._records[record.node_id] = record
+                self._by_bucket[bucket_of(record.node_id)][record.node_id] = record
+            return None
+        if record.gone and record.at and record.at + FORGET_AFTER < now:
+            return None  # long forgotten everywhere: do not bring it back
+        return self._put(record)
+
+    def claim(self, node_id: str, state: State, now: float) -> Record | None:
+        """This node declares a member suspect, dead (or, for itself, left), at the incarnation it knows;
+        returns the new record (None if the view already says as much or more)."""
+        old = self._records.get(node_id)
+        if old is None:
+            return None
+        at = now if state >= State.DEAD else 0.0
+        new = Record(node_id, old.addr, old.inc, state, at)
+        if new.key <= old.key:
+            return None
+        if node_id == self.me:
+            return self._put(new) if state == State.LEFT else None
+        return self._put(new)
+
+    def forget(self, now: float) -> list[str]:
+        """Drop the records of members gone longer than FORGET_AFTER; returns their ids."""
+        old = [r.node_id for r in self._records.values() if r.gone and r.at + FORGET_AFTER < now]
+        for node_id in old:
+            if node_id != self.me:
+                self._drop(node_id)
+        return [n for n in old if n != self.me]
+
+    def _put(self, record: Record) -> Record:
+        old = self._records.get(record.node_id)
+        b = bucket_of(record.node_id)
+        h = _hash(record)
+        if old is not None:
+            h = _xor(h, _hash(old))
+        self._buckets[b] = _xor(self._buckets[b], h)
+        self._root = _xor(self._root, h)
+        self._records[record.node_id] = record
+        self._by_bucket[b][record.node_id] = record
+        return record
+
+    def _drop(self, node_id: str) -> None:
+        old = self._records.pop(node_id)
+        h = _hash(old)
+        b = bucket_of(node_id)
+        del self._by_bucket[b][node_id]
+        self._buckets[b] = _xor(self._buckets[b], h)
+        self._root = _xor(self._root, h)
+
+    # -- reconciliation ------------------------------------------------------------------------------
+    def root(self) -> bytes:
+        """The digest of the whole view: equal roots, equal views (but for hash collisions)."""
+        return self._root
+
+    def buckets(self) -> list[bytes]:
+        return list(self._buckets)
+
+    def differing(self, theirs: Sequence[bytes]) -> list[int]:
+        """The buckets whose hashes differ from `theirs` (a peer's `buckets()`)."""
+        return [i for i, (a, b) in enumerate(zip(self._buckets, theirs, strict=True)) if a != b]
+
+    def stamps_page(self, buckets: Sequence[int], limit: int) -> tuple[list[int], list[Stamp]]:
+        """The stamps of as many of `buckets` (in order, whole buckets, at least one) as `limit` stamps
+        hold: one message's worth; the buckets it covers, and the stamps."""
+        covered: list[int] = []
+        out: list[Stamp] = []
+        for b in buckets:
+            page = self.stamps([b])
+            if covered and len(out) + len(page) > limit:
+                break
+            covered.append(b)
+            out.extend(page)
+        return covered, out
+
+    def stamps(self, buckets: Iterable[int]) -> list[Stamp]:
+        out = [r.stamp for b in set(buckets) for r in self._by_bucket[b].values()]
+        return sorted(out, key=lambda s: s.node_id)
+
+    def compare(
+        self, buckets: Iterable[int], theirs: Iterable[Stamp], limit: int | None = None
+    ) -> tuple[list[Record], list[str]]:
+        """Given a peer's stamps of `buckets`: the records of those buckets it lacks or holds older (to
+        send it), and the ids of the members it knows better (to ask it for), at most `limit` of each (a
+        message's worth: the next exchange goes on where this one stopped, as the digests still differ)."""
+        wanted = set(buckets)
+        known = {s.node_id: s for s in theirs if bucket_of(s.node_id) in wanted}
+        send: list[Record] = []
+        for b in wanted:
+            for r in self._by_bucket[b].values():
+                s = known.get(r.node_id)
+                if s is None or s.key < r.key:
+                    send.append(r)
+        want = [n for n, s in known.items() if (mine := self._records.get(n)) is None or mine.key < s.key]
+        send.sort(key=lambda r: r.node_id)
+        want.sort()
+        return send[:limit], want[:limit]
+
+    def records(self, node_ids: Iterable[str]) -> list[Record]:
+        return [r for n in node_ids if (r := self._records.get(n)) is not None]

@@ -1,0 +1,46 @@
+"""bench/simulate.py, the many-nodes-in-one-process harness, runs and reports what its docstring promises
+(a small run: the figures at scale are the bench's business, not a test's)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "simulate.py"
+
+
+def test_simulate_reports_its_figures_as_one_json_line() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(SCRIPT),
+            "--nodes",
+            "6",
+            "--idle",
+            "0.5",
+            "--gossip-interval",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for field in (
+        "nodes",
+        "converged_s",
+        "view_converged_s",
+        "links_max",
+        "links_median",
+        "gossip_bytes_per_node_s",
+    ):
+        assert field in out, out
+    assert out["nodes"] == 6 and out["links_max"] == 5  # today's discovery: every node to every node
+    assert out["gossip_bytes_per_node_s"] > 0  # an idle network still pings
+    # a get by content id asks replicas + 2 = 4 members; by key, every one of the other 5
+    assert sorted(set(out["lookup_contacts"])) == [4, 5], out

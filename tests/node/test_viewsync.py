@@ -1,0 +1,171 @@
+"""The membership view between real in-process nodes (node/viewsync.py): every node learns every member,
+a newcomer is known to all soon after it joins one, a restart's higher incarnation replaces the old
+record everywhere, and once the views agree an exchange is a single root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inproc import cluster, run, start_node, wait_until
+
+from p2pfast.net.limits import NetLimits
+from p2pfast.node import Node
+from p2pfast.node.sources import BufferSink, BytesSource
+from p2pfast.proto import messages as m
+from p2pfast.proto import view
+
+
+def views(nodes: list[Node]) -> list[view.View]:
+    out = []
+    for n in nodes:
+        assert n.viewsync is not None
+        out.append(n.viewsync.view)
+    return out
+
+
+def agree(nodes: list[Node], size: int) -> bool:
+    vs = views(nodes)
+    return all(len(v) == size for v in vs) and len({v.root() for v in vs}) == 1
+
+
+def test_every_node_learns_every_member_and_a_newcomer_reaches_all(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 4) as nodes:
+            await wait_until(lambda: agree(nodes, 4))
+            for v in views(nodes):
+                assert {r.node_id for r in v} == {n.node_id for n in nodes}
+                assert all(r.state == view.State.ALIVE and r.addr for r in v)
+            late = await start_node(tmp_path / "late", [nodes[-1].peers.listen_addr])
+            try:
+                await wait_until(lambda: agree([*nodes, late], 5))
+                record = views(nodes)[0].get(late.node_id)
+                assert record is not None and record.addr == late.peers.listen_addr
+                # settled: an exchange is the root and nothing more
+                (mine,) = views([late])
+                peer = next(iter(late.peers.sessions.values()))
+                diff = await peer.request(m.ViewSync(mine.root().hex()))
+                assert diff.buckets == ""
+                status = await nodes[0].status()
+                assert status["members"] == {"alive": 5, "suspect": 0, "dead": 0, "left": 0}
+            finally:
+                await late.close()
+
+    run(main())
+
+
+def test_a_restarted_member_replaces_its_old_record_everywhere(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            before = views([a])[0].get(c.node_id)
+            assert before is not None
+            await c.close()
+            c2 = await start_node(tmp_path / "n2", [a.peers.listen_addr])
+            try:
+                assert c2.node_id == c.node_id
+                fresh = views([c2])[0].mine
+                assert fresh.inc > before.inc  # a restart outranks its past life
+                await wait_until(lambda: agree([a, b, c2], 3))
+                assert views([a])[0].get(c.node_id) == fresh and views([b])[0].get(c.node_id) == fresh
+            finally:
+                await c2.close()
+
+    run(main())
+
+
+QUICK = NetLimits(suspect_after=0.3, dead_after=0.6)
+
+
+def state_of(node: Node, node_id: str) -> view.State | None:
+    assert node.viewsync is not None
+    r = node.viewsync.view.get(node_id)
+    return None if r is None else r.state
+
+
+async def crash(node: Node) -> None:
+    """As kill -9 looks from the outside, in one process: its connections reset, nothing said first."""
+    node.peers.stop_listening()
+    for t in node._tasks:
+        t.cancel()
+    node.membership.closing = True  # type: ignore[union-attr]  # it dials nobody again
+    for proto in list(node.peers._protocols):
+        if proto.transport is not None:
+            proto.transport.abort()
+
+
+def test_a_member_that_stops_says_it_left_and_a_crashed_one_is_suspected_then_declared_dead(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 4, limits=QUICK) as (a, b, c, d):
+            await wait_until(lambda: agree([a, b, c, d], 4))
+            await d.close()  # graceful: no suspicion needed
+            await wait_until(lambda: all(state_of(n, d.node_id) == view.State.LEFT for n in (a, b, c)))
+            seen: list[view.State | None] = []
+            await crash(c)
+            await wait_until(
+                lambda: seen.append(state_of(a, c.node_id)) or state_of(a, c.node_id) == view.State.DEAD
+            )
+            assert view.State.SUSPECT in seen  # suspected first, then declared dead
+            await wait_until(lambda: state_of(b, c.node_id) == view.State.DEAD)
+            status = await a.status()
+            assert status["members"] == {"alive": 2, "suspect": 0, "dead": 1, "left": 1}
+
+    run(main())
+
+
+def test_a_live_member_refutes_a_suspicion_and_every_view_ends_with_it_alive(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            assert a.viewsync is not None
+            was = a.viewsync.view.get(c.node_id)
+            assert was is not None
+            claim = a.viewsync.view.claim(c.node_id, view.State.SUSPECT, 0.0)
+            assert claim is not None
+            a.viewsync._spread(claim, None)  # a wrongly suspects c, and says so
+            await wait_until(lambda: agree([a, b, c], 3) and state_of(a, c.node_id) == view.State.ALIVE)
+            now = a.viewsync.view.get(c.node_id)
+            assert now is not None and now.inc == was.inc + 1  # c answered one incarnation up
+
+    run(main())
+
+
+def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Path) -> None:
+    # An earlier build ends the connection on a kind or field it does not know: it is sent no view
+    # message and no `pinned` bits, and the two still work together.
+    async def main() -> None:
+        a = await start_node(tmp_path / "a", [])
+        old = await start_node(tmp_path / "old", [])
+        try:
+            hello = old.peers._hello
+            old.peers._hello = lambda: {**hello(), "agent": "p2pfast/0.1.0"}  # type: ignore[method-assign]
+            got: list[str] = []
+            assert old.router is not None
+            for kind in (m.ViewSync, m.ViewPull, m.ViewNews):
+                real = old.router._routes.get(kind)
+
+                async def record(session: object, msg: object, real: object = real) -> object:
+                    got.append(type(msg).__name__)
+                    return await real(session, msg)  # type: ignore[operator]
+
+                if real is not None:
+                    old.router._routes[kind] = record
+            report = await a.put("k", BytesSource(b"x" * 3000))
+            old.peers.dial_soon(a.peers.listen_addr)
+            await wait_until(lambda: a.node_id in old.peers.sessions and old.node_id in a.peers.sessions)
+            session = old.peers.sessions[a.node_id]
+            assert a.peers.sessions[old.node_id].agent == "p2pfast/0.1.0"
+            held = await session.request(m.Holds((("k", report.cid),)))
+            assert held.held(1) == [True] and held.pinned == ""  # a's own store, but no pinned bits for it
+            assert a.viewsync is not None
+            a.viewsync._spread(a.viewsync.view.mine, None)  # news: goes to members that speak the view
+            await a.viewsync.sync(a.peers.sessions[old.node_id])
+            got_back = BufferSink()
+            await old.get("k", got_back)  # and the two still work together
+            assert bytes(got_back.data) == b"x" * 3000 and got == []
+        finally:
+            await old.close()
+            await a.close()
+
+    run(main())
