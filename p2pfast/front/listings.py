@@ -39,6 +39,7 @@ def peers(repo: Repo, connected: Collection[str] | None = None) -> list[dict[str
                 "address": r.address,
                 "last_seen_at": rfc3339(r.last_seen),
                 "status": status,
+                "verified": r.verified,
             }
         )
     return rows

@@ -1,6 +1,7 @@
 """Peer exchange, as the original system does it, made robust: on connect and every gossip interval each
-node sends the peers it has seen in the last 30 minutes; a receiver drops itself and peers it is connected
-to, records the rest and dials them through the rate-limited dialer."""
+node sends the peers it has seen in the last 30 minutes at addresses it verified itself (docs/protocol.md,
+Discovery: never one it merely heard of); a receiver drops itself and peers it is connected to, records
+the rest and dials them through the rate-limited dialer, which is how it verifies them."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ NODE_ID_RE = re.compile(r"[0-9a-f]{64}")
 def pex_message(known: list[tuple[str, str, float]], manager: PeerManager, exclude: str) -> tuple[m.Pex, int]:
     """The pex message for one peer, and how many entries were left out for it to fit.
 
-    known: (address, node id, last seen) rows from the peers table. Connected peers count as seen now.
+    known: (address, node id, last seen) rows from the peers table, the verified ones only. Connected
+    peers count as seen now, at their verified address; one whose address nobody verified is left out.
     The freshest entries go first, as many as fit in one control message: at 114-128 entries with DNS
     names or IPv6 addresses the whole list no longer does, and a message that fails to encode would
     leave the peer with no exchange at all (until the membership protocol replaces this message)."""
     now = time.time()
     entries: dict[str, m.PexPeer] = {}
     for session in manager.sessions.values():
-        addr = session.listen_addr
+        addr = session.verified_addr
         if addr and session.peer_id != exclude:
             entries[session.peer_id] = m.PexPeer(addr, session.peer_id, now)
     for addr, node_id, seen in known:

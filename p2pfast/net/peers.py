@@ -40,6 +40,8 @@ class PeerEvents:
 
     on_ready: Callable[[Session], Coroutine[Any, Any, None]]
     on_closed: Callable[[Session], Coroutine[Any, Any, None]]
+    # a dial to this address failed (refused, timed out, or no handshake with a member there)
+    on_dial_failed: Callable[[str], Coroutine[Any, Any, None]] | None = None
 
 
 class PeerManager:
@@ -211,11 +213,12 @@ class PeerManager:
             # Out of admission now, as the handshake completes: `ready`'s callbacks run a loop turn
             # later, and a newcomer accepted in between must not find this session evictable.
             self._admission.done(session.proto)
+        # Verified: the address we dialed and completed the handshake at (whatever id answered there, it
+        # is that node's), or for a peer that dialed us, its listen address on the host it came from.
+        session.verified_addr = session.dialed or session.listen_addr_observed
         if session.peer_id == self.node_id:
             # We dialled ourselves through an address someone gossiped: remember it, never again.
-            addr = session.listen_addr
-            if addr:
-                self._self_addrs.add(addr)
+            self._self_addrs.update(a for a in (session.listen_addr, session.dialed) if a)
             session.close(0, "self")
             return
         other = self.sessions.get(session.peer_id)
@@ -228,15 +231,21 @@ class PeerManager:
                 (other, session) if initiator_id(other) <= initiator_id(session) else (session, other)
             )
             drop.close(0, "duplicate connection")
+            # the dropped one may be the one that verified the peer's address (our dial to it)
+            keep.verified_addr = keep.verified_addr or drop.verified_addr
             if keep is other:
                 return
         self.sessions[session.peer_id] = session
         self.changed.set()
-        addr = session.listen_addr
-        if addr:
-            self._backoff.pop(addr, None)
+        addr = session.address
+        if session.verified_addr:  # only a verified address: a hello naming one must not lift its backoff
+            self._backoff.pop(session.verified_addr, None)
         log.info(
-            "event=peer_connected peer=%s addr=%s initiator=%s", session.peer_id[:12], addr, session.initiator
+            "event=peer_connected peer=%s addr=%s initiator=%s verified=%s",
+            session.peer_id[:12],
+            addr,
+            session.initiator,
+            session.verified_addr is not None,
         )
         self._spawn(self.events.on_ready(session))
 
@@ -255,7 +264,9 @@ class PeerManager:
 
     # -- dialing -------------------------------------------------------------------------------------
     def connected_addrs(self) -> set[str]:
-        return {a for s in self.sessions.values() if (a := s.listen_addr)}
+        """The verified addresses of the peers connected now (what a hello claims does not count: a
+        member naming another's address must not keep us from dialing it)."""
+        return {a for s in self.sessions.values() if (a := s.verified_addr)}
 
     def dial_soon(self, addr: str) -> None:
         if addr in self._self_addrs or addr in self._queued or addr in self._dialing:
@@ -306,10 +317,16 @@ class PeerManager:
         try:
             host, port = split_addr(addr, "127.0.0.1")
             deadline = self.limits.proto.handshake_timeout
+
+            def dialing() -> PeerProtocol:
+                proto = self._protocol(initiator=True)
+                proto.session.dialed = addr if split_addr(addr)[0] else f"{host}:{port}"
+                return proto
+
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (gh-86296), and a
             # dial cancelled by close() would then connect after it.
             async with asyncio.timeout(deadline):
-                _, proto = await loop.create_connection(lambda: self._protocol(initiator=True), host, port)
+                _, proto = await loop.create_connection(dialing, host, port)
             async with asyncio.timeout(deadline):
                 await asyncio.shield(proto.session.ready)
         except (TimeoutError, OSError, PeerUnavailable, ConfigError) as exc:
@@ -318,3 +335,5 @@ class PeerManager:
             delay = self.limits.backoff_min if b is None else min(b.delay * 2, self.limits.backoff_max)
             self._backoff[addr] = _Backoff(delay, loop.time() + delay)
             log.info("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
+            if self.events.on_dial_failed is not None:
+                self._spawn(self.events.on_dial_failed(addr))

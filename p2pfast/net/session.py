@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 from collections import deque
@@ -233,6 +234,10 @@ class Session:
         self.peer_id: str = ""
         self.hello: dict[str, Any] = {}
         self.peer_host: str = proto.peer_host
+        # The address this node dialed to reach the peer ("" when the peer connected to us), and the
+        # peer's address as this node verified it (PeerManager sets both; docs/protocol.md, Discovery).
+        self.dialed = ""
+        self.verified_addr: str | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[m.Reply]] = {}
         self._streams: dict[int, Stream] = {}
@@ -274,6 +279,21 @@ class Session:
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = self.peer_host
         return f"{host}:{port}"
+
+    @property
+    def listen_addr_observed(self) -> str | None:
+        """listen_addr when this connection shows it: the peer connected to us from the host it names
+        (a wildcard host is replaced by that host), so the address is the peer's own. None otherwise:
+        a member can name any host in its hello, and only a dial there can tell whether it listens."""
+        addr = self.listen_addr
+        if self.initiator or addr is None:
+            return None
+        return addr if _same_host(addr.rpartition(":")[0], self.peer_host) else None
+
+    @property
+    def address(self) -> str | None:
+        """The address to record for this peer: the verified one, else what its hello says."""
+        return self.verified_addr or self.listen_addr
 
     @overload
     async def request(self, message: m.Ping, timeout: float = ...) -> m.Pong: ...
@@ -536,6 +556,23 @@ class Session:
         for task in self._tasks:
             task.cancel()
         self.closed_event.set()
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Two spellings of one host: IP addresses compare as addresses (an IPv4-mapped IPv6 source as its
+    IPv4 address, as a dual-stack listener reports it), names as lower-case text."""
+    return _canonical_host(a) == _canonical_host(b)
+
+
+def _canonical_host(host: str) -> str:
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _reply(request: m.Request, reply: m.Reply) -> m.Reply:

@@ -1,6 +1,11 @@
 """Who the node knows and talks to: the peers table kept up to date as sessions come and go, peer
 exchange on connect and every gossip interval (net/gossip.py builds and reads the messages), redials of
-known peers, and the wait for a short-lived node's peer table to settle."""
+known peers, and the wait for a short-lived node's peer table to settle.
+
+Addresses (docs/protocol.md, Discovery): the table says which addresses this node verified itself (it
+completed a handshake there, or the peer connected from the host it advertises). Only those are sent in a
+peer exchange and redialled every round; one merely heard of is dialled when heard (the dialer's backoff
+bounds how often), which verifies it or, if the dial fails, leaves it out of every exchange."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from p2pfast.net.session import Session
 from p2pfast.node.context import Context
 from p2pfast.node.tombstones import Tombstones
 from p2pfast.proto import messages as m
+from p2pfast.repo.repo import PeerRow
 
 log = logging.getLogger("p2pfast.node")
 
@@ -42,10 +48,13 @@ class Membership:
         return [r.address for r in rows if r.node_id != ctx.node_id]
 
     async def recent_peers(self) -> list[tuple[str, str, float]]:
-        """(address, node id, last seen) of the peers seen within the gossip window."""
+        """(address, node id, last seen) of the peers seen within the gossip window at an address this
+        node verified, and no dial there failed since: what it may gossip."""
+        return _verified(await self._recent_rows())
+
+    async def _recent_rows(self) -> list[PeerRow]:
         ctx = self.ctx
-        rows = await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.gossip_window)
-        return [(r.address, r.node_id or "", r.last_seen) for r in rows]
+        return await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.gossip_window)
 
     async def on_ready(self, session: Session) -> None:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
@@ -64,8 +73,18 @@ class Membership:
         if not self.closing:
             await self.record(session, "disconnected")
 
+    async def on_dial_failed(self, addr: str) -> None:
+        """Not verified any more: the address leaves this node's peer exchange until a handshake there."""
+        ctx = self.ctx
+        try:
+            await ctx.ex.db(ctx.repo.peer_dial_failed, addr, time.time())
+        except StorageError as exc:
+            log.warning("event=peer_not_recorded addr=%s status=dial_failed reason=%r", addr, str(exc))
+
     async def on_pex(self, session: Session, msg: m.Pex) -> None:
-        """A peer's peer exchange: new peers recorded and dialled."""
+        """A peer's peer exchange: new peers recorded (unverified, unless this node verified them) and
+        dialled, which verifies them; the dialer's backoff bounds the dials to one address however often
+        it is heard."""
         ctx = self.ctx
         for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
             await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
@@ -87,12 +106,13 @@ class Membership:
             session.notify(msg)
 
     async def record(self, session: Session, status: str) -> None:
-        addr = session.listen_addr
+        addr = session.address
         if not addr:
             return
         ctx = self.ctx
+        verified = status == "connected" and addr == session.verified_addr
         try:
-            await ctx.ex.db(ctx.repo.upsert_peer, addr, session.peer_id, time.time(), status)
+            await ctx.ex.db(ctx.repo.upsert_peer, addr, session.peer_id, time.time(), status, verified)
         except StorageError as exc:
             # A busy or failing repo must not stop the node talking to its peers; the next event records.
             log.warning(
@@ -109,12 +129,16 @@ class Membership:
             await asyncio.sleep(ctx.limits.gossip_interval)
             try:
                 # Connected peers are seen now: `cleanup --older-than` must never forget a live peer.
-                live = [(s.listen_addr, p) for p, s in peers.sessions.items() if s.listen_addr]
+                live = [(a, p, a == s.verified_addr) for p, s in peers.sessions.items() if (a := s.address)]
                 await ctx.ex.db(ctx.repo.touch_peers, live, time.time())
-                known = await self.recent_peers()  # one query a round, not one per peer
+                rows = await self._recent_rows()  # one query a round, not one per peer
+                known = _verified(rows)
                 for session in list(peers.sessions.values()):
                     self._send_pex(session, known)
-                wanted = [a for a, nid, _ in known if nid not in peers.sessions and nid != ctx.node_id]
+                # Members this node reached before (even if a dial there failed since: one that comes
+                # back is found again); an address only heard of was dialled when heard, not every round.
+                away = [r for r in rows if r.node_id not in peers.sessions and r.node_id != ctx.node_id]
+                wanted = [r.address for r in away if r.verified_at is not None]
                 if not peers.sessions:
                     wanted = [*self.bootstrap, *await self.known_addrs()]
                 for a in wanted:
@@ -146,3 +170,7 @@ class Membership:
                 async with asyncio.timeout(left):  # not wait_for: it can lose a cancellation (3.11)
                     await peers.changed.wait()
         return len(peers.sessions)
+
+
+def _verified(rows: list[PeerRow]) -> list[tuple[str, str, float]]:
+    return [(r.address, r.node_id or "", r.last_seen) for r in rows if r.verified]

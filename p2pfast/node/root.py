@@ -98,7 +98,9 @@ class Node:
             network_key=identity.network_key,
             limits=self.limits,
             handler=self._handle,
-            events=PeerEvents(on_ready=self._on_ready, on_closed=self._on_closed),
+            events=PeerEvents(
+                on_ready=self._on_ready, on_closed=self._on_closed, on_dial_failed=self._on_dial_failed
+            ),
         )
         # the services, made once the data dir is open (start)
         self.ctx: Context | None = None
@@ -244,8 +246,8 @@ class Node:
         if self.local is not None:
             now = time.time()
             for peer_id, session in sessions:
-                if session.listen_addr:
-                    await self.db(self.repo.upsert_peer, session.listen_addr, peer_id, now, "disconnected")
+                if session.address:
+                    await self.db(self.repo.upsert_peer, session.address, peer_id, now, "disconnected")
             await self.db(self.local.close)
         self.ex.shutdown()
 
@@ -369,6 +371,10 @@ class Node:
             self.repair.on_ready(session)
         if self.scrub is not None:
             self.scrub.peer_ready()  # it may hold a good copy of what the scrub could not repair
+
+    async def _on_dial_failed(self, addr: str) -> None:
+        if self.membership is not None:
+            await self.membership.on_dial_failed(addr)
 
     async def _on_closed(self, session: Session) -> None:
         if self.membership is not None:

@@ -53,6 +53,13 @@ class PeerRow:
     node_id: str | None
     last_seen: float
     status: str
+    verified_at: float | None = None  # when this node last verified the address; None: never
+    failed_at: float | None = None  # when a dial there last failed, if after the last verification
+
+    @property
+    def verified(self) -> bool:
+        """This node verified the address and no dial there failed since: the only kind it gossips."""
+        return self.verified_at is not None and self.failed_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +91,7 @@ class OwnerRow:
 
 _FILE_COLS = "key, cid, size, created, origin"
 _OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
-_PEER_COLS = "address, node_id, last_seen, status"
+_PEER_COLS = "address, node_id, last_seen, status, verified_at, failed_at"
 _SHARE_COLS = "cid, peer, acked_at"
 _TOMBSTONE_COLS = "key, cid, deleted_at, origin, recorded_at"
 
@@ -477,27 +484,42 @@ class Repo:
 
     # -- peers and shares ---------------------------------------------------------------------------------
 
-    def upsert_peer(self, address: str, node_id: str | None, last_seen: float, status: str) -> None:
-        """Insert or update a peer. A None ``node_id`` keeps a node id already known for the address."""
+    def upsert_peer(
+        self, address: str, node_id: str | None, last_seen: float, status: str, verified: bool = False
+    ) -> None:
+        """Insert or update a peer. A None ``node_id`` keeps a node id already known for the address.
+        ``verified``: this node just verified the address (a handshake there, or the peer's own connection
+        from its host): verified_at becomes ``last_seen`` and a failure before it is forgotten; False
+        leaves what the row says."""
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, ?)"
+                "INSERT INTO peers (address, node_id, last_seen, status, verified_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (address) DO UPDATE SET node_id = coalesce(excluded.node_id, node_id),"
-                " last_seen = excluded.last_seen, status = excluded.status",
-                (address, node_id, last_seen, status),
+                " last_seen = excluded.last_seen, status = excluded.status,"
+                " verified_at = coalesce(excluded.verified_at, verified_at),"
+                " failed_at = CASE WHEN excluded.verified_at IS NULL THEN failed_at END",
+                (address, node_id, last_seen, status, last_seen if verified else None),
             )
 
     def learn_peer(self, address: str, node_id: str, seen: float) -> None:
-        """Record a peer heard of through gossip: a new one is `known`; for one already in the table only
-        the node id and a later last_seen are taken, and the status is never touched (gossip about a
-        peer must not overwrite what our own connection to it says)."""
+        """Record a peer heard of through gossip: a new one is `known` and unverified; for one already in
+        the table only a later last_seen is taken, and the node id unless this node verified the
+        address (what our own handshake there said is not overwritten by hearsay); the status is never
+        touched (gossip about a peer must not overwrite what our own connection to it says)."""
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, 'known')"
-                " ON CONFLICT (address) DO UPDATE SET node_id = excluded.node_id,"
+                "INSERT INTO peers (address, node_id, last_seen, status) VALUES (?, ?, ?, 'known')"
+                " ON CONFLICT (address) DO UPDATE SET"
+                " node_id = CASE WHEN verified_at IS NULL THEN excluded.node_id ELSE node_id END,"
                 " last_seen = max(last_seen, excluded.last_seen)",
                 (address, node_id, seen),
             )
+
+    def peer_dial_failed(self, address: str, when: float) -> None:
+        """A dial to ``address`` failed: it is no longer verified (not gossiped) until a handshake there
+        succeeds again. An address not in the table stays out of it."""
+        with self._write() as conn:
+            conn.execute("UPDATE peers SET failed_at = ? WHERE address = ?", (when, address))
 
     def list_peers(self, since: float | None = None) -> list[PeerRow]:
         """Peers seen at or after ``since`` (all if None), newest first (ties by address)."""
@@ -510,17 +532,21 @@ class Repo:
             )
         return [PeerRow(*r) for r in rows]
 
-    def touch_peers(self, peers: Sequence[tuple[str, str]], seen: float) -> None:
-        """(address, node id) of peers connected now: seen now, status connected, in one transaction. The
-        node calls it every gossip round, so a peer connected for hours is never 'unseen' (cleanup)."""
+    def touch_peers(self, peers: Sequence[tuple[str, str, bool]], seen: float) -> None:
+        """(address, node id, verified) of peers connected now: seen now, status connected, in one
+        transaction (verified as in upsert_peer). The node calls it every gossip round, so a peer
+        connected for hours is never 'unseen' (cleanup)."""
         if not peers:
             return
         with self._write() as conn:
             conn.executemany(
-                f"INSERT INTO peers ({_PEER_COLS}) VALUES (?, ?, ?, 'connected')"
+                "INSERT INTO peers (address, node_id, last_seen, status, verified_at)"
+                " VALUES (?, ?, ?, 'connected', ?)"
                 " ON CONFLICT (address) DO UPDATE SET node_id = excluded.node_id,"
-                " last_seen = max(last_seen, excluded.last_seen), status = 'connected'",
-                [(addr, node_id, seen) for addr, node_id in peers],
+                " last_seen = max(last_seen, excluded.last_seen), status = 'connected',"
+                " verified_at = coalesce(excluded.verified_at, verified_at),"
+                " failed_at = CASE WHEN excluded.verified_at IS NULL THEN failed_at END",
+                [(addr, node_id, seen, seen if verified else None) for addr, node_id, verified in peers],
             )
 
     def remove_peers_older_than(self, cutoff: float, keep: Collection[str] = ()) -> int:

@@ -1,7 +1,8 @@
 """The repo's DDL and its migrations, stepped on ``PRAGMA user_version`` (described in docs/schema.md).
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
-peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row. Each step runs in
+peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row, step 5 the peers'
+verified_at and failed_at. Each step runs in
 its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding the GIL)
 together with the ``user_version`` bump, so a
 step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
@@ -38,6 +39,9 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
       node_id    TEXT       the peer's id once known, else NULL
       last_seen  REAL       (indexed: stale-peer cleanup, newest-first listing)
       status     TEXT       e.g. "up", "down"
+      verified_at  REAL     unix time this node last verified the address (a handshake there, or the
+                            peer's own connection from its host); NULL never (version 5)
+      failed_at    REAL     unix time a dial there last failed, NULL since a later verification (version 5)
 
     shares   which peer acknowledged storing which object
       cid, peer  TEXT       PK (cid, peer)
@@ -141,10 +145,18 @@ CREATE TABLE owner (
 ) STRICT;
 """
 
+# Which addresses this node verified itself (docs/protocol.md, Discovery): only those go out in its peer
+# exchange, so one member cannot make the network dial a host and port it names. Rows from before were
+# never verified: they are dialled once more, not gossiped, until a handshake there verifies them.
+SCHEMA_V5 = """
+ALTER TABLE peers ADD COLUMN verified_at REAL;
+ALTER TABLE peers ADD COLUMN failed_at REAL;
+"""
+
 OUR_TABLES = frozenset({"objects", "files", "keys", "peers", "shares", "tombstones", "owner"})
 """Every table some version of this schema creates: a database holding any other is not a p2pfast repo."""
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)

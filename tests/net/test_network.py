@@ -172,6 +172,7 @@ def test_peers_and_cleanup_commands(tmp_path: Path) -> None:
         live = orjson.loads(cli("peers", "--json"))  # beside the running node
         connected = {p["peer_id"] for p in live if p["status"] == "connected"}
         assert connected == {nodes[1].node_id, nodes[2].node_id}
+        assert all(p["verified"] for p in live)  # reached, or connected from the host they advertise
         assert "ADDRESS" in cli("peers")
         for n in nodes:
             assert n.stop() == 0
@@ -194,8 +195,10 @@ def test_a_peer_list_larger_than_one_message_is_cut_to_fit_not_dropped(tmp_path:
     now = time.time()
     with Repo.open(a.layout.db) as repo:
         for i in range(150):
-            # nothing listens there: b's dials to them are refused on loopback and back off
-            repo.learn_peer(f"{LONG_LOOPBACK}:{20000 + i}", os.urandom(32).hex(), now - i)
+            # as if a had reached them before (only verified addresses are gossiped); nothing listens
+            # there now: a's dials at start and b's are refused on loopback and back off
+            addr, node_id = f"{LONG_LOOPBACK}:{20000 + i}", os.urandom(32).hex()
+            repo.upsert_peer(addr, node_id, now - i, "disconnected", verified=True)
     with running([a, b]):
         a.start()
         b.start("--bootstrap", a.listen)
@@ -205,7 +208,11 @@ def test_a_peer_list_larger_than_one_message_is_cut_to_fit_not_dropped(tmp_path:
         assert len(known) < 150
         with Repo.open(b.layout.db, readonly=True) as repo:
             learned = [r for r in repo.list_peers() if r.address.startswith(LONG_LOOPBACK)]
-        # the freshest first: every entry b got is fresher than every one it did not
+        with Repo.open(a.layout.db, readonly=True) as repo:
+            failed = {r.address for r in repo.list_peers() if r.failed_at is not None}
+        # the freshest first: every entry b got is fresher than every one it did not, but for those a's
+        # own dials had found dead by then (a gossips an address no more once a dial there failed)
         ports = sorted(int(r.address.rsplit(":", 1)[1]) for r in learned)
-        assert ports == list(range(20000, 20000 + len(ports)))
+        assert ports == list(range(ports[0], ports[0] + len(ports)))
+        assert {f"{LONG_LOOPBACK}:{p}" for p in range(20000, ports[0])} <= failed
     assert a.log().count("event=pex_truncated") == 1

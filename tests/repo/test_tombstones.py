@@ -60,8 +60,7 @@ def test_migrations_2_and_3_keep_v1_rows(tmp_path: Path) -> None:
 
     with Repo.open(path) as repo:
         assert repo._conn is not None
-        assert LATEST == 4
-        assert repo._conn.pragma("user_version") == 4
+        assert repo._conn.pragma("user_version") == LATEST
         assert repo.owner() is None  # recorded by the data dir's first open (datadir.py), not by migration
         assert repo.list_files() == [FileRow(b"a\x00b", A, 10, 2.0), FileRow(b"c", A, 10, 3.0)]
         assert repo.get_object(A) == ObjectRow(A, 10, 65536, 1, 2, 1.0)
@@ -78,7 +77,7 @@ def test_migrations_2_and_3_keep_v1_rows(tmp_path: Path) -> None:
 
     with Repo.open(path) as repo:  # reopening at the latest version runs no step again
         assert repo._conn is not None
-        assert repo._conn.pragma("user_version") == 4
+        assert repo._conn.pragma("user_version") == LATEST
         assert repo.list_tombstones() == [TombstoneRow(b"gone", B, 7.0, N1, 8.0)]
 
 
