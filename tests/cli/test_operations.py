@@ -340,6 +340,8 @@ def test_metrics_scrape(tmp_path: Path) -> None:
         assert ma[("p2pfast_objects", ())] == 1 and ma[("p2pfast_files", ())] == 1
         assert ma[("p2pfast_stored_bytes", ())] == 2 << 20
         assert ma[("p2pfast_peers", (("state", "connected"),))] == 1
+        assert ma[("p2pfast_members", (("state", "alive"),))] == 2  # a and b, in a's membership view
+        assert ma[("p2pfast_members", (("state", "dead"),))] == 0
         assert ma[("p2pfast_under_replicated_files", ())] == 0
         assert ma[("p2pfast_repair_queue_files", ())] == 0 and ("p2pfast_repair_copies_total", ()) in ma
         assert ma[("p2pfast_node_info", (("node_id", a.node_id), ("version", status(a)["version"])))] == 1
