@@ -6,10 +6,10 @@ A record says what is known of one member: its node id, the address it advertise
 its state (alive, suspect, dead, left). Records are not signed yet, so the view does not choose whom to
 dial (a dial goes only to addresses a node verified: net/peers.py). Records of one member are totally
 ordered by their `key` (incarnation, state, address tag): of two, every node keeps the greater, so views
-merge like a join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order of delivery
-ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das, Gupta &
-Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the member
-answers a claim with an alive record one incarnation higher. A restart starts from the time in
+merge like a join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order
+of delivery ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das,
+Gupta & Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the
+member answers a claim with an alive record one incarnation higher. A restart starts from the time in
 milliseconds, so a node that lost its state still outranks what was said of it before.
 
 Reconciliation is Scuttlebutt-like anti-entropy (van Renesse et al. 2008) with a hashed digest in place of
