@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 NETKEY = bytes(range(32))
+# the lookup counter the tests use (tests/helpers/inproc.py): the same instrument for both
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 
 
 @contextlib.contextmanager
@@ -61,13 +63,14 @@ def _raise_fd_limit(nodes: int) -> None:
 
 
 async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) -> dict[str, Any]:
+    from inproc import count_who_has
+
     from p2pfast import identity
     from p2pfast.counters import COUNTERS
     from p2pfast.datadir import Layout, init
     from p2pfast.net.limits import NetLimits
     from p2pfast.node import Node
     from p2pfast.node.sources import BufferSink, BytesSource
-    from p2pfast.proto import messages as m
 
     limits = NetLimits(gossip_interval=gossip_interval, max_connections=max(256, 2 * n))
     nodes: list[Node] = []
@@ -100,7 +103,7 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
             out0 = COUNTERS.bytes_out
             await asyncio.sleep(idle)  # the idle window being measured, not a wait for a peer
             gossip = (COUNTERS.bytes_out - out0) / n / idle
-            asked = _count_who_has(nodes, m)
+            asked = count_who_has(nodes)
             report = await nodes[0].put("sim/file", BytesSource(b"simulated " * 1000))
             holders = {nodes[0].node_id, *report.replicated_to}
             contacts = []
@@ -134,20 +137,6 @@ def _views_agree(nodes: list[Any], n: int) -> bool:
     """Every node's membership view holds all n members, and all views are the same."""
     views = [x.viewsync.view for x in nodes]
     return all(len(v) == n for v in views) and len({v.root() for v in views}) == 1
-
-
-def _count_who_has(nodes: list[Any], m: Any) -> dict[str, int]:
-    """who_has requests each node serves from now on: its real handler, counted on the way in."""
-    asked = {x.node_id: 0 for x in nodes}
-    for x in nodes:
-        real = x.router._routes[m.WhoHas]
-
-        async def counting(session: Any, msg: Any, real: Any = real, me: str = x.node_id) -> Any:
-            asked[me] += 1
-            return await real(session, msg)
-
-        x.router._routes[m.WhoHas] = counting
-    return asked
 
 
 def main(argv: list[str] | None = None) -> int:
