@@ -72,7 +72,16 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
     from p2pfast.node import Node
     from p2pfast.node.sources import BufferSink, BytesSource
 
-    limits = NetLimits(gossip_interval=gossip_interval, max_connections=max(256, 2 * n))
+    # Every node here dials from 127.0.0.1, where real members come from hosts of their own: the
+    # per-address and per-prefix admission limits (net/admission.py) would treat the network's own join
+    # burst as a flood from one place, so they are lifted to the network's size.
+    limits = NetLimits(
+        gossip_interval=gossip_interval,
+        max_connections=max(256, 2 * n),
+        max_pre_handshake=max(32, n),
+        max_pre_handshake_per_address=max(8, n),
+        max_pre_handshake_per_prefix=max(16, n),
+    )
     nodes: list[Node] = []
     with base_dir() as base:
         try:
