@@ -139,7 +139,12 @@ class Node:
             draining=lambda: self.draining,
         )
         self.tombstones = Tombstones(ctx)
-        self.membership = Membership(ctx, self.bootstrap, self.tombstones)
+        self.membership = Membership(
+            ctx,
+            self.bootstrap,
+            self.tombstones,
+            gone=lambda n: self.viewsync is not None and self.viewsync.gone(n),
+        )
         self.repair = Repair(ctx, self.repair_settings)
         self.storing = Storing(ctx, on_stored=self.repair.after_store)
         self.router = router = Router()

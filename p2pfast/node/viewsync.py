@@ -198,6 +198,11 @@ class ViewSync:
                 with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it
                     session.notify(m.ViewNews(page))
 
+    def gone(self, node_id: str) -> bool:
+        """Whether the view says the member died or left (membership.py then dials it no more)."""
+        r = self.view.get(node_id)
+        return r is not None and r.gone
+
     def counts(self) -> dict[str, int]:
         """Members by state, this node included (status)."""
         out = {s.name.lower(): 0 for s in view.State}

@@ -169,3 +169,40 @@ def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Pat
             await a.close()
 
     run(main())
+
+
+def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
+    # Redials every gossip round, and a short backoff: without the view, the dead member's address
+    # takes a dial every round or two from every node.
+    lim = NetLimits(
+        suspect_after=0.2,
+        dead_after=0.3,
+        gossip_interval=0.1,
+        backoff_min=0.05,
+        backoff_max=0.1,
+        dead_retry=1.5,
+    )
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3, limits=lim) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            target = c.peers.listen_addr
+            failed: list[str] = []
+            real = a.peers.events.on_dial_failed
+
+            async def counting(addr: str) -> None:
+                failed.append(addr)
+                if real is not None:
+                    await real(addr)
+
+            a.peers.events.on_dial_failed = counting
+            await crash(c)
+            await wait_until(lambda: state_of(a, c.node_id) == view.State.DEAD)
+            assert a.membership is not None
+            before, r0 = failed.count(target), a.membership.rounds
+            await wait_until(lambda: a.membership is not None and a.membership.rounds >= r0 + 10)
+            assert failed.count(target) <= before + 1, failed  # one dial already queued may still go
+            # and yet, once a dead_retry, one gone member is tried (a partition heals that way)
+            await wait_until(lambda: failed.count(target) >= before + 2, timeout=10)
+
+    run(main())
