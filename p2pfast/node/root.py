@@ -177,6 +177,7 @@ class Node:
         if self.listen is not None:  # a short-lived CLI node is no member: it answers no exchange (REFUSED)
             router.route(m.ViewSync, self.viewsync.on_sync)
             router.route(m.ViewPull, self.viewsync.on_pull)
+            router.route(m.Probe, self.viewsync.on_probe)
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))

@@ -275,6 +275,7 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "view_pull": ({"id": _id, "buckets": _view_bucket_list, "stamps": _view_stamps}, {}),
     "view_push": ({"re": _id, "records": _view_records, "want": _view_want}, {}),
     "view_news": ({"records": _view_records}, {}),
+    "probe": ({"id": _id, "node": _node_id}, {}),
 }
 for _required, _ in SCHEMAS.values():
     _required["t"] = _t

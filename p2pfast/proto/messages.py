@@ -47,6 +47,7 @@ __all__ = [
     "PexPeer",
     "Ping",
     "Pong",
+    "Probe",
     "Reply",
     "Request",
     "Store",
@@ -153,6 +154,14 @@ class ViewPull:
 
     buckets: tuple[int, ...]
     stamps: tuple[view.Stamp, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """SWIM's ping-req: can the recipient reach member `node` (its link to it answers a ping)? `ok` when
+    it can, an error when it cannot (node/viewsync.py asks a few members before it suspects one)."""
+
+    node: str
 
 
 # -- replies: carry "re" ----------------------------------------------------------------------------
@@ -291,7 +300,9 @@ class ViewNews:
     records: tuple[view.Record, ...]
 
 
-Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull
+Request: TypeAlias = (
+    Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull | Probe
+)
 Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList | ViewDiff | ViewPush
 Notice: TypeAlias = Pex | ViewNews
 Message: TypeAlias = Request | Reply | Notice
@@ -317,6 +328,7 @@ KIND: dict[type[Message], str] = {
     ViewPull: "view_pull",
     ViewPush: "view_push",
     ViewNews: "view_news",
+    Probe: "probe",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -333,6 +345,7 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     ListFiles: (FileList, Error),
     ViewSync: (ViewDiff, Error),
     ViewPull: (ViewPush, Error),
+    Probe: (Ok, Error),
 }
 
 
@@ -374,7 +387,7 @@ def check_reply(request: Ping, reply: Reply) -> Pong | Error: ...
 @overload
 def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
 @overload
-def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Error: ...
+def check_reply(request: Get | Leaves | Store | Delete | Probe, reply: Reply) -> Ok | Error: ...
 @overload
 def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
 @overload
@@ -434,6 +447,8 @@ def _fields(msg: Message) -> dict[str, Any]:
             return {"bits": msg.bits, "pinned": msg.pinned} if msg.pinned else {"bits": msg.bits}
         case ViewSync():
             return {"root": msg.root}
+        case Probe():
+            return {"node": msg.node}
         case ViewDiff():
             return {"buckets": msg.buckets}
         case ViewPull():
@@ -503,6 +518,8 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
             return Held(d["bits"], d.get("pinned", ""))
         case "view_sync":
             return ViewSync(d["root"])
+        case "probe":
+            return Probe(d["node"])
         case "view_diff":
             return ViewDiff(d["buckets"])
         case "view_pull":

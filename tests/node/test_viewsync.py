@@ -206,3 +206,29 @@ def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
             await wait_until(lambda: failed.count(target) >= before + 2, timeout=10)
 
     run(main())
+
+
+def test_a_member_another_member_still_reaches_is_not_suspected(tmp_path: Path) -> None:
+    # a's link to c breaks and neither dials the other again, while b's link to c stays: a asks b
+    # (probe) before it suspects c, hears that c answers there, and says nothing against c.
+    async def main() -> None:
+        async with cluster(tmp_path, 3, limits=QUICK) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            assert a.viewsync is not None and c.viewsync is not None
+            inc = c.viewsync.view.mine.inc
+            a.peers._self_addrs.add(c.peers.listen_addr)  # a dials c no more (as if the route broke)
+            c.peers._self_addrs.add(a.peers.listen_addr)
+            probes: list[str] = []
+            real = b.router._routes[m.Probe]  # type: ignore[union-attr]
+
+            async def counting(session: object, msg: m.Probe) -> m.Ok:
+                probes.append(msg.node)
+                return await real(session, msg)  # type: ignore[no-any-return]
+
+            b.router._routes[m.Probe] = counting  # type: ignore[union-attr]
+            a.peers.sessions[c.node_id].close(0, "test: the link breaks")
+            await wait_until(lambda: probes.count(c.node_id) >= 2)  # asked, and asked again later
+            assert state_of(a, c.node_id) == view.State.ALIVE and state_of(b, c.node_id) == view.State.ALIVE
+            assert c.viewsync.view.mine.inc == inc  # no claim was made that c had to refute
+
+    run(main())

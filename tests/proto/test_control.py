@@ -46,6 +46,7 @@ VALID: list[dict[str, Any]] = [
     {"t": "list_files", "id": 6, "limit": control.MAX_FILES_PAGE, "after": "photos/2024/a.jpg"},
     {"t": "file_list", "re": 6, "files": [{"key": "photos/a.jpg", "cid": CID, "size": 10}], "more": True},
     {"t": "file_list", "re": 6, "files": [], "more": False},
+    {"t": "probe", "id": 6, "node": "ab" * 32},
     # the entries from here on are named from the end of the list by INVALID
     {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
     {"t": "view_sync", "id": 6, "root": "0f" * 16},

@@ -80,6 +80,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     ),
     m.ViewPush: st.builds(m.ViewPush, records=view_page, want=st.lists(hex64, max_size=8).map(tuple)),
     m.ViewNews: st.builds(m.ViewNews, records=view_page),
+    m.Probe: st.builds(m.Probe, node=hex64),
 }
 messages = st.one_of(list(STRATEGIES.values()))
 
@@ -107,6 +108,7 @@ EXAMPLES: list[m.Message] = [
     m.ViewPull((3, 200), (view.Stamp(NODE, 7, view.State.SUSPECT, "0a1b2c3d"),)),
     m.ViewPush((view.Record(NODE, "127.0.0.1:7001", 7, view.State.ALIVE),), (NODE,)),
     m.ViewNews((view.Record(NODE, "", 9, view.State.DEAD, 1.7e9),)),
+    m.Probe(NODE),
 ]
 
 
