@@ -4,8 +4,9 @@ lifecycle. `p2pfast serve` runs Node.run(); the CLI with no daemon starts a shor
 Each job has its own room: membership.py (peers table, gossip, redials), placement.py (who holds an
 object), storing.py and replicate.py (a user's store and its fan-out), receive.py (a peer's store),
 getting.py, lookup.py, fetch.py and readrepair.py (a user's get), serve.py (a peer's get), tombstones.py
-(deletes). router.py is the one table from message kind to handler. The event loop never blocks on a
-file or on SQLite: that work goes to the named threads of executors.py.
+(deletes), keymeta.py (each key's metadata on the members ranked for the key). router.py is the one
+table from message kind to handler. The event loop never blocks on a file or on SQLite: that work goes
+to the named threads of executors.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from p2pfast.net.session import Session
 from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
+from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
@@ -112,6 +114,7 @@ class Node:
         self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
         self.scrub: Scrub | None = None
         self.viewsync: ViewSync | None = None
+        self.keymeta: KeyMetaService | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -145,8 +148,9 @@ class Node:
             self.tombstones,
             gone=lambda n: self.viewsync is not None and self.viewsync.gone(n),
         )
-        self.repair = Repair(ctx, self.repair_settings)
-        self.storing = Storing(ctx, on_stored=self.repair.after_store)
+        self.keymeta = keymeta = KeyMetaService(ctx, self.repair_settings.interval)
+        self.repair = Repair(ctx, self.repair_settings, keymeta)
+        self.storing = Storing(ctx, on_stored=self.repair.after_store, keymeta=keymeta)
         self.router = router = Router()
         router.route(m.Ping, self._ping)
         router.route(m.Pex, self._pex)
@@ -157,6 +161,7 @@ class Node:
         router.route(m.Delete, self.tombstones.on_delete)
         router.route(m.Holds, self._holds)
         router.route(m.ListFiles, self._list_files)
+        router.route(m.KeyMeta, keymeta.on_key_meta)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
@@ -398,7 +403,7 @@ class Node:
         await self.membership.on_pex(session, msg)
 
     async def _who_has(self, session: Session, msg: m.WhoHas) -> m.Have:
-        return await serve.who_has(msg, self.repo, self.db)
+        return await serve.who_has(msg, self.repo, self.db, meta=session.speaks("keymeta"))
 
     async def _list_files(self, session: Session, msg: m.ListFiles) -> m.FileList:
         return await serve_list(msg, self.repo, self.db, self.limits.proto.max_control_size)

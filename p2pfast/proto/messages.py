@@ -38,9 +38,11 @@ __all__ = [
     "Have",
     "Held",
     "Holds",
+    "KeyMeta",
     "Leaves",
     "ListFiles",
     "Message",
+    "Meta",
     "Notice",
     "Ok",
     "Pex",
@@ -140,6 +142,27 @@ class ListFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class Meta:
+    """A key's metadata as the members ranked for the key keep it (node/keymeta.py): the content id the
+    key names, its plaintext size, when it was stored (`at`: the holder's files row, so a tombstone
+    compares with it as with that row), and the members known to hold the object, best first (hints:
+    a get still checks the segment hashes a holder sends before anything is used)."""
+
+    cid: str
+    size: int
+    at: float
+    holders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMeta:
+    """Metadata of keys the recipient ranks among the first for (rendezvous on the key), to record;
+    answered by `Ok` once committed. Sent only to a member that speaks "keymeta" (proto/features.py)."""
+
+    entries: tuple[tuple[str, Meta], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ViewSync:
     """Membership anti-entropy (proto/view.py): the sender's view digest (`root`, 32 hex digits);
     answered by `ViewDiff`."""
@@ -172,11 +195,14 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Have:
-    """The answer to `WhoHas`: the object (for a key, the content id it names); all None: not held."""
+    """The answer to `WhoHas`: the object (for a key, the content id it names); all None: not held.
+    `meta`, for a key not held here: the key's metadata this member keeps (node/keymeta.py), sent only
+    to an asker that speaks "keymeta"."""
 
     cid: str | None
     size: int | None
     segments: int | None
+    meta: Meta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +327,7 @@ class ViewNews:
 
 
 Request: TypeAlias = (
-    Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull | Probe
+    Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull | Probe | KeyMeta
 )
 Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList | ViewDiff | ViewPush
 Notice: TypeAlias = Pex | ViewNews
@@ -329,6 +355,7 @@ KIND: dict[type[Message], str] = {
     ViewPush: "view_push",
     ViewNews: "view_news",
     Probe: "probe",
+    KeyMeta: "key_meta",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -346,6 +373,7 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     ViewSync: (ViewDiff, Error),
     ViewPull: (ViewPush, Error),
     Probe: (Ok, Error),
+    KeyMeta: (Ok, Error),
 }
 
 
@@ -387,7 +415,7 @@ def check_reply(request: Ping, reply: Reply) -> Pong | Error: ...
 @overload
 def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
 @overload
-def check_reply(request: Get | Leaves | Store | Delete | Probe, reply: Reply) -> Ok | Error: ...
+def check_reply(request: Get | Leaves | Store | Delete | Probe | KeyMeta, reply: Reply) -> Ok | Error: ...
 @overload
 def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
 @overload
@@ -466,7 +494,12 @@ def _fields(msg: Message) -> dict[str, Any]:
                 raise _local("who_has needs exactly one of cid and key")
             return {"cid": msg.cid} if msg.key is None else {"key": msg.key}
         case Have():
-            return {"cid": msg.cid, "size": msg.size, "segments": msg.segments}
+            d = {"cid": msg.cid, "size": msg.size, "segments": msg.segments}
+            if msg.meta is not None:  # only when set: a have reads as before
+                d["meta"] = _meta_out(msg.meta)
+            return d
+        case KeyMeta():
+            return {"entries": [[key, *_meta_out(meta)] for key, meta in msg.entries]}
         case Delete():
             return {"key": msg.key, "cid": msg.cid, "origin": msg.origin, "at": msg.at}
         case Pex():
@@ -538,7 +571,10 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
                 raise _remote("who_has needs exactly one of cid and key")
             return WhoHas(cid, key)
         case "have":
-            return Have(d["cid"], d["size"], d["segments"])
+            meta = d.get("meta")
+            return Have(d["cid"], d["size"], d["segments"], None if meta is None else _meta_in(meta))
+        case "key_meta":
+            return KeyMeta(tuple((e[0], _meta_in(e[1:])) for e in d["entries"]))
         case "delete":
             return Delete(d["key"], d["cid"], d["origin"], float(d["at"]))
         case "pex":
@@ -552,6 +588,14 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
         case "file_list":
             return FileList(tuple(FileEntry(f["key"], f["cid"], f["size"]) for f in d["files"]), d["more"])
     raise _remote(f"unknown control message kind {str(kind)[:40]!r}")
+
+
+def _meta_out(x: Meta) -> list[Any]:
+    return [x.cid, x.size, x.at, list(x.holders)]
+
+
+def _meta_in(x: list[Any]) -> Meta:
+    return Meta(x[0], x[1], float(x[2]), tuple(x[3]))
 
 
 def _record_out(r: view.Record) -> list[Any]:

@@ -2,7 +2,7 @@
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
 peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row, step 5 the peers'
-verified_at and failed_at. Each step runs in
+verified_at and failed_at, step 6 keymeta. Each step runs in
 its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding the GIL)
 together with the ``user_version`` bump, so a
 step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
@@ -53,6 +53,14 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
       deleted_at   REAL       unix time of the delete at its origin (indexed: expiry)
       origin       TEXT       node id of the node that issued it, 64 lowercase hex (CHECKed)
       recorded_at  REAL       unix time this node recorded it
+
+    keymeta  metadata of keys this node ranks for (rendezvous on the key; node/keymeta.py) (version 6)
+      key          BLOB PK    the file's key (as files.key)
+      cid          TEXT       the content the key names, "b3:" + 64 lowercase hex (CHECKed)
+      size         INTEGER    plaintext size in bytes
+      stored_at    REAL       unix time the key was stored, at the holder that sent it (its files.created)
+      holders      TEXT       node ids known to hold the object, best first, space-separated (CHECKed)
+      recorded_at  REAL       unix time this node last recorded it (indexed: expiry)
 
     owner    one row (id 1): whose repo this is (version 4)
       node_id           TEXT   the data dir's node id (node.key), NULL if it had none when recorded
@@ -153,10 +161,28 @@ ALTER TABLE peers ADD COLUMN verified_at REAL;
 ALTER TABLE peers ADD COLUMN failed_at REAL;
 """
 
-OUR_TABLES = frozenset({"objects", "files", "keys", "peers", "shares", "tombstones", "owner"})
+# Which content id a key names, kept by the members that rank first for the key (node/keymeta.py), so a
+# get of a key this node does not hold asks those few, not every member. No foreign keys: the node
+# holds neither the file nor the object of most of these rows. Newer stored_at wins, and a tombstone
+# naming the same content and no older removes the row (Repo.put_keymeta, _put_tombstone).
+SCHEMA_V6 = """
+CREATE TABLE keymeta (
+    key         BLOB PRIMARY KEY,
+    cid         TEXT NOT NULL CHECK (
+                    length(cid) = 67 AND substr(cid, 1, 3) = 'b3:' AND substr(cid, 4) NOT GLOB '*[^0-9a-f]*'
+                ),
+    size        INTEGER NOT NULL CHECK (size >= 0),
+    stored_at   REAL NOT NULL,
+    holders     TEXT NOT NULL CHECK (holders NOT GLOB '*[^0-9a-f ]*'),
+    recorded_at REAL NOT NULL
+) STRICT;
+CREATE INDEX keymeta_recorded_at ON keymeta(recorded_at);
+"""
+
+OUR_TABLES = frozenset({"objects", "files", "keys", "peers", "shares", "tombstones", "owner", "keymeta"})
 """Every table some version of this schema creates: a database holding any other is not a p2pfast repo."""
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -115,9 +115,11 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
         assert repo._conn is not None
         assert tables(repo._conn) == [
             ("index", "files_cid"),
+            ("index", "keymeta_recorded_at"),
             ("index", "peers_last_seen"),
             ("index", "tombstones_deleted_at"),
             ("table", "files"),
+            ("table", "keymeta"),
             ("table", "keys"),
             ("table", "objects"),
             ("table", "owner"),
@@ -126,7 +128,7 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
             ("table", "tombstones"),
         ]
         strict = repo._conn.execute("SELECT name FROM pragma_table_list WHERE strict = 1 ORDER BY name")
-        want = ["files", "keys", "objects", "owner", "peers", "shares", "tombstones"]
+        want = ["files", "keymeta", "keys", "objects", "owner", "peers", "shares", "tombstones"]
         assert [r[0] for r in strict] == want
 
 
