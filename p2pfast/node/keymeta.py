@@ -95,9 +95,11 @@ class KeyMetaService:
         if row is None or row.cid != cid:  # deleted or stored again meanwhile: that one publishes
             return
         holders = placement.keep_order(cid, {ctx.node_id, *acked}, {ctx.node_id})
-        await self.publish(
-            [(key, m.Meta(cid, size, row.created, tuple(holders[: control.MAX_META_HOLDERS])))]
-        )
+        meta = m.Meta(cid, size, row.created, tuple(holders[: control.MAX_META_HOLDERS]))
+        try:
+            await self.publish([(key, meta)])
+        except P2PError as exc:  # this node's own row (the repo busy, the disk full): the store stands
+            log.warning("event=keymeta_not_recorded key=%s cid=%s reason=%r", show_key(key), cid, str(exc))
 
     async def publish(self, entries: Sequence[Entry]) -> int:
         """Each entry to the members ranked for its key (recorded here when this node is one of them);
