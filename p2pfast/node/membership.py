@@ -49,7 +49,7 @@ class Membership:
         # partition, where each side declared the other dead, one such dial is enough to merge the views.
         self.gone = gone
         self.rounds = 0  # gossip rounds done (tests wait for rounds, not for time)
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # the first round with a gone member may try one at once
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
         self._pex_truncated_logged = False
         self.closing = False  # the node is closing: a session that closes now is recorded by close()
