@@ -28,6 +28,7 @@ from p2pfast.front.render import (
     _scrub_lines,
     _shown,
     _when,
+    _when_unix,
 )
 from p2pfast.units import iec as human
 
@@ -583,6 +584,34 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0  # the pass ran; what it could not copy is in its report (and in status)
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "revoke", "node_id": args.node_id}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["sent_to"])
+    was = "was already revoked; " if r["already"] else "revoked; "
+    print(f"{r['node_id']} {was}the revocation went to {n} connected member{'s' if n != 1 else ''}")
+    print("  members not connected now hear of it when they connect; then: p2pfast network rotate-key")
+    return 0
+
+
+def cmd_network_rotate_key(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "rotate_key", "window": args.window}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["sent_to"])
+    print(
+        f"network key rotated (generation {r['gen']}): sent to {n} connected member{'s' if n != 1 else ''}; "
+        f"the old key is refused from {_when_unix(r['old_key_until'])} ({r['window_s']:g} s from now)"
+    )
+    for peer in r["not_sent"]:
+        print(f"  not sent to {peer[:16]} (its link was closing): it gets the key when it connects again")
+    print("  a member away for the whole window rejoins with a fresh invite: p2pfast serve --join INVITE")
+    return 0
+
+
 def cmd_scrub(args: argparse.Namespace) -> int:
     if not args.now:
         return _scrub_state(args)
@@ -704,6 +733,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "invite": cmd_invite,
     "peers": cmd_peers,
     "cleanup": cmd_cleanup,
+    "revoke": cmd_revoke,
+    "network rotate-key": cmd_network_rotate_key,
     "store": cmd_store,
     "get": cmd_get,
     "delete": cmd_delete,
@@ -736,7 +767,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 # up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
 # one; every other command gets it at once, in main().
 ASKS_DAEMON_FIRST = frozenset(
-    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub"}
+    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub", "revoke", "network"}
 )
 
 
