@@ -28,7 +28,6 @@ from p2pfast.front.render import (
     _scrub_lines,
     _shown,
     _when,
-    _when_unix,
 )
 from p2pfast.units import iec as human
 
@@ -177,6 +176,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     layout = _layout(args)
     bootstrap = list(cfg.bootstrap)
     invite = _read_invite(args)
+    if args.rotated_key and invite is None:
+        from p2pfast.errors import BadInput
+
+        raise BadInput("--rotated-key goes with --join or --join-file (the invite holds the new key)")
     if invite is not None:
         key, addr, member = invite
         if args.join not in (None, "-"):
@@ -188,7 +191,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             init(layout, key)
         except AlreadyInitialised:
-            if adopt_network(layout, key):
+            if args.rotated_key and adopt_network(layout, key, rotated=True):
+                print(
+                    f"p2pfast: {layout.root} takes its network's rotated key from the invite of "
+                    f"{member[:16]} at {addr} (its data and peers are kept)",
+                    file=sys.stderr,
+                )
+            elif adopt_network(layout, key):
                 print(
                     f"p2pfast: {layout.root} held no data and now belongs to the network of {member[:16]} "
                     f"at {addr} (the old network key and its peers are forgotten)",
@@ -591,7 +600,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         return 0
     n = len(r["sent_to"])
     was = "was already revoked; " if r["already"] else "revoked; "
-    print(f"{r['node_id']} {was}the revocation went to {n} connected member{'s' if n != 1 else ''}")
+    print(f"{r['peer_id']} {was}the revocation went to {n} connected member{'s' if n != 1 else ''}")
     print("  members not connected now hear of it when they connect; then: p2pfast network rotate-key")
     return 0
 
@@ -603,10 +612,11 @@ def cmd_network_rotate_key(args: argparse.Namespace) -> int:
         return 0
     n = len(r["sent_to"])
     print(
-        f"network key rotated (generation {r['gen']}): sent to {n} connected member{'s' if n != 1 else ''}; "
-        f"the old key is refused from {_when_unix(r['old_key_until'])} ({r['window_s']:g} s from now)"
+        f"network key rotated (generation {r['generation']}): "
+        f"sent to {n} connected member{'s' if n != 1 else ''}; "
+        f"the old key is refused from {_when(r['old_key_refused_at'])} ({r['window_s']:g} s from now)"
     )
-    for peer in r["not_sent"]:
+    for peer in r["not_sent_to"]:
         print(f"  not sent to {peer[:16]} (its link was closing): it gets the key when it connects again")
     print("  a member away for the whole window rejoins with a fresh invite: p2pfast serve --join INVITE")
     return 0

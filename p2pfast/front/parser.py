@@ -199,6 +199,12 @@ def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--listen", help="address to listen on (default :3000)")
     s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
     _join_args(s, "an invite line (network key, a member's address and id); - reads it from stdin")
+    s.add_argument(
+        "--rotated-key",
+        action="store_true",
+        help="with --join: this node's network rotated its key while it was away; take the invite's key "
+        "and keep this node's data",
+    )
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
 
 

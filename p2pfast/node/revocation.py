@@ -32,6 +32,7 @@ from p2pfast.proto import messages as m
 from p2pfast.proto import revocation as rv
 from p2pfast.store.durable import fsync_dir, os_error, write_file_durably
 from p2pfast.store.keys import load_secret_file
+from p2pfast.units import rfc3339
 
 log = logging.getLogger("p2pfast.node")
 
@@ -101,10 +102,10 @@ class Revocations:
         if existing is None:
             await self._keep(record)
         sent = self._spread((record,), source=None)
-        return {
-            "node_id": node_id,
+        return {  # docs/cli.md, "revoke --json"
+            "peer_id": node_id,
             "revoked_by": record.by,
-            "revoked_at": record.at,
+            "revoked_at": rfc3339(record.at),
             "already": existing is not None,
             "sent_to": sent,
         }
@@ -190,12 +191,12 @@ class Revocations:
         await self._take(rotation)
         sent = self._push(rotation, source=None)
         members = [s for s in self.ctx.peers.sessions.values() if s.peer_id not in self.records]
-        return {
-            "gen": gen,
+        return {  # docs/cli.md, "network rotate-key --json"
+            "generation": gen,
             "window_s": window,
-            "old_key_until": rotation.until,
+            "old_key_refused_at": rfc3339(rotation.until),
             "sent_to": sent,
-            "not_sent": sorted(s.peer_id for s in members if s.peer_id not in sent),
+            "not_sent_to": sorted(s.peer_id for s in members if s.peer_id not in sent),
         }
 
     async def on_net_key(self, session: Session, msg: m.NetKey) -> None:
@@ -271,10 +272,3 @@ class Revocations:
                 closed += 1
         log.info("event=rotation_window_over closed=%d", closed)
         self.ctx.spawn(self.ctx.ex.db(self._drop_old_key))
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "revoked": sorted(self.records),
-            "key_gen": 0 if self.rotation is None else self.rotation.gen,
-            "old_key_until": self.old_until or None,
-        }

@@ -4,7 +4,9 @@ key opening nothing once the window ends, while the members go on together with 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 from netnodes import NodeProc, make_nodes, running, wait_until
@@ -15,6 +17,14 @@ from p2pfast.front import ctl
 from p2pfast.repo.repo import Repo
 
 TIMEOUT = 30  # every wait below is bounded by this
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+
+
+def doc_fields(section: str) -> list[str]:
+    """The first column of the first table of docs/cli.md's `## section` (as tests/cli/test_json.py)."""
+    body = re.split(r"^## `?" + re.escape(section) + r"`?$", DOC.read_text(), flags=re.M)[1]
+    table = body[body.index("| --- |") :].split("\n\n")[0]
+    return re.findall(r"^\| `([^`]+)` \|", table, flags=re.M)
 
 
 def live(n: NodeProc) -> set[str]:
@@ -44,7 +54,7 @@ def log_size(n: NodeProc) -> int:
     return n.log_path.stat().st_size if n.log_path.exists() else 0
 
 
-def cli(n: NodeProc, *args: str) -> tuple[int, dict[str, object] | str]:
+def cli(n: NodeProc, *args: str) -> tuple[int, Any]:
     r = run_cli(*args, "--data-dir", str(n.root))
     if r.returncode == 0 and "--json" in args:
         return 0, orjson.loads(r.stdout)
@@ -69,7 +79,7 @@ def assert_expelled(r: NodeProc, members: list[NodeProc], src: Path) -> None:
     code, out = cli(r, "get", "after", "-o", str(src.parent / "r.out"))
     assert code != 0, out  # stored after the revoke: only members hold it, and none serves r
     code, out = cli(r, "store", "from-r", str(src), "--json")
-    assert code == 0 and out["replicated_to"] == [], out  # type: ignore[index]
+    assert code == 0 and out["replicated_to"] == [], out
     for m in members:
         code, got = cli(m, "get", "from-r", "-o", str(src.parent / f"{m.root.name}.from-r"))
         assert code != 0, got
@@ -87,8 +97,9 @@ def test_a_revoked_node_is_refused_by_every_member(tmp_path: Path) -> None:
         code, out = cli(b, "revoke", r.node_id, "--json")
         assert code == 0, out
         assert isinstance(out, dict)
-        assert out["node_id"] == r.node_id and out["revoked_by"] == b.node_id and not out["already"]
-        assert set(out["sent_to"]) == {a.node_id}  # type: ignore[arg-type]
+        assert list(out) == doc_fields("revoke --json")
+        assert out["peer_id"] == r.node_id and out["revoked_by"] == b.node_id and not out["already"]
+        assert set(out["sent_to"]) == {a.node_id}
         # a file stored after the revoke: r must not get it from anyone
         code, stored = cli(a, "store", "after", str(src), "--json")
         assert code == 0, stored
@@ -109,7 +120,7 @@ def test_a_revoked_node_is_refused_by_every_member(tmp_path: Path) -> None:
 
         # revoking again is no error, and a revoked node restarting is still refused by all
         code, again = cli(a, "revoke", r.node_id, "--json")
-        assert code == 0 and again["already"] and again["revoked_by"] == b.node_id  # type: ignore[index]
+        assert code == 0 and again["already"] and again["revoked_by"] == b.node_id
         r.stop()
         mark = log_size(r)
         r.start("--bootstrap", a.listen)
@@ -149,8 +160,9 @@ def test_after_a_rotation_and_its_window_the_old_key_opens_nothing(tmp_path: Pat
         wait_until(lambda: all(r.node_id in revoked_in_repo(m) for m in (a, b, c)), TIMEOUT, "revoked", nodes)
         code, rot = cli(b, "network", "rotate-key", "--window", "4s", "--json")
         assert code == 0, rot
-        assert isinstance(rot, dict) and rot["gen"] == 1 and rot["window_s"] == 4
-        assert r.node_id not in rot["sent_to"]  # type: ignore[operator]
+        assert isinstance(rot, dict) and list(rot) == doc_fields("network rotate-key --json")
+        assert rot["generation"] == 1 and rot["window_s"] == 4 and rot["not_sent_to"] == []
+        assert r.node_id not in rot["sent_to"]
         new_key = b.layout.network_key.read_bytes()
         assert new_key != old_key and b.layout.network_key_old.read_bytes() == old_key
 
@@ -191,3 +203,49 @@ def test_after_a_rotation_and_its_window_the_old_key_opens_nothing(tmp_path: Pat
             assert n.stop() == 0
     for n in (a, b, c):
         assert "Traceback" not in n.log(), n.log()
+
+
+def test_a_member_away_for_the_whole_window_rejoins_with_a_fresh_invite(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 3)
+    a, b, away = nodes
+    src = tmp_path / "src"
+    src.write_bytes(pattern(100_000, seed=3))
+    with running(nodes):
+        start_all(nodes)
+        code, stored = cli(away, "store", "mine", str(src), "--json")
+        assert code == 0, stored
+        away.stop()
+        code, rot = cli(a, "network", "rotate-key", "--window", "2s", "--json")
+        assert code == 0, rot
+        wait_until(lambda: not a.layout.network_key_old.exists(), TIMEOUT, "the window to end", nodes)
+        wait_until(
+            lambda: b.layout.network_key.read_bytes() == a.layout.network_key.read_bytes(),
+            TIMEOUT,
+            "b to hold the new key",
+            nodes,
+        )
+        mark = log_size(away)
+        away.start("--bootstrap", a.listen)
+        wait_until(lambda: "event=dial_failed" in log_from(away, mark), TIMEOUT, "its old key to fail", nodes)
+        assert not live(away)
+        away.stop()
+
+        invite = tmp_path / "invite.txt"
+        r = run_cli("invite", "--data-dir", str(a.root))
+        assert r.returncode == 0, r.stderr
+        invite.write_bytes(r.stdout)
+        # without the flag, a node holding data does not take another key
+        serve = ("serve", "--data-dir", str(away.root), "--listen", "127.0.0.1:0")
+        r = run_cli(*serve, "--join-file", str(invite))
+        assert r.returncode == 8 and b"--rotated-key" in r.stderr, r.stderr
+        away.start("--join-file", str(invite), "--rotated-key")
+        wait_until(lambda: mesh(nodes), TIMEOUT, "the member to be back", nodes)
+        assert away.layout.network_key.read_bytes() == a.layout.network_key.read_bytes()
+        code, files = cli(away, "files", "--json")
+        assert code == 0 and [f["key"] for f in files] == ["mine"], files
+        for n in nodes:
+            code, got = cli(n, "get", "mine", "-o", str(tmp_path / f"{n.root.name}.out"))
+            assert code == 0, got
+            assert (tmp_path / f"{n.root.name}.out").read_bytes() == src.read_bytes()
+        for n in nodes:
+            assert n.stop() == 0

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from connection_pair import CLIENT_HELLO, SERVER_HELLO
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pfast import identity
 from p2pfast.errors import RemoteProtocolError
@@ -21,7 +22,7 @@ from p2pfast.proto.events import NEED_DATA, HandshakeComplete
 OLD, NEW, OTHER = bytes(32), bytes(range(32)), bytes(range(1, 33))
 
 
-def node_id(key: noise.X25519PrivateKey) -> str:
+def node_id(key: X25519PrivateKey) -> str:
     return hashlib.sha256(noise.public_bytes(key)).hexdigest()
 
 
@@ -72,7 +73,7 @@ def test_a_record_verifies_and_any_change_breaks_it() -> None:
     r = rv.sign(key, "ab" * 32, "cd" * 32, 1.7e9)
     assert rv.valid(r)
     for change in ({"node": "ef" * 32}, {"by": "ef" * 32}, {"at": 1.7e9 + 1}, {"sig": "00" * 64}):
-        assert not rv.valid(dataclasses.replace(r, **change))  # type: ignore[arg-type]
+        assert not rv.valid(dataclasses.replace(r, **change))  # type: ignore[arg-type,unused-ignore]
     other = rv.public_hex(identity.revocation_key(noise.generate_keypair()))
     assert not rv.valid(dataclasses.replace(r, signer=other))
 
@@ -99,7 +100,7 @@ def test_in_the_window_the_responder_accepts_either_key(client_key: bytes) -> No
 
 
 def iter_events(conn: Connection) -> list[object]:
-    out = []
+    out: list[object] = []
     while (ev := conn.next_event(0.0)) is not NEED_DATA:
         out.append(ev)
     return out
