@@ -5,6 +5,7 @@ DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
   node.key        the node's X25519 static key (its identity), mode 0600
   network.key     the network's 32-byte key (the Noise PSK), mode 0600 (or network_key_file elsewhere)
+  network.key.old the key before a rotation, kept for its overlap window (beside network.key), 0600
   node.json       pid and listen address of the serving process, once it answers on ctl.sock, while it runs
   p2p.db          the repo (SQLite, WAL)
   scrub.json      the scrub's schedule, last pass and unrepaired copies (node/scrub.py)
