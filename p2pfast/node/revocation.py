@@ -186,7 +186,7 @@ class Revocations:
         if not MIN_WINDOW <= window <= MAX_WINDOW:
             raise BadInput(f"--window must be {MIN_WINDOW:g}..{MAX_WINDOW:g} seconds, not {window:g}")
         now = time.time()
-        gen = 1 if self.rotation is None else self.rotation.gen + 1
+        gen = 1 if self.rotation is None else min(self.rotation.gen + 1, control.MAX_ID)
         rotation = rv.Rotation(gen, os.urandom(identity.KEY_SIZE), now + window, self.ctx.node_id, now)
         await self._take(rotation)
         sent = self._push(rotation, source=None)
@@ -201,7 +201,7 @@ class Revocations:
 
     async def on_net_key(self, session: Session, msg: m.NetKey) -> None:
         x = msg.rotation
-        if self.rotation is not None and x.order() <= self.rotation.order():
+        if not rv.supersedes(x, self.rotation, self.records):
             return
         await self._take(x)
         self._push(x, source=session)

@@ -18,6 +18,7 @@ previous key is still accepted at the handshake.
 from __future__ import annotations
 
 import struct
+from collections.abc import Container
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -46,6 +47,18 @@ class Rotation:
 
     def order(self) -> tuple[int, float, str]:
         return (self.gen, self.at, self.by)
+
+
+def supersedes(new: Rotation, current: Rotation | None, revoked: Container[str]) -> bool:
+    """Whether a member holding `current` takes `new`. Never a rotation by a revoked node (it may have
+    rotated before it was revoked, or hand a key it knows to a member that has not heard yet); a
+    current rotation by a revoked node yields to any other, whatever its `gen` (a thief could have set
+    the highest one to make later rotations lose); otherwise the greater (gen, at, by)."""
+    if new.by in revoked:
+        return False
+    if current is None or current.by in revoked:
+        return current is None or new.key != current.key
+    return new.order() > current.order()
 
 
 def signed_bytes(node: str, by: str, at: float) -> bytes:

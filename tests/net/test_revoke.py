@@ -132,10 +132,17 @@ def test_a_revoked_node_is_refused_by_every_member(tmp_path: Path) -> None:
         assert "Traceback" not in n.log(), n.log()
 
 
-def test_bad_node_ids_are_refused(tmp_path: Path) -> None:
+def test_revoke_without_a_daemon_and_bad_node_ids(tmp_path: Path) -> None:
     (n,) = make_nodes(tmp_path, 1)
+    other = "5e" * 32
+    # no daemon: a node started for the command records it (and tells the members it reaches: none)
+    code, out = cli(n, "revoke", other, "--json")
+    assert code == 0 and out["sent_to"] == [] and not out["already"], out
+    assert revoked_in_repo(n) == {other}
     with running([n]):
         n.start()
+        code, out = cli(n, "revoke", other.upper(), "--json")  # the daemon loaded it at start
+        assert code == 0 and out["already"] and out["peer_id"] == other, out
         code, out = cli(n, "revoke", "not-a-node")
         assert code == 5 and "not a node id" in str(out), out
         code, out = cli(n, "revoke", n.node_id)

@@ -144,3 +144,19 @@ def test_unrevoked_peers_complete() -> None:
     c, s, _, _ = pair(NEW, NEW, refuse_c=revoked.__contains__, refuse_s=revoked.__contains__)
     ce, se = handshake(c, s)
     assert completed(ce) and completed(se)
+
+
+def test_which_rotation_a_member_takes() -> None:
+    a, b, thief = "aa" * 32, "bb" * 32, "cc" * 32
+    first = rv.Rotation(1, OLD, 100.0, a, 10.0)
+    assert rv.supersedes(first, None, set())
+    assert rv.supersedes(rv.Rotation(2, NEW, 200.0, b, 5.0), first, set())
+    assert not rv.supersedes(first, first, set())  # heard again
+    # two members rotating at once: every member ends on the same one, whichever it heard first
+    x, y = rv.Rotation(2, NEW, 200.0, a, 20.0), rv.Rotation(2, OTHER, 200.0, b, 20.0)
+    assert rv.supersedes(y, x, set()) and not rv.supersedes(x, y, set())
+    # a revoked node's rotation is never taken, and one taken before its revocation yields to any other
+    huge = rv.Rotation(2**53, OTHER, 300.0, thief, 30.0)
+    assert not rv.supersedes(huge, first, {thief})
+    assert rv.supersedes(huge, first, set())
+    assert rv.supersedes(rv.Rotation(2, NEW, 200.0, b, 40.0), huge, {thief})
