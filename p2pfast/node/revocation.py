@@ -79,6 +79,8 @@ class Revocations:
         return load_secret_file(path, identity.KEY_SIZE, "old network key")
 
     def _drop_old_key(self) -> None:
+        if self._window_end is not None:
+            return  # a rotation taken since the window ended wrote the file anew: its window needs it
         path = self.ctx.layout.network_key_old
         try:
             path.unlink(missing_ok=True)
