@@ -122,6 +122,13 @@ class NodeCollector(Collector):
         peers.add_metric(["connected"], status["peers_connected"])
         peers.add_metric(["known"], status["peers_known"])
         yield peers
+        if status.get("members") is not None:  # the membership view (node/viewsync.py)
+            members = GaugeMetricFamily(
+                "p2pfast_members", "Members in this node's membership view, by state.", labels=["state"]
+            )
+            for state, n in status["members"].items():
+                members.add_metric([state], n)
+            yield members
         gauges = (
             ("files", "Files (keys) stored on this node.", "files"),
             ("objects", "Content objects stored on this node.", "objects"),

@@ -61,6 +61,9 @@ class NetLimits:
     # stands dead_after more (time for the member, if alive, to hear it and refute it).
     suspect_after: float = 5.0
     dead_after: float = 30.0
+    # A member declared dead or gone is not redialled every round; every dead_retry one of them, taken at
+    # random, is tried all the same (node/membership.py): one dial per node and minute heals a partition.
+    dead_retry: float = 60.0
     # A peer unseen for longer than this is dropped by `cleanup` (the original's one hour).
     stale_after: float = 60 * 60.0
     proto: ProtoLimits = field(default_factory=ProtoLimits)

@@ -280,7 +280,7 @@ async def fetch(
     failures: list[tuple[str, BaseException]] = []
     found = await _first_leaves(holders[:MAX_HOLDERS], cid, failures)
     if found is None:
-        raise _no_holder(cid, failures)
+        raise _no_holder(cid, failures, before_data=True)
     size, leaves = found
     if on_size is not None:  # what a progress bar needs for its total and ETA
         on_size(size)
@@ -322,18 +322,26 @@ class NoGoodCopy(IntegrityError):
     # its own copy, or our segment checks), so the command that fails with it counts nothing more.
 
 
+class NoneServed(PeerUnavailable):
+    """peer unavailable: {}"""
+
+    # No holder asked sent the segment hashes, so nothing was fetched or written: the caller may ask
+    # other holders (a get by key whose holders came from the key's metadata, node/getting.py).
+
+
 def _is_integrity(exc: BaseException) -> bool:
     """The holder's copy, or what it sent, failed a check (ours, or its own as it read the copy)."""
     return isinstance(exc, IntegrityError) or getattr(exc, "code", None) == wire.ErrorCode.INTEGRITY
 
 
-def _no_holder(cid: str, failures: list[tuple[str, BaseException]]) -> P2PError:
+def _no_holder(cid: str, failures: list[tuple[str, BaseException]], before_data: bool = False) -> P2PError:
     """Why a get found no holder that served it: an integrity failure (exit 4) when every holder tried
-    had a bad copy (the object is damaged wherever we looked), else 'peer unavailable' (10: retry)."""
+    had a bad copy (the object is damaged wherever we looked), else 'peer unavailable' (10: retry);
+    `before_data`: none sent the segment hashes (NoneServed: nothing was written)."""
     why = "; ".join(f"{peer[:12]}: {describe(exc)}" for peer, exc in failures) or "no holder"
     if failures and all(_is_integrity(exc) for _, exc in failures):
         return NoGoodCopy(f"no holder has a good copy of {cid}: {why}")
-    return PeerUnavailable(f"no holder could serve {cid}: {why}")
+    return (NoneServed if before_data else PeerUnavailable)(f"no holder could serve {cid}: {why}")
 
 
 async def _first_leaves(

@@ -1,6 +1,7 @@
 """A user's get: the local copy if this node holds the file (verified as it is read, and replaced by a
 peer's verified copy if it fails its check: readrepair.py), else fetched verified from the peers that
-hold it (fetch.py), optionally kept as a local replica. A name with the content-id prefix ("b3:…",
+hold it (found in one hop through the key's metadata where it is placed: lookup.py), optionally kept as
+a local replica. A name with the content-id prefix ("b3:…",
 store/userkey.py) asks for the content itself: the object if this node holds it under any key, else
 from the peers that hold it, the same way."""
 
@@ -10,10 +11,11 @@ import contextlib
 import os
 
 from p2pfast.errors import BadInput, IntegrityError, NotFound
+from p2pfast.net.session import Session
 from p2pfast.node import fetch, readrepair
 from p2pfast.node.chunks import object_chunks
 from p2pfast.node.context import Context
-from p2pfast.node.lookup import holders_of, locate
+from p2pfast.node.lookup import find_key, holders_of
 from p2pfast.node.reports import GetReport, Progress
 from p2pfast.node.sources import Sink
 from p2pfast.store.objects import encode_key, show_key
@@ -46,7 +48,35 @@ async def get(
         except IntegrityError as exc:
             return await readrepair.repair(ctx, raw, cid, sink, start, progress, exc)
         return GetReport(key, cid, size, "local")
-    cid, holders = await locate(ctx, raw)
+    found = await find_key(ctx, raw)
+    try:
+        if found.holders:
+            return await _fetch_key(ctx, key, raw, found.cid, found.holders, sink, progress, keep)
+    except fetch.NoneServed:
+        if not found.hinted:
+            raise
+    # The key's metadata named holders that did not serve it (the copies moved or went since it was
+    # written), or none that is connected: nothing was written yet, so ask for its content id, and if
+    # nobody holds that, for the key itself as if there were no metadata.
+    try:
+        cid, holders = await holders_of(ctx, found.cid)
+    except NotFound:
+        wide = await find_key(ctx, raw, use_meta=False)
+        cid, holders = wide.cid, wide.holders
+    return await _fetch_key(ctx, key, raw, cid, holders, sink, progress, keep)
+
+
+async def _fetch_key(
+    ctx: Context,
+    key: str,
+    raw: bytes,
+    cid: str,
+    holders: list[Session],
+    sink: Sink,
+    progress: Progress | None,
+    keep: bool,
+) -> GetReport:
+    """The file under `key` (object `cid`) fetched verified from `holders`; with `keep`, stored here."""
     upload = await ctx.ex.db(ctx.store.begin, raw) if keep else None
     try:
         size, served = await fetch.fetch(holders, cid, sink, ctx.ex, progress, upload, fetch.sized(progress))

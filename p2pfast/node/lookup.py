@@ -1,41 +1,103 @@
-"""Finding who holds a file: every connected peer is asked `who_has` for the key, and the holders of
-the content id most of them name come back best first (those `shares` records as holders first). For a
-get by content id, `who_has` names the cid itself (`holders_of`), and goes first to the members
-placement ranks highest for it, the ones a store or a repair put it on: only when none of those holds
-it are the others asked (docs/protocol.md, "Membership that scales": O(replicas) contacts, not N)."""
+"""Finding who holds a file (docs/protocol.md, "Membership that scales": O(replicas) contacts, not N).
+
+By key (`find_key`): the key's metadata (node/keymeta.py) is kept by the members ranked first for the
+key, so `who_has` for the key goes first to the `first_asked(ctx)` members ranked highest for it; one
+that holds the file says so, one that keeps the metadata answers with the content id and the members
+that hold the object, and the get goes to those: one hop. Only when none of them knows the key (a
+network partly on an older build, metadata not yet placed on a member that joined since) are the others
+asked, as before: every peer, and the content id most of them name wins. Metadata that a tombstone here
+beats is ignored (the delete wins). This node's own metadata, when it ranks for the key, comes first
+and costs no request.
+
+By content id (`holders_of`): `who_has` names the cid itself, and goes first to the members placement
+ranks highest for it, the ones a store or a repair put it on: only when none of those holds it are the
+others asked. Either way the holders come back best first (those `shares` records as holders first)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from p2pfast.errors import NotFound, P2PError, PeerUnavailable
 from p2pfast.net.session import Session
-from p2pfast.node import placement
+from p2pfast.node import keymeta, placement
 from p2pfast.node.context import Context
 from p2pfast.proto import messages as m
+from p2pfast.repo.repo import TombstoneRow
 from p2pfast.store.objects import show_key
 
 # who_has answers waited for, per peer, when looking for a holder.
 LOOKUP_TIMEOUT = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A key's content id and the connected peers to fetch it from, best first: those that said they
+    hold it, then those the key's metadata names. `hinted`: some of them (or all, or none being
+    connected) come only from the metadata, so a get that none of them serves may ask by content id."""
+
+    cid: str
+    holders: list[Session]
+    hinted: bool
+
+
 async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
-    """The content id under `key` and the connected peers that hold it, best first."""
+    """The content id under `key` and the connected peers that hold it, best first (`find_key`)."""
+    found = await find_key(ctx, key)
+    return found.cid, found.holders
+
+
+async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
+    """Where the file under `key` is: this node's metadata for it, else the answers of the members
+    ranked first for the key, else those of every peer (see above). Without `use_meta`, every peer is
+    asked and only their files count (the metadata named content nobody holds)."""
     sessions = list(ctx.peers.sessions.values())
     if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
         raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
-
-    replies = await _ask_all(sessions, m.WhoHas(key=key.decode()))
+    metas: list[m.Meta] = []
+    if use_meta:
+        kept = await ctx.ex.db(ctx.repo.get_keymeta, key)  # (a tombstone here beats it already)
+        if kept is not None:
+            metas.append(m.Meta(kept.cid, kept.size, kept.stored_at, kept.holders))
+    groups: list[list[Session]] = []
+    if not metas:
+        first = []
+        if use_meta and ctx.replicas is not None:
+            first = placement.key_ranked(key, keymeta.members(sessions))[: first_asked(ctx)]
+        asked = {s.peer_id for s in first}
+        groups = [first, [s for s in sessions if s.peer_id not in asked]]
+    stone = await ctx.ex.db(ctx.repo.get_tombstone, key) if groups and use_meta else None
     by_cid: dict[str, list[Session]] = {}
-    for s, reply in zip(sessions, replies, strict=True):
-        if reply is not None and reply.cid is not None:
-            by_cid.setdefault(reply.cid, []).append(s)
-    if not by_cid:
+    for group in groups:
+        if not group:
+            continue
+        replies = await _ask_all(group, m.WhoHas(key=key.decode()))
+        for s, reply in zip(group, replies, strict=True):
+            if reply is None:
+                continue
+            if reply.cid is not None:
+                by_cid.setdefault(reply.cid, []).append(s)
+            elif use_meta and reply.meta is not None and not _beaten(reply.meta, stone):
+                metas.append(reply.meta)
+        if by_cid or metas:
+            break
+    if metas:  # the newest store wins, as in every member's metadata (Repo.put_keymeta)
+        cid = max(metas, key=lambda x: (x.at, x.cid)).cid
+    elif by_cid:
+        cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced
+    else:
         raise NotFound(f"no file under key {show_key(key)} on this node or its {len(sessions)} peers")
-    cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced
     shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
-    holders = sorted(by_cid[cid], key=lambda s: s.peer_id not in shared)
-    return cid, holders
+    holders = sorted(by_cid.get(cid, []), key=lambda s: s.peer_id not in shared)
+    said = {s.peer_id for s in holders}
+    named = dict.fromkeys(p for x in metas if x.cid == cid for p in x.holders)
+    hints = [ctx.peers.sessions[p] for p in named if p in ctx.peers.sessions and p not in said]
+    return Found(cid, holders + hints, bool(hints) or not holders)
+
+
+def _beaten(meta: m.Meta, stone: TombstoneRow | None) -> bool:
+    """A delete of that content, no older than the store the metadata records, wins over it."""
+    return stone is not None and stone.cid == meta.cid and stone.deleted_at >= meta.at
 
 
 async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
@@ -61,9 +123,10 @@ async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
 
 
 def first_asked(ctx: Context) -> int:
-    """How many of the best-ranked peers a content-id lookup asks before the others: the `replicas` a
-    store sends to, plus two (the origin, which need not rank among them, and one spare for a member that
-    joined since and ranks above a holder until repair moves the copy)."""
+    """How many of the best-ranked peers a lookup asks before the others: for a content id, the
+    `replicas` a store sends to, plus two (the origin, which need not rank among them, and one spare for
+    a member that joined since and ranks above a holder until repair moves the copy); for a key, the
+    `replicas + 1` members its metadata is placed on (this node need not be one), and the same spare."""
     return len(ctx.peers.sessions) if ctx.replicas is None else ctx.replicas + 2
 
 

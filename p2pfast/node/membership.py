@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections.abc import Callable
 
 from p2pfast.errors import LocalProtocolError, PeerUnavailable, StorageError
 from p2pfast.net import gossip
@@ -25,11 +27,29 @@ from p2pfast.repo.repo import PeerRow
 log = logging.getLogger("p2pfast.node")
 
 
+def _never(node_id: str) -> bool:
+    return False
+
+
 class Membership:
-    def __init__(self, ctx: Context, bootstrap: list[str], tombstones: Tombstones) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        bootstrap: list[str],
+        tombstones: Tombstones,
+        gone: Callable[[str], bool] = _never,
+    ) -> None:
         self.ctx = ctx
         self.bootstrap = bootstrap
         self.tombstones = tombstones
+        # Whether the membership view (node/viewsync.py) says a member died or left: it is not redialled
+        # every round (a dead member's address would take a dial every backoff period from every node);
+        # one that comes back dials its known peers itself, and its new incarnation makes it alive again.
+        # Once every dead_retry, one gone member taken at random is tried all the same: after a
+        # partition, where each side declared the other dead, one such dial is enough to merge the views.
+        self.gone = gone
+        self.rounds = 0  # gossip rounds done (tests wait for rounds, not for time)
+        self._retry_at = 0.0
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
         self._pex_truncated_logged = False
         self.closing = False  # the node is closing: a session that closes now is recorded by close()
@@ -88,7 +108,8 @@ class Membership:
         ctx = self.ctx
         for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
             await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
-            ctx.peers.dial_soon(addr)
+            if not self.gone(node_id):
+                ctx.peers.dial_soon(addr)
         self._pex_from.add(session.peer_id)
         ctx.peers.changed.set()
 
@@ -137,12 +158,30 @@ class Membership:
                     self._send_pex(session, known)
                 # Members this node reached before (even if a dial there failed since: one that comes
                 # back is found again); an address only heard of was dialled when heard, not every round.
-                away = [r for r in rows if r.node_id not in peers.sessions and r.node_id != ctx.node_id]
+                away = [
+                    r
+                    for r in rows
+                    if r.node_id not in peers.sessions
+                    and r.node_id != ctx.node_id
+                    and not self.gone(r.node_id or "")
+                ]
                 wanted = [r.address for r in away if r.verified_at is not None]
+                now = time.monotonic()
+                dead = [
+                    r.address
+                    for r in rows
+                    if r.verified_at is not None
+                    and r.node_id not in peers.sessions
+                    and self.gone(r.node_id or "")
+                ]
+                if dead and now >= self._retry_at:
+                    self._retry_at = now + ctx.limits.dead_retry
+                    wanted.append(random.choice(dead))
                 if not peers.sessions:
                     wanted = [*self.bootstrap, *await self.known_addrs()]
                 for a in wanted:
                     peers.dial_soon(a)
+                self.rounds += 1
                 expired = await self.tombstones.expire()
                 log.debug(
                     "event=gossip peers=%d redial=%d tombstones_expired=%d",

@@ -19,6 +19,20 @@ def weight(cid: str, node_id: str) -> bytes:
     return blake3.blake3(f"{cid}/{node_id}".encode()).digest()
 
 
+def key_weight(key: bytes, node_id: str) -> bytes:
+    """The rendezvous weight of a node for a key's metadata (key -> content id; node/keymeta.py). The
+    "key:" prefix puts keys in a hash domain of their own, so a key's metadata holders are drawn
+    independently of any object's holders (a key cannot collide with a content id's "b3:" form anyway,
+    store/userkey.py); the node id, fixed at 64 hex digits, ends the input, so a "/" in a key is no
+    ambiguity."""
+    return blake3.blake3(b"key:" + key + b"/" + node_id.encode()).digest()
+
+
+def key_ranked(key: bytes, sessions: Sequence[S]) -> list[S]:
+    """`sessions` best first for the metadata of `key`: the members that should know its content id."""
+    return sorted(sessions, key=lambda s: key_weight(key, s.peer_id), reverse=True)
+
+
 def ranked(cid: str, sessions: Sequence[S]) -> list[S]:
     """`sessions` best first for `cid`: the order a store or a repair tries them in."""
     return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)

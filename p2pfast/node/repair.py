@@ -22,6 +22,12 @@ that returns after its files were repaired elsewhere does the same: a holder who
 next pass, after asking those others again that they hold it. The first `target` in that order never
 drop theirs, so holders dropping at once still leave the target; a user's own store is never dropped.
 
+A pass also keeps each file's key metadata on the members ranked for its key (node/keymeta.py): the
+holder ranked first for the object among those the pass found holding it sends the metadata, with those
+holders, to the key's ranked members as they are now, in batches; so a member that joins and ranks for a
+key gets its metadata at the pass its arrival triggers. The pass also forgets the metadata that nobody
+republished for a day.
+
 Passes run every `repair_interval`, shortly after a member joins (a file that could not reach its
 target before may now), `repair_grace` after a member goes, after a store that reached fewer replicas
 than its target, and on `p2pfast repair`. Copies are throttled to `repair_bandwidth` (bytes sent per
@@ -47,6 +53,7 @@ from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
 from p2pfast.node.flow import BUSY_SHARE, STALL_TIMEOUT, Activity, Throttle
+from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
@@ -165,9 +172,10 @@ class _Pace:
 
 
 class Repair:
-    def __init__(self, ctx: Context, settings: Settings) -> None:
+    def __init__(self, ctx: Context, settings: Settings, keymeta: KeyMetaService | None = None) -> None:
         self.ctx = ctx
         self.settings = settings
+        self.keymeta = keymeta
         self.pace = _Pace(settings.bandwidth, ctx.activity)
         self.last: Report | None = None
         self.running: Report | None = None  # the pass under way
@@ -253,6 +261,8 @@ class Repair:
 
     async def _pass(self, report: Report) -> None:
         ctx = self.ctx
+        if self.keymeta is not None:
+            await self.keymeta.expire()
         files = await ctx.ex.db(ctx.repo.list_files)
         report.files = len(files)
         report.objects = len({f.cid for f in files})
@@ -269,17 +279,20 @@ class Repair:
         members = 1 + len(live) + len(away)
         target = members if ctx.replicas is None else min(ctx.replicas + 1, members)
         plan = _Plan(target)
+        publish: list[tuple[FileRow, set[str], set[str]]] = []  # files whose key metadata this node sends
         for f in files:
             holders = {ctx.node_id} | seen.held.get((f.key, f.cid), set())
             pinned = seen.pinned.get((f.key, f.cid), set()) | ({ctx.node_id} if f.origin is None else set())
             copies = len(holders | shares.get(f.cid, set()))
+            first = max(holders, key=lambda n: placement.weight(f.cid, n))
+            if first == ctx.node_id:
+                publish.append((f, holders, pinned))
             if copies < target:
                 report.under_replicated += 1
                 plan.under[f.key] = (f.cid, copies, holders)
             elif ctx.node_id not in pinned and _surplus(f.cid, ctx.node_id, holders, pinned, target):
                 plan.surplus.append(f)
                 continue
-            first = max(holders, key=lambda n: placement.weight(f.cid, n))
             ideal = placement.ideal(f.cid, counted, pinned, target)
             lacking = [s for s in live.values() if s.peer_id in seen.answered and s.peer_id not in holders]
             # members of the ideal set that lack it come first in ranked(lacking): it is ranked by weight too
@@ -299,7 +312,10 @@ class Repair:
                 need = max(target - copies, moves)
                 plan.work.append((f, copies, need, placement.ranked(f.cid, lacking)))
         await self._make_copies(plan, report)
-        await self._drop_surplus(plan.surplus, live, target, report)
+        dropped = await self._drop_surplus(plan.surplus, live, target, report)
+        if self.keymeta is not None and publish:
+            me = ctx.node_id
+            await self.keymeta.publish([_meta(f, held, pins, plan, dropped, me) for f, held, pins in publish])
         for key, (cid, copies, holders) in sorted(plan.under.items()):
             if copies >= target:
                 continue
@@ -365,13 +381,15 @@ class Repair:
 
     async def _drop_surplus(
         self, surplus: list[FileRow], live: dict[str, Session], target: int, report: Report
-    ) -> None:
+    ) -> set[bytes]:
         """Drop this node's copies of files that `target` others hold in its stead (they rank above it in
         placement.keep_order), asked again just before each goes: a copy goes only once that many others
         acknowledged theirs, and the `target` first in that order never drop theirs, so two holders
-        dropping at once still leave `target`. A user's store here (pinned) is never dropped."""
+        dropping at once still leave `target`. A user's store here (pinned) is never dropped. Returns the
+        keys whose copy went."""
+        gone: set[bytes] = set()
         if not surplus:
-            return
+            return gone
         ctx = self.ctx
         again = await self._ask(live, [(f.key, f.cid) for f in surplus], None)
         for f in surplus:
@@ -384,6 +402,7 @@ class Repair:
                 continue
             if dropped[1]:
                 await ctx.ex.db(ctx.store.unlink_orphan, dropped[0])
+            gone.add(f.key)
             report.dropped += 1
             COUNTERS.repair_dropped += 1
             kept = placement.keep_order(f.cid, holders - {ctx.node_id}, pinned)[:target]
@@ -393,6 +412,7 @@ class Repair:
                 f.cid,
                 ",".join(p[:12] for p in kept),
             )
+        return gone
 
     async def _ask(
         self, live: dict[str, Session], files: Sequence[tuple[bytes, str]], report: Report | None
@@ -474,6 +494,19 @@ class Repair:
             "grace_s": self.settings.grace,
             "bandwidth": self.settings.bandwidth,
         }
+
+
+def _meta(
+    f: FileRow, holders: set[str], pinned: set[str], plan: _Plan, dropped: set[bytes], me: str
+) -> tuple[bytes, m.Meta]:
+    """The key metadata of `f` after the pass: the holders it counted, with the copies it made and
+    without this node's copy if it dropped it, best first (placement.keep_order)."""
+    if f.key in plan.under:
+        holders = holders | plan.under[f.key][2]
+    if f.key in dropped:
+        holders = holders - {me}
+    order = placement.keep_order(f.cid, holders, pinned)[: control.MAX_META_HOLDERS]
+    return f.key, m.Meta(f.cid, f.size, f.created, tuple(order))
 
 
 def _batches(files: Sequence[tuple[bytes, str]]) -> list[list[tuple[bytes, str]]]:

@@ -4,8 +4,9 @@ lifecycle. `p2pfast serve` runs Node.run(); the CLI with no daemon starts a shor
 Each job has its own room: membership.py (peers table, gossip, redials), placement.py (who holds an
 object), storing.py and replicate.py (a user's store and its fan-out), receive.py (a peer's store),
 getting.py, lookup.py, fetch.py and readrepair.py (a user's get), serve.py (a peer's get), tombstones.py
-(deletes). router.py is the one table from message kind to handler. The event loop never blocks on a
-file or on SQLite: that work goes to the named threads of executors.py.
+(deletes), keymeta.py (each key's metadata on the members ranked for the key). router.py is the one
+table from message kind to handler. The event loop never blocks on a file or on SQLite: that work goes
+to the named threads of executors.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from p2pfast.net.session import Session
 from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
+from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
@@ -114,6 +116,7 @@ class Node:
         self.scrub: Scrub | None = None
         self.viewsync: ViewSync | None = None
         self.revocations: Revocations | None = None
+        self.keymeta: KeyMetaService | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -141,9 +144,15 @@ class Node:
             draining=lambda: self.draining,
         )
         self.tombstones = Tombstones(ctx)
-        self.membership = Membership(ctx, self.bootstrap, self.tombstones)
-        self.repair = Repair(ctx, self.repair_settings)
-        self.storing = Storing(ctx, on_stored=self.repair.after_store)
+        self.membership = Membership(
+            ctx,
+            self.bootstrap,
+            self.tombstones,
+            gone=lambda n: self.viewsync is not None and self.viewsync.gone(n),
+        )
+        self.keymeta = keymeta = KeyMetaService(ctx, self.repair_settings.interval)
+        self.repair = Repair(ctx, self.repair_settings, keymeta)
+        self.storing = Storing(ctx, on_stored=self.repair.after_store, keymeta=keymeta)
         self.router = router = Router()
         router.route(m.Ping, self._ping)
         router.route(m.Pex, self._pex)
@@ -159,6 +168,7 @@ class Node:
         await self.revocations.start()
         router.route(m.Revoked, self.revocations.on_revoked)
         router.route(m.NetKey, self.revocations.on_net_key)
+        router.route(m.KeyMeta, keymeta.on_key_meta)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
             addr = await self.peers.listen(self.listen)
@@ -179,6 +189,7 @@ class Node:
         if self.listen is not None:  # a short-lived CLI node is no member: it answers no exchange (REFUSED)
             router.route(m.ViewSync, self.viewsync.on_sync)
             router.route(m.ViewPull, self.viewsync.on_pull)
+            router.route(m.Probe, self.viewsync.on_probe)
         self.peers.start()
         await self.membership.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self.membership.maintain()))
@@ -401,7 +412,7 @@ class Node:
         await self.membership.on_pex(session, msg)
 
     async def _who_has(self, session: Session, msg: m.WhoHas) -> m.Have:
-        return await serve.who_has(msg, self.repo, self.db)
+        return await serve.who_has(msg, self.repo, self.db, meta=session.speaks("keymeta"))
 
     async def _list_files(self, session: Session, msg: m.ListFiles) -> m.FileList:
         return await serve_list(msg, self.repo, self.db, self.limits.proto.max_control_size)

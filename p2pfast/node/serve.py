@@ -19,15 +19,20 @@ from p2pfast.store.objects import ContentStore, encode_key
 log = logging.getLogger("p2pfast.transfer")
 
 
-async def who_has(msg: m.WhoHas, repo: Repo, run: Run) -> m.Have:
+async def who_has(msg: m.WhoHas, repo: Repo, run: Run, meta: bool = False) -> m.Have:
     """Whether this node holds an object, by content id or by key (messages.py: exactly one is set): its
-    size and segment count if so."""
+    size and segment count if so. For a key not held here, with `meta` (the asker speaks "keymeta"):
+    the key's metadata this node keeps for the network, if any (node/keymeta.py)."""
     cid = msg.cid
     if msg.key is not None:
         row = await run(repo.get_file, encode_key(msg.key))
         cid = None if row is None else row.cid
     obj = None if cid is None else await run(repo.get_object, cid)
     if obj is None:
+        if meta and msg.key is not None:
+            kept = await run(repo.get_keymeta, encode_key(msg.key))
+            if kept is not None:
+                return m.Have(None, None, None, m.Meta(kept.cid, kept.size, kept.stored_at, kept.holders))
         return m.Have(None, None, None)
     return m.Have(cid, obj.size, obj.segments)
 

@@ -1,5 +1,6 @@
 """A user's store: sealed here under this node's keys and durable, then replicated to the placement's
-peers (replicate.py), whose acknowledgements are recorded as shares. Only then is the store reported."""
+peers (replicate.py), whose acknowledgements are recorded as shares, and the key's metadata sent to the
+members ranked for the key (keymeta.py). Only then is the store reported."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
 from p2pfast.node.flow import CHUNK
+from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.node.reports import Progress, StoreReport
 from p2pfast.node.sources import Source
@@ -59,9 +61,15 @@ class GroupWrite:
 
 
 class Storing:
-    def __init__(self, ctx: Context, on_stored: Callable[[int, int], object] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        on_stored: Callable[[int, int], object] | None = None,
+        keymeta: KeyMetaService | None = None,
+    ) -> None:
         self.ctx = ctx
         self.on_stored = on_stored  # (replicas that acknowledged, replicas chosen), after each store
+        self.keymeta = keymeta
         self.shares = GroupWrite(ctx, lambda rows: ctx.repo.add_share_rows(rows))
         self.interrupted: StoreReport | None = None  # the last store cancelled while replicating
 
@@ -97,6 +105,8 @@ class Storing:
             raise
         now = time.time()
         await self.shares.add([(result.cid, peer, now) for peer in outcome.acked])
+        if self.keymeta is not None:  # so that a get from any member finds the key in one hop
+            await self.keymeta.stored(result.key, result.cid, result.size, list(outcome.acked))
         if self.on_stored is not None:  # fewer than wanted (too few peers, one refused): repair follows
             self.on_stored(len(outcome.acked), len(targets) if ctx.replicas is None else ctx.replicas)
         log.info(

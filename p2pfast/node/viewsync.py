@@ -23,9 +23,10 @@ rules; docs/protocol.md, "Membership that scales", the design).
   costs one record per link, not a storm. A node that stops gracefully says it left (state `left`)
   before it closes its sessions, so nobody has to suspect it.
 
-Not yet (issue 14): the view does not choose whom to dial (peer exchange still does); suspicion is not
-yet confirmed by indirect probes through other members (SWIM's ping-req), which the bounded set of
-connections needs.
+  Before it suspects a member, a node asks up to 3 others whether their link to it answers a ping
+  (SWIM's ping-req, `probe`): a link of its own that broke is no reason to suspect a member that is up.
+
+Not yet (issue 14): the view does not choose whom to dial (peer exchange still does).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from collections.abc import Sequence
 import orjson
 
 from p2pfast import wire
-from p2pfast.errors import P2PError
+from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node.context import Context
 from p2pfast.proto import control, view
@@ -60,6 +61,10 @@ _ROOM = wire.MAX_CONTROL_SIZE - 512
 # Defaults of NetLimits.suspect_after / dead_after (net/limits.py says why).
 SUSPECT_AFTER = 5.0
 DEAD_AFTER = 30.0
+# Indirect probes: members asked whether they reach one this node lost (SWIM's k), and how long the
+# asked member's ping may take.
+PROBES = 3
+PROBE_TIMEOUT = 2.0
 
 
 class ViewSync:
@@ -107,20 +112,59 @@ class ViewSync:
         self.ctx.spawn(self._watch(session.peer_id, r.inc))
 
     async def _watch(self, node_id: str, inc: int) -> None:
-        """Suspect, then declare dead, a member that went and did not come back at the same incarnation."""
-        for state, wait in ((view.State.SUSPECT, self.suspect_after), (view.State.DEAD, self.dead_after)):
-            await asyncio.sleep(wait)  # the detector's timeout, not a wait for a peer to do something
-            r = self.view.get(node_id)
-            if self.closing or node_id in self.ctx.peers.sessions or r is None or r.inc != inc:
-                return  # back, refuted, or restarted since
-            if r.state >= state:
-                continue  # another member said as much already
-            if r.state != view.State(state - 1):
+        """Suspect, then declare dead, a member that went and did not come back at the same incarnation.
+        Before suspecting it, ask up to PROBES other members whether their link to it answers (SWIM's
+        indirect probe): a link of this node that broke, with the member still up, is no reason to
+        suspect it; the check repeats every suspect_after while another member reaches it."""
+        while True:
+            await asyncio.sleep(self.suspect_after)  # the detector's timeout, not a wait for a peer
+            if not self._still_away(node_id, inc):
                 return
-            claim = self.view.claim(node_id, state, time.time())
-            if claim is not None:
-                log.info("event=member_%s node=%s inc=%d", state.name.lower(), node_id[:12], inc)
-                self._spread(claim, None)
+            r = self.view.get(node_id)
+            if r is not None and r.state >= view.State.SUSPECT:
+                break  # another member suspects it already
+            if not await self._reached_by_others(node_id):
+                claim = self.view.claim(node_id, view.State.SUSPECT, time.time())
+                if claim is not None:
+                    log.info("event=member_suspect node=%s inc=%d", node_id[:12], inc)
+                    self._spread(claim, None)
+                break
+        await asyncio.sleep(self.dead_after)
+        r = self.view.get(node_id)
+        if not self._still_away(node_id, inc) or r is None or r.state != view.State.SUSPECT:
+            return  # back, refuted, restarted, or declared already
+        claim = self.view.claim(node_id, view.State.DEAD, time.time())
+        if claim is not None:
+            log.info("event=member_dead node=%s inc=%d", node_id[:12], inc)
+            self._spread(claim, None)
+
+    def _still_away(self, node_id: str, inc: int) -> bool:
+        r = self.view.get(node_id)
+        return not self.closing and node_id not in self.ctx.peers.sessions and r is not None and r.inc == inc
+
+    async def _reached_by_others(self, node_id: str) -> bool:
+        others = [s for s in self._members() if s.peer_id != node_id and s.speaks("probe")]
+        asked = self.rnd.sample(others, min(PROBES, len(others)))
+
+        async def ask(s: Session) -> bool:
+            try:
+                await s.request(m.Probe(node_id), timeout=PROBE_TIMEOUT * 2)
+                return True
+            except (P2PError, TimeoutError):
+                return False
+
+        return any(await asyncio.gather(*(ask(s) for s in asked)))
+
+    async def on_probe(self, session: Session, msg: m.Probe) -> m.Ok:
+        """Another member asks whether this node's link to `msg.node` answers."""
+        target = self.ctx.peers.sessions.get(msg.node)
+        if target is None:
+            raise PeerUnavailable(f"no link to {msg.node[:12]} here")
+        try:
+            await target.request(m.Ping(), timeout=PROBE_TIMEOUT)
+        except (P2PError, TimeoutError) as exc:
+            raise PeerUnavailable(f"{msg.node[:12]} does not answer here: {exc}") from None
+        return m.Ok()
 
     def leave(self) -> None:
         """Say, to every connected member, that this node leaves (a graceful stop): nobody suspects it."""
@@ -197,6 +241,11 @@ class ViewSync:
             for page in _pages(records):
                 with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it
                     session.notify(m.ViewNews(page))
+
+    def gone(self, node_id: str) -> bool:
+        """Whether the view says the member died or left (membership.py then dials it no more)."""
+        r = self.view.get(node_id)
+        return r is not None and r.gone
 
     def counts(self) -> dict[str, int]:
         """Members by state, this node included (status)."""

@@ -29,6 +29,8 @@ __all__ = [
     "MAX_HOLDS",
     "MAX_ID",
     "MAX_KEY_BYTES",
+    "MAX_KEY_META",
+    "MAX_META_HOLDERS",
     "MAX_PEX_PEERS",
     "MAX_REASON_BYTES",
     "SCHEMAS",
@@ -56,6 +58,11 @@ MAX_VIEW_WANT = 64
 # Revocation records in one `revoked` message: a record is ~370 bytes of JSON, so 32 stay under
 # MAX_CONTROL_SIZE (16 KiB) with room; a longer list goes in several messages (node/revocation.py).
 MAX_REVOCATIONS = 32
+# Key metadata (node/keymeta.py): entries of one key_meta request, and holders named per entry (a
+# file's holders are its target copies plus the pinned ones: a handful). An entry is at most ~7 KiB of
+# JSON (a 1 KiB key, escaped), so the sender fills a request by size too.
+MAX_KEY_META = 64
+MAX_META_HOLDERS = 16
 MAX_STREAM_ID = 0xFFFFFFFF
 MAX_CODE = 0xFFFFFFFF
 HELLO_VERSION = 1
@@ -263,6 +270,34 @@ def _revocations(name: str, v: Any) -> None:
         _hex64(f"{name}[{i}][4]", sig)
 
 
+def _meta_fields(name: str, v: list[Any], first: int) -> None:
+    """[cid, size, at, [holders]] from index `first` of `v` (a have's meta, or a key_meta entry)."""
+    cid, size, at, holders = v[first:]
+    _cid(f"{name}[{first}]", cid)
+    _size(f"{name}[{first + 1}]", size)
+    _time(f"{name}[{first + 2}]", at)
+    if type(holders) is not list or len(holders) > MAX_META_HOLDERS:
+        raise _Invalid(f"{name}[{first + 3}] must be a list of at most {MAX_META_HOLDERS} node ids")
+    for i, node in enumerate(holders):
+        _node_id(f"{name}[{first + 3}][{i}]", node)
+
+
+def _meta(name: str, v: Any) -> None:
+    if type(v) is not list or len(v) != 4:
+        raise _Invalid(f"{name} must be [cid, size, at, holders]")
+    _meta_fields(name, v, 0)
+
+
+def _meta_entries(name: str, v: Any) -> None:
+    if type(v) is not list or not 1 <= len(v) <= MAX_KEY_META:
+        raise _Invalid(f"{name} must be a list of 1..{MAX_KEY_META} [key, cid, size, at, holders] entries")
+    for i, entry in enumerate(v):
+        if type(entry) is not list or len(entry) != 5:
+            raise _Invalid(f"{name}[{i}] must be [key, cid, size, at, holders]")
+        _key(f"{name}[{i}][0]", entry[0])
+        _meta_fields(f"{name}[{i}]", entry, 1)
+
+
 def _t(name: str, v: Any) -> None:  # "t" is looked up in SCHEMAS before the fields are checked
     pass
 
@@ -273,7 +308,10 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "pong": ({"re": _id}, {}),
     "pex": ({"peers": _peers}, {}),
     "who_has": ({"id": _id}, {"cid": _cid, "key": _key}),
-    "have": ({"re": _id, "cid": _optional(_cid), "size": _optional(_size), "segments": _optional(_size)}, {}),
+    "have": (
+        {"re": _id, "cid": _optional(_cid), "size": _optional(_size), "segments": _optional(_size)},
+        {"meta": _meta},
+    ),
     "get": (
         {"id": _id, "cid": _cid, "offset": _size, "length": _int(-1, MAX_ID), "sid": _sid},
         {},
@@ -294,6 +332,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "view_news": ({"records": _view_records}, {}),
     "revoked": ({"records": _revocations}, {}),
     "net_key": ({"gen": _int(1, MAX_ID), "key": _hex32, "until": _time, "by": _node_id, "at": _time}, {}),
+    "probe": ({"id": _id, "node": _node_id}, {}),
+    "key_meta": ({"id": _id, "entries": _meta_entries}, {}),
 }
 for _required, _ in SCHEMAS.values():
     _required["t"] = _t

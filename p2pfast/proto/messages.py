@@ -38,9 +38,11 @@ __all__ = [
     "Have",
     "Held",
     "Holds",
+    "KeyMeta",
     "Leaves",
     "ListFiles",
     "Message",
+    "Meta",
     "NetKey",
     "Notice",
     "Ok",
@@ -48,6 +50,7 @@ __all__ = [
     "PexPeer",
     "Ping",
     "Pong",
+    "Probe",
     "Reply",
     "Request",
     "Revoked",
@@ -141,6 +144,27 @@ class ListFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class Meta:
+    """A key's metadata as the members ranked for the key keep it (node/keymeta.py): the content id the
+    key names, its plaintext size, when it was stored (`at`: the holder's files row, so a tombstone
+    compares with it as with that row), and the members known to hold the object, best first (hints:
+    a get still checks the segment hashes a holder sends before anything is used)."""
+
+    cid: str
+    size: int
+    at: float
+    holders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMeta:
+    """Metadata of keys the recipient ranks among the first for (rendezvous on the key), to record;
+    answered by `Ok` once committed. Sent only to a member that speaks "keymeta" (proto/features.py)."""
+
+    entries: tuple[tuple[str, Meta], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ViewSync:
     """Membership anti-entropy (proto/view.py): the sender's view digest (`root`, 32 hex digits);
     answered by `ViewDiff`."""
@@ -157,6 +181,14 @@ class ViewPull:
     stamps: tuple[view.Stamp, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """SWIM's ping-req: can the recipient reach member `node` (its link to it answers a ping)? `ok` when
+    it can, an error when it cannot (node/viewsync.py asks a few members before it suspects one)."""
+
+    node: str
+
+
 # -- replies: carry "re" ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Pong:
@@ -165,11 +197,14 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Have:
-    """The answer to `WhoHas`: the object (for a key, the content id it names); all None: not held."""
+    """The answer to `WhoHas`: the object (for a key, the content id it names); all None: not held.
+    `meta`, for a key not held here: the key's metadata this member keeps (node/keymeta.py), sent only
+    to an asker that speaks "keymeta"."""
 
     cid: str | None
     size: int | None
     segments: int | None
+    meta: Meta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +356,9 @@ class NetKey:
         return revocation.Rotation(self.gen, self.key, self.until, self.by, self.at)
 
 
-Request: TypeAlias = Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull
+Request: TypeAlias = (
+    Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull | Probe | KeyMeta
+)
 Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList | ViewDiff | ViewPush
 Notice: TypeAlias = Pex | ViewNews | Revoked | NetKey
 Message: TypeAlias = Request | Reply | Notice
@@ -349,6 +386,8 @@ KIND: dict[type[Message], str] = {
     ViewNews: "view_news",
     Revoked: "revoked",
     NetKey: "net_key",
+    Probe: "probe",
+    KeyMeta: "key_meta",
 }
 BY_KIND: dict[str, type[Message]] = {kind: cls for cls, kind in KIND.items()}
 
@@ -365,6 +404,8 @@ REPLIES: dict[type[Request], tuple[type[Reply], ...]] = {
     ListFiles: (FileList, Error),
     ViewSync: (ViewDiff, Error),
     ViewPull: (ViewPush, Error),
+    Probe: (Ok, Error),
+    KeyMeta: (Ok, Error),
 }
 
 
@@ -406,7 +447,7 @@ def check_reply(request: Ping, reply: Reply) -> Pong | Error: ...
 @overload
 def check_reply(request: WhoHas, reply: Reply) -> Have | Error: ...
 @overload
-def check_reply(request: Get | Leaves | Store | Delete, reply: Reply) -> Ok | Error: ...
+def check_reply(request: Get | Leaves | Store | Delete | Probe | KeyMeta, reply: Reply) -> Ok | Error: ...
 @overload
 def check_reply(request: Holds, reply: Reply) -> Held | Error: ...
 @overload
@@ -466,6 +507,8 @@ def _fields(msg: Message) -> dict[str, Any]:
             return {"bits": msg.bits, "pinned": msg.pinned} if msg.pinned else {"bits": msg.bits}
         case ViewSync():
             return {"root": msg.root}
+        case Probe():
+            return {"node": msg.node}
         case ViewDiff():
             return {"buckets": msg.buckets}
         case ViewPull():
@@ -487,7 +530,12 @@ def _fields(msg: Message) -> dict[str, Any]:
                 raise _local("who_has needs exactly one of cid and key")
             return {"cid": msg.cid} if msg.key is None else {"key": msg.key}
         case Have():
-            return {"cid": msg.cid, "size": msg.size, "segments": msg.segments}
+            d = {"cid": msg.cid, "size": msg.size, "segments": msg.segments}
+            if msg.meta is not None:  # only when set: a have reads as before
+                d["meta"] = _meta_out(msg.meta)
+            return d
+        case KeyMeta():
+            return {"entries": [[key, *_meta_out(meta)] for key, meta in msg.entries]}
         case Delete():
             return {"key": msg.key, "cid": msg.cid, "origin": msg.origin, "at": msg.at}
         case Pex():
@@ -539,6 +587,8 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
             return Held(d["bits"], d.get("pinned", ""))
         case "view_sync":
             return ViewSync(d["root"])
+        case "probe":
+            return Probe(d["node"])
         case "view_diff":
             return ViewDiff(d["buckets"])
         case "view_pull":
@@ -561,7 +611,10 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
                 raise _remote("who_has needs exactly one of cid and key")
             return WhoHas(cid, key)
         case "have":
-            return Have(d["cid"], d["size"], d["segments"])
+            meta = d.get("meta")
+            return Have(d["cid"], d["size"], d["segments"], None if meta is None else _meta_in(meta))
+        case "key_meta":
+            return KeyMeta(tuple((e[0], _meta_in(e[1:])) for e in d["entries"]))
         case "delete":
             return Delete(d["key"], d["cid"], d["origin"], float(d["at"]))
         case "pex":
@@ -575,6 +628,14 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
         case "file_list":
             return FileList(tuple(FileEntry(f["key"], f["cid"], f["size"]) for f in d["files"]), d["more"])
     raise _remote(f"unknown control message kind {str(kind)[:40]!r}")
+
+
+def _meta_out(x: Meta) -> list[Any]:
+    return [x.cid, x.size, x.at, list(x.holders)]
+
+
+def _meta_in(x: list[Any]) -> Meta:
+    return Meta(x[0], x[1], float(x[2]), tuple(x[3]))
 
 
 def _record_out(r: view.Record) -> list[Any]:

@@ -2,13 +2,14 @@
 member's record, how two records of one member are ordered, and the digests two nodes compare to find, in
 a few small messages, where their views differ (docs/protocol.md, "Membership that scales").
 
-A record says what is known of one member: its node id, its verified address, its incarnation and its
-state (alive, suspect, dead, left). Records of one member are totally ordered by their `key`
-(incarnation, state, address tag): of two, every node keeps the greater, so views merge like a
-join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order of delivery
-ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das, Gupta &
-Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the member
-answers a claim with an alive record one incarnation higher. A restart starts from the time in
+A record says what is known of one member: its node id, the address it advertises, its incarnation and
+its state (alive, suspect, dead, left). Records are not signed yet, so the view does not choose whom to
+dial (a dial goes only to addresses a node verified: net/peers.py). Records of one member are totally
+ordered by their `key` (incarnation, state, address tag): of two, every node keeps the greater, so views
+merge like a join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order
+of delivery ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das,
+Gupta & Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the
+member answers a claim with an alive record one incarnation higher. A restart starts from the time in
 milliseconds, so a node that lost its state still outranks what was said of it before.
 
 Reconciliation is Scuttlebutt-like anti-entropy (van Renesse et al. 2008) with a hashed digest in place of
@@ -53,7 +54,7 @@ def addr_tag(addr: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Record:
     node_id: str  # 64 lowercase hex digits
-    addr: str  # its listen address as verified ("" when it has none a node verified)
+    addr: str  # its listen address as the member advertises it ("" when it listens nowhere)
     inc: int  # incarnation: raised only by the member itself
     state: State
     at: float = 0.0  # for DEAD and LEFT: when it was declared (Unix time); 0 otherwise

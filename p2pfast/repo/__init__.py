@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from p2pfast.repo.db import checkpoint, open_db, wal_size
-from p2pfast.repo.repo import FileRow, ObjectRow, PeerRow, Repo, ShareRow, TombstoneRow
+from p2pfast.repo.repo import FileRow, KeyMetaRow, ObjectRow, PeerRow, Repo, ShareRow, TombstoneRow
 from p2pfast.repo.schema import LATEST
 
 __all__ = [
     "LATEST",
     "FileRow",
+    "KeyMetaRow",
     "ObjectRow",
     "PeerRow",
     "Repo",

@@ -78,6 +78,18 @@ class TombstoneRow:
     recorded_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class KeyMetaRow:
+    """A key's metadata this node keeps for the network (node/keymeta.py)."""
+
+    key: bytes
+    cid: str
+    size: int
+    stored_at: float  # when the key was stored, at the holder that sent it
+    holders: tuple[str, ...]  # node ids known to hold the object, best first
+    recorded_at: float  # when this node last recorded it (expiry)
+
+
 class EmptyRepo(ConfigError):
     """config error: {}"""
 
@@ -94,6 +106,7 @@ _OBJECT_COLS = "cid, size, segment_size, segments, refcount, created"
 _PEER_COLS = "address, node_id, last_seen, status, verified_at, failed_at"
 _SHARE_COLS = "cid, peer, acked_at"
 _TOMBSTONE_COLS = "key, cid, deleted_at, origin, recorded_at"
+_KEYMETA_COLS = "key, cid, size, stored_at, holders, recorded_at"
 
 _KEY_TEXT_MAX = 200
 
@@ -482,6 +495,72 @@ class Repo:
             gone, orphaned = removed if removed is not None else (None, False)
             return gone, orphaned, changed
 
+    # -- key metadata -------------------------------------------------------------------------------------
+    #
+    # Which content id a key names, kept by the members ranked first for the key (node/keymeta.py). Of two
+    # entries for a key naming different content the greater (stored_at, cid) wins, as for tombstones, so
+    # every member ends up with the same whatever order the entries reach it in. A tombstone naming the
+    # same content and no older than the entry beats it: such an entry is removed with the tombstone
+    # (_put_tombstone) and never recorded after it.
+
+    def put_keymeta(
+        self, entries: Sequence[tuple[bytes, str, int, float, Sequence[str]]], recorded_at: float
+    ) -> int:
+        """Record (key, cid, size, stored_at, holders) entries in one transaction; returns how many rows
+        changed. For the content a row already names, the later stored_at is kept and the holders are
+        the ones just sent (the latest word on who holds it), and recorded_at is refreshed; other content
+        replaces the row only with a greater (stored_at, cid). An entry a tombstone beats is skipped."""
+        if not entries:
+            return 0
+        changed = 0
+        with self._write() as conn:
+            for key, cid, size, stored_at, holders in entries:
+                if (
+                    _scalar(
+                        conn,
+                        "SELECT 1 FROM tombstones WHERE key = ? AND cid = ? AND deleted_at >= ?",
+                        (key, cid, stored_at),
+                    )
+                    is not None
+                ):
+                    continue
+                changed += (
+                    _scalar(
+                        conn,
+                        f"INSERT INTO keymeta ({_KEYMETA_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET"
+                        " stored_at = CASE WHEN cid = excluded.cid THEN max(stored_at, excluded.stored_at)"
+                        " ELSE excluded.stored_at END,"
+                        " cid = excluded.cid, size = excluded.size, holders = excluded.holders,"
+                        " recorded_at = excluded.recorded_at"
+                        " WHERE cid = excluded.cid OR (excluded.stored_at, excluded.cid) > (stored_at, cid)"
+                        " RETURNING 1",
+                        (key, cid, size, stored_at, " ".join(holders), recorded_at),
+                    )
+                    is not None
+                )
+        return changed
+
+    def get_keymeta(self, key: bytes) -> KeyMetaRow | None:
+        """The metadata of ``key`` kept here, unless a tombstone beats it (then None)."""
+        rows = self._rows(
+            f"SELECT {_KEYMETA_COLS} FROM keymeta AS k WHERE key = ? AND NOT EXISTS ("
+            " SELECT 1 FROM tombstones AS t WHERE t.key = k.key AND t.cid = k.cid"
+            " AND t.deleted_at >= k.stored_at)",
+            (key,),
+        )
+        if not rows:
+            return None
+        key, cid, size, stored_at, holders, recorded_at = rows[0]
+        return KeyMetaRow(bytes(key), cid, size, stored_at, tuple(holders.split()), recorded_at)
+
+    def expire_keymeta(self, cutoff: float) -> int:
+        """Forget the metadata last recorded strictly before ``cutoff`` (nobody republished it: this node
+        no longer ranks for the key, or no member holds the file); returns how many rows went."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM keymeta WHERE recorded_at < ?", (cutoff,))
+            return conn.changes()
+
     # -- peers and shares ---------------------------------------------------------------------------------
 
     def upsert_peer(
@@ -666,7 +745,10 @@ def _unlink_file(
 def _put_tombstone(
     conn: apsw.Connection, key: bytes, cid: str, deleted_at: float, origin: str, recorded_at: float
 ) -> bool:
-    """Insert, or replace a smaller (deleted_at, origin, cid); True if the row changed (inside a txn)."""
+    """Insert, or replace a smaller (deleted_at, origin, cid); True if the row changed (inside a txn).
+    The key's metadata naming that content, stored no later than the delete, goes with it: the delete
+    wins, as it does over a files row of that age."""
+    conn.execute("DELETE FROM keymeta WHERE key = ? AND cid = ? AND stored_at <= ?", (key, cid, deleted_at))
     # RETURNING yields a row only when the insert or the update happened, so the WHERE that keeps the
     # newer tombstone is also what tells the caller whether anything changed.
     return (

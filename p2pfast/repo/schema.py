@@ -2,9 +2,8 @@
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
 peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row, step 5 the peers'
-verified_at and failed_at, step 6 the key metadata (another branch), step 7 revocations and
-key_rotations. Each step runs in its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``:
-``with conn:`` without holding the GIL)
+verified_at and failed_at, step 6 keymeta, step 7 revocations and key_rotations. Each step runs in
+its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding the GIL)
 together with the ``user_version`` bump, so a
 step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
 inside the transaction, so two processes opening the same file at once apply each step once.
@@ -54,6 +53,14 @@ Tables (all STRICT, so a wrong type is an error rather than a silent coercion)::
       deleted_at   REAL       unix time of the delete at its origin (indexed: expiry)
       origin       TEXT       node id of the node that issued it, 64 lowercase hex (CHECKed)
       recorded_at  REAL       unix time this node recorded it
+
+    keymeta  metadata of keys this node ranks for (rendezvous on the key; node/keymeta.py) (version 6)
+      key          BLOB PK    the file's key (as files.key)
+      cid          TEXT       the content the key names, "b3:" + 64 lowercase hex (CHECKed)
+      size         INTEGER    plaintext size in bytes
+      stored_at    REAL       unix time the key was stored, at the holder that sent it (its files.created)
+      holders      TEXT       node ids known to hold the object, best first, space-separated (CHECKed)
+      recorded_at  REAL       unix time this node last recorded it (indexed: expiry)
 
     owner    one row (id 1): whose repo this is (version 4)
       node_id           TEXT   the data dir's node id (node.key), NULL if it had none when recorded
@@ -154,11 +161,24 @@ ALTER TABLE peers ADD COLUMN verified_at REAL;
 ALTER TABLE peers ADD COLUMN failed_at REAL;
 """
 
-# Step 6 belongs to the key-metadata work of issue 14 (another branch); this no-op holds its place so
-# that step 7 is numbered as it will be once both are merged, where that branch's DDL replaces it.
+# Which content id a key names, kept by the members that rank first for the key (node/keymeta.py), so a
+# get of a key this node does not hold asks those few, not every member. No foreign keys: the node
+# holds neither the file nor the object of most of these rows. Newer stored_at wins, and a tombstone
+# naming the same content and no older removes the row (Repo.put_keymeta, _put_tombstone).
 SCHEMA_V6 = """
-SELECT 1;
+CREATE TABLE keymeta (
+    key         BLOB PRIMARY KEY,
+    cid         TEXT NOT NULL CHECK (
+                    length(cid) = 67 AND substr(cid, 1, 3) = 'b3:' AND substr(cid, 4) NOT GLOB '*[^0-9a-f]*'
+                ),
+    size        INTEGER NOT NULL CHECK (size >= 0),
+    stored_at   REAL NOT NULL,
+    holders     TEXT NOT NULL CHECK (holders NOT GLOB '*[^0-9a-f ]*'),
+    recorded_at REAL NOT NULL
+) STRICT;
+CREATE INDEX keymeta_recorded_at ON keymeta(recorded_at);
 """
+
 
 # Revocations (node/revocation.py): one row per revoked node id, kept for ever (a revoked node stays
 # out; the rows are a few hundred bytes). The signed record is kept whole so it can be re-sent to members
@@ -182,7 +202,18 @@ CREATE TABLE key_rotations (
 """
 
 OUR_TABLES = frozenset(
-    {"objects", "files", "keys", "peers", "shares", "tombstones", "owner", "revocations", "key_rotations"}
+    {
+        "objects",
+        "files",
+        "keys",
+        "peers",
+        "shares",
+        "tombstones",
+        "owner",
+        "keymeta",
+        "revocations",
+        "key_rotations",
+    }
 )
 """Every table some version of this schema creates: a database holding any other is not a p2pfast repo."""
 

@@ -12,15 +12,13 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from netnodes import NodeProc, make_nodes, running, wait_until
+from netnodes import NodeProc, make_nodes, running, scrape, wait_until
 from nodetools import cli_argv, cli_env, file_hash, object_files, one_error_line, pattern, run_cli, temp_files
-from prometheus_client.parser import text_string_to_metric_families
 
 from p2pfast.repo.repo import Repo
 
@@ -95,18 +93,6 @@ def status(node: NodeProc) -> dict[str, object]:
     assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout)
     return result
-
-
-def scrape(node: NodeProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    addr = json.loads((node.root / "node.json").read_bytes())["metrics"]
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=20) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def repo_is_consistent(node: NodeProc) -> None:
@@ -340,6 +326,8 @@ def test_metrics_scrape(tmp_path: Path) -> None:
         assert ma[("p2pfast_objects", ())] == 1 and ma[("p2pfast_files", ())] == 1
         assert ma[("p2pfast_stored_bytes", ())] == 2 << 20
         assert ma[("p2pfast_peers", (("state", "connected"),))] == 1
+        assert ma[("p2pfast_members", (("state", "alive"),))] == 2  # a and b, in a's membership view
+        assert ma[("p2pfast_members", (("state", "dead"),))] == 0
         assert ma[("p2pfast_under_replicated_files", ())] == 0
         assert ma[("p2pfast_repair_queue_files", ())] == 0 and ("p2pfast_repair_copies_total", ()) in ma
         assert ma[("p2pfast_node_info", (("node_id", a.node_id), ("version", status(a)["version"])))] == 1

@@ -66,6 +66,24 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
 
 
+def count_who_has(nodes: list[Node]) -> dict[str, int]:
+    """Each node's who_has requests served from now on: its real handler, counted on the way in (the
+    lookup tests and bench/simulate.py count a get's contacts this way)."""
+    from p2pfast.proto import messages as m
+
+    asked = {n.node_id: 0 for n in nodes}
+    for n in nodes:
+        assert n.router is not None
+        real = n.router._routes[m.WhoHas]
+
+        async def counting(session: Any, msg: Any, real: Any = real, me: str = n.node_id) -> Any:
+            asked[me] += 1
+            return await real(session, msg)
+
+        n.router._routes[m.WhoHas] = counting
+    return asked
+
+
 def cid_of(data: bytes) -> str:
     """The content id a store of `data` gets (1 MiB segments), known before it is stored."""
     from p2pfast.store import contentid

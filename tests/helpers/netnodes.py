@@ -175,3 +175,23 @@ def wait_until(pred: Any, timeout: float, what: str, nodes: Sequence[NodeProc] =
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{diagnose(nodes)}")
         time.sleep(0.05)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(node: NodeProc) -> Samples:
+    """The node's /metrics (its address from node.json), as (name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    addr = orjson.loads((node.root / "node.json").read_bytes())["metrics"]
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=20) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -12,13 +12,10 @@ import select
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-from netnodes import NodeProc, make_nodes, running, wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from netnodes import NodeProc, make_nodes, running, scrape, wait_until
 
 from p2pfast import wire
 from p2pfast.frames import pack_header
@@ -100,17 +97,6 @@ def test_peer_stalling_mid_frame_is_dropped_at_idle_timeout(tmp_path: Path) -> N
         assert node.proc is not None and node.proc.poll() is None
 
 
-def _scrape(node: NodeProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    addr = orjson.loads((node.root / "node.json").read_bytes())["metrics"]
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=20) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_pre_handshake_limit_evicts_the_oldest_and_serves_members(tmp_path: Path) -> None:
     """At max_pre_handshake, a newcomer is admitted and the oldest connection still in its handshake is
     closed for it (it was refused, so that two stalled sockets kept every new peer out); a member's
@@ -132,7 +118,7 @@ def test_pre_handshake_limit_evicts_the_oldest_and_serves_members(tmp_path: Path
             wait_until(lambda: "event=connection_evicted" in a.log(), 10, "the eviction to be logged", nodes)
             line = next(ln for ln in a.log().splitlines() if "event=connection_evicted" in ln)
             assert "reason=max_pre_handshake " in line and "evicted_peer=127.0.0.1" in line, line
-            metrics = _scrape(a)
+            metrics = scrape(a)
             assert metrics[("p2pfast_connections_evicted_total", (("limit", "max_pre_handshake"),))] == 1
             # The member is still served: its session is up and it answers as before.
             assert b.node_id in a.connected()
@@ -305,7 +291,7 @@ def test_flood_from_one_address_does_not_keep_a_member_out(
             with socket.create_connection(_addr(a)) as newcomer:
                 _handshake(newcomer, network_key)
             assert c.node_id in a.connected()
-            metrics = _scrape(a)
+            metrics = scrape(a)
             evictions = {
                 labels: n
                 for (name, labels), n in metrics.items()

@@ -42,5 +42,7 @@ def test_simulate_reports_its_figures_as_one_json_line() -> None:
         assert field in out, out
     assert out["nodes"] == 6 and out["links_max"] == 5  # today's discovery: every node to every node
     assert out["gossip_bytes_per_node_s"] > 0  # an idle network still pings
-    # a get by content id asks replicas + 2 = 4 members; by key, every one of the other 5
-    assert sorted(set(out["lookup_contacts"])) == [4, 5], out
+    # a get by content id asks replicas + 2 = 4 members; by key too (the key's metadata is on the 3
+    # ranked first for it), or none from a getter that keeps the metadata itself
+    by_key, by_cid = out["lookup_contacts"][0::2], out["lookup_contacts"][1::2]
+    assert set(by_cid) == {4} and set(by_key) <= {0, 4}, out

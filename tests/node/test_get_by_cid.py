@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc import cid_of, cluster, run, source, start_node, store
+from inproc import cid_of, cluster, count_who_has, run, source, start_node, store
 
 from p2pfast.errors import BadInput, NotFound, PeerUnavailable
 from p2pfast.front.clientio import FdSink
 from p2pfast.node import Node, placement
 from p2pfast.node.repair import Settings
 from p2pfast.node.sources import BufferSink, BytesSource
-from p2pfast.proto import messages as m
 
 SEG = 1024 * 1024
 
@@ -153,20 +152,6 @@ def test_keep_is_refused_for_a_cid_and_a_store_under_the_cid_prefix_too(tmp_path
                 assert a.repo.get_file(key.encode()) is None and b.repo.get_file(key.encode()) is None
 
     run(main())
-
-
-def count_who_has(nodes: list[Node]) -> dict[str, int]:
-    """Each node's who_has requests served from now on (its real handler, counted on the way in)."""
-    asked = {n.node_id: 0 for n in nodes}
-    for n in nodes:
-        real = n.router._routes[m.WhoHas]
-
-        async def counting(session: Any, msg: Any, real: Any = real, me: str = n.node_id) -> Any:
-            asked[me] += 1
-            return await real(session, msg)
-
-        n.router._routes[m.WhoHas] = counting
-    return asked
 
 
 HAND = Settings(interval=3600.0, debounce=3600.0)  # no repair pass moves copies during the test

@@ -169,3 +169,66 @@ def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Pat
             await a.close()
 
     run(main())
+
+
+def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
+    # Redials every gossip round, and a short backoff: without the view, the dead member's address
+    # takes a dial every round or two from every node.
+    lim = NetLimits(
+        suspect_after=0.2,
+        dead_after=0.3,
+        gossip_interval=0.1,
+        backoff_min=0.05,
+        backoff_max=0.1,
+        dead_retry=1.5,
+    )
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3, limits=lim) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            target = c.peers.listen_addr
+            failed: list[str] = []
+            real = a.peers.events.on_dial_failed
+
+            async def counting(addr: str) -> None:
+                failed.append(addr)
+                if real is not None:
+                    await real(addr)
+
+            a.peers.events.on_dial_failed = counting
+            await crash(c)
+            await wait_until(lambda: state_of(a, c.node_id) == view.State.DEAD)
+            assert a.membership is not None
+            before, r0 = failed.count(target), a.membership.rounds
+            await wait_until(lambda: a.membership is not None and a.membership.rounds >= r0 + 10)
+            assert failed.count(target) <= before + 1, failed  # one dial already queued may still go
+            # and yet, once a dead_retry, one gone member is tried (a partition heals that way)
+            await wait_until(lambda: failed.count(target) >= before + 2, timeout=10)
+
+    run(main())
+
+
+def test_a_member_another_member_still_reaches_is_not_suspected(tmp_path: Path) -> None:
+    # a's link to c breaks and neither dials the other again, while b's link to c stays: a asks b
+    # (probe) before it suspects c, hears that c answers there, and says nothing against c.
+    async def main() -> None:
+        async with cluster(tmp_path, 3, limits=QUICK) as (a, b, c):
+            await wait_until(lambda: agree([a, b, c], 3))
+            assert a.viewsync is not None and c.viewsync is not None
+            inc = c.viewsync.view.mine.inc
+            a.peers._self_addrs.add(c.peers.listen_addr)  # a dials c no more (as if the route broke)
+            c.peers._self_addrs.add(a.peers.listen_addr)
+            probes: list[str] = []
+            real = b.router._routes[m.Probe]  # type: ignore[union-attr]
+
+            async def counting(session: object, msg: m.Probe) -> m.Ok:
+                probes.append(msg.node)
+                return await real(session, msg)  # type: ignore[no-any-return]
+
+            b.router._routes[m.Probe] = counting  # type: ignore[union-attr]
+            a.peers.sessions[c.node_id].close(0, "test: the link breaks")
+            await wait_until(lambda: probes.count(c.node_id) >= 2)  # asked, and asked again later
+            assert state_of(a, c.node_id) == view.State.ALIVE and state_of(b, c.node_id) == view.State.ALIVE
+            assert c.viewsync.view.mine.inc == inc  # no claim was made that c had to refute
+
+    run(main())

@@ -49,6 +49,9 @@ VALID: list[dict[str, Any]] = [
     {"t": "revoked", "records": [["ab" * 32, "cd" * 32, 1.7e9, "ef" * 32, "01" * 64]]},
     {"t": "revoked", "records": []},
     {"t": "net_key", "gen": 1, "key": "5a" * 32, "until": 1.7e9 + 60, "by": "cd" * 32, "at": 1.7e9},
+    {"t": "probe", "id": 6, "node": "ab" * 32},
+    {"t": "have", "re": 7, "cid": None, "size": None, "segments": None, "meta": [CID, 3, 1.5, [NODE]]},
+    {"t": "key_meta", "id": 8, "entries": [["k", CID, 3, 1.5, [NODE, NODE]], ["é" * 512, CID, 0, 0, []]]},
     # the entries from here on are named from the end of the list by INVALID
     {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
     {"t": "view_sync", "id": 6, "root": "0f" * 16},
@@ -73,6 +76,10 @@ def test_valid_messages_round_trip(msg: dict[str, Any]) -> None:
     assert control.decode(memoryview(raw)) == msg
     assert control.decode(bytearray(raw)) == msg
 
+
+# the key metadata's entries, found by what they hold (other branches add entries before them)
+HAVE_META = next(i for i, v in enumerate(VALID) if "meta" in v)
+KEY_META = next(i for i, v in enumerate(VALID) if v["t"] == "key_meta")
 
 # (base message index in VALID, path to change, new value); "DEL" removes the field
 INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
@@ -105,6 +112,18 @@ INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
     (-7, ("records",), [["ab" * 32, "", 1, 0, 0]] * (control.MAX_VIEW_RECORDS + 1)),
     (-7, ("want",), ["cd" * 32] * (control.MAX_VIEW_WANT + 1)),
     (-6, ("records", 0, 0), "AB" * 32),
+    (HAVE_META, ("meta",), [CID, 3, 1.5]),  # have's meta: [cid, size, at, holders]
+    (HAVE_META, ("meta", 0), "b3:x"),
+    (HAVE_META, ("meta", 2), -1),
+    (HAVE_META, ("meta", 3), [NODE] * (control.MAX_META_HOLDERS + 1)),
+    (HAVE_META, ("meta", 3, 0), "AB" * 32),
+    (KEY_META, ("entries",), []),  # key_meta: 1..MAX_KEY_META entries
+    (KEY_META, ("entries",), [["k", CID, 1, 1, []]] * (control.MAX_KEY_META + 1)),
+    (KEY_META, ("entries", 0, 0), ""),
+    (KEY_META, ("entries", 0, 1), "b3:x"),
+    (KEY_META, ("entries", 0, 2), -1),
+    (KEY_META, ("entries", 0), ["k", CID, 1, 1]),
+    (KEY_META, ("entries", 0, 4), "ab" * 32),
     (0, ("t",), "pingg"),
     (0, ("t",), 1),
     (0, ("t",), "DEL"),

@@ -29,4 +29,5 @@ def test_version_of_an_agent(agent: str, version: tuple[int, int] | None) -> Non
 def test_a_feature_goes_only_to_the_builds_that_have_it() -> None:
     assert features.speaks("p2pfast/0.2.0", "view") and features.speaks("p2pfast/1.0.0", "view")
     assert not features.speaks("p2pfast/0.1.0", "view") and not features.speaks("someone-else/9", "view")
+    assert features.speaks("p2pfast/0.2.0", "keymeta") and not features.speaks("p2pfast/0.1.9", "keymeta")
     assert all(features.speaks(f"p2pfast/{__version__}", f) for f in features.SINCE)  # this build has all

@@ -47,6 +47,13 @@ view_records = st.builds(
     state=st.sampled_from(list(view.State)),
     at=st.floats(0, 2e9, allow_nan=False),
 )
+metas = st.builds(
+    m.Meta,
+    cid=cids,
+    size=sizes,
+    at=times,
+    holders=st.lists(hex64, max_size=control.MAX_META_HOLDERS).map(tuple),
+)
 view_stamps = view_records.map(lambda r: r.stamp)
 view_page = st.lists(view_records, max_size=16).map(tuple)
 
@@ -55,7 +62,9 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Pong: st.just(m.Pong()),
     m.Pex: st.builds(m.Pex, peers=st.lists(peers, max_size=16).map(tuple)),
     m.WhoHas: st.builds(m.WhoHas, cid=cids) | st.builds(m.WhoHas, key=keys),
-    m.Have: st.builds(m.Have, cid=cids, size=sizes, segments=sizes) | st.just(m.Have(None, None, None)),
+    m.Have: st.builds(m.Have, cid=cids, size=sizes, segments=sizes)
+    | st.just(m.Have(None, None, None))
+    | st.builds(m.Have, cid=st.none(), size=st.none(), segments=st.none(), meta=metas),
     m.Get: st.builds(m.Get, cid=cids, offset=sizes, length=st.integers(-1, control.MAX_ID), sid=sids),
     m.Leaves: st.builds(m.Leaves, cid=cids, sid=st.none() | sids),
     m.Store: st.builds(m.Store, sid=sids, cid=cids, size=sizes, key=keys, repair=st.booleans()),
@@ -99,6 +108,11 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         by=hex64,
         at=times,
     ).map(m.NetKey.of),
+    m.Probe: st.builds(m.Probe, node=hex64),
+    # up to 8 entries of keys of at most 256 characters and 16 holders stay within the 16 KiB cap
+    m.KeyMeta: st.builds(
+        m.KeyMeta, entries=st.lists(st.tuples(keys, metas), min_size=1, max_size=8).map(tuple)
+    ),
 }
 messages = st.one_of(list(STRATEGIES.values()))
 
@@ -128,6 +142,9 @@ EXAMPLES: list[m.Message] = [
     m.ViewNews((view.Record(NODE, "", 9, view.State.DEAD, 1.7e9),)),
     m.Revoked((revocation.Revocation(NODE, NODE, 1.7e9, NODE, NODE + NODE),)),
     m.NetKey.of(revocation.Rotation(2, bytes(range(32)), 1.7e9 + 60, NODE, 1.7e9)),
+    m.Probe(NODE),
+    m.Have(None, None, None, m.Meta(CID, 10, 1.7e9, (NODE,))),
+    m.KeyMeta((("photos/a.jpg", m.Meta(CID, 10, 1.7e9, (NODE, "cd" * 32))),)),
 ]
 
 
@@ -246,6 +263,8 @@ def test_times_come_back_as_floats(msg: m.Delete, n: int) -> None:
     assert isinstance(got, m.Delete) and type(got.at) is float
     pex = through_the_wire({"t": "pex", "peers": [{"addr": "h:1", "id": NODE, "seen": 3}]}).msg
     assert isinstance(pex, m.Pex) and type(pex.peers[0].seen) is float
+    meta = through_the_wire({"t": "key_meta", "id": 1, "entries": [["k", CID, 1, 3, []]]}).msg
+    assert isinstance(meta, m.KeyMeta) and type(meta.entries[0][1].at) is float
 
 
 @pytest.mark.parametrize(
@@ -269,6 +288,23 @@ def test_times_come_back_as_floats(msg: m.Delete, n: int) -> None:
         (m.ListFiles(5), {"id": 1}, {"t": "list_files", "id": 1, "limit": 5}),
         (m.ListFiles(5, "k"), {"id": 1}, {"t": "list_files", "id": 1, "limit": 5, "after": "k"}),
         (m.FileList((), False), {"re": 2}, {"t": "file_list", "re": 2, "files": [], "more": False}),
+        (
+            m.Have(None, None, None, m.Meta(CID, 4, 1.5, (NODE,))),
+            {"re": 4},
+            {
+                "t": "have",
+                "re": 4,
+                "cid": None,
+                "size": None,
+                "segments": None,
+                "meta": [CID, 4, 1.5, [NODE]],
+            },
+        ),
+        (
+            m.KeyMeta((("k", m.Meta(CID, 4, 1.5)),)),
+            {"id": 5},
+            {"t": "key_meta", "id": 5, "entries": [["k", CID, 4, 1.5, []]]},
+        ),
     ],
     ids=lambda v: type(v).__name__ if dataclasses.is_dataclass(v) else None,
 )

@@ -115,10 +115,12 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
         assert repo._conn is not None
         assert tables(repo._conn) == [
             ("index", "files_cid"),
+            ("index", "keymeta_recorded_at"),
             ("index", "peers_last_seen"),
             ("index", "tombstones_deleted_at"),
             ("table", "files"),
             ("table", "key_rotations"),
+            ("table", "keymeta"),
             ("table", "keys"),
             ("table", "objects"),
             ("table", "owner"),
@@ -131,6 +133,7 @@ def test_migrate_from_empty_file(tmp_path: Path) -> None:
         want = [
             "files",
             "key_rotations",
+            "keymeta",
             "keys",
             "objects",
             "owner",
