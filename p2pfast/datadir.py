@@ -5,6 +5,7 @@ DATA_DIR/
   master.key      32 random bytes, mode 0600 (or master_key_file elsewhere, e.g. a systemd credential)
   node.key        the node's X25519 static key (its identity), mode 0600
   network.key     the network's 32-byte key (the Noise PSK), mode 0600 (or network_key_file elsewhere)
+  network.key.old the key before a rotation, kept for its overlap window (beside network.key), 0600
   node.json       pid and listen address of the serving process, once it answers on ctl.sock, while it runs
   p2p.db          the repo (SQLite, WAL)
   scrub.json      the scrub's schedule, last pass and unrepaired copies (node/scrub.py)
@@ -124,20 +125,29 @@ def init(layout: Layout, network_key: bytes | None = None) -> None:
         raise os_error(exc, f"cannot initialise {layout.root}") from exc
 
 
-def adopt_network(layout: Layout, network_key: bytes) -> bool:
+def adopt_network(layout: Layout, network_key: bytes, rotated: bool = False) -> bool:
     """`serve --join`: make the invite's network this node's. True if the key changed.
 
     A node that holds no data yet (no files, no objects) takes the new key and forgets the peers of its
-    old network; one that holds data is refused, since its files belong to the network it has."""
+    old network; one that holds data is refused, since its files belong to the network it has. With
+    `rotated` (`--rotated-key`: its own network rotated the key while it was away for the whole overlap
+    window, node/revocation.py) it takes the key and keeps its data and peers: the same network."""
     current = load_secret_file(layout.network_key, identity.KEY_SIZE, "network key", key_hint(layout))
     if current == network_key:
         return False
+    if rotated:
+        try:
+            write_file_durably(layout.network_key.parent, layout.network_key, network_key, mode=0o600)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write {layout.network_key}") from exc
+        return True
     with Repo.open(layout.db, readonly=True) as repo:
         files = repo.stats()["files"]
     if files or holds_objects(layout):
         raise ConfigError(
             f"{layout.root} belongs to another network and holds {files} file{'s' if files != 1 else ''}: "
-            "it cannot join this one. Run the joining node with another --data-dir, or serve without --join"
+            "it cannot join this one. Run the joining node with another --data-dir, or serve without --join "
+            "(or, if its own network rotated its key while it was away, add --rotated-key)"
         )
     try:
         # beside the key file: network_key_file may name another file system than the data dir's

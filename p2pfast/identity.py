@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from p2pfast.errors import BadInput, ConfigError
@@ -43,6 +44,20 @@ class Identity:
     @property
     def node_id(self) -> str:
         return node_id_of(self.public_key)
+
+
+def revocation_key(static_key: X25519PrivateKey) -> Ed25519PrivateKey:
+    """The node's Ed25519 key for signing revocations (proto/revocation.py), derived from its static key
+    with HKDF-SHA256 under its own label: an X25519 key cannot sign, and deriving keeps one secret file.
+    Knowing the derived key reveals nothing of the static key (HKDF is one-way)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    raw = static_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    seed = HKDF(hashes.SHA256(), KEY_SIZE, salt=None, info=b"p2pfast revocation key/1").derive(raw)
+    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 def create_node_key(path: Path) -> bool:

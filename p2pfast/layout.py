@@ -40,6 +40,12 @@ class Layout(NamedTuple):
         )
 
     @property
+    def network_key_old(self) -> Path:
+        """The network key before the last rotation, kept until its overlap window ends (beside the key
+        file, which network_key_file may put elsewhere)."""
+        return self.network_key.with_name(self.network_key.name + ".old")
+
+    @property
     def node_key(self) -> Path:
         return self.root / "node.key"
 

@@ -176,6 +176,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     layout = _layout(args)
     bootstrap = list(cfg.bootstrap)
     invite = _read_invite(args)
+    if args.rotated_key and invite is None:
+        from p2pfast.errors import BadInput
+
+        raise BadInput("--rotated-key goes with --join or --join-file (the invite holds the new key)")
     if invite is not None:
         key, addr, member = invite
         if args.join not in (None, "-"):
@@ -187,7 +191,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             init(layout, key)
         except AlreadyInitialised:
-            if adopt_network(layout, key):
+            if args.rotated_key and adopt_network(layout, key, rotated=True):
+                print(
+                    f"p2pfast: {layout.root} takes its network's rotated key from the invite of "
+                    f"{member[:16]} at {addr} (its data and peers are kept)",
+                    file=sys.stderr,
+                )
+            elif adopt_network(layout, key):
                 print(
                     f"p2pfast: {layout.root} held no data and now belongs to the network of {member[:16]} "
                     f"at {addr} (the old network key and its peers are forgotten)",
@@ -583,6 +593,35 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0  # the pass ran; what it could not copy is in its report (and in status)
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "revoke", "node_id": args.node_id}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["sent_to"])
+    was = "was already revoked; " if r["already"] else "revoked; "
+    print(f"{r['peer_id']} {was}the revocation went to {n} connected member{'s' if n != 1 else ''}")
+    print("  members not connected now hear of it when they connect; then: p2pfast network rotate-key")
+    return 0
+
+
+def cmd_network_rotate_key(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "rotate_key", "window": args.window}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["sent_to"])
+    print(
+        f"network key rotated (generation {r['generation']}): "
+        f"sent to {n} connected member{'s' if n != 1 else ''}; "
+        f"the old key is refused from {_when(r['old_key_refused_at'])} ({r['window_s']:g} s from now)"
+    )
+    for peer in r["not_sent_to"]:
+        print(f"  not sent to {peer[:16]} (its link was closing): it gets the key when it connects again")
+    print("  a member away for the whole window rejoins with a fresh invite: p2pfast serve --join INVITE")
+    return 0
+
+
 def cmd_scrub(args: argparse.Namespace) -> int:
     if not args.now:
         return _scrub_state(args)
@@ -704,6 +743,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "invite": cmd_invite,
     "peers": cmd_peers,
     "cleanup": cmd_cleanup,
+    "revoke": cmd_revoke,
+    "network rotate-key": cmd_network_rotate_key,
     "store": cmd_store,
     "get": cmd_get,
     "delete": cmd_delete,
@@ -736,7 +777,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 # up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
 # one; every other command gets it at once, in main().
 ASKS_DAEMON_FIRST = frozenset(
-    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub"}
+    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub", "revoke", "network"}
 )
 
 

@@ -16,6 +16,8 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
                                         (node/listing.py's NetworkListing: files, member_count, unanswered)
     scrub   {"now": bool}               now: one scrub pass (progress phase `scrub`), its ScrubReport;
                                         else the scrub's state, status's `scrub` object
+    revoke  {"node_id"}                 revoke a member, everywhere (node/revocation.py)
+    rotate_key  {"window": float}       a new network key for the members (node/revocation.py)
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -127,6 +129,18 @@ async def execute(
             return dataclasses.asdict(await node.network_files())
     if cmd == "scrub":
         return await _scrub(node, request, progress)
+    if cmd in ("revoke", "rotate_key"):
+        assert node.revocations is not None
+        with node.working(str(cmd)):
+            if cmd == "revoke":
+                node_id = request.get("node_id")
+                if type(node_id) is not str:
+                    raise BadInput("the request needs a string 'node_id'")
+                return await node.revocations.revoke(node_id)
+            window = request.get("window")
+            if type(window) not in (int, float):
+                raise BadInput("the request needs a number 'window'")
+            return await node.revocations.rotate(float(window))  # type: ignore[arg-type]
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

@@ -199,6 +199,12 @@ def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--listen", help="address to listen on (default :3000)")
     s.add_argument("--bootstrap", help="HOST:PORT[,HOST:PORT...] of nodes to join through")
     _join_args(s, "an invite line (network key, a member's address and id); - reads it from stdin")
+    s.add_argument(
+        "--rotated-key",
+        action="store_true",
+        help="with --join: this node's network rotated its key while it was away; take the invite's key "
+        "and keep this node's data",
+    )
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
 
 
@@ -288,6 +294,33 @@ def _cmd_config(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--json", action="store_true")
 
 
+def _cmd_revoke(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser(
+        "revoke", parents=[common], help="expel NODE_ID: every member refuses it from now on (for good)"
+    )
+    s.add_argument("node_id", metavar="NODE_ID", help="the node id (64 hex digits, as 'p2pfast peers' shows)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+
+
+def _cmd_network(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("network", help="network-wide operations")
+    network_sub = s.add_subparsers(dest="network_command", required=True, metavar="SUBCOMMAND")
+    s = network_sub.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="make a new network key and push it to the members (the old one is refused after --window)",
+    )
+    s.add_argument(
+        "--window",
+        type=parse_duration,
+        default=3600.0,
+        help="how long the old key is still accepted (default 1h; e.g. 90s, 30m)",
+    )
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+
+
 def _cmd_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
@@ -319,6 +352,8 @@ COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
     "files": _cmd_files,
     "status": _cmd_status,
     "config": _cmd_config,
+    "revoke": _cmd_revoke,
+    "network": _cmd_network,
     "demo": _cmd_demo,
     "completion": _cmd_completion,
     "man": _cmd_man,

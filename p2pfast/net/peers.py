@@ -58,6 +58,10 @@ class PeerManager:
         self.node_id = node_id
         self.static_key = static_key
         self.network_key = network_key
+        # Keys accepted besides network_key in a rotation's overlap window, and the ids refused at the
+        # handshake (revoked): both set by node/revocation.py, read by every new connection.
+        self.accept_keys: tuple[bytes, ...] = ()
+        self.refused: set[str] = set()
         self.limits = limits
         self.handler = handler
         self.events = events
@@ -155,6 +159,8 @@ class PeerManager:
             on_closed=self._closed,
             on_made=self._admit,
             on_lost=self._protocols.discard,
+            accept_keys=self.accept_keys,
+            refuse=self.refused.__contains__,
         )
         return proto
 

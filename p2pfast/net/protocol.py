@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from p2pfast.counters import COUNTERS
@@ -38,6 +38,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         on_closed: Callable[[Session], None],
         on_made: Callable[[PeerProtocol], bool] | None = None,
         on_lost: Callable[[PeerProtocol], None] | None = None,
+        accept_keys: Sequence[bytes] = (),
+        refuse: Callable[[str], bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.initiator = initiator
@@ -48,6 +50,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
             hello,
             now=self.loop.time(),
             limits=net_limits.proto,
+            accept_keys=accept_keys,
+            refuse=refuse,
         )
         self.peer_host = ""
         self.transport: asyncio.Transport | None = None

@@ -39,6 +39,7 @@ from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
 from p2pfast.node.repair import Settings as RepairSettings
 from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
+from p2pfast.node.revocation import Revocations
 from p2pfast.node.router import Router
 from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
 from p2pfast.node.sources import Sink, Source
@@ -114,6 +115,7 @@ class Node:
         self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
         self.scrub: Scrub | None = None
         self.viewsync: ViewSync | None = None
+        self.revocations: Revocations | None = None
         self.keymeta: KeyMetaService | None = None
 
     # -- worker threads ------------------------------------------------------------------------------
@@ -161,6 +163,11 @@ class Node:
         router.route(m.Delete, self.tombstones.on_delete)
         router.route(m.Holds, self._holds)
         router.route(m.ListFiles, self._list_files)
+        # revocations are enforced before the first connection either way (node/revocation.py)
+        self.revocations = Revocations(ctx, self.identity.static_key)
+        await self.revocations.start()
+        router.route(m.Revoked, self.revocations.on_revoked)
+        router.route(m.NetKey, self.revocations.on_net_key)
         router.route(m.KeyMeta, keymeta.on_key_meta)
         addr = ""
         if self.listen is not None:  # None: a short-lived node that only dials out (CLI, no daemon)
@@ -374,6 +381,8 @@ class Node:
         return await self.router(session, msg)
 
     async def _on_ready(self, session: Session) -> None:
+        if self.revocations is not None:
+            self.revocations.on_ready(session)
         if self.membership is not None:
             await self.membership.on_ready(session)
         if self.viewsync is not None and self.listen is not None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -200,7 +201,13 @@ class Connection:
         *,
         now: float,
         limits: Limits = Limits(),
+        accept_keys: Sequence[bytes] = (),
+        refuse: Callable[[str], bool] | None = None,
     ) -> None:
+        """`network_key` is the psk this side uses; `accept_keys` are further psks a responder accepts
+        (a key rotation's overlap window). `refuse(peer_id)` true ends the handshake as soon as the
+        peer's static key is known: a revoked node (node/revocation.py) gets no session either way, and
+        as the responder's id is known at message 2 the initiator refuses before sending message 3."""
         if len(network_key) != NETWORK_KEY_SIZE:
             raise ValueError(f"the network key is {NETWORK_KEY_SIZE} bytes, not {len(network_key)}")
         self._role = role
@@ -212,7 +219,10 @@ class Connection:
             static_key,
             prologue=PROLOGUE,
             psks=(bytes(network_key),),
+            alt_psks=tuple(k for k in accept_keys if k != network_key) if role is Role.RESPONDER else (),
         )
+        self._refuse = refuse
+        self._psk_used = bytes(network_key)
         self._phase = _Phase.START
         self._state = ConnState.HANDSHAKE
         self._error: errors.ProtocolError | None = None
@@ -266,6 +276,11 @@ class Connection:
     @property
     def peer_key(self) -> bytes | None:
         return self._peer_key
+
+    @property
+    def network_key_used(self) -> bytes:
+        """The psk this link's handshake used (of the accepted ones, the one the peer held)."""
+        return self._psk_used
 
     @property
     def peer_hello(self) -> dict[str, Any] | None:
@@ -467,6 +482,8 @@ class Connection:
         if phase is _Phase.START and self._role is Role.INITIATOR:
             raise _remote("HANDSHAKE frame before we sent message 1")
         payload = hs.read_message(bytes(frame.payload))
+        if phase is not _Phase.START:  # messages 2 and 3 revealed the peer's static key
+            self._check_refused(hs)
         if phase is _Phase.START:  # responder, message 1
             if payload:
                 raise _remote("handshake message 1 carries a payload")
@@ -486,12 +503,21 @@ class Connection:
         self._queue_ping()
         return done
 
+    def _check_refused(self, hs: noise.HandshakeState) -> None:
+        rs = hs.remote_static
+        if self._refuse is not None and rs is not None:
+            peer_id = hashlib.sha256(rs).hexdigest()
+            if self._refuse(peer_id):
+                raise _remote(f"peer {peer_id[:12]} is revoked in this network", _ErrorCode.REFUSED)
+
     def _split(self) -> None:
         hs = self._hs
         assert hs is not None and hs.complete
         peer_key = hs.remote_static
         assert peer_key is not None
         self._peer_key = bytes(peer_key)
+        if hs.psk is not None:
+            self._psk_used = hs.psk
         c_i2r, c_r2i = hs.split()
         if self._role is Role.INITIATOR:
             self._send_cs, self._recv_cs = c_i2r, c_r2i

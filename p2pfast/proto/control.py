@@ -55,6 +55,9 @@ MAX_FILES_PAGE = 256
 MAX_VIEW_RECORDS = 128
 MAX_VIEW_STAMPS = 160
 MAX_VIEW_WANT = 64
+# Revocation records in one `revoked` message: a record is ~370 bytes of JSON, so 32 stay under
+# MAX_CONTROL_SIZE (16 KiB) with room; a longer list goes in several messages (node/revocation.py).
+MAX_REVOCATIONS = 32
 # Key metadata (node/keymeta.py): entries of one key_meta request, and holders named per entry (a
 # file's holders are its target copies plus the pinned ones: a handful). An entry is at most ~7 KiB of
 # JSON (a 1 KiB key, escaped), so the sender fills a request by size too.
@@ -253,6 +256,20 @@ def _view_want(name: str, v: Any) -> None:
         _node_id(f"{name}[{i}]", node)
 
 
+_hex32 = _regex(re.compile(r"[0-9a-f]{64}"), "64 lowercase hex digits")
+_hex64 = _regex(re.compile(r"[0-9a-f]{128}"), "128 lowercase hex digits")
+
+
+def _revocations(name: str, v: Any) -> None:
+    _tuple_list(name, v, 5, MAX_REVOCATIONS, "[node id, by, at, signer key, signature] records")
+    for i, (node, by, at, signer, sig) in enumerate(v):
+        _node_id(f"{name}[{i}][0]", node)
+        _node_id(f"{name}[{i}][1]", by)
+        _time(f"{name}[{i}][2]", at)
+        _hex32(f"{name}[{i}][3]", signer)
+        _hex64(f"{name}[{i}][4]", sig)
+
+
 def _meta_fields(name: str, v: list[Any], first: int) -> None:
     """[cid, size, at, [holders]] from index `first` of `v` (a have's meta, or a key_meta entry)."""
     cid, size, at, holders = v[first:]
@@ -313,6 +330,8 @@ SCHEMAS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "view_pull": ({"id": _id, "buckets": _view_bucket_list, "stamps": _view_stamps}, {}),
     "view_push": ({"re": _id, "records": _view_records, "want": _view_want}, {}),
     "view_news": ({"records": _view_records}, {}),
+    "revoked": ({"records": _revocations}, {}),
+    "net_key": ({"gen": _int(1, MAX_ID), "key": _hex32, "until": _time, "by": _node_id, "at": _time}, {}),
     "probe": ({"id": _id, "node": _node_id}, {}),
     "key_meta": ({"id": _id, "entries": _meta_entries}, {}),
 }

@@ -14,6 +14,7 @@ import re
 SINCE: dict[str, tuple[int, int]] = {
     "view": (0, 2),  # view_sync, view_diff, view_pull, view_push, view_news (proto/view.py)
     "held_pinned": (0, 2),  # held's optional `pinned` bits (node/repair.py)
+    "revoke": (0, 2),  # revoked, net_key (proto/revocation.py, node/revocation.py)
     "probe": (0, 2),  # probe: SWIM's ping-req (node/viewsync.py)
     "keymeta": (0, 2),  # key_meta, and have's optional `meta` (node/keymeta.py)
 }

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeGuard, overload
 
 from p2pfast import errors, wire
-from p2pfast.proto import control, view
+from p2pfast.proto import control, revocation, view
 
 __all__ = [
     "BY_KIND",
@@ -43,6 +43,7 @@ __all__ = [
     "ListFiles",
     "Message",
     "Meta",
+    "NetKey",
     "Notice",
     "Ok",
     "Pex",
@@ -52,6 +53,7 @@ __all__ = [
     "Probe",
     "Reply",
     "Request",
+    "Revoked",
     "Store",
     "ViewDiff",
     "ViewNews",
@@ -326,11 +328,39 @@ class ViewNews:
     records: tuple[view.Record, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """Revocation records (proto/revocation.py) the recipient is to enforce and pass on: a new one as it
+    spreads, or all the sender holds when a member connects; no reply."""
+
+    records: tuple[revocation.Revocation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NetKey:
+    """A network key rotation (proto/revocation.py Rotation), pushed over the session to members that
+    are not revoked; no reply."""
+
+    gen: int
+    key: bytes
+    until: float
+    by: str
+    at: float
+
+    @classmethod
+    def of(cls, x: revocation.Rotation) -> NetKey:
+        return cls(x.gen, x.key, x.until, x.by, x.at)
+
+    @property
+    def rotation(self) -> revocation.Rotation:
+        return revocation.Rotation(self.gen, self.key, self.until, self.by, self.at)
+
+
 Request: TypeAlias = (
     Ping | WhoHas | Get | Leaves | Store | Delete | Holds | ListFiles | ViewSync | ViewPull | Probe | KeyMeta
 )
 Reply: TypeAlias = Pong | Have | Ok | Error | Held | FileList | ViewDiff | ViewPush
-Notice: TypeAlias = Pex | ViewNews
+Notice: TypeAlias = Pex | ViewNews | Revoked | NetKey
 Message: TypeAlias = Request | Reply | Notice
 
 KIND: dict[type[Message], str] = {
@@ -354,6 +384,8 @@ KIND: dict[type[Message], str] = {
     ViewPull: "view_pull",
     ViewPush: "view_push",
     ViewNews: "view_news",
+    Revoked: "revoked",
+    NetKey: "net_key",
     Probe: "probe",
     KeyMeta: "key_meta",
 }
@@ -485,6 +517,10 @@ def _fields(msg: Message) -> dict[str, Any]:
             return {"records": [_record_out(r) for r in msg.records], "want": list(msg.want)}
         case ViewNews():
             return {"records": [_record_out(r) for r in msg.records]}
+        case Revoked():
+            return {"records": [[r.node, r.by, r.at, r.signer, r.sig] for r in msg.records]}
+        case NetKey():
+            return {"gen": msg.gen, "key": msg.key.hex(), "until": msg.until, "by": msg.by, "at": msg.at}
         case Error():
             return {"code": msg.code, "reason": msg.reason}
         case Leaves():
@@ -561,6 +597,10 @@ def _message(kind: Any, d: dict[str, Any]) -> Message:
             return ViewPush(tuple(_record_in(r) for r in d["records"]), tuple(d["want"]))
         case "view_news":
             return ViewNews(tuple(_record_in(r) for r in d["records"]))
+        case "revoked":
+            return Revoked(tuple(revocation.Revocation(*r) for r in d["records"]))
+        case "net_key":
+            return NetKey(d["gen"], bytes.fromhex(d["key"]), d["until"], d["by"], d["at"])
         case "error":
             return Error(d["code"], d["reason"])
         case "leaves":

@@ -281,6 +281,7 @@ class HandshakeState:
         *,
         prologue: bytes = b"",
         psks: Sequence[bytes] = (),
+        alt_psks: Sequence[bytes] = (),
         e: X25519PrivateKey | None = None,
     ) -> None:
         pattern = _PATTERNS.get(protocol_name)
@@ -295,6 +296,11 @@ class HandshakeState:
             if psks:
                 raise ValueError("noise: XX takes no psk")
             self._psk = None
+        # Other psks a responder accepts (a network key's rotation overlap: node/revocation.py). Only the
+        # reader of the psk's message can try them: it re-reads that message from the state before it.
+        if any(len(k) != 32 for k in alt_psks) or (alt_psks and not self._psk_mode):
+            raise ValueError("noise: alternative psks are 32 bytes, for XXpsk3 only")
+        self._alt_psks = tuple(bytes(k) for k in alt_psks)
         self._pattern = pattern
         self._initiator = initiator
         self._s = s
@@ -319,6 +325,11 @@ class HandshakeState:
     @property
     def remote_static(self) -> bytes | None:
         return self._rs
+
+    @property
+    def psk(self) -> bytes | None:
+        """The psk in use: after a read that tried alternatives, the one that checked out."""
+        return self._psk
 
     def _check_alive(self) -> None:
         if self._failed:
@@ -387,11 +398,30 @@ class HandshakeState:
         self._check_alive()
         known_static = self._rs
         try:
+            if self._alt_psks and "psk" in self._pattern[self._index] and not self._our_turn():
+                return self._read_any_psk(message)
             return self._read(message)
         except BaseException:
             self._failed = True
             self._rs = known_static  # never report a static key from a message that failed
             raise
+
+    def _read_any_psk(self, message: bytes) -> bytes:
+        """_read() with each accepted psk in turn, from the same state: a wrong psk fails the payload's
+        tag, and the next try starts from ck, h and the cipher state as they were before the message."""
+        ss = self._ss
+        ck, h, k, n, rs = ss.ck, ss.h, ss.cs._k, ss.cs.n, self._rs
+        first: RemoteProtocolError | None = None
+        for psk in (self._psk, *self._alt_psks):
+            self._psk = psk
+            try:
+                return self._read(message)
+            except RemoteProtocolError as exc:
+                first = first or exc
+                ss.ck, ss.h, ss.cs, self._rs = ck, h, CipherState(k), rs
+                ss.cs.n = n
+        assert first is not None
+        raise first
 
     def _read(self, message: bytes) -> bytes:
         if self.complete:

@@ -670,6 +670,43 @@ class Repo:
     def list_shares(self) -> list[ShareRow]:
         return [ShareRow(*r) for r in self._rows(f"SELECT {_SHARE_COLS} FROM shares ORDER BY cid, peer")]
 
+    # -- revocations and key rotations (node/revocation.py) ----------------------------------------------
+    def add_revocation(
+        self, node_id: str, by: str, at: float, signer: str, sig: str, received_at: float
+    ) -> bool:
+        """Record that ``node_id`` is revoked; False if it was already (the first record stays)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO revocations (node_id, revoked_by, revoked_at, signer, sig, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO NOTHING",
+                (node_id, by, at, signer, sig, received_at),
+            )
+            return conn.changes() > 0
+
+    def list_revocations(self) -> list[tuple[str, str, float, str, str]]:
+        """Every revocation as (node id, by, at, signer, sig), oldest first."""
+        rows = self._rows(
+            "SELECT node_id, revoked_by, revoked_at, signer, sig FROM revocations"
+            " ORDER BY revoked_at, node_id"
+        )
+        return [(str(a), str(b), float(c), str(d), str(e)) for a, b, c, d, e in rows]
+
+    def add_key_rotation(self, gen: int, old_until: float, by: str, at: float) -> None:
+        """Record the rotation this node took as its generation ``gen`` (replacing one of that gen)."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO key_rotations (gen, old_until, rotated_by, rotated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (gen, old_until, by, at),
+            )
+
+    def last_key_rotation(self) -> tuple[int, float, str, float] | None:
+        """(gen, old_until, by, at) of the newest rotation taken, None if the key never rotated."""
+        rows = self._rows(
+            "SELECT gen, old_until, rotated_by, rotated_at FROM key_rotations ORDER BY gen DESC LIMIT 1"
+        )
+        return None if not rows else (int(rows[0][0]), float(rows[0][1]), str(rows[0][2]), float(rows[0][3]))
+
 
 def _empty(path: Path) -> str:
     return (

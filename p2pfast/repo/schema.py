@@ -2,7 +2,7 @@
 
 ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``: step 1 creates objects, files, keys,
 peers and shares; step 2 adds tombstones, step 3 files.origin, step 4 the owner row, step 5 the peers'
-verified_at and failed_at, step 6 keymeta. Each step runs in
+verified_at and failed_at, step 6 keymeta, step 7 revocations and key_rotations. Each step runs in
 its own ``BEGIN IMMEDIATE`` transaction (``db.transaction``: ``with conn:`` without holding the GIL)
 together with the ``user_version`` bump, so a
 step is all-or-nothing and a crash between steps leaves a valid, older version. The version is read again
@@ -179,10 +179,53 @@ CREATE TABLE keymeta (
 CREATE INDEX keymeta_recorded_at ON keymeta(recorded_at);
 """
 
-OUR_TABLES = frozenset({"objects", "files", "keys", "peers", "shares", "tombstones", "owner", "keymeta"})
+
+# Revocations (node/revocation.py): one row per revoked node id, kept for ever (a revoked node stays
+# out; the rows are a few hundred bytes). The signed record is kept whole so it can be re-sent to members
+# that connect. key_rotations: one row per network key rotation this node took; the previous key itself
+# is a file beside the network key (layout.py network_key_old), not a row.
+SCHEMA_V7 = """
+CREATE TABLE revocations (
+    node_id     TEXT PRIMARY KEY CHECK (length(node_id) = 64),
+    revoked_by  TEXT NOT NULL CHECK (length(revoked_by) = 64),
+    revoked_at  REAL NOT NULL,
+    signer      TEXT NOT NULL CHECK (length(signer) = 64),
+    sig         TEXT NOT NULL CHECK (length(sig) = 128),
+    received_at REAL NOT NULL
+) STRICT;
+CREATE TABLE key_rotations (
+    gen         INTEGER PRIMARY KEY,
+    old_until   REAL NOT NULL,
+    rotated_by  TEXT NOT NULL CHECK (length(rotated_by) = 64),
+    rotated_at  REAL NOT NULL
+) STRICT;
+"""
+
+OUR_TABLES = frozenset(
+    {
+        "objects",
+        "files",
+        "keys",
+        "peers",
+        "shares",
+        "tombstones",
+        "owner",
+        "keymeta",
+        "revocations",
+        "key_rotations",
+    }
+)
 """Every table some version of this schema creates: a database holding any other is not a p2pfast repo."""
 
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6)
+MIGRATIONS: tuple[str, ...] = (
+    SCHEMA_V1,
+    SCHEMA_V2,
+    SCHEMA_V3,
+    SCHEMA_V4,
+    SCHEMA_V5,
+    SCHEMA_V6,
+    SCHEMA_V7,
+)
 """MIGRATIONS[i] is the SQL script taking user_version i to i + 1."""
 
 LATEST = len(MIGRATIONS)

@@ -28,7 +28,7 @@ PROJECT = str(Path(__file__).resolve().parents[2])
 OBJECT_RE = re.compile(r"objects/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}")
 TOP_FILE_RE = re.compile(
     r"master\.key|node\.key|network\.key|node\.json|p2p\.db|p2p\.db-wal|p2p\.db-shm|p2p\.db-journal|lock|dirty"
-    r"|config|scrub\.json"
+    r"|config|scrub\.json|network\.key\.old"
 )
 TMP_FILE_RE = re.compile(r"objects/tmp/[^/]+\.p2ptmp")
 DIR_RE = re.compile(r"objects|objects/tmp|objects/[0-9a-f]{2}|objects/[0-9a-f]{2}/[0-9a-f]{2}")

@@ -46,6 +46,9 @@ VALID: list[dict[str, Any]] = [
     {"t": "list_files", "id": 6, "limit": control.MAX_FILES_PAGE, "after": "photos/2024/a.jpg"},
     {"t": "file_list", "re": 6, "files": [{"key": "photos/a.jpg", "cid": CID, "size": 10}], "more": True},
     {"t": "file_list", "re": 6, "files": [], "more": False},
+    {"t": "revoked", "records": [["ab" * 32, "cd" * 32, 1.7e9, "ef" * 32, "01" * 64]]},
+    {"t": "revoked", "records": []},
+    {"t": "net_key", "gen": 1, "key": "5a" * 32, "until": 1.7e9 + 60, "by": "cd" * 32, "at": 1.7e9},
     {"t": "probe", "id": 6, "node": "ab" * 32},
     {"t": "have", "re": 7, "cid": None, "size": None, "segments": None, "meta": [CID, 3, 1.5, [NODE]]},
     {"t": "key_meta", "id": 8, "entries": [["k", CID, 3, 1.5, [NODE, NODE]], ["é" * 512, CID, 0, 0, []]]},
@@ -272,3 +275,30 @@ def test_bad_hellos(hello: dict[str, Any]) -> None:
 
 def test_every_kind_has_a_valid_sample() -> None:
     assert {m["t"] for m in VALID} == set(control.SCHEMAS)
+
+
+REVOKED = {"t": "revoked", "records": [["ab" * 32, "cd" * 32, 1.7e9, "ef" * 32, "01" * 64]]}
+NET_KEY = {"t": "net_key", "gen": 1, "key": "5a" * 32, "until": 1.7e9 + 60, "by": "cd" * 32, "at": 1.7e9}
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value"),
+    [
+        (REVOKED, ("records",), [REVOKED["records"][0]] * (control.MAX_REVOCATIONS + 1)),
+        (REVOKED, ("records", 0), REVOKED["records"][0][:4]),
+        (REVOKED, ("records", 0, 0), "AB" * 32),
+        (REVOKED, ("records", 0, 1), "cd" * 31),
+        (REVOKED, ("records", 0, 2), -1),
+        (REVOKED, ("records", 0, 3), "ef" * 33),
+        (REVOKED, ("records", 0, 4), "01" * 63),
+        (NET_KEY, ("gen",), 0),
+        (NET_KEY, ("key",), "5a" * 31),
+        (NET_KEY, ("until",), "soon"),
+        (NET_KEY, ("by",), "DEL"),
+        (NET_KEY, ("extra",), 1),
+    ],
+    ids=lambda v: str(v)[:30],
+)
+def test_revocation_messages_are_checked(base: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    with pytest.raises(RemoteProtocolError):
+        control.decode(orjson.dumps(_mutate(base, path, value)))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from p2pfast import wire
 from p2pfast.errors import LocalProtocolError, RemoteProtocolError
-from p2pfast.proto import control, view
+from p2pfast.proto import control, revocation, view
 from p2pfast.proto import messages as m
 
 CID = "b3:" + "0123456789abcdef" * 4
@@ -89,6 +89,25 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     ),
     m.ViewPush: st.builds(m.ViewPush, records=view_page, want=st.lists(hex64, max_size=8).map(tuple)),
     m.ViewNews: st.builds(m.ViewNews, records=view_page),
+    m.Revoked: st.lists(
+        st.builds(
+            revocation.Revocation,
+            node=hex64,
+            by=hex64,
+            at=times,
+            signer=hex64,
+            sig=st.builds(str.__add__, hex64, hex64),
+        ),
+        max_size=control.MAX_REVOCATIONS,
+    ).map(lambda rs: m.Revoked(tuple(rs))),
+    m.NetKey: st.builds(
+        revocation.Rotation,
+        gen=st.integers(1, control.MAX_ID),
+        key=st.binary(min_size=32, max_size=32),
+        until=times,
+        by=hex64,
+        at=times,
+    ).map(m.NetKey.of),
     m.Probe: st.builds(m.Probe, node=hex64),
     # up to 8 entries of keys of at most 256 characters and 16 holders stay within the 16 KiB cap
     m.KeyMeta: st.builds(
@@ -121,6 +140,8 @@ EXAMPLES: list[m.Message] = [
     m.ViewPull((3, 200), (view.Stamp(NODE, 7, view.State.SUSPECT, "0a1b2c3d"),)),
     m.ViewPush((view.Record(NODE, "127.0.0.1:7001", 7, view.State.ALIVE),), (NODE,)),
     m.ViewNews((view.Record(NODE, "", 9, view.State.DEAD, 1.7e9),)),
+    m.Revoked((revocation.Revocation(NODE, NODE, 1.7e9, NODE, NODE + NODE),)),
+    m.NetKey.of(revocation.Rotation(2, bytes(range(32)), 1.7e9 + 60, NODE, 1.7e9)),
     m.Probe(NODE),
     m.Have(None, None, None, m.Meta(CID, 10, 1.7e9, (NODE,))),
     m.KeyMeta((("photos/a.jpg", m.Meta(CID, 10, 1.7e9, (NODE, "cd" * 32))),)),
