@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -103,3 +103,26 @@ class Activity:
 
     def busy(self, now: float) -> bool:
         return self.active > 0 or now - self._ended < LINGER
+
+
+# What a message's own fields take, beside the items a sender packs into it.
+MESSAGE_ROOM = 256
+
+
+def by_size(items: Iterable[T], size: Callable[[T], int], room: int, most: int) -> list[list[T]]:
+    """`items` cut into batches of at most `most`, each of total `size` at most `room` (one item that
+    is larger alone still goes, alone): requests that stay under the control message cap whatever the
+    keys, for the repair's holds, the key metadata and the view's records."""
+    out: list[list[T]] = []
+    batch: list[T] = []
+    used = 0
+    for item in items:
+        n = size(item)
+        if batch and (len(batch) == most or used + n > room):
+            out.append(batch)
+            batch, used = [], 0
+        batch.append(item)
+        used += n
+    if batch:
+        out.append(batch)
+    return out

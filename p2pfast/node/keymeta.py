@@ -39,6 +39,7 @@ from p2pfast.errors import P2PError
 from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
+from p2pfast.node.flow import MESSAGE_ROOM, by_size
 from p2pfast.proto import control
 from p2pfast.proto import messages as m
 from p2pfast.store.objects import encode_key, show_key
@@ -167,17 +168,9 @@ def _row(entry: Entry) -> tuple[bytes, str, int, float, tuple[str, ...]]:
 def _batches(entries: Sequence[Entry]) -> list[list[Entry]]:
     """`entries` cut into key_meta requests: at most MAX_KEY_META each, and each under the control cap
     (keys of up to 1 KiB, JSON-escaped, would not fit 64 to a message)."""
-    room = wire.MAX_CONTROL_SIZE - 256  # the message's own fields
-    out: list[list[Entry]] = []
-    batch: list[Entry] = []
-    used = 0
-    for key, meta in entries:
-        size = len(orjson.dumps([key.decode(), meta.cid, meta.size, meta.at, list(meta.holders)])) + 1
-        if batch and (len(batch) == control.MAX_KEY_META or used + size > room):
-            out.append(batch)
-            batch, used = [], 0
-        batch.append((key, meta))
-        used += size
-    if batch:
-        out.append(batch)
-    return out
+
+    def size(e: Entry) -> int:
+        key, meta = e
+        return len(orjson.dumps([key.decode(), meta.cid, meta.size, meta.at, list(meta.holders)])) + 1
+
+    return by_size(entries, size, wire.MAX_CONTROL_SIZE - MESSAGE_ROOM, control.MAX_KEY_META)

@@ -52,7 +52,7 @@ from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node import placement
 from p2pfast.node.context import Context
-from p2pfast.node.flow import BUSY_SHARE, STALL_TIMEOUT, Activity, Throttle
+from p2pfast.node.flow import BUSY_SHARE, MESSAGE_ROOM, STALL_TIMEOUT, Activity, Throttle, by_size
 from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.proto import control
@@ -512,17 +512,9 @@ def _meta(
 def _batches(files: Sequence[tuple[bytes, str]]) -> list[list[tuple[bytes, str]]]:
     """`files` cut into holds requests: at most MAX_HOLDS each, and each under the control message cap
     (keys of up to 1 KiB, JSON-escaped, would not fit 200 to a message)."""
-    room = wire.MAX_CONTROL_SIZE - 256  # the message's own fields
-    out: list[list[tuple[bytes, str]]] = []
-    batch: list[tuple[bytes, str]] = []
-    used = 0
-    for key, cid in files:
-        size = len(orjson.dumps([key.decode(), cid])) + 1
-        if batch and (len(batch) == control.MAX_HOLDS or used + size > room):
-            out.append(batch)
-            batch, used = [], 0
-        batch.append((key, cid))
-        used += size
-    if batch:
-        out.append(batch)
-    return out
+    return by_size(
+        files,
+        lambda f: len(orjson.dumps([f[0].decode(), f[1]])) + 1,
+        wire.MAX_CONTROL_SIZE - MESSAGE_ROOM,
+        control.MAX_HOLDS,
+    )

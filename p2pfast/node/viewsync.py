@@ -45,6 +45,7 @@ from p2pfast import wire
 from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
 from p2pfast.node.context import Context
+from p2pfast.node.flow import by_size
 from p2pfast.proto import control, view
 from p2pfast.proto import messages as m
 
@@ -262,16 +263,7 @@ def fanout(members: int) -> int:
 
 def _pages(records: Sequence[view.Record], room: int = _ROOM) -> list[tuple[view.Record, ...]]:
     """`records` cut into messages that stay under the control cap (and the schema's count)."""
-    out: list[tuple[view.Record, ...]] = []
-    page: list[view.Record] = []
-    used = 0
-    for r in records:
-        size = len(orjson.dumps(m.to_wire(m.ViewNews((r,)))))
-        if page and (used + size > room or len(page) == control.MAX_VIEW_RECORDS):
-            out.append(tuple(page))
-            page, used = [], 0
-        page.append(r)
-        used += size
-    if page:
-        out.append(tuple(page))
-    return out
+    pages = by_size(
+        records, lambda r: len(orjson.dumps(m.to_wire(m.ViewNews((r,))))), room, control.MAX_VIEW_RECORDS
+    )
+    return [tuple(p) for p in pages]
