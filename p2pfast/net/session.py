@@ -547,6 +547,10 @@ class Session:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
+                # Marked retrieved: a caller that stopped waiting in this same loop turn (cancelled, or
+                # its timeout fired) would leave it to the loop's "never retrieved" handler; one still
+                # awaiting it gets it raised all the same.
+                fut.exception()
         for stream in self._streams.values():
             if not stream.eof:
                 stream._fail(exc)
