@@ -38,6 +38,7 @@ class Membership:
         bootstrap: list[str],
         tombstones: Tombstones,
         gone: Callable[[str], bool] = _never,
+        revoked: Callable[[str], bool] = _never,
     ) -> None:
         self.ctx = ctx
         self.bootstrap = bootstrap
@@ -48,6 +49,8 @@ class Membership:
         # Once every dead_retry, one gone member taken at random is tried all the same: after a
         # partition, where each side declared the other dead, one such dial is enough to merge the views.
         self.gone = gone
+        # A revoked member (node/revocation.py) is never dialled: every dial would be refused.
+        self.revoked = revoked
         self.rounds = 0  # gossip rounds done (tests wait for rounds, not for time)
         self._retry_at = 0.0  # the first round with a gone member may try one at once
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
@@ -65,7 +68,7 @@ class Membership:
         ctx = self.ctx
         since = time.time() - ctx.limits.stale_after
         rows = await ctx.ex.db(ctx.repo.list_peers, since)
-        return [r.address for r in rows if r.node_id != ctx.node_id]
+        return [r.address for r in rows if r.node_id != ctx.node_id and not self.revoked(r.node_id or "")]
 
     async def recent_peers(self) -> list[tuple[str, str, float]]:
         """(address, node id, last seen) of the peers seen within the gossip window at an address this
@@ -108,7 +111,7 @@ class Membership:
         ctx = self.ctx
         for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
             await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
-            if not self.gone(node_id):
+            if not self.gone(node_id) and not self.revoked(node_id):
                 ctx.peers.dial_soon(addr)
         self._pex_from.add(session.peer_id)
         ctx.peers.changed.set()
@@ -163,17 +166,12 @@ class Membership:
                     for r in rows
                     if r.node_id not in peers.sessions
                     and r.node_id != ctx.node_id
-                    and not self.gone(r.node_id or "")
+                    and not self.revoked(r.node_id or "")
                 ]
+                dead = [r.address for r in away if r.verified_at is not None and self.gone(r.node_id or "")]
+                away = [r for r in away if not self.gone(r.node_id or "")]
                 wanted = [r.address for r in away if r.verified_at is not None]
                 now = time.monotonic()
-                dead = [
-                    r.address
-                    for r in rows
-                    if r.verified_at is not None
-                    and r.node_id not in peers.sessions
-                    and self.gone(r.node_id or "")
-                ]
                 if dead and now >= self._retry_at:
                     self._retry_at = now + ctx.limits.dead_retry
                     wanted.append(random.choice(dead))

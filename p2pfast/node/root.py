@@ -149,6 +149,7 @@ class Node:
             self.bootstrap,
             self.tombstones,
             gone=lambda n: self.viewsync is not None and self.viewsync.gone(n),
+            revoked=lambda n: self.revocations is not None and self.revocations.revoked(n),
         )
         self.keymeta = keymeta = KeyMetaService(ctx, self.repair_settings.interval)
         self.repair = Repair(ctx, self.repair_settings, keymeta)

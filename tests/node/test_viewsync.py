@@ -234,3 +234,29 @@ def test_a_member_another_member_still_reaches_is_not_suspected(tmp_path: Path) 
             assert c.viewsync.view.mine.inc == inc  # no claim was made that c had to refute
 
     run(main())
+
+
+def test_a_revoked_member_is_dialled_no_more(tmp_path: Path) -> None:
+    # c stays up and listening, so every dial to it would reach it and be refused at the handshake.
+    lim = NetLimits(gossip_interval=0.1, backoff_min=0.05, backoff_max=0.1)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3, limits=lim) as (a, b, c):
+            target = c.peers.listen_addr
+            failed: list[str] = []
+            real = a.peers.events.on_dial_failed
+
+            async def counting(addr: str) -> None:
+                failed.append(addr)
+                if real is not None:
+                    await real(addr)
+
+            a.peers.events.on_dial_failed = counting
+            assert a.revocations is not None and a.membership is not None
+            await a.revocations.revoke(c.node_id)
+            await wait_until(lambda: c.node_id not in a.peers.sessions and c.node_id not in b.peers.sessions)
+            before, r0 = failed.count(target), a.membership.rounds
+            await wait_until(lambda: a.membership is not None and a.membership.rounds >= r0 + 20)
+            assert failed.count(target) <= before + 1, failed  # one dial already queued may still go
+
+    run(main())
