@@ -171,6 +171,21 @@ def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Pat
     run(main())
 
 
+def dial_failures(node: Node) -> list[str]:
+    """The addresses `node` fails to dial from now on, one entry per failed dial (its own handler still
+    runs)."""
+    failed: list[str] = []
+    real = node.peers.events.on_dial_failed
+
+    async def counting(addr: str) -> None:
+        failed.append(addr)
+        if real is not None:
+            await real(addr)
+
+    node.peers.events.on_dial_failed = counting
+    return failed
+
+
 def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
     # Redials every gossip round, and a short backoff: without the view, the dead member's address
     # takes a dial every round or two from every node.
@@ -187,15 +202,7 @@ def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
         async with cluster(tmp_path, 3, limits=lim) as (a, b, c):
             await wait_until(lambda: agree([a, b, c], 3))
             target = c.peers.listen_addr
-            failed: list[str] = []
-            real = a.peers.events.on_dial_failed
-
-            async def counting(addr: str) -> None:
-                failed.append(addr)
-                if real is not None:
-                    await real(addr)
-
-            a.peers.events.on_dial_failed = counting
+            failed = dial_failures(a)
             await crash(c)
             await wait_until(lambda: state_of(a, c.node_id) == view.State.DEAD)
             assert a.membership is not None
@@ -243,15 +250,7 @@ def test_a_revoked_member_is_dialled_no_more(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, 3, limits=lim) as (a, b, c):
             target = c.peers.listen_addr
-            failed: list[str] = []
-            real = a.peers.events.on_dial_failed
-
-            async def counting(addr: str) -> None:
-                failed.append(addr)
-                if real is not None:
-                    await real(addr)
-
-            a.peers.events.on_dial_failed = counting
+            failed = dial_failures(a)
             assert a.revocations is not None and a.membership is not None
             await a.revocations.revoke(c.node_id)
             await wait_until(lambda: c.node_id not in a.peers.sessions and c.node_id not in b.peers.sessions)
