@@ -87,8 +87,7 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
         cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced
     else:
         raise NotFound(f"no file under key {show_key(key)} on this node or its {len(sessions)} peers")
-    shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
-    holders = sorted(by_cid.get(cid, []), key=lambda s: s.peer_id not in shared)
+    holders = await _shared_first(ctx, cid, by_cid.get(cid, []))
     said = {s.peer_id for s in holders}
     named = dict.fromkeys(p for x in metas if x.cid == cid for p in x.holders)
     hints = [ctx.peers.sessions[p] for p in named if p in ctx.peers.sessions and p not in said]
@@ -118,8 +117,13 @@ async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
             break
     if not found:
         raise NotFound(f"object {cid} is held neither by this node nor by its {len(sessions)} peers")
+    return cid, await _shared_first(ctx, cid, found)
+
+
+async def _shared_first(ctx: Context, cid: str, holders: list[Session]) -> list[Session]:
+    """`holders`, those `shares` records as holders of `cid` first (they acknowledged a copy to us)."""
     shared = {r.peer for r in await ctx.ex.db(ctx.repo.shares_for, cid)}
-    return cid, sorted(found, key=lambda s: s.peer_id not in shared)
+    return sorted(holders, key=lambda s: s.peer_id not in shared)
 
 
 def first_asked(ctx: Context) -> int:

@@ -161,16 +161,18 @@ class Membership:
                     self._send_pex(session, known)
                 # Members this node reached before (even if a dial there failed since: one that comes
                 # back is found again); an address only heard of was dialled when heard, not every round.
-                away = [
-                    r
-                    for r in rows
-                    if r.node_id not in peers.sessions
-                    and r.node_id != ctx.node_id
-                    and not self.revoked(r.node_id or "")
-                ]
-                dead = [r.address for r in away if r.verified_at is not None and self.gone(r.node_id or "")]
-                away = [r for r in away if not self.gone(r.node_id or "")]
-                wanted = [r.address for r in away if r.verified_at is not None]
+                wanted: list[str] = []
+                dead: list[str] = []
+                for r in rows:
+                    nid = r.node_id or ""
+                    if (
+                        r.verified_at is None
+                        or nid in peers.sessions
+                        or nid == ctx.node_id
+                        or self.revoked(nid)
+                    ):
+                        continue
+                    (dead if self.gone(nid) else wanted).append(r.address)
                 now = time.monotonic()
                 if dead and now >= self._retry_at:
                     self._retry_at = now + ctx.limits.dead_retry
