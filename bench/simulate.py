@@ -6,22 +6,28 @@ Node 0 starts first and every other node bootstraps from it, as `p2pfast serve -
 
 It reports:
 
-* `converged_s`: from the first start until every node is connected to every other one (today's
-  discovery); `view_converged_s`: until every node's membership view (node/viewsync.py) holds every
-  member and all views agree;
-* `links_max`, `links_median`: sessions per node once converged;
+* `converged_s`: from the first start until every node's membership view (node/viewsync.py) holds
+  every member, all views agree, every node has at most `max_links` sessions and the links form one
+  connected graph; `view_converged_s`: until the views agree;
+* `links_max`, `links_median`: sessions per node once converged (`links_max_after_idle` after the idle
+  window);
 * `gossip_bytes_per_node_s`: encrypted bytes all nodes wrote during an idle window after convergence,
-  per node and second (peer exchange, pings: whatever an idle network sends);
+  per node and second (anti-entropy, peer exchange samples, pings: whatever an idle network sends);
 * `lookup_contacts_max`: the most `who_has` requests one get caused, over gets by key and by content id
   of a file stored on node 0, made from nodes that do not hold it (nor, where there are such nodes,
   keep its key's metadata: one that does asks nobody for the key); `lookup_contacts` lists them, key
-  and content id in turn.
+  and content id in turn;
+* `join_s`: one more node, bootstrapping from a member in the middle, until every view has it alive;
+* with `--kill F`: F of the members crash at once (connections reset, nothing said); `declared_dead_s`
+  until every survivor's view has each dead (against `detector_bound_s`, suspect_after + dead_after),
+  `dials_to_dead_per_member` the failed dials all survivors made to them meanwhile.
 
 Figures relate to real processes as follows: the protocol work is the same, but N nodes share one
 event loop and one core here, so times grow with N faster than on N machines; links and bytes do not
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
-Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30]
+Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
+[--max-links 16]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -37,7 +43,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,12 +69,12 @@ def _raise_fd_limit(nodes: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) -> dict[str, Any]:
+async def simulate(
+    n: int, idle: float, gossip_interval: float, timeout: float, kill: float, max_links: int
+) -> dict[str, Any]:
     from inproc import count_who_has
 
-    from p2pfast import identity
     from p2pfast.counters import COUNTERS
-    from p2pfast.datadir import Layout, init
     from p2pfast.net.limits import NetLimits
     from p2pfast.node import Node
     from p2pfast.node.sources import BufferSink, BytesSource
@@ -79,41 +84,41 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
     # burst as a flood from one place, so they are lifted to the network's size.
     limits = NetLimits(
         gossip_interval=gossip_interval,
+        max_links=max_links,
         max_connections=max(256, 2 * n),
         max_pre_handshake=max(32, n),
         max_pre_handshake_per_address=max(8, n),
         max_pre_handshake_per_prefix=max(16, n),
     )
     nodes: list[Node] = []
+    loop = asyncio.get_running_loop()
+
+    async def wait(cond: Any, what: str, since: float) -> float:
+        while not cond():
+            if loop.time() - since > timeout:
+                raise SystemExit(f"{what}: not after {timeout:g} s")
+            await asyncio.sleep(0.05)  # polls this process's own state; bounded by the timeout
+        return loop.time() - since
+
     with base_dir() as base:
         try:
-            t0 = time.monotonic()
+            t0 = loop.time()
             for i in range(n):
-                layout = Layout.of(base / f"n{i}")
-                init(layout, NETKEY)
-                ident = identity.load(layout.node_key, layout.network_key)
-                boot = (nodes[0].peers.listen_addr,) if nodes else ()
-                node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=boot, limits=limits, replicas=2)
-                await node.start()
-                nodes.append(node)
-            started_s = time.monotonic() - t0
-            view_s = None
-            while not all(len(x.peers.sessions) == n - 1 for x in nodes):
-                if view_s is None and _views_agree(nodes, n):
-                    view_s = time.monotonic() - t0
-                if time.monotonic() - t0 > timeout:
-                    raise SystemExit(f"not converged after {timeout:g} s")
-                await asyncio.sleep(0.05)  # polls this process's own state; bounded by the timeout
-            converged_s = time.monotonic() - t0
-            while not _views_agree(nodes, n):
-                if time.monotonic() - t0 > timeout:
-                    raise SystemExit(f"views do not agree after {timeout:g} s")
-                await asyncio.sleep(0.05)
-            view_s = time.monotonic() - t0 if view_s is None else view_s
+                nodes.append(await _node(base / f"n{i}", nodes[0] if nodes else None, limits))
+            started_s = loop.time() - t0
+            view_s = await wait(lambda: _views_agree(nodes, n), "views agree", t0)
+            # converged: every view holds every member and agrees, the links are within their bound
+            # (what the join burst opened to the bootstrap node closed once idle), and connected
+            converged_s = await wait(
+                lambda: _views_agree(nodes, n) and _bounded(nodes, max_links) and _linked(nodes),
+                "links within the bound",
+                t0,
+            )
             links = sorted(len(x.peers.sessions) for x in nodes)
             out0 = COUNTERS.bytes_out
             await asyncio.sleep(idle)  # the idle window being measured, not a wait for a peer
             gossip = (COUNTERS.bytes_out - out0) / n / idle
+            links_after_idle = sorted(len(x.peers.sessions) for x in nodes)
             asked = count_who_has(nodes)
             report = await nodes[0].put("sim/file", BytesSource(b"simulated " * 1000))
             holders = {nodes[0].node_id, *report.replicated_to}
@@ -126,25 +131,121 @@ async def simulate(n: int, idle: float, gossip_interval: float, timeout: float) 
                     before = sum(asked.values())
                     await getter.get(name, BufferSink())
                     contacts.append(sum(asked.values()) - before)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            return {
+            # one more member, bootstrapping from a member taken at random: until every view has it
+            t1 = loop.time()
+            joiner = await _node(base / "joiner", nodes[len(nodes) // 2], limits)
+            nodes.append(joiner)
+            join_s = await wait(lambda: all(_alive_in(x, joiner.node_id) for x in nodes), "join", t1)
+            result: dict[str, Any] = {
                 "nodes": n,
+                "max_links": max_links,
                 "started_s": round(started_s, 2),
                 "converged_s": round(converged_s, 2),
                 "view_converged_s": round(view_s, 2),
                 "links_max": links[-1],
                 "links_median": statistics.median(links),
+                "links_max_after_idle": links_after_idle[-1],
                 "gossip_interval_s": gossip_interval,
                 "idle_window_s": idle,
                 "gossip_bytes_per_node_s": round(gossip, 1),
                 "lookup_contacts_max": max(contacts),
                 "lookup_contacts": contacts,
-                "peak_rss_mib": round(rss, 1),
+                "join_s": round(join_s, 2),
             }
+            if kill > 0:
+                result.update(await _kill(nodes, kill, limits, wait))
+            result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            return result
         finally:
             for x in nodes:
                 with contextlib.suppress(Exception):
                     await x.close()
+
+
+async def _node(root: Path, boot: Any, limits: Any) -> Any:
+    from p2pfast import identity
+    from p2pfast.datadir import Layout, init
+    from p2pfast.node import Node
+
+    layout = Layout.of(root)
+    init(layout, NETKEY)
+    ident = identity.load(layout.node_key, layout.network_key)
+    bootstrap = (boot.peers.listen_addr,) if boot is not None else ()
+    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=bootstrap, limits=limits, replicas=2)
+    await node.start()
+    return node
+
+
+async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> dict[str, Any]:
+    """Crash `fraction` of the members at once (connections reset, nothing said first, as kill -9 looks
+    from outside): until every survivor's view says each is dead, and the dials that went to them."""
+    import random
+
+    from p2pfast.proto import view
+
+    rnd = random.Random(14)
+    victims = rnd.sample(nodes[1:], max(1, int(len(nodes) * fraction)))
+    survivors = [x for x in nodes if x not in victims]
+    addrs = {v.peers.listen_addr for v in victims}
+    failed: list[str] = []
+    for x in survivors:
+        real = x.peers.events.on_dial_failed
+
+        async def record(a: str, real: Any = real) -> None:
+            failed.append(a)
+            await real(a)
+
+        x.peers.events.on_dial_failed = record
+    t = asyncio.get_running_loop().time()
+    for v in victims:
+        v.peers.stop_listening()
+        for task in v._tasks:
+            task.cancel()
+        v.membership.closing = True
+        for proto in list(v.peers._protocols):
+            if proto.transport is not None:
+                proto.transport.abort()
+
+    def all_dead() -> bool:
+        for x in survivors:
+            for v in victims:
+                r = x.viewsync.view.get(v.node_id)
+                if r is None or r.state != view.State.DEAD:
+                    return False
+        return True
+
+    dead_s = await wait(all_dead, "victims declared dead", t)
+    dials = sum(1 for a in failed if a in addrs)
+    return {
+        "killed": len(victims),
+        "declared_dead_s": round(dead_s, 2),
+        "detector_bound_s": limits.suspect_after + limits.dead_after,
+        "dials_to_dead_per_member": round(dials / len(victims), 1),
+        "links_connected_after_kill": _linked(survivors),
+    }
+
+
+def _alive_in(node: Any, node_id: str) -> bool:
+    from p2pfast.proto import view
+
+    r = node.viewsync.view.get(node_id)
+    return r is not None and r.state == view.State.ALIVE
+
+
+def _bounded(nodes: list[Any], max_links: int) -> bool:
+    return all(len(x.peers.sessions) <= max_links for x in nodes)
+
+
+def _linked(nodes: list[Any]) -> bool:
+    """The nodes' links make one connected graph."""
+    by_id = {x.node_id: x for x in nodes}
+    seen, todo = {nodes[0].node_id}, [nodes[0].node_id]
+    while todo:
+        for p in by_id[todo.pop()].peers.sessions:
+            if p in by_id and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return len(seen) == len(nodes)
 
 
 def _views_agree(nodes: list[Any], n: int) -> bool:
@@ -159,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=65.0, help="idle window measured after convergence (s)")
     p.add_argument("--gossip-interval", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=600.0, help="give up converging after this long (s)")
+    p.add_argument("--kill", type=float, default=0.0, help="then crash this fraction of the members (0.2)")
+    p.add_argument("--max-links", type=int, default=16, help="the max_links setting of every node")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
     _raise_fd_limit(args.nodes)
     from p2pfast import runtime
 
-    result = runtime.run(simulate(args.nodes, args.idle, args.gossip_interval, args.timeout))
+    result = runtime.run(
+        simulate(args.nodes, args.idle, args.gossip_interval, args.timeout, args.kill, args.max_links)
+    )
     if args.json:
         print(json.dumps(result))
     else:

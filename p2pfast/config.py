@@ -123,6 +123,7 @@ class Config(NamedTuple):
     max_frame: int = 65535
     max_streams: int = 16
     max_connections: int = 256
+    max_links: int = 16
     max_pre_handshake: int = 32
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -168,6 +169,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_frame": _max_frame,
     "max_streams": _positive_int,
     "max_connections": _positive_int,
+    "max_links": _positive_int,
     "max_pre_handshake": _positive_int,
     "handshake_timeout": _seconds,
     "idle_timeout": _seconds,
@@ -285,6 +287,7 @@ HELP: dict[str, str] = {
     "max_frame": "largest frame payload accepted (one Noise message)",
     "max_streams": "concurrent streams per peer",
     "max_connections": "connections of any kind",
+    "max_links": "sessions kept open to other members once idle (a network of N links to log2 N + 2)",
     "max_pre_handshake": "connections still in their handshake",
     "handshake_timeout": "seconds a peer has to finish the handshake",
     "idle_timeout": "seconds of silence before a peer is dropped",

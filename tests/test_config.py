@@ -305,7 +305,7 @@ def test_unset_env_var_in_path_is_an_error(
 
 
 # -- 3. every error path: one ConfigError line naming FILE:LINE ---------------------------------------------
-POSITIVE_INT_KEYS = ["max_streams", "max_connections", "max_pre_handshake", "repair_concurrency"]
+POSITIVE_INT_KEYS = ["max_streams", "max_connections", "max_links", "max_pre_handshake", "repair_concurrency"]
 SECONDS_KEYS = [
     "handshake_timeout",
     "idle_timeout",
@@ -507,6 +507,7 @@ log_level=DEBUG
 max_frame=1024
 max_streams=3
 max_connections=7
+max_links=5
 max_pre_handshake=2
 handshake_timeout=0.25
 idle_timeout=1e-3

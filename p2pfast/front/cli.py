@@ -262,6 +262,7 @@ def net_limits(cfg: Any) -> Any:
     )
     return NetLimits(
         max_connections=cfg.max_connections,
+        max_links=cfg.max_links,
         max_pre_handshake=cfg.max_pre_handshake,
         gossip_interval=cfg.gossip_interval,
         proto=proto,

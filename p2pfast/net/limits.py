@@ -26,6 +26,13 @@ REQUEST_TIMEOUT = 30.0
 class NetLimits:
     # (config) connections of any kind; one node serving a small network needs few.
     max_connections: int = 256
+    # (config) sessions a node keeps open to other members once they are idle (node/links.py): it links
+    # to ceil(log2 N) + 2 members, at most max_links - 4, and closes what is idle beyond that plus 4. 16
+    # leaves 1000 members at 12 links, above the ln N a random graph needs to stay connected.
+    max_links: int = 16
+    # A session beyond the link target closes once it carried no request or stream for this long: what
+    # a get, a store or a repair opened to the member it needed.
+    idle_close: float = 30.0
     # (config) incoming connections still in the handshake, in all: an unauthenticated peer costs a
     # socket, about 320 KiB of buffers and a Noise handshake (two X25519 operations); bounding them bounds
     # what a flood of connects can take. A newcomer past a limit is still admitted: the oldest connection

@@ -89,6 +89,7 @@ class PeerManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._dial_slots = asyncio.Semaphore(limits.max_dials_in_flight)
         self._next_dial: str | None = None  # taken from the queue, waiting for its rate-limit slot
+        self._connecting: dict[str, asyncio.Task[None]] = {}  # on-demand dials (connect) by address
         # set on every connect, disconnect and finished dial: waiters re-check what they wait for
         self.changed = asyncio.Event()
 
@@ -132,6 +133,8 @@ class PeerManager:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        for c in list(self._connecting.values()):
+            c.cancel()
         for session in list(self.sessions.values()):
             session.close(0, "shutting down")
         for proto in list(self._protocols):
@@ -309,6 +312,33 @@ class PeerManager:
             self._dialing.add(addr)
             self._next_dial = None
             self._spawn(self._dial(addr))
+
+    async def connect(self, addr: str, node_id: str) -> Session | None:
+        """A session to member `node_id` at `addr`, dialled now if there is none: what a request that
+        needs that member does (node/links.py). Not through the dial queue, whose rate limit paces
+        discovery: a caller dials only the few members it needs. None when the dial fails, the address
+        is backing off after a failure, or another node answers there."""
+        session = self.sessions.get(node_id)
+        if session is not None or addr in self._self_addrs or node_id == self.node_id:
+            return session
+        loop = asyncio.get_running_loop()
+        b = self._backoff.get(addr)
+        if b is not None and b.not_before > loop.time():
+            return None
+        task = self._connecting.get(addr)
+        if task is None:
+            task = self._connecting[addr] = loop.create_task(self._connect_now(addr))
+        await asyncio.shield(task)
+        return self.sessions.get(node_id)
+
+    async def _connect_now(self, addr: str) -> None:
+        self._dialing.add(addr)
+        try:
+            await self._try_dial(addr)
+        finally:
+            self._dialing.discard(addr)
+            self._connecting.pop(addr, None)
+            self.changed.set()
 
     async def _dial(self, addr: str) -> None:
         try:

@@ -224,6 +224,7 @@ class Stream:
             pass
         self.session._streams.pop(self.sid, None)
         self.session._slot_freed.set()
+        self.session.active_at = asyncio.get_running_loop().time()
 
 
 class Session:
@@ -253,6 +254,9 @@ class Session:
         self.closed_event = asyncio.Event()
         self.close_reason: str = ""
         self.closed = False
+        # When this session last carried a request or a stream, either way (loop time): a session kept
+        # over the node's link target closes once idle (node/links.py). Notices (gossip) do not count.
+        self.active_at = asyncio.get_running_loop().time()
 
     # -- API -----------------------------------------------------------------------------------------
     @property
@@ -322,6 +326,7 @@ class Session:
                 reply = await fut
         finally:
             self._pending.pop(rid, None)
+            self.active_at = asyncio.get_running_loop().time()
         return _reply(message, reply)
 
     def send_request(self, message: m.Request) -> tuple[int, asyncio.Future[m.Reply]]:
@@ -330,7 +335,9 @@ class Session:
         stops waiting; replied() turns the reply into a result or RequestFailed."""
         self._check_open()
         rid = next(self._ids)
-        fut: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.active_at = loop.time()
+        fut: asyncio.Future[m.Reply] = loop.create_future()
         self._pending[rid] = fut
         self.conn.send_control(m.to_wire(message, id=rid))
         self.flush_soon()
@@ -407,8 +414,17 @@ class Session:
         self._flush_scheduled = False
         self.proto.flush()
 
+    def busy(self) -> bool:
+        """A request or a stream is under way, either way."""
+        return bool(self._pending or self._streams or self._announced or self._tasks)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the session last carried a request or a stream; 0 while one is under way."""
+        return 0.0 if self.busy() else max(0.0, now - self.active_at)
+
     def close(self, code: int = wire.ErrorCode.NO_ERROR, reason: str = "") -> None:
         if not self.closed:
+            self.close_reason = self.close_reason or reason
             with contextlib.suppress(ProtocolError):
                 self.conn.close(code, reason)
             self.proto.flush()
@@ -467,6 +483,8 @@ class Session:
                 if fut is not None and not fut.done():
                     fut.set_result(env.msg)  # type: ignore[arg-type]  # a reply: it carries re
                 return
+            if env.id is not None:  # a request (a notice is gossip: it keeps no session in use)
+                self.active_at = asyncio.get_running_loop().time()
             sid = m.inbound_stream(env.msg)
             if sid is not None:  # data flows from the peer on sid, maybe before the handler runs
                 self._announced[sid] = self.stream(sid)
@@ -505,6 +523,7 @@ class Session:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self.active_at = asyncio.get_running_loop().time()
         if len(self._tasks) < limits.MAX_INFLIGHT_REQUESTS:
             self.proto.resume_reading("requests")
 

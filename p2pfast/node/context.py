@@ -14,6 +14,7 @@ from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerManager
 from p2pfast.node.executors import Executors
 from p2pfast.node.flow import Activity
+from p2pfast.node.links import Links
 from p2pfast.repo.repo import Repo
 from p2pfast.store.objects import ContentStore
 
@@ -35,6 +36,8 @@ class Context:
     working: Callable[[str], contextlib.AbstractContextManager[None]]
     # the node is stopping: no new transfer is taken
     draining: Callable[[], bool]
+    # the members this node keeps sessions with, and the sessions a request opens to others
+    links: Links
     # user transfers under way, that repair yields to
     activity: Activity = field(default_factory=Activity)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -55,13 +55,6 @@ KEYMETA_TTL = 86400.0
 Entry = tuple[bytes, m.Meta]
 
 
-def members(sessions: Iterable[Session]) -> list[Session]:
-    """The sessions that may keep key metadata: serving members (a CLI command's short-lived node
-    listens nowhere and is gone soon) whose build speaks "keymeta" (an older one would end the
-    connection on key_meta)."""
-    return [s for s in sessions if s.speaks("keymeta") and s.hello.get("listen")]
-
-
 class KeyMetaService:
     def __init__(self, ctx: Context, repair_interval: float = 600.0) -> None:
         self.ctx = ctx
@@ -73,17 +66,15 @@ class KeyMetaService:
         all: a get asks them all anyway, and nothing is placed)."""
         return None if self.ctx.replicas is None else self.ctx.replicas + 1
 
-    def targets(self, key: bytes) -> tuple[bool, list[Session]]:
-        """Whether this node ranks for `key`'s metadata, and the connected members that do."""
+    def ranked(self, key: bytes, ids: Sequence[str]) -> list[str]:
+        """The members (of `ids`, this node added when it serves) that keep `key`'s metadata."""
         n = self.copies
         if n is None:
-            return False, []
+            return []
         ctx = self.ctx
-        ids = [s.peer_id for s in members(ctx.peers.sessions.values())]
         if ctx.peers.listen_addr:  # a serving node is a member itself
-            ids.append(ctx.node_id)
-        first = set(sorted(ids, key=lambda p: placement.key_weight(key, p), reverse=True)[:n])
-        return ctx.node_id in first, [s for s in ctx.peers.sessions.values() if s.peer_id in first]
+            ids = [*ids, ctx.node_id]
+        return placement.key_order(key, ids)[:n]
 
     async def stored(self, key: bytes, cid: str, size: int, acked: Sequence[str]) -> None:
         """After a user's store here (durable, replicated): the metadata to the key's ranked members,
@@ -110,14 +101,16 @@ class KeyMetaService:
         ctx = self.ctx
         local: list[Entry] = []
         remote: dict[str, list[Entry]] = {}
-        sessions: dict[str, Session] = {}
+        ids = ctx.links.members("keymeta")
         for entry in entries:
-            mine, to = self.targets(entry[0])
-            if mine:
-                local.append(entry)
-            for s in to:
-                sessions[s.peer_id] = s
-                remote.setdefault(s.peer_id, []).append(entry)
+            for p in self.ranked(entry[0], ids):
+                if p == ctx.node_id:
+                    local.append(entry)
+                else:
+                    remote.setdefault(p, []).append(entry)
+        # those not connected are dialled (node/links.py); one that cannot be reached gets it next pass
+        sessions = {s.peer_id: s for s in await ctx.links.open(list(remote), len(remote))}
+        remote = {p: e for p, e in remote.items() if p in sessions}
         if local:
             await ctx.ex.db(ctx.repo.put_keymeta, [_row(e) for e in local], time.time())
 

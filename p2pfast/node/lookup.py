@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from p2pfast.errors import NotFound, P2PError, PeerUnavailable
 from p2pfast.net.session import Session
-from p2pfast.node import keymeta, placement
+from p2pfast.node import placement
 from p2pfast.node.context import Context
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import TombstoneRow
@@ -51,8 +51,8 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
     """Where the file under `key` is: this node's metadata for it, else the answers of the members
     ranked first for the key, else those of every peer (see above). Without `use_meta`, every peer is
     asked and only their files count (the metadata named content nobody holds)."""
-    sessions = list(ctx.peers.sessions.values())
-    if not sessions:  # not "not found": nobody could be asked, and a peer may hold it (exit 10)
+    if not ctx.peers.sessions and not ctx.links.members():
+        # not "not found": nobody could be asked, and a peer may hold it (exit 10)
         raise PeerUnavailable(f"no file under key {show_key(key)} here, and no peer is connected to ask")
     metas: list[m.Meta] = []
     if use_meta:
@@ -61,11 +61,15 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
             metas.append(m.Meta(kept.cid, kept.size, kept.stored_at, kept.holders))
     groups: list[list[Session]] = []
     if not metas:
-        first = []
+        first: list[Session] = []
         if use_meta and ctx.replicas is not None:
-            first = placement.key_ranked(key, keymeta.members(sessions))[: first_asked(ctx)]
+            # the members ranked for the key, dialled when not connected (node/links.py)
+            ranked = placement.key_order(key, ctx.links.members("keymeta"))
+            want = first_asked(ctx)
+            first = (await ctx.links.open(ranked, want))[:want]
         asked = {s.peer_id for s in first}
-        groups = [first, [s for s in sessions if s.peer_id not in asked]]
+        # then every connected member: a bounded set (node/links.py), never a broadcast to the network
+        groups = [first, [s for s in ctx.peers.sessions.values() if s.peer_id not in asked]]
     stone = await ctx.ex.db(ctx.repo.get_tombstone, key) if groups and use_meta else None
     by_cid: dict[str, list[Session]] = {}
     for group in groups:
@@ -86,11 +90,12 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
     elif by_cid:
         cid = max(by_cid, key=lambda c: len(by_cid[c]))  # peers disagree only after a re-store raced
     else:
-        raise NotFound(f"no file under key {show_key(key)} on this node or its {len(sessions)} peers")
+        asked_n = sum(len(g) for g in groups)
+        raise NotFound(f"no file under key {show_key(key)} on this node or the {asked_n} peers asked")
     holders = await _shared_first(ctx, cid, by_cid.get(cid, []))
     said = {s.peer_id for s in holders}
-    named = dict.fromkeys(p for x in metas if x.cid == cid for p in x.holders)
-    hints = [ctx.peers.sessions[p] for p in named if p in ctx.peers.sessions and p not in said]
+    named = [p for p in dict.fromkeys(p for x in metas if x.cid == cid for p in x.holders) if p not in said]
+    hints = await ctx.links.open(named, len(named)) if named else []
     return Found(cid, holders + hints, bool(hints) or not holders)
 
 
@@ -103,11 +108,13 @@ async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
     """`cid` and the connected peers that hold that object, best first: as `locate`, for a get by content
     id. A peer that names another object is not a holder (it would fail the leaves check anyway). The
     `first_asked(ctx)` best-ranked peers are asked first; the rest only if none of them holds it."""
-    sessions = placement.ranked(cid, list(ctx.peers.sessions.values()))
+    first = first_asked(ctx)
+    # the members ranked first for it, dialled when not connected (node/links.py), then every other
+    # connected member
+    sessions = await ctx.links.open(placement.order(cid, ctx.links.members()), first)
     if not sessions:
         raise PeerUnavailable(f"object {cid} is not held here, and no peer is connected to ask")
     found: list[Session] = []
-    first = first_asked(ctx)
     for group in (sessions[:first], sessions[first:]):
         if not group:
             continue
@@ -131,7 +138,7 @@ def first_asked(ctx: Context) -> int:
     `replicas` a store sends to, plus two (the origin, which need not rank among them, and one spare for
     a member that joined since and ranks above a holder until repair moves the copy); for a key, the
     `replicas + 1` members its metadata is placed on (this node need not be one), and the same spare."""
-    return len(ctx.peers.sessions) if ctx.replicas is None else ctx.replicas + 2
+    return len(ctx.links.members()) if ctx.replicas is None else ctx.replicas + 2
 
 
 async def _ask_all(sessions: list[Session], question: m.WhoHas) -> list[m.Have | None]:

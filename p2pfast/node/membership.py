@@ -26,6 +26,10 @@ from p2pfast.repo.repo import PeerRow
 
 log = logging.getLogger("p2pfast.node")
 
+# Entries of a peer exchange to a member that speaks the view: it learns the members from the view, and
+# a sample this size, sent on connect and to one member a round, keeps their addresses fresh.
+PEX_SAMPLE = 16
+
 
 def _never(node_id: str) -> bool:
     return False
@@ -58,11 +62,17 @@ class Membership:
         self.closing = False  # the node is closing: a session that closes now is recorded by close()
 
     async def start(self) -> None:
-        """Dial the bootstrap nodes and the peers the table knows."""
-        for a in self.bootstrap:
-            self.ctx.peers.dial_soon(a)
-        for a in await self.known_addrs():
-            self.ctx.peers.dial_soon(a)
+        """Dial the bootstrap nodes and the peers the table knows (as many as the link target takes:
+        node/links.py; the bootstrap nodes first)."""
+        ctx = self.ctx
+        since = time.time() - ctx.limits.stale_after
+        rows = [r for r in await ctx.ex.db(ctx.repo.list_peers, since) if r.verified and r.node_id]
+        for r in rows:
+            ctx.links.addrs.setdefault(r.node_id or "", r.address)
+        known = await self.known_addrs()
+        random.shuffle(known)
+        for a in [*self.bootstrap, *known[: max(0, ctx.links.target() - len(self.bootstrap))]]:
+            ctx.peers.dial_soon(a)
 
     async def known_addrs(self) -> list[str]:
         ctx = self.ctx
@@ -79,11 +89,12 @@ class Membership:
         ctx = self.ctx
         return await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.gossip_window)
 
-    async def on_ready(self, session: Session) -> None:
+    async def on_ready(self, session: Session, replay: bool = True) -> None:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
         # same peer (the DB thread runs them in order), so the table ends with the last word.
         await self.record(session, "connected")
-        self.ctx.spawn(self.tombstones.replay(session))
+        if replay:  # not to a member met again after an idle close: it missed nothing meanwhile
+            self.ctx.spawn(self.tombstones.replay(session))
         try:
             known = await self.recent_peers()
         except StorageError as exc:
@@ -111,14 +122,17 @@ class Membership:
         ctx = self.ctx
         for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
             await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
-            if not self.gone(node_id) and not self.revoked(node_id):
+            # named by a member that verified it: where a session to it is dialled (node/links.py)
+            ctx.links.addrs[node_id] = addr
+            if not self.gone(node_id) and not self.revoked(node_id) and ctx.links.short():
                 ctx.peers.dial_soon(addr)
         self._pex_from.add(session.peer_id)
         ctx.peers.changed.set()
 
     def _send_pex(self, session: Session, known: list[tuple[str, str, float]]) -> None:
-        msg, left_out = gossip.pex_message(known, self.ctx.peers, exclude=session.peer_id)
-        if left_out and not self._pex_truncated_logged:
+        sample = PEX_SAMPLE if session.speaks("view") else None
+        msg, left_out = gossip.pex_message(known, self.ctx.peers, exclude=session.peer_id, sample=sample)
+        if left_out and sample is None and not self._pex_truncated_logged:
             self._pex_truncated_logged = True  # once per process: it stays true while the network is big
             log.warning(
                 "event=pex_truncated sent=%d left_out=%d reason=%s",
@@ -135,6 +149,8 @@ class Membership:
             return
         ctx = self.ctx
         verified = status == "connected" and addr == session.verified_addr
+        if verified:
+            ctx.links.addrs[session.peer_id] = addr
         try:
             await ctx.ex.db(ctx.repo.upsert_peer, addr, session.peer_id, time.time(), status, verified)
         except StorageError as exc:
@@ -157,7 +173,11 @@ class Membership:
                 await ctx.ex.db(ctx.repo.touch_peers, live, time.time())
                 rows = await self._recent_rows()  # one query a round, not one per peer
                 known = _verified(rows)
-                for session in list(peers.sessions.values()):
+                # Every peer of an older build (it learns members from nothing else), one member of the
+                # view at random (HyParView's shuffle: the view spreads members, a sample heals the rest)
+                old = [s for s in peers.sessions.values() if not s.speaks("view")]
+                new = [s for s in peers.sessions.values() if s.speaks("view")]
+                for session in [*old, *random.sample(new, min(1, len(new)))]:
                     self._send_pex(session, known)
                 # Members this node reached before (even if a dial there failed since: one that comes
                 # back is found again); an address only heard of was dialled when heard, not every round.
@@ -173,6 +193,9 @@ class Membership:
                     ):
                         continue
                     (dead if self.gone(nid) else wanted).append(r.address)
+                # only as many as the link target lacks (node/links.py fills from the view as well)
+                random.shuffle(wanted)
+                wanted = wanted[: max(0, ctx.links.target() - len(peers.sessions))]
                 now = time.monotonic()
                 if dead and now >= self._retry_at:
                     self._retry_at = now + ctx.limits.dead_retry

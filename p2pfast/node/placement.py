@@ -38,6 +38,16 @@ def ranked(cid: str, sessions: Sequence[S]) -> list[S]:
     return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)
 
 
+def order(cid: str, nodes: Iterable[str]) -> list[str]:
+    """Node ids best first for `cid` (as ranked() orders sessions)."""
+    return sorted(nodes, key=lambda n: weight(cid, n), reverse=True)
+
+
+def key_order(key: bytes, nodes: Iterable[str]) -> list[str]:
+    """Node ids best first for the metadata of `key` (as key_ranked() orders sessions)."""
+    return sorted(nodes, key=lambda n: key_weight(key, n), reverse=True)
+
+
 def replica_set(cid: str, sessions: Sequence[S], replicas: int | None) -> list[S]:
     """The peers a new object goes to: every one (replicas None, as the original system does), or the
     `replicas` ranked highest for `cid`."""

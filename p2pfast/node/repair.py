@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Sequence
@@ -200,6 +201,11 @@ class Repair:
         # Its copies count until the grace period ends; then a pass copies what it held.
         self.trigger("member_gone", self.settings.grace + self.settings.debounce)
 
+    def member_gone(self, node_id: str) -> None:
+        """The view declared a member dead or gone (node/viewsync.py): every node hears it, linked to
+        that member or not, and its copies stop counting once the grace period from then ends."""
+        self.trigger("member_gone", self.settings.grace + self.settings.debounce)
+
     def after_store(self, acked: int, target: int) -> None:
         if acked < target:
             self.trigger("store_short")
@@ -269,14 +275,14 @@ class Repair:
         if not files:
             return
         began = time.time()
-        live = dict(ctx.peers.sessions)
+        live = await self._reach(files)
         seen = await self._ask(live, [(f.key, f.cid) for f in files], report)
         away = await self._recently_away(set(live))
         shares = await self._away_shares(seen, away, began)
         counted = (
             {ctx.node_id} | seen.answered | away
         )  # whose copies count: us, who answered, the not yet gone
-        members = 1 + len(live) + len(away)
+        members = max(1 + len(live) + len(away), ctx.links.count())
         target = members if ctx.replicas is None else min(ctx.replicas + 1, members)
         plan = _Plan(target)
         publish: list[tuple[FileRow, set[str], set[str]]] = []  # files whose key metadata this node sends
@@ -446,12 +452,35 @@ class Repair:
         seen.answered = {s.peer_id for s, ok in zip(sessions, results, strict=True) if ok}
         return seen
 
+    async def _reach(self, files: Sequence[FileRow]) -> dict[str, Session]:
+        """Sessions to the members that matter to this node's files: for each, the `replicas + 3`
+        ranked first (its holders and those that should be; one spare), the node it came from, and the
+        members that acknowledged a copy of it to this node (shares); dialled when not connected
+        (node/links.py), and every connected member besides. In a network past the link bound, a pass
+        talks to the members its files rank on, not to every member."""
+        ctx = self.ctx
+        members = ctx.links.members()
+        if ctx.replicas is None:
+            return {s.peer_id: s for s in await ctx.links.open(members, len(members))}
+        k = ctx.replicas + 3
+        wanted = dict.fromkeys(f.origin for f in files if f.origin)
+        wanted.update(dict.fromkeys(r.peer for r in await ctx.ex.db(ctx.repo.list_shares)))
+        for f in files:
+            wanted.update(dict.fromkeys(heapq.nlargest(k, members, key=lambda n: placement.weight(f.cid, n))))
+        wanted.pop(ctx.node_id, None)
+        opened = await ctx.links.open(list(wanted), len(wanted))
+        return {**ctx.peers.sessions, **{s.peer_id: s for s in opened}}
+
     async def _recently_away(self, live: set[str]) -> set[str]:
-        """Members not connected now that went less than the grace period ago: their copies still count."""
+        """Members not connected now that went less than the grace period ago, or that the view says are
+        alive (this pass had no session to them, or one that did not answer): their copies still count.
+        A member declared dead or gone counts until the grace period from its declaration ends; the view
+        triggers a pass then (root.py)."""
         ctx = self.ctx
         since = time.time() - self.settings.grace
         rows = await ctx.ex.db(ctx.repo.list_peers, since)
-        return {r.node_id for r in rows if r.node_id and r.node_id not in live and r.node_id != ctx.node_id}
+        recent = {r.node_id for r in rows if r.node_id and r.node_id != ctx.node_id}
+        return (recent | ctx.links.away(since)) - live - {ctx.node_id}
 
     async def _copy(self, key: bytes, cid: str, size: int, to: list[Session], report: Report) -> set[str]:
         """File `key` (object `cid`) to each of `to`, as a repair copy; returns who acknowledged."""

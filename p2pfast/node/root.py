@@ -34,6 +34,7 @@ from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
 from p2pfast.node.keymeta import KeyMetaService
+from p2pfast.node.links import IDLE, Links
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
@@ -115,6 +116,8 @@ class Node:
         self.scrub_bandwidth, self.scrub_period = scrub_bandwidth, scrub_period
         self.scrub: Scrub | None = None
         self.viewsync: ViewSync | None = None
+        self.links: Links | None = None
+        self._met: set[str] = set()  # members with a session since their last link failure (_on_ready)
         self.revocations: Revocations | None = None
         self.keymeta: KeyMetaService | None = None
 
@@ -129,6 +132,9 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> str:
         self.local = await self.db(LocalNode, self.layout)
+        self.links = links = Links(self.node_id, self.peers, self.limits, bounded=self.replicas is not None)
+        links.gone = lambda n: self.viewsync is not None and self.viewsync.gone(n)
+        links.revoked = lambda n: self.revocations is not None and self.revocations.revoked(n)
         ctx = self.ctx = Context(
             node_id=self.node_id,
             layout=self.layout,
@@ -142,6 +148,7 @@ class Node:
             spawn=self._spawn,
             working=self.working,
             draining=lambda: self.draining,
+            links=links,
         )
         self.tombstones = Tombstones(ctx)
         self.membership = Membership(
@@ -186,6 +193,9 @@ class Node:
         self.viewsync = ViewSync(
             ctx, lim.gossip_interval, suspect_after=lim.suspect_after, dead_after=lim.dead_after
         )
+        links.view = self.viewsync.view
+        if self.listen is not None:
+            self.viewsync.on_gone = self.repair.member_gone
         router.route(m.ViewNews, self.viewsync.on_news)
         if self.listen is not None:  # a short-lived CLI node is no member: it answers no exchange (REFUSED)
             router.route(m.ViewSync, self.viewsync.on_sync)
@@ -197,6 +207,7 @@ class Node:
         if self.listen is not None:  # a short-lived CLI node does not keep the network's copies
             self._tasks.append(asyncio.get_running_loop().create_task(self.repair.run()))
             self._tasks.append(asyncio.get_running_loop().create_task(self.viewsync.run()))
+            self._tasks.append(asyncio.get_running_loop().create_task(links.run()))
         # The background scrub (scrub.py) runs in the daemon; a CLI command's short-lived node only
         # runs `scrub --now` when asked.
         self.scrub = Scrub(ctx, self.scrub_bandwidth, self.scrub_period)
@@ -307,6 +318,8 @@ class Node:
             "listen": self.peers.listen_addr or None,
             "uptime_s": round(time.time() - self.started, 1),
             "peers_connected": len(self.peers.sessions),
+            # the sessions it keeps once idle (node/links.py)
+            "link_target": None if self.links is None else self.links.target(),
             # the membership view (node/viewsync.py): members by state, this node included
             "members": None if self.viewsync is None else self.viewsync.counts(),
             "in_flight": len(self._work),
@@ -369,12 +382,21 @@ class Node:
         return None if self.storing is None else self.storing.interrupted
 
     def replica_set(self, cid: str) -> list[Session]:
-        """The connected peers a new object `cid` goes to (placement.py)."""
+        """The connected peers a new object `cid` goes to (placement.py), when every member ranked for
+        it is connected (a small network, or a test that made sure)."""
         return placement.replica_set(cid, list(self.peers.sessions.values()), self.replicas)
 
     async def wait_settled(self, timeout: float) -> int:
-        assert self.membership is not None, "Node.start() first"
-        return await self.membership.wait_settled(timeout)
+        assert self.membership is not None and self.viewsync is not None, "Node.start() first"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        n = await self.membership.wait_settled(timeout)
+        # and the view of the members it places and looks up by (one exchange with a member)
+        if n and any(s.speaks("view") for s in self.peers.sessions.values()):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self.viewsync.synced.wait()
+        return n
 
     # -- what peers ask for (router.py's table) ------------------------------------------------------
     async def _handle(self, session: Session, msg: m.Request | m.Notice) -> m.Reply | None:
@@ -382,13 +404,19 @@ class Node:
         return await self.router(session, msg)
 
     async def _on_ready(self, session: Session) -> None:
+        # Met again: a session to a member whose last one closed because idle (node/links.py opens and
+        # closes them as requests need), not one that joined or came back. Such a session replays no
+        # tombstones and starts no repair pass: it missed nothing, and a pass that opens sessions must
+        # not trigger the next.
+        fresh = session.peer_id not in self._met
+        self._met.add(session.peer_id)
         if self.revocations is not None:
             self.revocations.on_ready(session)
         if self.membership is not None:
-            await self.membership.on_ready(session)
-        if self.viewsync is not None and self.listen is not None:
-            self.viewsync.on_ready(session)
-        if self.repair is not None and self.listen is not None:
+            await self.membership.on_ready(session, replay=fresh)
+        if self.viewsync is not None and (self.listen is not None or not self.viewsync.synced.is_set()):
+            self.viewsync.on_ready(session)  # a CLI node learns the view from its first member
+        if self.repair is not None and self.listen is not None and fresh:
             self.repair.on_ready(session)
         if self.scrub is not None:
             self.scrub.peer_ready()  # it may hold a good copy of what the scrub could not repair
@@ -398,11 +426,14 @@ class Node:
             await self.membership.on_dial_failed(addr)
 
     async def _on_closed(self, session: Session) -> None:
+        idle = session.close_reason == IDLE
+        if not idle:
+            self._met.discard(session.peer_id)
         if self.membership is not None:
             await self.membership.on_closed(session)
         if self.viewsync is not None and self.listen is not None and not self._stop.is_set():
             self.viewsync.on_closed(session)
-        if self.repair is not None and self.listen is not None and not self._stop.is_set():
+        if self.repair is not None and self.listen is not None and not self._stop.is_set() and not idle:
             self.repair.on_closed(session)
 
     async def _ping(self, session: Session, msg: m.Ping) -> m.Pong:

@@ -81,7 +81,10 @@ class Storing:
             result = await ctx.ex.db(ctx.store.put_fd, key, source.file, progress)
         else:
             result = await self._put_stream(key, source, progress)
-        order = placement.ranked(result.cid, list(ctx.peers.sessions.values()))
+        # The ranked members, those not connected dialled now (node/links.py): the first `replicas`
+        # that answer take the copies, every connected one after them is a spare.
+        members = placement.order(result.cid, ctx.links.members())
+        order = await ctx.links.open(members, len(members) if ctx.replicas is None else ctx.replicas)
         want = len(order) if ctx.replicas is None else min(ctx.replicas, len(order))
         targets, spare = order[:want], order[want:]
         if progress is not None and targets:  # the second phase: what goes to the replicas

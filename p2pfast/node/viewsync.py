@@ -26,7 +26,8 @@ rules; docs/protocol.md, "Membership that scales", the design).
   Before it suspects a member, a node asks up to 3 others whether their link to it answers a ping
   (SWIM's ping-req, `probe`): a link of its own that broke is no reason to suspect a member that is up.
 
-Not yet (issue 14): the view does not choose whom to dial (peer exchange still does).
+Links (node/links.py) are the bounded set of sessions news and anti-entropy run over; a member this node
+has no session with is probed, when a probe asks, over one dialled for it.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
 from p2pfast import wire
 from p2pfast.errors import P2PError, PeerUnavailable
 from p2pfast.net.session import Session
+from p2pfast.node import links
 from p2pfast.node.context import Context
 from p2pfast.node.flow import by_size
 from p2pfast.proto import control, view
@@ -88,6 +90,12 @@ class ViewSync:
         self._news: dict[str, tuple[view.Record, str | None]] = {}  # node id -> (record, heard from)
         self._flush: asyncio.Handle | None = None
         self.syncs = 0  # exchanges this node began (tests, bench/simulate.py)
+        # set once an exchange ended (agreed, or gave up): a short-lived CLI node waits for it, so the
+        # members it places and looks up by are the network's (Node.wait_settled)
+        self.synced = asyncio.Event()
+        # called once per member that the view comes to say died or left (repair counts its copies
+        # no more once its grace period ends)
+        self.on_gone: Callable[[str], None] | None = None
 
     # -- the background loop -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -110,26 +118,26 @@ class ViewSync:
         r = self.view.get(session.peer_id)
         if self.closing or r is None or r.gone or session.peer_id == self.ctx.node_id:
             return
+        if session.close_reason == links.IDLE:
+            return  # closed because idle, by either side (node/links.py): no failure
         self.ctx.spawn(self._watch(session.peer_id, r.inc))
 
     async def _watch(self, node_id: str, inc: int) -> None:
         """Suspect, then declare dead, a member that went and did not come back at the same incarnation.
         Before suspecting it, ask up to PROBES other members whether their link to it answers (SWIM's
         indirect probe): a link of this node that broke, with the member still up, is no reason to
-        suspect it; the check repeats every suspect_after while another member reaches it."""
-        while True:
-            await asyncio.sleep(self.suspect_after)  # the detector's timeout, not a wait for a peer
-            if not self._still_away(node_id, inc):
+        suspect it, and the watch ends (the member's other links watch it)."""
+        await asyncio.sleep(self.suspect_after)  # the detector's timeout, not a wait for a peer
+        if not self._still_away(node_id, inc):
+            return
+        r = self.view.get(node_id)
+        if r is None or r.state < view.State.SUSPECT:  # else another member suspects it already
+            if await self._reached_by_others(node_id):
                 return
-            r = self.view.get(node_id)
-            if r is not None and r.state >= view.State.SUSPECT:
-                break  # another member suspects it already
-            if not await self._reached_by_others(node_id):
-                claim = self.view.claim(node_id, view.State.SUSPECT, time.time())
-                if claim is not None:
-                    log.info("event=member_suspect node=%s inc=%d", node_id[:12], inc)
-                    self._spread(claim, None)
-                break
+            claim = self.view.claim(node_id, view.State.SUSPECT, time.time())
+            if claim is not None:
+                log.info("event=member_suspect node=%s inc=%d", node_id[:12], inc)
+                self._spread(claim, None)
         await asyncio.sleep(self.dead_after)
         r = self.view.get(node_id)
         if not self._still_away(node_id, inc) or r is None or r.state != view.State.SUSPECT:
@@ -137,6 +145,7 @@ class ViewSync:
         claim = self.view.claim(node_id, view.State.DEAD, time.time())
         if claim is not None:
             log.info("event=member_dead node=%s inc=%d", node_id[:12], inc)
+            self._gone(node_id)
             self._spread(claim, None)
 
     def _still_away(self, node_id: str, inc: int) -> bool:
@@ -158,7 +167,11 @@ class ViewSync:
 
     async def on_probe(self, session: Session, msg: m.Probe) -> m.Ok:
         """Another member asks whether this node's link to `msg.node` answers."""
+        # SWIM's ping-req: this node pings the member, over a session dialled now if it has none (not
+        # one this node's view says is gone: it is dialled no more)
         target = self.ctx.peers.sessions.get(msg.node)
+        if target is None and not self.gone(msg.node):
+            target = await self.ctx.links.connect(msg.node)
         if target is None:
             raise PeerUnavailable(f"no link to {msg.node[:12]} here")
         try:
@@ -183,6 +196,10 @@ class ViewSync:
         if not session.speaks("view"):
             return
         self.syncs += 1
+        # A short-lived CLI node listens nowhere: it learns the view and keeps its own record to itself
+        # (it is no member), so the views differ by that record and an exchange ends once nothing new
+        # comes.
+        member = bool(self.ctx.peers.listen_addr)
         try:
             for _ in range(MAX_ROUNDS):
                 diff = await session.request(m.ViewSync(self.view.root().hex()), timeout=SYNC_TIMEOUT)
@@ -194,13 +211,15 @@ class ViewSync:
                     return  # the digests changed under us: the next interval will see
                 push = await session.request(m.ViewPull(tuple(buckets), tuple(stamps)), timeout=SYNC_TIMEOUT)
                 self._merge_all(push.records, session.peer_id)
-                if push.want:
+                if push.want and member:
                     for page in _pages(self.view.records(push.want)):
                         session.notify(m.ViewNews(page))
-                if not push.records and not push.want:
+                if not push.records and (not push.want or not member):
                     return
         except (P2PError, TimeoutError) as exc:
             log.debug("event=view_sync_failed peer=%s error=%r", session.peer_id[:12], str(exc))
+        finally:
+            self.synced.set()
 
     # -- anti-entropy and news, the answering side ----------------------------------------------------
     async def on_sync(self, session: Session, msg: m.ViewSync) -> m.ViewDiff:
@@ -220,7 +239,10 @@ class ViewSync:
     def _merge_all(self, records: Sequence[view.Record], source: str) -> None:
         now = time.time()
         for r in records:
+            old = self.view.get(r.node_id)
             changed = self.view.merge(r, now)
+            if changed is not None and changed.gone and (old is None or not old.gone):
+                self._gone(changed.node_id)
             if changed is not None:
                 # our own refutation goes everywhere, the source included: it made the claim
                 self._spread(changed, None if changed.node_id == self.ctx.node_id else source)
@@ -237,11 +259,17 @@ class ViewSync:
         n = fanout(len(self.view))
         if len(members) > n:
             members = self.rnd.sample(members, n)
+        if not self.ctx.peers.listen_addr:
+            return  # a short-lived CLI node passes no news on: it is no member
         for session in members:
             records = [r for r, source in news.values() if source != session.peer_id]
             for page in _pages(records):
                 with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it
                     session.notify(m.ViewNews(page))
+
+    def _gone(self, node_id: str) -> None:
+        if self.on_gone is not None and node_id != self.ctx.node_id:
+            self.on_gone(node_id)
 
     def gone(self, node_id: str) -> bool:
         """Whether the view says the member died or left (membership.py then dials it no more)."""

@@ -91,6 +91,10 @@ class NodeProc:
         except FileNotFoundError:
             return ""
 
+    def status(self) -> dict[str, Any]:
+        """The running daemon's `status`, over its control socket (no CLI process per poll)."""
+        return ctl.call(self.root / ctl.SOCKET_NAME, {"cmd": "status"}, timeout=10)
+
     def connected(self) -> set[str]:
         """Node ids this node's peers table marks connected (read beside the running node, WAL)."""
         with Repo.open(self.layout.db, readonly=True) as repo:
