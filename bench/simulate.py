@@ -18,9 +18,13 @@ It reports:
   keep its key's metadata: one that does asks nobody for the key); `lookup_contacts` lists them, key
   and content id in turn;
 * `join_s`: one more node, bootstrapping from a member in the middle, until every view has it alive;
-* with `--kill F`: F of the members crash at once (connections reset, nothing said); `declared_dead_s`
-  until every survivor's view has each dead (against `detector_bound_s`, suspect_after + dead_after),
-  `dials_to_dead_per_member` the failed dials all survivors made to them meanwhile.
+* with `--kill F`: `--files` files (default 100) are stored through random members (3 copies each),
+  then F of the members crash at once (connections reset, nothing said); `declared_dead_s` until every
+  survivor's view has each dead (against `detector_bound_s`, suspect_after + dead_after),
+  `dials_to_dead_per_member` the failed dials all survivors made to them meanwhile; `repaired_s` from
+  then until every file has 3 copies on the survivors again (repair's grace here: 5 s); then F of the
+  survivors crash (`second_kill`), and `files_lost` counts the files a get from a random survivor no
+  longer returns.
 
 Figures relate to real processes as follows: the protocol work is the same, but N nodes share one
 event loop and one core here, so times grow with N faster than on N machines; links and bytes do not
@@ -48,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 NETKEY = bytes(range(32))
+# Repair's grace in the simulation: a dead member's copies stop counting this long after its death.
+GRACE = 5.0
 # the lookup counter the tests use (tests/helpers/inproc.py): the same instrument for both
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 
@@ -70,11 +76,14 @@ def _raise_fd_limit(nodes: int) -> None:
 
 
 async def simulate(
-    n: int, idle: float, gossip_interval: float, timeout: float, kill: float, max_links: int
+    n: int, idle: float, gossip_interval: float, timeout: float, kill: float, max_links: int, files: int
 ) -> dict[str, Any]:
+    import random
+
     from inproc import count_who_has
 
     from p2pfast.counters import COUNTERS
+    from p2pfast.errors import P2PError
     from p2pfast.net.limits import NetLimits
     from p2pfast.node import Node
     from p2pfast.node.sources import BufferSink, BytesSource
@@ -153,7 +162,27 @@ async def simulate(
                 "join_s": round(join_s, 2),
             }
             if kill > 0:
-                result.update(await _kill(nodes, kill, limits, wait))
+                # files stored through random members, 3 copies each: what the kills must not lose
+                rnd = random.Random(7)
+                keys = [f"sim/kept/{i}" for i in range(files)]
+                for k in keys:
+                    await rnd.choice(nodes).put(k, BytesSource(k.encode() * 100))
+                first = await _kill(nodes, kill, limits, wait)
+                result.update(first)
+                alive = [x for x in nodes if x.node_id not in first.pop("victims")]
+                # repair brings every file back to 3 copies on the survivors (the grace is `grace`)
+                t2 = loop.time()
+                result["repaired_s"] = round(await _await_copies(alive, keys, 3, t2, timeout), 2)
+                second = await _kill(alive, kill, limits, wait)
+                alive = [x for x in alive if x.node_id not in second.pop("victims")]
+                result["second_kill"] = second
+                lost = 0
+                for k in keys:
+                    try:
+                        await rnd.choice(alive).get(k, BufferSink())
+                    except P2PError:  # a file no survivor returns: lost
+                        lost += 1
+                result.update({"files": files, "files_lost": lost})
             result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             return result
         finally:
@@ -162,16 +191,43 @@ async def simulate(
                     await x.close()
 
 
+async def _await_copies(nodes: list[Any], keys: list[str], copies: int, t: float, timeout: float) -> float:
+    """Until every key is held by `copies` of `nodes`; returns the seconds that took."""
+    loop = asyncio.get_running_loop()
+    while True:
+        held = {k: 0 for k in keys}
+        for x in nodes:
+            for row in await x.db(x.repo.list_files):
+                k = row.key.decode()
+                if k in held:
+                    held[k] += 1
+        if all(n >= copies for n in held.values()):
+            return loop.time() - t
+        if loop.time() - t > timeout:
+            short = sum(1 for n in held.values() if n < copies)
+            raise SystemExit(f"{short} files below {copies} copies after {timeout:g} s")
+        await asyncio.sleep(0.5)  # polls this process's own state; bounded by the timeout
+
+
 async def _node(root: Path, boot: Any, limits: Any) -> Any:
     from p2pfast import identity
     from p2pfast.datadir import Layout, init
     from p2pfast.node import Node
+    from p2pfast.node.repair import Settings
 
     layout = Layout.of(root)
     init(layout, NETKEY)
     ident = identity.load(layout.node_key, layout.network_key)
     bootstrap = (boot.peers.listen_addr,) if boot is not None else ()
-    node = Node(layout, ident, listen="127.0.0.1:0", bootstrap=bootstrap, limits=limits, replicas=2)
+    node = Node(
+        layout,
+        ident,
+        listen="127.0.0.1:0",
+        bootstrap=bootstrap,
+        limits=limits,
+        replicas=2,
+        repair=Settings(grace=GRACE),
+    )
     await node.start()
     return node
 
@@ -188,6 +244,7 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
     survivors = [x for x in nodes if x not in victims]
     addrs = {v.peers.listen_addr for v in victims}
     failed: list[str] = []
+    real_of = {x.node_id: x.peers.events.on_dial_failed for x in survivors}
     for x in survivors:
         real = x.peers.events.on_dial_failed
 
@@ -216,7 +273,10 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
 
     dead_s = await wait(all_dead, "victims declared dead", t)
     dials = sum(1 for a in failed if a in addrs)
+    for x in survivors:  # the next phase counts its own
+        x.peers.events.on_dial_failed = real_of[x.node_id]
     return {
+        "victims": {v.node_id for v in victims},
         "killed": len(victims),
         "declared_dead_s": round(dead_s, 2),
         "detector_bound_s": limits.suspect_after + limits.dead_after,
@@ -262,13 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="give up converging after this long (s)")
     p.add_argument("--kill", type=float, default=0.0, help="then crash this fraction of the members (0.2)")
     p.add_argument("--max-links", type=int, default=16, help="the max_links setting of every node")
+    p.add_argument("--files", type=int, default=100, help="with --kill: files stored before the kills")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
     _raise_fd_limit(args.nodes)
     from p2pfast import runtime
 
     result = runtime.run(
-        simulate(args.nodes, args.idle, args.gossip_interval, args.timeout, args.kill, args.max_links)
+        simulate(
+            args.nodes, args.idle, args.gossip_interval, args.timeout, args.kill, args.max_links, args.files
+        )
     )
     if args.json:
         print(json.dumps(result))

@@ -693,6 +693,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             listen=None,
             uptime_s=None,
             peers_connected=0,
+            link_target=None,
             members=None,  # the membership view lives in the running node
             in_flight=0,
             draining=False,

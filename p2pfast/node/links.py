@@ -46,6 +46,8 @@ SLACK = 4
 IDLE = "idle"
 # How often the links are checked: fill when short, close what is idle over the bound.
 TICK = 1.0
+# On-demand dials one open() makes at once (a repair pass may want many members).
+DIALS_AT_ONCE = 16
 # Idle seconds after which a session beyond max_links closes (beyond the target + SLACK: idle_close).
 PRESSED = 2.0
 # Wildcard hosts: a record with one names no address to dial.
@@ -161,14 +163,14 @@ class Links:
 
     async def open(self, ranked: Sequence[str], want: int) -> list[Session]:
         """Sessions to the first `want` members of `ranked` that can be reached, in its order, dialling
-        those not connected (several at once); then every other connected member of `ranked`, in its
-        order too (a spare costs nothing when a session is open already)."""
+        those not connected (up to DIALS_AT_ONCE at a time); then every other connected member of
+        `ranked`, in its order too (a spare costs nothing when a session is open already)."""
         got: dict[str, Session] = {}
         sessions = self.peers.sessions
         i = 0
         while i < len(ranked) and len(got) < want:
             batch: list[str] = []
-            while i < len(ranked) and len(got) + len(batch) < want:
+            while i < len(ranked) and len(got) + len(batch) < want and len(batch) < DIALS_AT_ONCE:
                 nid = ranked[i]
                 i += 1
                 if nid == self.node_id:

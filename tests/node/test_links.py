@@ -165,3 +165,49 @@ def test_a_member_that_crashes_is_declared_dead_by_all_without_a_dial_storm(tmp_
                     await x.close()
 
     run(main())
+
+
+def _view(n: int, states: dict[int, view.State] | None = None) -> tuple[view.View, list[str]]:
+    ids = [f"{i:064x}" for i in range(n)]
+    v = view.View(view.Record(ids[0], "127.0.0.1:1", 1, view.State.ALIVE))
+    for i, nid in enumerate(ids[1:], 1):
+        state = (states or {}).get(i, view.State.ALIVE)
+        v.merge(
+            view.Record(nid, f"127.0.0.1:{1000 + i}", 1, state, 1.0 if state >= view.State.DEAD else 0.0), 2.0
+        )
+    return v, ids
+
+
+def _links(v: view.View, node_id: str, bounded: bool = True) -> Any:
+    from types import SimpleNamespace
+
+    from p2pfast.node.links import Links
+
+    links = Links(node_id, SimpleNamespace(sessions={}), NetLimits(), bounded=bounded)  # type: ignore[arg-type]
+    links.view = v
+    return links
+
+
+def test_the_link_target_grows_with_log2_of_the_members_up_to_the_bound() -> None:
+    for n, want in ((2, 3), (3, 4), (20, 7), (50, 8), (1000, 12), (100_000, 12)):
+        v, ids = _view(n) if n <= 1000 else _view(1000)
+        links = _links(v, ids[0])
+        if n > 1000:
+            links.count = lambda n=n: n  # type: ignore[method-assign]
+        assert links.target() == want, (n, links.target())
+    v, ids = _view(50)
+    assert _links(v, ids[0], bounded=False).target() == NetLimits().max_connections  # replicas = all
+
+
+def test_members_are_the_alive_and_suspect_with_an_address_and_not_revoked() -> None:
+    v, ids = _view(6, {2: view.State.SUSPECT, 3: view.State.DEAD, 4: view.State.LEFT})
+    v.merge(view.Record(ids[5], "0.0.0.0:7", 2, view.State.ALIVE), 3.0)  # a wildcard: no address to dial
+    links = _links(v, ids[0])
+    links.revoked = lambda n: n == ids[1]
+    assert set(links.members()) == {ids[2], ids[5]}
+    assert links.addr_of(ids[2]) == "127.0.0.1:1002"
+    assert links.addr_of(ids[5]) is None  # until a member that verified one names it
+    links.addrs[ids[5]] = "127.0.0.9:7"
+    assert links.addr_of(ids[5]) == "127.0.0.9:7"
+    assert links.away(since=0.0) == {ids[1], ids[2], ids[3], ids[4], ids[5]}
+    assert links.away(since=10.0) == {ids[1], ids[2], ids[5]}  # the dead and left went before 10
