@@ -218,9 +218,10 @@ def _kill(procs: list[Proc], fraction: float, timeout: float) -> dict[str, Any]:
 
 def _bound() -> float:
     from p2pfast.net.limits import NetLimits
+    from p2pfast.node.viewsync import PROBE_TIMEOUT
 
-    lim = NetLimits()
-    return lim.suspect_after + lim.dead_after
+    lim = NetLimits()  # the suspicion timeout, the indirect probes' wait, the death timeout
+    return lim.suspect_after + 2 * PROBE_TIMEOUT + lim.dead_after
 
 
 def main(argv: list[str] | None = None) -> int:

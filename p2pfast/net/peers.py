@@ -231,7 +231,8 @@ class PeerManager:
             session.close(0, "self")
             return
         other = self.sessions.get(session.peer_id)
-        if other is not None and not other.closed:
+        # (one closing, after a GOAWAY, is no rival: the new one takes its place)
+        if other is not None and other.usable:
             # Both sides dialled at once: keep the connection whose initiator has the smaller id, both ends.
             def initiator_id(s: Session) -> str:
                 return self.node_id if s.initiator else s.peer_id
@@ -277,6 +278,10 @@ class PeerManager:
         member naming another's address must not keep us from dialing it)."""
         return {a for s in self.sessions.values() if (a := s.verified_addr)}
 
+    def failed(self, addr: str) -> bool:
+        """The last dial to `addr` failed (and none succeeded since)."""
+        return addr in self._backoff
+
     def dial_soon(self, addr: str) -> None:
         if addr in self._self_addrs or addr in self._queued or addr in self._dialing:
             log.debug("event=dial_skipped addr=%s why=self_queued_or_dialing", addr)
@@ -319,7 +324,7 @@ class PeerManager:
         discovery: a caller dials only the few members it needs. None when the dial fails, the address
         is backing off after a failure, or another node answers there."""
         session = self.sessions.get(node_id)
-        if session is not None or addr in self._self_addrs or node_id == self.node_id:
+        if (session is not None and session.usable) or addr in self._self_addrs or node_id == self.node_id:
             return session
         loop = asyncio.get_running_loop()
         b = self._backoff.get(addr)
@@ -329,7 +334,8 @@ class PeerManager:
         if task is None:
             task = self._connecting[addr] = loop.create_task(self._connect_now(addr))
         await asyncio.shield(task)
-        return self.sessions.get(node_id)
+        session = self.sessions.get(node_id)
+        return session if session is not None and session.usable else None
 
     async def _connect_now(self, addr: str) -> None:
         self._dialing.add(addr)

@@ -154,7 +154,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.close_transport()
 
     def flush(self) -> None:
-        if self.transport is None or self._closing:
+        if self.transport is None or self._closing or self.transport.is_closing():
             return
         sent = self.conn.bytes_sent
         try:

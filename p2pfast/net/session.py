@@ -24,6 +24,7 @@ from p2pfast.proto import events as ev
 from p2pfast.proto import features
 from p2pfast.proto import messages as m
 from p2pfast.proto.connection import Connection
+from p2pfast.proto.state import ConnState
 
 log = logging.getLogger("p2pfast.net")
 
@@ -436,8 +437,14 @@ class Session:
             f"connection to {self.peer_id[:12] or self.peer_host} closed: {self.close_reason}"
         )
 
+    @property
+    def usable(self) -> bool:
+        """Open both ways: not closed, and no GOAWAY sent or received (the transport may still be
+        draining; nothing more can be sent on it)."""
+        return not self.closed and self.conn.state not in (ConnState.CLOSED, ConnState.ERROR)
+
     def _check_open(self) -> None:
-        if self.closed:
+        if not self.usable:  # a GOAWAY came (the peer closed it idle, say) before the transport went
             raise self._gone()
 
     def _consumed(self, sid: int, n: int) -> None:

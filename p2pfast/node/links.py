@@ -150,7 +150,7 @@ class Links:
     async def connect(self, node_id: str) -> Session | None:
         """A session to `node_id`: the open one, else one dialled now; None when it cannot be had."""
         s = self.peers.sessions.get(node_id)
-        if s is not None:
+        if s is not None and s.usable:
             return s
         addr = self.addr_of(node_id)
         if addr is None or self.revoked(node_id):
@@ -184,7 +184,7 @@ class Links:
                 for nid, s2 in zip(
                     batch, await asyncio.gather(*(self.connect(n) for n in batch)), strict=True
                 ):
-                    if s2 is not None and not s2.closed:
+                    if s2 is not None and s2.usable:
                         got[nid] = s2
         for nid in ranked[i:]:
             s = sessions.get(nid)
@@ -219,11 +219,13 @@ class Links:
             and not self.revoked(r.node_id)
         ]
         self.rnd.shuffle(candidates)
+        # Not one whose last dial failed: it may have died, and the view will say so soon (each such
+        # dial would be one more to a dead member, from every node short of links).
         for nid in candidates:
             if need <= 0:
                 break
             addr = self.addr_of(nid)
-            if addr is not None:
+            if addr is not None and not self.peers.failed(addr):
                 self.peers.dial_soon(addr)
                 need -= 1
 

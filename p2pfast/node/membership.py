@@ -93,8 +93,9 @@ class Membership:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
         # same peer (the DB thread runs them in order), so the table ends with the last word.
         await self.record(session, "connected")
-        if replay:  # not to a member met again after an idle close: it missed nothing meanwhile
-            self.ctx.spawn(self.tombstones.replay(session))
+        if not replay:  # a member met again after an idle close: it missed nothing meanwhile
+            return
+        self.ctx.spawn(self.tombstones.replay(session))
         try:
             known = await self.recent_peers()
         except StorageError as exc:

@@ -428,7 +428,10 @@ class Repair:
         seen = _Seen()
         batches = _batches(files)
 
-        async def ask(session: Session) -> bool:
+        async def ask(asking: Session) -> bool:
+            session = await self._fresh(asking)  # (the surplus check asks again, later in the pass)
+            if session is None:
+                return False
             try:
                 for batch in batches:
                     asked = m.Holds(tuple((key.decode(), cid) for key, cid in batch))
@@ -482,9 +485,15 @@ class Repair:
         recent = {r.node_id for r in rows if r.node_id and r.node_id != ctx.node_id}
         return (recent | ctx.links.away(since)) - live - {ctx.node_id}
 
+    async def _fresh(self, session: Session) -> Session | None:
+        return session if session.usable else await self.ctx.links.connect(session.peer_id)
+
     async def _copy(self, key: bytes, cid: str, size: int, to: list[Session], report: Report) -> set[str]:
         """File `key` (object `cid`) to each of `to`, as a repair copy; returns who acknowledged."""
         ctx = self.ctx
+        # A session the pass asked on may have closed since, idle at the member's end (node/links.py:
+        # the pass's copies come after all its questions): open another to that member.
+        to = [s for s in [await self._fresh(s) for s in to] if s is not None]
         with ctx.working(f"repair of {show_key(key)}"):
             outcome = StoreOutcome(cid, size)
             await replicate(
