@@ -38,11 +38,13 @@ def test_simulate_reports_its_figures_as_one_json_line() -> None:
         "links_max",
         "links_median",
         "gossip_bytes_per_node_s",
+        "lookup_contacts_max",
+        "join_s",
     ):
         assert field in out, out
-    assert out["nodes"] == 6 and out["links_max"] == 5  # today's discovery: every node to every node
+    assert out["nodes"] == 6 and out["links_max"] == 5  # a network this small is a full mesh (node/links.py)
     assert out["gossip_bytes_per_node_s"] > 0  # an idle network still pings
-    # a get by content id asks replicas + 2 = 4 members; by key too (the key's metadata is on the 3
-    # ranked first for it), or none from a getter that keeps the metadata itself
+    # a get by content id asks replicas + 2 = 5 members (the simulator runs replicas = 3); by key too
+    # (the key's metadata is on the 4 ranked first for it), or none from a getter that keeps it itself
     by_key, by_cid = out["lookup_contacts"][0::2], out["lookup_contacts"][1::2]
-    assert set(by_cid) == {4} and set(by_key) <= {0, 4}, out
+    assert set(by_cid) == {5} and set(by_key) <= {0, 5}, out
