@@ -84,7 +84,7 @@ async def simulate(
 ) -> dict[str, Any]:
     import random
 
-    from inproc import count_who_has
+    from inproc import count_who_has, linked
 
     from p2pfast.counters import COUNTERS
     from p2pfast.errors import P2PError
@@ -125,7 +125,7 @@ async def simulate(
             # converged: every view holds every member and agrees, the links are within their bound
             # (what the join burst opened to the bootstrap node closed once idle), and connected
             converged_s = await wait(
-                lambda: _views_agree(nodes, n) and _bounded(nodes, max_links) and _linked(nodes),
+                lambda: _views_agree(nodes, n) and _bounded(nodes, max_links) and linked(nodes),
                 "links within the bound",
                 t0,
             )
@@ -257,6 +257,8 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
     from outside): until every survivor's view says each is dead, and the dials that went to them."""
     import random
 
+    from inproc import linked
+
     from p2pfast.proto import view
 
     rnd = random.Random(14)
@@ -301,7 +303,7 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
         "declared_dead_s": round(dead_s, 2),
         "detector_bound_s": _detector_bound(limits),
         "dials_to_dead_per_member": round(dials / len(victims), 1),
-        "links_connected_after_kill": _linked(survivors),
+        "links_connected_after_kill": linked(survivors),
     }
 
 
@@ -322,18 +324,6 @@ def _alive_in(node: Any, node_id: str) -> bool:
 
 def _bounded(nodes: list[Any], max_links: int) -> bool:
     return all(len(x.peers.sessions) <= max_links for x in nodes)
-
-
-def _linked(nodes: list[Any]) -> bool:
-    """The nodes' links make one connected graph."""
-    by_id = {x.node_id: x for x in nodes}
-    seen, todo = {nodes[0].node_id}, [nodes[0].node_id]
-    while todo:
-        for p in by_id[todo.pop()].peers.sessions:
-            if p in by_id and p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return len(seen) == len(nodes)
 
 
 def _views_agree(nodes: list[Any], n: int) -> bool:

@@ -66,6 +66,18 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
 
 
+def linked(nodes: list[Node]) -> bool:
+    """The links form one connected graph (news and anti-entropy reach everyone over it)."""
+    by_id = {x.node_id: x for x in nodes}
+    seen, todo = {nodes[0].node_id}, [nodes[0].node_id]
+    while todo:
+        for p in by_id[todo.pop()].peers.sessions:
+            if p in by_id and p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return len(seen) == len(nodes)
+
+
 def count_who_has(nodes: list[Node]) -> dict[str, int]:
     """Each node's who_has requests served from now on: its real handler, counted on the way in (the
     lookup tests and bench/simulate.py count a get's contacts this way)."""

@@ -8,7 +8,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from inproc import count_who_has, run, start_node, wait_until
+from inproc import count_who_has, linked, run, start_node, wait_until
 
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node, placement
@@ -43,18 +43,6 @@ async def network(tmp: Path, n: int = N) -> list[Node]:
 def views_agree(nodes: list[Node]) -> bool:
     views = [x.viewsync.view for x in nodes if x.viewsync is not None]
     return all(len(v) == len(nodes) for v in views) and len({v.root() for v in views}) == 1
-
-
-def linked(nodes: list[Node]) -> bool:
-    """The links form one connected graph (news and anti-entropy reach everyone over it)."""
-    by_id = {x.node_id: x for x in nodes}
-    seen, todo = {nodes[0].node_id}, [nodes[0].node_id]
-    while todo:
-        for p in by_id[todo.pop()].peers.sessions:
-            if p in by_id and p not in seen:
-                seen.add(p)
-                todo.append(p)
-    return len(seen) == len(nodes)
 
 
 def bounded(nodes: list[Node]) -> bool:
