@@ -130,6 +130,10 @@ class Links:
         n = self.count()
         return max(1, min(lim.max_links - SLACK, math.ceil(math.log2(max(n, 2))) + 2))
 
+    def partial(self) -> bool:
+        """More other members than this node keeps sessions with once idle: no full mesh."""
+        return self.count() - 1 > self.target() + SLACK
+
     def short(self) -> bool:
         """Fewer sessions than the target: a member heard of is worth a dial now."""
         return len(self.peers.sessions) < self.target()
@@ -148,12 +152,13 @@ class Links:
 
     # -- on-demand sessions -------------------------------------------------------------------------
     async def connect(self, node_id: str) -> Session | None:
-        """A session to `node_id`: the open one, else one dialled now; None when it cannot be had."""
+        """A session to `node_id`: the open one, else one dialled now; None when it cannot be had (no
+        address known, revoked, or gone in the view: a dead member is dialled no more)."""
         s = self.peers.sessions.get(node_id)
         if s is not None and s.usable:
             return s
         addr = self.addr_of(node_id)
-        if addr is None or self.revoked(node_id):
+        if addr is None or self.revoked(node_id) or self.gone(node_id):
             return None
         self.opened += 1
         try:
@@ -176,9 +181,9 @@ class Links:
                 if nid == self.node_id:
                     continue
                 s = sessions.get(nid)
-                if s is not None:
+                if s is not None and s.usable:
                     got[nid] = s
-                elif not self.gone(nid) and self.addr_of(nid) is not None:
+                elif self.addr_of(nid) is not None:  # connect() says whether it may be dialled
                     batch.append(nid)
             if batch:
                 for nid, s2 in zip(
@@ -188,7 +193,7 @@ class Links:
                         got[nid] = s2
         for nid in ranked[i:]:
             s = sessions.get(nid)
-            if s is not None and nid not in got:
+            if s is not None and s.usable and nid not in got:
                 got[nid] = s
         order = {nid: k for k, nid in enumerate(ranked)}
         return sorted(got.values(), key=lambda s: order[s.peer_id])

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
 
 from p2pfast.errors import LocalProtocolError, PeerUnavailable, StorageError
 from p2pfast.net import gossip
@@ -31,30 +30,23 @@ log = logging.getLogger("p2pfast.node")
 PEX_SAMPLE = 16
 
 
-def _never(node_id: str) -> bool:
-    return False
-
-
 class Membership:
     def __init__(
         self,
         ctx: Context,
         bootstrap: list[str],
         tombstones: Tombstones,
-        gone: Callable[[str], bool] = _never,
-        revoked: Callable[[str], bool] = _never,
     ) -> None:
         self.ctx = ctx
         self.bootstrap = bootstrap
         self.tombstones = tombstones
-        # Whether the membership view (node/viewsync.py) says a member died or left: it is not redialled
-        # every round (a dead member's address would take a dial every backoff period from every node);
-        # one that comes back dials its known peers itself, and its new incarnation makes it alive again.
-        # Once every dead_retry, one gone member taken at random is tried all the same: after a
-        # partition, where each side declared the other dead, one such dial is enough to merge the views.
-        self.gone = gone
-        # A revoked member (node/revocation.py) is never dialled: every dial would be refused.
-        self.revoked = revoked
+        # Dials ask ctx.links.gone, whether the membership view (node/viewsync.py) says a member died or
+        # left: it is not redialled every round (a dead member's address would take a dial every backoff
+        # period from every node); one that comes back dials its known peers itself, and its new
+        # incarnation makes it alive again. Once every dead_retry, one gone member taken at random is
+        # tried all the same: after a partition, where each side declared the other dead, one such dial
+        # is enough to merge the views. And ctx.links.revoked: a revoked member (node/revocation.py) is
+        # never dialled, every dial would be refused.
         self.rounds = 0  # gossip rounds done (tests wait for rounds, not for time)
         self._retry_at = 0.0  # the first round with a gone member may try one at once
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
@@ -65,20 +57,29 @@ class Membership:
         """Dial the bootstrap nodes and the peers the table knows (as many as the link target takes:
         node/links.py; the bootstrap nodes first)."""
         ctx = self.ctx
-        since = time.time() - ctx.limits.stale_after
-        rows = [r for r in await ctx.ex.db(ctx.repo.list_peers, since) if r.verified and r.node_id]
+        rows = await self._known_rows()
         for r in rows:
-            ctx.links.addrs.setdefault(r.node_id or "", r.address)
-        known = await self.known_addrs()
+            if r.verified and r.node_id:
+                ctx.links.addrs.setdefault(r.node_id, r.address)
+        known = self._addrs(rows)
         random.shuffle(known)
         for a in [*self.bootstrap, *known[: max(0, ctx.links.target() - len(self.bootstrap))]]:
             ctx.peers.dial_soon(a)
 
     async def known_addrs(self) -> list[str]:
+        return self._addrs(await self._known_rows())
+
+    async def _known_rows(self) -> list[PeerRow]:
+        """The peers table's rows seen within `stale_after`."""
         ctx = self.ctx
-        since = time.time() - ctx.limits.stale_after
-        rows = await ctx.ex.db(ctx.repo.list_peers, since)
-        return [r.address for r in rows if r.node_id != ctx.node_id and not self.revoked(r.node_id or "")]
+        return await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.stale_after)
+
+    def _addrs(self, rows: list[PeerRow]) -> list[str]:
+        """Their addresses worth a dial: not this node's, not a revoked member's."""
+        ctx = self.ctx
+        return [
+            r.address for r in rows if r.node_id != ctx.node_id and not ctx.links.revoked(r.node_id or "")
+        ]
 
     async def recent_peers(self) -> list[tuple[str, str, float]]:
         """(address, node id, last seen) of the peers seen within the gossip window at an address this
@@ -125,7 +126,7 @@ class Membership:
             await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
             # named by a member that verified it: where a session to it is dialled (node/links.py)
             ctx.links.addrs[node_id] = addr
-            if not self.gone(node_id) and not self.revoked(node_id) and ctx.links.short():
+            if not ctx.links.gone(node_id) and not ctx.links.revoked(node_id) and ctx.links.short():
                 ctx.peers.dial_soon(addr)
         self._pex_from.add(session.peer_id)
         ctx.peers.changed.set()
@@ -190,10 +191,10 @@ class Membership:
                         r.verified_at is None
                         or nid in peers.sessions
                         or nid == ctx.node_id
-                        or self.revoked(nid)
+                        or ctx.links.revoked(nid)
                     ):
                         continue
-                    (dead if self.gone(nid) else wanted).append(r.address)
+                    (dead if ctx.links.gone(nid) else wanted).append(r.address)
                 # only as many as the link target lacks (node/links.py fills from the view as well)
                 random.shuffle(wanted)
                 wanted = wanted[: max(0, ctx.links.target() - len(peers.sessions))]

@@ -28,11 +28,6 @@ def key_weight(key: bytes, node_id: str) -> bytes:
     return blake3.blake3(b"key:" + key + b"/" + node_id.encode()).digest()
 
 
-def key_ranked(key: bytes, sessions: Sequence[S]) -> list[S]:
-    """`sessions` best first for the metadata of `key`: the members that should know its content id."""
-    return sorted(sessions, key=lambda s: key_weight(key, s.peer_id), reverse=True)
-
-
 def ranked(cid: str, sessions: Sequence[S]) -> list[S]:
     """`sessions` best first for `cid`: the order a store or a repair tries them in."""
     return sorted(sessions, key=lambda s: weight(cid, s.peer_id), reverse=True)
@@ -44,7 +39,7 @@ def order(cid: str, nodes: Iterable[str]) -> list[str]:
 
 
 def key_order(key: bytes, nodes: Iterable[str]) -> list[str]:
-    """Node ids best first for the metadata of `key` (as key_ranked() orders sessions)."""
+    """Node ids best first for the metadata of `key`: the members that should know its content id."""
     return sorted(nodes, key=lambda n: key_weight(key, n), reverse=True)
 
 

@@ -198,12 +198,12 @@ class Repair:
         self.trigger("member_joined")
 
     def on_closed(self, session: Session) -> None:
-        # Its copies count until the grace period ends; then a pass copies what it held.
-        self.trigger("member_gone", self.settings.grace + self.settings.debounce)
+        self.member_gone(session.peer_id)
 
     def member_gone(self, node_id: str) -> None:
-        """The view declared a member dead or gone (node/viewsync.py): every node hears it, linked to
-        that member or not, and its copies stop counting once the grace period from then ends."""
+        """A member's link broke here, or the view declared it dead or gone (node/viewsync.py: every
+        node hears that, linked to the member or not): its copies count until the grace period from
+        then ends, and a pass then copies what it held."""
         self.trigger("member_gone", self.settings.grace + self.settings.debounce)
 
     def after_store(self, acked: int, target: int) -> None:

@@ -34,7 +34,7 @@ from p2pfast.node import getting, placement, receive, serve, status
 from p2pfast.node.context import Context
 from p2pfast.node.executors import Executors
 from p2pfast.node.keymeta import KeyMetaService
-from p2pfast.node.links import IDLE, SLACK, Links
+from p2pfast.node.links import IDLE, Links
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
@@ -151,13 +151,7 @@ class Node:
             links=links,
         )
         self.tombstones = Tombstones(ctx)
-        self.membership = Membership(
-            ctx,
-            self.bootstrap,
-            self.tombstones,
-            gone=lambda n: self.viewsync is not None and self.viewsync.gone(n),
-            revoked=lambda n: self.revocations is not None and self.revocations.revoked(n),
-        )
+        self.membership = Membership(ctx, self.bootstrap, self.tombstones)
         self.keymeta = keymeta = KeyMetaService(ctx, self.repair_settings.interval)
         self.repair = Repair(ctx, self.repair_settings, keymeta)
         self.storing = Storing(ctx, on_stored=self.repair.after_store, keymeta=keymeta)
@@ -419,14 +413,11 @@ class Node:
         # A member met for the first time triggers a pass, while every member links to every other (in a
         # larger network most first meetings are a request's sessions: the periodic pass moves copies
         # onto joiners there)
-        if self.repair is not None and self.listen is not None and fresh and not self.links_partial():
+        full_mesh = self.links is None or not self.links.partial()
+        if self.repair is not None and self.listen is not None and fresh and full_mesh:
             self.repair.on_ready(session)
         if self.scrub is not None:
             self.scrub.peer_ready()  # it may hold a good copy of what the scrub could not repair
-
-    def links_partial(self) -> bool:
-        """More other members than this node keeps sessions with once idle: not a full mesh."""
-        return self.links is not None and self.links.count() - 1 > self.links.target() + SLACK
 
     async def _on_dial_failed(self, addr: str) -> None:
         if self.membership is not None:

@@ -167,11 +167,9 @@ class ViewSync:
 
     async def on_probe(self, session: Session, msg: m.Probe) -> m.Ok:
         """Another member asks whether this node's link to `msg.node` answers."""
-        # SWIM's ping-req: this node pings the member, over a session dialled now if it has none (not
-        # one this node's view says is gone: it is dialled no more)
-        target = self.ctx.peers.sessions.get(msg.node)
-        if target is None and not self.gone(msg.node):
-            target = await self.ctx.links.connect(msg.node)
+        # SWIM's ping-req: this node pings the member, over a session dialled now if it has none (never
+        # to one this node's view says is gone: node/links.py)
+        target = await self.ctx.links.connect(msg.node)
         if target is None:
             raise PeerUnavailable(f"no link to {msg.node[:12]} here")
         try:
@@ -256,11 +254,11 @@ class ViewSync:
         self._flush = None
         news, self._news = self._news, {}
         members = self._members()
+        if not self.ctx.peers.listen_addr:
+            return  # a short-lived CLI node passes no news on: it is no member
         n = fanout(len(self.view))
         if len(members) > n:
             members = self.rnd.sample(members, n)
-        if not self.ctx.peers.listen_addr:
-            return  # a short-lived CLI node passes no news on: it is no member
         for session in members:
             records = [r for r, source in news.values() if source != session.peer_id]
             for page in _pages(records):

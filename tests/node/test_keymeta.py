@@ -27,7 +27,7 @@ DATA = b"one hop " * 6000
 
 
 def by_key(key: str, ids: list[str]) -> list[str]:
-    """`ids` best first for the metadata of `key` (what placement.key_ranked does with sessions)."""
+    """`ids` best first for the metadata of `key` (what placement.key_order does, written out here)."""
     return sorted(ids, key=lambda p: placement.key_weight(key.encode(), p), reverse=True)
 
 
