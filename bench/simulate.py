@@ -259,7 +259,7 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
     from outside): until every survivor's view says each is dead, and the dials that went to them."""
     import random
 
-    from inproc import linked
+    from inproc import crash, dial_failures, linked
 
     from p2pfast.proto import view
 
@@ -267,25 +267,10 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
     victims = rnd.sample(nodes[1:], max(1, int(len(nodes) * fraction)))
     survivors = [x for x in nodes if x not in victims]
     addrs = {v.peers.listen_addr for v in victims}
-    failed: list[str] = []
-    real_of = {x.node_id: x.peers.events.on_dial_failed for x in survivors}
-    for x in survivors:
-        real = x.peers.events.on_dial_failed
-
-        async def record(a: str, real: Any = real) -> None:
-            failed.append(a)
-            await real(a)
-
-        x.peers.events.on_dial_failed = record
+    failures = [dial_failures(x) for x in survivors]  # from now on: this kill's own count
     t = asyncio.get_running_loop().time()
     for v in victims:
-        v.peers.stop_listening()
-        for task in v._tasks:
-            task.cancel()
-        v.membership.closing = True
-        for proto in list(v.peers._protocols):
-            if proto.transport is not None:
-                proto.transport.abort()
+        await crash(v)
 
     def all_dead() -> bool:
         for x in survivors:
@@ -296,9 +281,7 @@ async def _kill(nodes: list[Any], fraction: float, limits: Any, wait: Any) -> di
         return True
 
     dead_s = await wait(all_dead, "victims declared dead", t)
-    dials = sum(1 for a in failed if a in addrs)
-    for x in survivors:  # the next phase counts its own
-        x.peers.events.on_dial_failed = real_of[x.node_id]
+    dials = sum(1 for f in failures for a in f if a in addrs)
     return {
         "victims": {v.node_id for v in victims},
         "killed": len(victims),

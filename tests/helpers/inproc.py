@@ -66,6 +66,32 @@ async def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         await asyncio.sleep(0.02)  # polls state this process owns; bounded by the deadline
 
 
+async def crash(node: Node) -> None:
+    """As kill -9 looks from the outside, in one process: its connections reset, nothing said first."""
+    node.peers.stop_listening()
+    for t in node._tasks:
+        t.cancel()
+    node.membership.closing = True  # type: ignore[union-attr]  # it dials nobody again
+    for proto in list(node.peers._protocols):
+        if proto.transport is not None:
+            proto.transport.abort()
+
+
+def dial_failures(node: Node) -> list[str]:
+    """The addresses `node` fails to dial from now on, one entry per failed dial (its own handler still
+    runs)."""
+    failed: list[str] = []
+    real = node.peers.events.on_dial_failed
+
+    async def counting(addr: str) -> None:
+        failed.append(addr)
+        if real is not None:
+            await real(addr)
+
+    node.peers.events.on_dial_failed = counting
+    return failed
+
+
 def linked(nodes: list[Node]) -> bool:
     """The links form one connected graph (news and anti-entropy reach everyone over it)."""
     by_id = {x.node_id: x for x in nodes}

@@ -8,7 +8,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from inproc import count_who_has, linked, run, start_node, wait_until
+from inproc import count_who_has, crash, dial_failures, linked, run, start_node, wait_until
 
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node, placement
@@ -114,24 +114,8 @@ def test_a_member_that_crashes_is_declared_dead_by_all_without_a_dial_storm(tmp_
             victim = next(x for x in nodes[1:] if len(x.peers.sessions) >= 2)
             survivors = [x for x in nodes if x is not victim]
             addr = victim.peers.listen_addr
-            failed: list[str] = []  # every failed dial, at every survivor
-            for x in survivors:
-                real = x.peers.events.on_dial_failed
-                assert real is not None
-
-                async def record(a: str, real: Any = real) -> None:
-                    failed.append(a)
-                    await real(a)
-
-                x.peers.events.on_dial_failed = record
-            victim.peers.stop_listening()
-            for t in victim._tasks:
-                t.cancel()
-            assert victim.membership is not None
-            victim.membership.closing = True
-            for proto in list(victim.peers._protocols):
-                if proto.transport is not None:
-                    proto.transport.abort()
+            failures = [dial_failures(x) for x in survivors]  # every failed dial, at every survivor
+            await crash(victim)
 
             def dead_everywhere() -> bool:
                 return all(
@@ -145,8 +129,9 @@ def test_a_member_that_crashes_is_declared_dead_by_all_without_a_dial_storm(tmp_
             assert linked(survivors)
             # the dials that went to it: probes for the members that lost a link to it, and links
             # refilled from the view before the news came; each address backs off after a failure
-            print(f"dials to the crashed member: {failed.count(addr)} by {len(survivors)} survivors")
-            assert failed.count(addr) <= 2 * len(survivors)
+            dials = sum(f.count(addr) for f in failures)
+            print(f"dials to the crashed member: {dials} by {len(survivors)} survivors")
+            assert dials <= 2 * len(survivors)
         finally:
             for x in nodes:
                 with contextlib.suppress(Exception):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from inproc import cluster, run, start_node, wait_until
+from inproc import cluster, crash, dial_failures, run, start_node, wait_until
 
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
@@ -81,17 +81,6 @@ def state_of(node: Node, node_id: str) -> view.State | None:
     assert node.viewsync is not None
     r = node.viewsync.view.get(node_id)
     return None if r is None else r.state
-
-
-async def crash(node: Node) -> None:
-    """As kill -9 looks from the outside, in one process: its connections reset, nothing said first."""
-    node.peers.stop_listening()
-    for t in node._tasks:
-        t.cancel()
-    node.membership.closing = True  # type: ignore[union-attr]  # it dials nobody again
-    for proto in list(node.peers._protocols):
-        if proto.transport is not None:
-            proto.transport.abort()
 
 
 def test_a_member_that_stops_says_it_left_and_a_crashed_one_is_suspected_then_declared_dead(
@@ -170,21 +159,6 @@ def test_a_peer_of_an_earlier_build_gets_nothing_it_does_not_speak(tmp_path: Pat
             await a.close()
 
     run(main())
-
-
-def dial_failures(node: Node) -> list[str]:
-    """The addresses `node` fails to dial from now on, one entry per failed dial (its own handler still
-    runs)."""
-    failed: list[str] = []
-    real = node.peers.events.on_dial_failed
-
-    async def counting(addr: str) -> None:
-        failed.append(addr)
-        if real is not None:
-            await real(addr)
-
-    node.peers.events.on_dial_failed = counting
-    return failed
 
 
 def test_a_member_declared_dead_is_dialled_no_more(tmp_path: Path) -> None:
