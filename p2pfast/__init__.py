@@ -1,3 +1,3 @@
 """p2pfast: a small, fast, encrypted peer-to-peer storage node."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

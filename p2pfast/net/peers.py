@@ -19,6 +19,9 @@ from p2pfast.net.session import Handler, Session
 
 log = logging.getLogger("p2pfast.net")
 
+# The agent tag of a verification dial's hello: "p2pfast/X.Y.Z+verify" (docs/protocol.md, Discovery).
+VERIFY_TAG = "+verify"
+
 
 def split_addr(addr: str, default_host: str = "") -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
@@ -150,12 +153,15 @@ class PeerManager:
 
         return {"v": 1, "listen": self.listen_addr, "agent": f"p2pfast/{__version__}"}
 
-    def _protocol(self, initiator: bool) -> PeerProtocol:
+    def _protocol(self, initiator: bool, verify: bool = False) -> PeerProtocol:
+        hello = self._hello()
+        if verify:  # a build's metadata tag, which every build's version parsing allows (features.py)
+            hello["agent"] += VERIFY_TAG
         proto = PeerProtocol(
             initiator=initiator,
             static_key=self.static_key,
             network_key=self.network_key,
-            hello=self._hello(),
+            hello=hello,
             handler=self.handler,
             net_limits=self.limits,
             on_ready=self._ready,
@@ -225,6 +231,11 @@ class PeerManager:
         # Verified: the address we dialed and completed the handshake at (whatever id answered there, it
         # is that node's), or for a peer that dialed us, its listen address on the host it came from.
         session.verified_addr = session.dialed or session.listen_addr_observed
+        if session.agent.endswith(VERIFY_TAG) or session.verifying:
+            # a verification dial (verify()): it only shows who answers at an address, and becomes no
+            # session (so it is no duplicate of one either end has: that one stays as it is)
+            session.close(0, "verified")
+            return
         if session.peer_id == self.node_id:
             # We dialled ourselves through an address someone gossiped: remember it, never again.
             self._self_addrs.update(a for a in (session.listen_addr, session.dialed) if a)
@@ -337,6 +348,18 @@ class PeerManager:
         session = self.sessions.get(node_id)
         return session if session is not None and session.usable else None
 
+    async def verify(self, addr: str, node_id: str) -> bool:
+        """Whether `node_id` answers at `addr`: a dial there whose handshake must complete with that id,
+        closed at once; node/viewsync.py's vouches need one when the member has only dialled in. A failed
+        one backs off as any dial does."""
+        if node_id == self.node_id or addr in self._self_addrs:
+            return False
+        b = self._backoff.get(addr)
+        if b is not None and b.not_before > asyncio.get_running_loop().time():
+            return False
+        session = await self._try_dial(addr, verify=True)
+        return session is not None and session.peer_id == node_id
+
     async def _connect_now(self, addr: str) -> None:
         self._dialing.add(addr)
         try:
@@ -354,15 +377,16 @@ class PeerManager:
             self._dial_slots.release()
             self.changed.set()
 
-    async def _try_dial(self, addr: str) -> None:
+    async def _try_dial(self, addr: str, verify: bool = False) -> Session | None:
         loop = asyncio.get_running_loop()
         try:
             host, port = split_addr(addr, "127.0.0.1")
             deadline = self.limits.proto.handshake_timeout
 
             def dialing() -> PeerProtocol:
-                proto = self._protocol(initiator=True)
+                proto = self._protocol(initiator=True, verify=verify)
                 proto.session.dialed = addr if split_addr(addr)[0] else f"{host}:{port}"
+                proto.session.verifying = verify
                 return proto
 
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation (gh-86296), and a
@@ -371,6 +395,7 @@ class PeerManager:
                 _, proto = await loop.create_connection(dialing, host, port)
             async with asyncio.timeout(deadline):
                 await asyncio.shield(proto.session.ready)
+            return proto.session
         except (TimeoutError, OSError, PeerUnavailable, ConfigError) as exc:
             why = str(exc) or type(exc).__name__
             b = self._backoff.get(addr)
@@ -379,3 +404,4 @@ class PeerManager:
             log.info("event=dial_failed addr=%s retry_in=%.1fs reason=%r", addr, delay, why)
             if self.events.on_dial_failed is not None:
                 self._spawn(self.events.on_dial_failed(addr))
+            return None

@@ -240,6 +240,7 @@ class Session:
         # peer's address as this node verified it (PeerManager sets both; docs/protocol.md, Discovery).
         self.dialed = ""
         self.verified_addr: str | None = None
+        self.verifying = False  # a verification dial (PeerManager.verify): never a session in use
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[m.Reply]] = {}
         self._streams: dict[int, Stream] = {}

@@ -16,10 +16,10 @@
   (target: max_connections).
 
 Addresses: a member is dialled at the address this node or a member it heard it from verified (the peer
-table, node/membership.py), else the one its view record advertises, when that names a host (its owner
-says so; a wildcard listen address names none). The owner's record is the only one that changes its
-address, and a dial that fails backs off per address (net/peers.py), so a wrong one costs one failed
-dial per backoff period, at the nodes that need that member.
+table, node/membership.py), else the one its view record advertises once another member vouched for it
+(proto/view.py: the voucher dialled it and met that member there, and signed so), when it names a host (a
+wildcard listen address names none). A member that advertises an address it does not listen on is never
+vouched for, so nobody dials it from the view; a dial that fails backs off per address (net/peers.py).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ DIALS_AT_ONCE = 16
 PRESSED = 2.0
 # Wildcard hosts: a record with one names no address to dial.
 _WILDCARD = ("", "0.0.0.0", "::", "[::]")
+
+
+def names_host(addr: str) -> bool:
+    """Whether a listen address names a host to dial (a wildcard one names none)."""
+    return bool(addr) and addr.rpartition(":")[0] not in _WILDCARD
 
 
 def _never(node_id: str) -> bool:
@@ -146,7 +151,9 @@ class Links:
         if known:
             return known
         r = None if self.view is None else self.view.get(node_id)
-        if r is not None and r.addr and r.addr.rpartition(":")[0] not in _WILDCARD:
+        # the record's address only when another member vouched for it (proto/view.py): its owner's
+        # word alone sends nobody anywhere
+        if r is not None and r.voucher and not self.revoked(r.voucher) and names_host(r.addr):
             return r.addr
         return None
 

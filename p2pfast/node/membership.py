@@ -122,8 +122,10 @@ class Membership:
         dialled, which verifies them; the dialer's backoff bounds the dials to one address however often
         it is heard."""
         ctx = self.ctx
-        for addr, node_id, seen in gossip.new_peers(msg, ctx.peers):
-            await ctx.ex.db(ctx.repo.learn_peer, addr, node_id, seen)
+        heard = gossip.new_peers(msg, ctx.peers)
+        if heard:  # one transaction (and one hop to the DB thread) for the whole exchange
+            await ctx.ex.db(ctx.repo.learn_peers, heard)
+        for addr, node_id, _ in heard:
             # named by a member that verified it: where a session to it is dialled (node/links.py)
             ctx.links.addrs[node_id] = addr
             if not ctx.links.gone(node_id) and not ctx.links.revoked(node_id) and ctx.links.short():

@@ -48,7 +48,8 @@ MAX_WINDOW = 30 * 86400.0
 class Revocations:
     def __init__(self, ctx: Context, static_key: Any) -> None:
         self.ctx = ctx
-        self._sign_key = identity.revocation_key(static_key)
+        # the node's one signing key: its revocations, and its vouches for members' addresses (view.py)
+        self.sign_key = identity.revocation_key(static_key)
         self.records: dict[str, rv.Revocation] = {}
         self.rotation: rv.Rotation | None = None  # the newest this node took (its key: the network key)
         self.old_until = 0.0  # the previous key is accepted until then (wall clock)
@@ -100,7 +101,7 @@ class Revocations:
         if node_id == self.ctx.node_id:
             raise BadInput("a node cannot revoke itself: run 'p2pfast revoke' on another member")
         existing = self.records.get(node_id)
-        record = existing or rv.sign(self._sign_key, node_id, self.ctx.node_id, time.time())
+        record = existing or rv.sign(self.sign_key, node_id, self.ctx.node_id, time.time())
         if existing is None:
             await self._keep(record)
         sent = self._spread((record,), source=None)

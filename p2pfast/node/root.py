@@ -185,7 +185,11 @@ class Node:
         # the view begins with this node's own record, which needs the address just bound
         lim = self.limits
         self.viewsync = ViewSync(
-            ctx, lim.gossip_interval, suspect_after=lim.suspect_after, dead_after=lim.dead_after
+            ctx,
+            lim.gossip_interval,
+            suspect_after=lim.suspect_after,
+            dead_after=lim.dead_after,
+            sign_key=self.revocations.sign_key,
         )
         links.view = self.viewsync.view
         if self.listen is not None:

@@ -26,6 +26,11 @@ rules; docs/protocol.md, "Membership that scales", the design).
   Before it suspects a member, a node asks up to 3 others whether their link to it answers a ping
   (SWIM's ping-req, `probe`): a link of its own that broke is no reason to suspect a member that is up.
 
+* Vouches (proto/view.py): a node that dialled a member at the address its record advertises, and
+  met that member there, signs a vouch for the address and spreads the vouched record as news; a node
+  checks a vouch's signature against the voucher's key (from the voucher's own record) before it takes
+  it. Links dial a member they have not verified themselves only at a vouched address.
+
 Links (node/links.py) are the bounded set of sessions news and anti-entropy run over; a member this node
 has no session with is probed, when a probe asks, over one dialled for it.
 """
@@ -41,6 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pfast import wire
 from p2pfast.errors import P2PError, PeerUnavailable
@@ -50,6 +56,7 @@ from p2pfast.node.context import Context
 from p2pfast.node.flow import by_size
 from p2pfast.proto import control, view
 from p2pfast.proto import messages as m
+from p2pfast.proto.revocation import public_hex
 
 log = logging.getLogger("p2pfast.view")
 
@@ -68,6 +75,11 @@ DEAD_AFTER = 30.0
 # asked member's ping may take.
 PROBES = 3
 PROBE_TIMEOUT = 2.0
+# About how long a node that a member dialled waits before it dials the member's address to vouch for it
+# (jittered ±50%): the member's other links, or a dial of its own, may vouch first.
+VERIFY_DELAY = 2.0
+# Vouchers whose vouches wait for their own (a join burst's worth; past it, anti-entropy brings them).
+MAX_AWAITING = 1024
 
 
 class ViewSync:
@@ -78,18 +90,32 @@ class ViewSync:
         rnd: random.Random | None = None,
         suspect_after: float = SUSPECT_AFTER,
         dead_after: float = DEAD_AFTER,
+        sign_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.ctx = ctx
+        # the node's signing key (node/revocation.py's): its vouches, and its own record names it
+        self.sign_key = sign_key or Ed25519PrivateKey.generate()
         self.interval = interval
         self.suspect_after, self.dead_after = suspect_after, dead_after
         self.closing = False
         self.rnd = rnd or random.Random()
         # A restart begins at the time in milliseconds: it outranks whatever was said of a past life.
-        me = view.Record(ctx.node_id, ctx.peers.listen_addr, int(time.time() * 1000), view.State.ALIVE)
+        me = view.Record(
+            ctx.node_id,
+            ctx.peers.listen_addr,
+            int(time.time() * 1000),
+            view.State.ALIVE,
+            sk=public_hex(self.sign_key),
+        )
         self.view = view.View(me)
         self._news: dict[str, tuple[view.Record, str | None]] = {}  # node id -> (record, heard from)
         self._flush: asyncio.Handle | None = None
         self.syncs = 0  # exchanges this node began (tests, bench/simulate.py)
+        self.vouches = 0  # vouches this node signed, and those it refused (tests)
+        self.vouches_refused = 0
+        self._verifying: set[tuple[str, int]] = set()  # (member, incarnation) dialled or to be, once
+        # voucher -> {member: record}: vouches by members whose own address is not vouched for yet
+        self._awaiting: dict[str, dict[str, view.Record]] = {}
         # set once an exchange ended (agreed, or gave up): a short-lived CLI node waits for it, so the
         # members it places and looks up by are the network's (Node.wait_settled)
         self.synced = asyncio.Event()
@@ -111,6 +137,7 @@ class ViewSync:
         return [s for s in self.ctx.peers.sessions.values() if s.speaks("view")]
 
     def on_ready(self, session: Session) -> None:
+        self._vouch_for(session.peer_id)
         self.ctx.spawn(self.sync(session))
 
     # -- failure detection ---------------------------------------------------------------------------
@@ -186,7 +213,7 @@ class ViewSync:
             return
         for session in self._members():
             with contextlib.suppress(P2PError):
-                session.notify(m.ViewNews((record,)))
+                session.notify(m.ViewNews(tuple(_for(session, [record]))))
 
     # -- anti-entropy, the asking side ----------------------------------------------------------------
     async def sync(self, session: Session) -> None:
@@ -207,13 +234,15 @@ class ViewSync:
                 buckets, stamps = self.view.stamps_page(self.view.differing(theirs), control.MAX_VIEW_STAMPS)
                 if not buckets:
                     return  # the digests changed under us: the next interval will see
+                if not session.speaks("vouch"):
+                    stamps = [x.legacy() for x in stamps]
                 push = await session.request(m.ViewPull(tuple(buckets), tuple(stamps)), timeout=SYNC_TIMEOUT)
-                self._merge_all(push.records, session.peer_id)
+                news = self._merge_all(push.records, session.peer_id)
                 if push.want and member:
-                    for page in _pages(self.view.records(push.want)):
+                    for page in _pages(_for(session, self.view.records(push.want))):
                         session.notify(m.ViewNews(page))
-                if not push.records and (not push.want or not member):
-                    return
+                if not news and (not push.want or not member):
+                    return  # nothing new came (or only what this node will not take: a vouch it refused)
         except (P2PError, TimeoutError) as exc:
             log.debug("event=view_sync_failed peer=%s error=%r", session.peer_id[:12], str(exc))
         finally:
@@ -227,23 +256,115 @@ class ViewSync:
 
     async def on_pull(self, session: Session, msg: m.ViewPull) -> m.ViewPush:
         send, want = self.view.compare(msg.buckets, msg.stamps, control.MAX_VIEW_RECORDS)
-        pages = _pages(send, room=_ROOM - 70 * len(want))
+        pages = _pages(_for(session, send), room=_ROOM - 70 * len(want))
         return m.ViewPush(pages[0] if pages else (), tuple(want[: control.MAX_VIEW_WANT]))
 
     async def on_news(self, session: Session, msg: m.ViewNews) -> None:
         self._merge_all(msg.records, session.peer_id)
 
     # -- merging and spreading ----------------------------------------------------------------------
-    def _merge_all(self, records: Sequence[view.Record], source: str) -> None:
+    def _merge_all(self, records: Sequence[view.Record], source: str) -> int:
+        """Merge records a member sent; returns how many were news."""
         now = time.time()
-        for r in records:
+        news = 0
+        # vouched records last: a voucher whose own record comes in the same message is known by then
+        for r in sorted(records, key=lambda r: bool(r.voucher)):
             old = self.view.get(r.node_id)
+            if r.voucher and (old is None or r.key > old.key):
+                r = self._checked(r, source)
             changed = self.view.merge(r, now)
             if changed is not None and changed.gone and (old is None or not old.gone):
                 self._gone(changed.node_id)
             if changed is not None:
+                news += 1
                 # our own refutation goes everywhere, the source included: it made the claim
                 self._spread(changed, None if changed.node_id == self.ctx.node_id else source)
+                if not changed.voucher:
+                    self._vouch_for(changed.node_id)
+                else:
+                    self._release(changed.node_id, source)
+        return news
+
+    def _release(self, voucher: str, source: str) -> None:
+        """A member's address is vouched for now: the vouches it signed that waited for that count."""
+        waiting = self._awaiting.pop(voucher, None)
+        if waiting:
+            self._merge_all(list(waiting.values()), source)
+
+    def _checked(self, r: view.Record, source: str) -> view.Record:
+        """`r` with its vouch if that checks out: signed by the key of the voucher's record, by a member
+        that is not the record's own, not revoked, and whose own address was vouched for or verified
+        here (so every vouch taken goes back, vouch by vouch, to a member some node reached: a member
+        cannot make one up under an identity it made up); else without it (the address is not dialled
+        on its word, and the member that sent it is named in the log). A vouch dropped because its
+        voucher was not vouched yet comes again in an anti-entropy exchange (the digests differ)."""
+        signer = self.view.get(r.voucher)
+        if signer is None or not signer.sk:
+            why = "unknown_voucher"
+        elif r.voucher in self.ctx.peers.refused or not view.vouch_valid(r, signer.sk):
+            why = "bad_vouch"
+        elif not (signer.voucher or r.voucher == self.ctx.node_id or self._reached(signer)):
+            why = "voucher_unvouched"
+        else:
+            return r
+        if why == "voucher_unvouched" and (len(self._awaiting) < MAX_AWAITING or r.voucher in self._awaiting):
+            # kept until the voucher's own address is vouched for (_release), so that vouches spread
+            # as fast as news, not an anti-entropy interval per link of the chain
+            self._awaiting.setdefault(r.voucher, {})[r.node_id] = r
+        self.vouches_refused += 1
+        level = logging.INFO if why == "bad_vouch" else logging.DEBUG
+        log.log(
+            level,
+            "event=vouch_refused node=%s voucher=%s from=%s why=%s",
+            r.node_id[:12],
+            r.voucher[:12],
+            source[:12],
+            why,
+        )
+        return r.unvouched()
+
+    def _reached(self, r: view.Record) -> bool:
+        """This node verified `r`'s address itself: it dialled it and met that member there."""
+        s = self.ctx.peers.sessions.get(r.node_id)
+        return s is not None and bool(s.dialed) and s.dialed == r.addr
+
+    def _vouch_for(self, node_id: str) -> None:
+        """Vouch for a member's advertised address when this node dialled exactly that address and met
+        the member there (net/peers.py: `dialed` is set only on the initiator's side). When the member
+        dialled this node instead, verify the address with a dial of its own first (_verify), a moment
+        later: by then another of its links may have vouched, and this node need not dial."""
+        if not self.ctx.peers.listen_addr or self.closing:
+            return  # a CLI node is no member: nobody takes its word
+        r = self.view.get(node_id)
+        s = self.ctx.peers.sessions.get(node_id)
+        if r is None or r.voucher or r.gone or not links.names_host(r.addr) or s is None or not s.usable:
+            return
+        if s.dialed == r.addr:
+            self._vouch(r)
+        elif not s.dialed and r.sk and (node_id, r.inc) not in self._verifying:
+            # (a record without a signing key is of a build before vouches: it would not know the tag
+            # of a verification dial, and would take the dial for a second session)
+            self._verifying.add((node_id, r.inc))
+            self.ctx.spawn(self._verify(node_id, r.inc))
+
+    def _vouch(self, r: view.Record) -> None:
+        changed = self.view.merge(view.vouch(r, self.ctx.node_id, self.sign_key), time.time())
+        if changed is not None:
+            self.vouches += 1
+            self._spread(changed, None)
+            self._release(changed.node_id, self.ctx.node_id)
+
+    async def _verify(self, node_id: str, inc: int) -> None:
+        await asyncio.sleep(VERIFY_DELAY * (0.5 + self.rnd.random()))  # jitter: one of its links goes first
+        r = self.view.get(node_id)
+        if self.closing or r is None or r.inc != inc or r.voucher or r.state != view.State.ALIVE:
+            return
+        if await self.ctx.peers.verify(r.addr, node_id):
+            now = self.view.get(node_id)
+            if now is not None and (now.inc, now.addr) == (r.inc, r.addr) and not now.voucher:
+                self._vouch(now)
+        else:
+            log.info("event=address_unverified node=%s addr=%s", node_id[:12], r.addr)
 
     def _spread(self, record: view.Record, source: str | None) -> None:
         self._news[record.node_id] = (record, source)
@@ -260,7 +381,7 @@ class ViewSync:
         if len(members) > n:
             members = self.rnd.sample(members, n)
         for session in members:
-            records = [r for r, source in news.values() if source != session.peer_id]
+            records = _for(session, [r for r, source in news.values() if source != session.peer_id])
             for page in _pages(records):
                 with contextlib.suppress(P2PError):  # it is closing: anti-entropy covers it
                     session.notify(m.ViewNews(page))
@@ -285,6 +406,12 @@ class ViewSync:
 def fanout(members: int) -> int:
     """Members each piece of news is pushed to: ln N + 3 (0.95 that one push round alone reaches all)."""
     return max(1, math.ceil(math.log(max(members, 1))) + 3)
+
+
+def _for(session: Session, records: Sequence[view.Record]) -> Sequence[view.Record]:
+    """The records in the form `session`'s build reads: without signing keys and vouches for a build
+    before them (proto/features.py)."""
+    return records if session.speaks("vouch") else [r.legacy() for r in records]
 
 
 def _pages(records: Sequence[view.Record], room: int = _ROOM) -> list[tuple[view.Record, ...]]:

@@ -210,34 +210,55 @@ _view_buckets_hex = _regex(re.compile(r"(?:[0-9a-f]{8192})?"), "empty or 256 16-
 _inc = _int(0, MAX_ID)
 _state = _int(0, 3)
 _tag = _regex(re.compile(r"[0-9a-f]{8}"), "8 lowercase hex digits")
+_vouched = _int(0, 1)
 _listen = _addr(host_required=True, empty_ok=True)
 
 
-def _tuple_list(name: str, v: Any, n: int, most: int, what: str) -> None:
+def _tuple_list(name: str, v: Any, n: int | tuple[int, ...], most: int, what: str) -> None:
+    sizes = (n,) if isinstance(n, int) else n
     if type(v) is not list or len(v) > most:
         raise _Invalid(f"{name} must be a list of at most {most} {what}")
     for i, x in enumerate(v):
-        if type(x) is not list or len(x) != n:
-            raise _Invalid(f"{name}[{i}] must be a list of {n} fields")
+        if type(x) is not list or len(x) not in sizes:
+            raise _Invalid(f"{name}[{i}] must be a list of {' or '.join(map(str, sizes))} fields")
+
+
+_maybe_hex32 = _regex(re.compile(r"(?:[0-9a-f]{64})?"), "empty or 64 lowercase hex digits")
+_maybe_hex64 = _regex(re.compile(r"(?:[0-9a-f]{128})?"), "empty or 128 lowercase hex digits")
 
 
 def _view_records(name: str, v: Any) -> None:
-    _tuple_list(name, v, 5, MAX_VIEW_RECORDS, "[node id, addr, incarnation, state, at] records")
-    for i, (node, addr, inc, state, at) in enumerate(v):
-        _node_id(f"{name}[{i}][0]", node)
-        _listen(f"{name}[{i}][1]", addr)
-        _inc(f"{name}[{i}][2]", inc)
-        _state(f"{name}[{i}][3]", state)
-        _time(f"{name}[{i}][4]", at)
+    # five fields from a build before vouches; eight with the signing key and the vouch
+    _tuple_list(
+        name,
+        v,
+        (5, 8),
+        MAX_VIEW_RECORDS,
+        "[node id, addr, incarnation, state, at(, signing key, voucher, vouch signature)] records",
+    )
+    for i, x in enumerate(v):
+        _node_id(f"{name}[{i}][0]", x[0])
+        _listen(f"{name}[{i}][1]", x[1])
+        _inc(f"{name}[{i}][2]", x[2])
+        _state(f"{name}[{i}][3]", x[3])
+        _time(f"{name}[{i}][4]", x[4])
+        if len(x) == 8:
+            _maybe_hex32(f"{name}[{i}][5]", x[5])
+            _maybe_hex32(f"{name}[{i}][6]", x[6])
+            _maybe_hex64(f"{name}[{i}][7]", x[7])
+            if bool(x[6]) != bool(x[7]):
+                raise _Invalid(f"{name}[{i}] must have both a voucher and its signature, or neither")
 
 
 def _view_stamps(name: str, v: Any) -> None:
-    _tuple_list(name, v, 4, MAX_VIEW_STAMPS, "[node id, incarnation, state, tag] stamps")
-    for i, (node, inc, state, tag) in enumerate(v):
-        _node_id(f"{name}[{i}][0]", node)
-        _inc(f"{name}[{i}][1]", inc)
-        _state(f"{name}[{i}][2]", state)
-        _tag(f"{name}[{i}][3]", tag)
+    _tuple_list(name, v, (4, 5), MAX_VIEW_STAMPS, "[node id, incarnation, state, tag(, vouched)] stamps")
+    for i, x in enumerate(v):
+        _node_id(f"{name}[{i}][0]", x[0])
+        _inc(f"{name}[{i}][1]", x[1])
+        _state(f"{name}[{i}][2]", x[2])
+        _tag(f"{name}[{i}][3]", x[3])
+        if len(x) == 5:
+            _vouched(f"{name}[{i}][4]", x[4])
 
 
 def _view_bucket_list(name: str, v: Any) -> None:

@@ -17,6 +17,7 @@ SINCE: dict[str, tuple[int, int]] = {
     "revoke": (0, 2),  # revoked, net_key (proto/revocation.py, node/revocation.py)
     "probe": (0, 2),  # probe: SWIM's ping-req (node/viewsync.py)
     "keymeta": (0, 2),  # key_meta, and have's optional `meta` (node/keymeta.py)
+    "vouch": (0, 3),  # view records' signing key and vouch, stamps' vouched bit (proto/view.py)
 }
 
 _AGENT = re.compile(r"p2pfast/(\d+)\.(\d+)(?:\.\d+)?(?:[-+.].*)?")

@@ -638,20 +638,28 @@ def _meta_in(x: list[Any]) -> Meta:
     return Meta(x[0], x[1], float(x[2]), tuple(x[3]))
 
 
+# A record or stamp without what a build before vouches lacks goes in that build's shorter form (the
+# sender strips them for such a peer: node/viewsync.py), so one schema serves both.
 def _record_out(r: view.Record) -> list[Any]:
-    return [r.node_id, r.addr, r.inc, int(r.state), r.at]
+    if not (r.sk or r.voucher):
+        return [r.node_id, r.addr, r.inc, int(r.state), r.at]
+    return [r.node_id, r.addr, r.inc, int(r.state), r.at, r.sk, r.voucher, r.vsig]
 
 
 def _record_in(x: list[Any]) -> view.Record:
-    return view.Record(x[0], x[1], x[2], view.State(x[3]), float(x[4]))
+    if len(x) == 5:
+        return view.Record(x[0], x[1], x[2], view.State(x[3]), float(x[4]))
+    return view.Record(x[0], x[1], x[2], view.State(x[3]), float(x[4]), x[5], x[6], x[7])
 
 
 def _stamp_out(s: view.Stamp) -> list[Any]:
-    return [s.node_id, s.inc, int(s.state), s.tag]
+    if s.v < 0:
+        return [s.node_id, s.inc, int(s.state), s.tag]
+    return [s.node_id, s.inc, int(s.state), s.tag, s.v]
 
 
 def _stamp_in(x: list[Any]) -> view.Stamp:
-    return view.Stamp(x[0], x[1], view.State(x[2]), x[3])
+    return view.Stamp(x[0], x[1], view.State(x[2]), x[3], x[4] if len(x) == 5 else -1)
 
 
 def from_wire(d: dict[str, Any]) -> Envelope:

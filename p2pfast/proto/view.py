@@ -3,9 +3,13 @@ member's record, how two records of one member are ordered, and the digests two 
 a few small messages, where their views differ (docs/protocol.md, "Membership that scales").
 
 A record says what is known of one member: its node id, the address it advertises, its incarnation and
-its state (alive, suspect, dead, left). Records are not signed yet, so the view does not choose whom to
-dial (a dial goes only to addresses a node verified: net/peers.py). Records of one member are totally
-ordered by their `key` (incarnation, state, address tag): of two, every node keeps the greater, so views
+its state (alive, suspect, dead, left), its Ed25519 signing key (`sk`, the key its revocations are signed
+with), and a vouch: the id of another member that dialled that address and completed the handshake there
+with this member's id, and that member's signature of (node id, incarnation, address). Only a vouched
+address is dialled by a node that did not verify it itself (node/links.py), so a member that advertises an
+address it does not listen on gets no dials from the view (docs/protocol.md, "Vouched addresses"). Records
+of one member are totally ordered by their `key` (incarnation, state, address tag, vouched): of two, every
+node keeps the greater, so views
 merge like a join-semilattice (a CRDT: merging is commutative, associative and idempotent) and any order
 of delivery ends in the same view. Only a member raises its own incarnation (SWIM's refutation, Das,
 Gupta & Motivala 2002): a suspicion or death claim about it carries the incarnation it was about, and the
@@ -22,11 +26,16 @@ stamps (node id and key) of the buckets that differ, and send each other the rec
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 BUCKETS = 256
 HASH_SIZE = 16
@@ -58,19 +67,67 @@ class Record:
     inc: int  # incarnation: raised only by the member itself
     state: State
     at: float = 0.0  # for DEAD and LEFT: when it was declared (Unix time); 0 otherwise
+    sk: str = ""  # the member's Ed25519 public key, 64 hex ("" from a build before vouches)
+    voucher: str = ""  # the member that verified `addr` at incarnation `inc` ("": nobody yet)
+    vsig: str = ""  # the voucher's signature of vouch_bytes(node_id, inc, addr), 128 hex
     # The order of records of one member: the greater is kept. Made once: every merge compares keys.
-    key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
+    key: tuple[int, int, str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.inc, int(self.state), addr_tag(self.addr)))
+        vouched = 1 if self.voucher else 0
+        object.__setattr__(self, "key", (self.inc, int(self.state), addr_tag(self.addr), vouched))
 
     @property
     def stamp(self) -> Stamp:
-        return Stamp(self.node_id, self.inc, self.state, self.key[2])
+        return Stamp(self.node_id, self.inc, self.state, self.key[2], self.key[3])
 
     @property
     def gone(self) -> bool:
         return self.state >= State.DEAD
+
+    @property
+    def vouched(self) -> bool:
+        return bool(self.voucher)
+
+    def unvouched(self) -> Record:
+        return dataclasses.replace(self, voucher="", vsig="") if self.voucher else self
+
+    def legacy(self) -> Record:
+        """The record as a build before vouches reads it (its five fields)."""
+        return dataclasses.replace(self, sk="", voucher="", vsig="") if self.sk or self.voucher else self
+
+
+VOUCH_LABEL = b"p2pfast vouch/1\0"
+
+
+def vouch_bytes(node_id: str, inc: int, addr: str) -> bytes:
+    """What a voucher signs: the label, the member's id (32 bytes), its incarnation (u64 BE) and the
+    address (UTF-8). The state is left out: a claim about the member keeps the vouch of its address."""
+    return VOUCH_LABEL + bytes.fromhex(node_id) + struct.pack(">Q", inc) + addr.encode()
+
+
+def vouch(record: Record, voucher: str, key: Ed25519PrivateKey) -> Record:
+    """`record` vouched for by `voucher`, which dialled its address and met its member there."""
+    sig = key.sign(vouch_bytes(record.node_id, record.inc, record.addr)).hex()
+    return dataclasses.replace(record, voucher=voucher, vsig=sig)
+
+
+def vouch_valid(record: Record, signer_sk: str) -> bool:
+    """The record's vouch checks out under `signer_sk` (its voucher's key, from the voucher's record)."""
+    if not record.voucher or not signer_sk or record.voucher == record.node_id:
+        return False
+    return _verify(signer_sk, record.vsig, vouch_bytes(record.node_id, record.inc, record.addr))
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify(sk: str, sig: str, data: bytes) -> bool:
+    # cached: a vouch reaches a node along several links, and the simulator runs many nodes in one
+    # process; a verification is a pure function of its inputs
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(sk)).verify(bytes.fromhex(sig), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +138,16 @@ class Stamp:
     inc: int
     state: State
     tag: str
+    v: int = -1  # 1 vouched, 0 not; -1 from a build before vouches, which orders records without it
 
     @property
-    def key(self) -> tuple[int, int, str]:
-        return (self.inc, int(self.state), self.tag)
+    def key(self) -> tuple[int, int, str] | tuple[int, int, str, int]:
+        if self.v < 0:
+            return (self.inc, int(self.state), self.tag)
+        return (self.inc, int(self.state), self.tag, self.v)
+
+    def legacy(self) -> Stamp:
+        return dataclasses.replace(self, v=-1) if self.v >= 0 else self
 
 
 def bucket_of(node_id: str) -> int:
@@ -92,8 +155,10 @@ def bucket_of(node_id: str) -> int:
 
 
 def _hash(r: Record) -> bytes:
-    # `at` is left out: two nodes that heard of one death at different moments agree on the view
-    return blake3.blake3(f"{r.node_id}/{r.inc}/{int(r.state)}/{r.addr}".encode()).digest(HASH_SIZE)
+    # `at` is left out: two nodes that heard of one death at different moments agree on the view; so is
+    # who vouched (two nodes that took two vouches for one address agree), but not whether it is vouched
+    v = "/v" if r.voucher else ""
+    return blake3.blake3(f"{r.node_id}/{r.inc}/{int(r.state)}/{r.addr}{v}".encode()).digest(HASH_SIZE)
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -136,11 +201,25 @@ class View:
         claim about itself), None when it was not news."""
         old = self._records.get(record.node_id)
         if record.node_id == self.me:
+            if old is not None and record.key[:3] == old.key[:3] and record.voucher and not old.voucher:
+                # a member vouches for this node's address: kept, and passed on like any news
+                return self._put(dataclasses.replace(old, voucher=record.voucher, vsig=record.vsig))
             if old is not None and record.key > old.key:
                 # A claim that this node is suspect, dead or gone, or an alive record of a past life of it
                 # that outranks this one: refute it (SWIM), one incarnation up.
-                return self._put(Record(self.me, old.addr, record.inc + 1, State.ALIVE))
+                return self._put(Record(self.me, old.addr, record.inc + 1, State.ALIVE, sk=old.sk))
             return None
+        if old is not None and old.sk and not record.sk:
+            # one member's key never changes (it derives from its static key): a record that came
+            # through a build before vouches lacks it
+            record = dataclasses.replace(record, sk=old.sk)
+        if old is not None and (record.inc, record.addr) == (old.inc, old.addr):
+            # A vouch is of the address at an incarnation, whatever the state: the record kept has it
+            # if either had it (an OR beside the order, so delivery order still does not matter).
+            if old.voucher and not record.voucher and record.key[:3] > old.key[:3]:
+                record = dataclasses.replace(record, voucher=old.voucher, vsig=old.vsig)
+            elif record.voucher and not old.voucher and record.key[:3] < old.key[:3]:
+                return self._put(dataclasses.replace(old, voucher=record.voucher, vsig=record.vsig))
         if old is not None and record.key < old.key:
             return None
         if old is not None and record.key == old.key:
@@ -159,7 +238,7 @@ class View:
         if old is None:
             return None
         at = now if state >= State.DEAD else 0.0
-        new = Record(node_id, old.addr, old.inc, state, at)
+        new = dataclasses.replace(old, state=state, at=at)  # the vouch stays: it is of the address
         if new.key <= old.key:
             return None
         if node_id == self.me:
@@ -232,12 +311,17 @@ class View:
         wanted = set(buckets)
         known = {s.node_id: s for s in theirs if bucket_of(s.node_id) in wanted}
         send: list[Record] = []
+        # (a stamp from a build before vouches has a shorter key: compared on its three fields)
         for b in wanted:
             for r in self._by_bucket[b].values():
                 s = known.get(r.node_id)
-                if s is None or s.key < r.key:
+                if s is None or s.key < r.key[: len(s.key)]:
                     send.append(r)
-        want = [n for n, s in known.items() if (mine := self._records.get(n)) is None or mine.key < s.key]
+        want = [
+            n
+            for n, s in known.items()
+            if (mine := self._records.get(n)) is None or mine.key[: len(s.key)] < s.key
+        ]
         send.sort(key=lambda r: r.node_id)
         want.sort()
         return send[:limit], want[:limit]

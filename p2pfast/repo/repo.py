@@ -581,17 +581,23 @@ class Repo:
             )
 
     def learn_peer(self, address: str, node_id: str, seen: float) -> None:
-        """Record a peer heard of through gossip: a new one is `known` and unverified; for one already in
-        the table only a later last_seen is taken, and the node id unless this node verified the
-        address (what our own handshake there said is not overwritten by hearsay); the status is never
-        touched (gossip about a peer must not overwrite what our own connection to it says)."""
+        self.learn_peers([(address, node_id, seen)])
+
+    def learn_peers(self, peers: Sequence[tuple[str, str, float]]) -> None:
+        """Record peers heard of through gossip, (address, node id, last seen) each, in one transaction
+        (a peer exchange's worth): a new one is `known` and unverified; for one already in the table
+        only a later last_seen is taken, and the node id unless this node verified the address (what
+        our own handshake there said is not overwritten by hearsay); the status is never touched
+        (gossip about a peer must not overwrite what our own connection to it says)."""
+        if not peers:
+            return
         with self._write() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO peers (address, node_id, last_seen, status) VALUES (?, ?, ?, 'known')"
                 " ON CONFLICT (address) DO UPDATE SET"
                 " node_id = CASE WHEN verified_at IS NULL THEN excluded.node_id ELSE node_id END,"
                 " last_seen = max(last_seen, excluded.last_seen)",
-                (address, node_id, seen),
+                peers,
             )
 
     def peer_dial_failed(self, address: str, when: float) -> None:

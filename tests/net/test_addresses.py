@@ -14,12 +14,15 @@ import threading
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from netnodes import NodeProc, make_nodes, running, wait_until
 
+from p2pfast import __version__, identity
 from p2pfast.proto import messages as m
-from p2pfast.proto import noise
+from p2pfast.proto import noise, view
 from p2pfast.proto.connection import Connection, Role
 from p2pfast.proto.events import NEED_DATA, ControlReceived, HandshakeComplete
+from p2pfast.proto.revocation import public_hex
 from p2pfast.repo.repo import Repo
 
 
@@ -53,14 +56,16 @@ class CountingListener:
 class ScriptedMember:
     """A member (it has the network key) whose hello advertises `listen`, where it does not listen."""
 
-    def __init__(self, node: NodeProc, network_key: bytes, listen: str) -> None:
+    def __init__(self, node: NodeProc, network_key: bytes, listen: str, agent: str = "liar") -> None:
         host, port = node.listen.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
+        key = noise.generate_keypair()
+        self.node_id = identity.node_id_of(noise.public_bytes(key))
         self.conn = Connection(
             Role.INITIATOR,
-            noise.generate_keypair(),
+            key,
             network_key,
-            {"v": 1, "listen": listen, "agent": "liar"},
+            {"v": 1, "listen": listen, "agent": agent},
             now=time.monotonic(),
         )
         self.conn.initiate()
@@ -100,8 +105,17 @@ class ScriptedMember:
         self.conn.send_control(m.to_wire(msg))
         self.pump(0.01)
 
+    def send_news(self, records: tuple[view.Record, ...]) -> None:
+        self.conn.send_control(m.to_wire(m.ViewNews(records)))
+        self.pump(0.01)
+
     def close(self) -> None:
         self.sock.close()
+
+
+def _log(node: NodeProc) -> str:
+    """The node's whole log (NodeProc.log keeps the tail)."""
+    return node.log_path.read_text(errors="replace")
 
 
 def _full_mesh(nodes: list[NodeProc]) -> bool:
@@ -136,7 +150,7 @@ def test_an_address_no_member_verified_is_dialled_once_and_never_gossiped(tmp_pa
             # b may dial a heard address once to verify it; the dials fail (no handshake there). They go
             # in the pex's order, at most 8 a second; both are counted once three more rounds have run
             failed = [f"event=dial_failed addr={a} " for a in (claimed.addr, heard.addr)]
-            wait_until(lambda: liar.pump() >= 0 and failed[1] in b.log(), 20, "b's verification dials", nodes)
+            wait_until(lambda: liar.pump() >= 0 and failed[1] in _log(b), 20, "b's verification dials", nodes)
             sent_before = len(liar.pexes)
             # three more rounds of b's gossip: b's exchanges, redials and c's and d's have all run since
             wait_until(lambda: liar.pump() >= sent_before + 3, 20, "three more peer exchanges from b", nodes)
@@ -144,10 +158,10 @@ def test_an_address_no_member_verified_is_dialled_once_and_never_gossiped(tmp_pa
             assert named == {c.listen, d.listen}, named  # b's members, at the addresses b verified
             # one verification dial each, by b (the pex named both), and none since
             assert (claimed.count, heard.count) == (1, 1)
-            assert all(b.log().count(f) == 1 for f in failed), b.log()
+            assert all(_log(b).count(f) == 1 for f in failed), _log(b)
             for n in (c, d):  # never told of either address, so never dialled there
                 assert not {claimed.addr, heard.addr} & _addresses(n)
-                assert "127.0.0.5" not in n.log() and "127.0.0.6" not in n.log(), n.log()
+                assert "127.0.0.5" not in _log(n) and "127.0.0.6" not in _log(n), _log(n)
             assert _full_mesh(nodes)
             liar.pump(0.01)  # still connected: a member, only not at the address it named
             for n in nodes:
@@ -159,6 +173,73 @@ def test_an_address_no_member_verified_is_dialled_once_and_never_gossiped(tmp_pa
         heard.close()
     for n in nodes:
         assert "Traceback" not in n.log(), n.log()
+
+
+def test_a_member_whose_view_record_names_an_address_it_does_not_listen_on_gets_no_dial_from_the_view(
+    tmp_path: Path,
+) -> None:
+    """The liar speaks the membership view: its own record advertises 127.0.0.5:P (a counting listener),
+    comes with a vouch "by c" that it signed itself, and a made-up member with a key of its own vouches
+    for it too. b, which the liar dialled, checks the address with one verification dial, which fails;
+    the vouches are refused; so c and d, which hold the record but no session to the liar, never dial
+    there (before vouches, their links dialled every alive member of the view at its record's address)."""
+    nodes = make_nodes(tmp_path, 3)
+    b, c, d = nodes
+    network_key = (b.root / "network.key").read_bytes()
+    cfg = tmp_path / "cfg"
+    cfg.write_text("gossip_interval=1\n")
+    opts = ("--config", str(cfg), "--log-level", "debug")
+    claimed = CountingListener("127.0.0.5")
+    liar: ScriptedMember | None = None
+    try:
+        with running(nodes):
+            b.start(*opts)
+            c.start("--bootstrap", b.listen, *opts)
+            d.start("--bootstrap", b.listen, *opts)
+            wait_until(lambda: _full_mesh(nodes), 30, "b, c and d to connect", nodes)
+            liar = ScriptedMember(b, network_key, listen=claimed.addr, agent=f"p2pfast/{__version__}")
+            key = Ed25519PrivateKey.generate()
+            own = view.Record(
+                liar.node_id, claimed.addr, int(time.time() * 1000), view.State.ALIVE, sk=public_hex(key)
+            )
+            sybil_key = Ed25519PrivateKey.generate()
+            sybil = view.Record(os.urandom(32).hex(), "", 1, view.State.ALIVE, sk=public_hex(sybil_key))
+            liar.send_news((sybil, view.vouch(own, c.node_id, key)))
+            liar.send_news((view.vouch(own, sybil.node_id, sybil_key),))
+
+            def members(n: NodeProc) -> int:
+                return int(n.status()["members"]["alive"])
+
+            # the liar's record (and its made-up voucher) in every view
+            wait_until(
+                lambda: liar.pump() >= 0 and all(members(n) == 5 for n in nodes),
+                20,
+                "the liar in every view",
+                nodes,
+            )
+            wait_until(
+                lambda: liar.pump() >= 0 and "event=address_unverified" in _log(b),
+                20,
+                "b's verification dial",
+                nodes,
+            )
+            sent_before = len(liar.pexes)
+            # three more rounds of b's gossip (a second each): c's and d's links have tried to fill meanwhile
+            wait_until(lambda: liar.pump() >= sent_before + 3, 20, "three more peer exchanges from b", nodes)
+            assert claimed.count == 1  # b's one verification dial
+            assert _log(b).count(f"event=dial_failed addr={claimed.addr} ") == 1
+            assert "why=bad_vouch" in _log(b)  # the vouch "by c"
+            for n in (c, d):
+                assert claimed.addr not in _log(n), _log(n)
+                assert liar.node_id not in n.connected()
+            for n in nodes:
+                assert n.stop() == 0
+    finally:
+        if liar is not None:
+            liar.close()
+        claimed.close()
+    for n in nodes:
+        assert "Traceback" not in _log(n), _log(n)
 
 
 def test_a_network_converges_with_a_member_listening_on_another_loopback_host(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from inproc import count_who_has, crash, dial_failures, linked, run, start_node, wait_until
 
 from p2pfast.net.limits import NetLimits
@@ -145,10 +146,13 @@ def _view(n: int, states: dict[int, view.State] | None = None) -> tuple[view.Vie
     v = view.View(view.Record(ids[0], "127.0.0.1:1", 1, view.State.ALIVE))
     for i, nid in enumerate(ids[1:], 1):
         state = (states or {}).get(i, view.State.ALIVE)
-        v.merge(
-            view.Record(nid, f"127.0.0.1:{1000 + i}", 1, state, 1.0 if state >= view.State.DEAD else 0.0), 2.0
-        )
+        r = view.Record(nid, f"127.0.0.1:{1000 + i}", 1, state, 1.0 if state >= view.State.DEAD else 0.0)
+        v.merge(view.vouch(r, VOUCHER, VOUCH_KEY), 2.0)  # another member dialled it there
     return v, ids
+
+
+VOUCHER = "ee" * 32
+VOUCH_KEY = Ed25519PrivateKey.generate()
 
 
 def _links(v: view.View, node_id: str, bounded: bool = True) -> Any:
@@ -178,9 +182,19 @@ def test_members_are_the_alive_and_suspect_with_an_address_and_not_revoked() -> 
     links = _links(v, ids[0])
     links.revoked = lambda n: n == ids[1]
     assert set(links.members()) == {ids[2], ids[5]}
-    assert links.addr_of(ids[2]) == "127.0.0.1:1002"
+    assert links.addr_of(ids[2]) == "127.0.0.1:1002"  # vouched for
     assert links.addr_of(ids[5]) is None  # until a member that verified one names it
     links.addrs[ids[5]] = "127.0.0.9:7"
     assert links.addr_of(ids[5]) == "127.0.0.9:7"
     assert links.away(since=0.0) == {ids[1], ids[2], ids[3], ids[4], ids[5]}
     assert links.away(since=10.0) == {ids[1], ids[2], ids[5]}  # the dead and left went before 10
+
+
+def test_a_record_address_is_dialled_only_once_another_member_vouched_for_it() -> None:
+    v, ids = _view(3)
+    liar = "ab" * 32
+    v.merge(view.Record(liar, "127.0.0.5:9", 1, view.State.ALIVE), 3.0)  # its own word only
+    links = _links(v, ids[0])
+    assert links.addr_of(liar) is None and links.addr_of(ids[1]) == "127.0.0.1:1001"
+    links.revoked = lambda n: n == VOUCHER  # a revoked member's vouches count no more
+    assert links.addr_of(ids[1]) is None

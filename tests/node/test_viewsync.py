@@ -237,3 +237,54 @@ def test_a_revoked_member_is_dialled_no_more(tmp_path: Path) -> None:
             assert failed.count(target) <= before + 1, failed  # one dial already queued may still go
 
     run(main())
+
+
+def test_members_vouch_for_the_addresses_they_reached_and_refuse_a_forged_vouch(tmp_path: Path) -> None:
+    # Each pair of members has one session, dialled by one of them: that one vouches for the address it
+    # dialled, and the other dials the member's address once to vouch for it too (a verification dial,
+    # which becomes no session). A vouch signed by any key but its voucher's is dropped on arrival.
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from p2pfast.proto.revocation import public_hex
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as nodes:
+            a, b, c = nodes
+
+            def all_vouched() -> bool:
+                return agree(nodes, 3) and all(r.vouched for v in views(nodes) for r in v)
+
+            await wait_until(all_vouched)
+            for v in views(nodes):
+                for r in v:
+                    signer = v.get(r.voucher)
+                    assert r.voucher != r.node_id and signer is not None
+                    assert view.vouch_valid(r, signer.sk)
+            assert all(len(n.peers.sessions) == 2 for n in nodes)  # the verification dials left none
+            assert c.viewsync is not None and a.viewsync is not None
+            # a member a knows nothing of, at an address nobody listens on, "vouched" by b: a key that
+            # is not b's signed it
+            fake = view.Record(os.urandom(32).hex(), "127.0.0.5:9", 1, view.State.ALIVE)
+            forged = view.vouch(fake, b.node_id, Ed25519PrivateKey.generate())
+            refused = c.viewsync.vouches_refused
+            a.peers.sessions[c.node_id].notify(m.ViewNews((forged,)))
+            await wait_until(lambda: c.viewsync is not None and c.viewsync.vouches_refused > refused)
+            got = c.viewsync.view.get(fake.node_id)
+            assert got is not None and not got.vouched  # known, but only on its own word
+            assert c.links.addr_of(fake.node_id) is None  # so nobody dials it from the view
+            # a made-up member with a key of its own, vouching for another made-up one: its signature
+            # checks out, but nobody vouched for the voucher's address, so its word counts for nothing
+            key = Ed25519PrivateKey.generate()
+            sybil = view.Record(os.urandom(32).hex(), "127.0.0.6:9", 1, view.State.ALIVE, sk=public_hex(key))
+            other = view.vouch(
+                view.Record(os.urandom(32).hex(), "127.0.0.7:9", 1, view.State.ALIVE), sybil.node_id, key
+            )
+            refused = c.viewsync.vouches_refused
+            a.peers.sessions[c.node_id].notify(m.ViewNews((sybil, other)))
+            await wait_until(lambda: c.viewsync is not None and c.viewsync.vouches_refused > refused)
+            got = c.viewsync.view.get(other.node_id)
+            assert got is not None and not got.vouched and c.links.addr_of(other.node_id) is None
+
+    run(main())

@@ -52,6 +52,9 @@ VALID: list[dict[str, Any]] = [
     {"t": "probe", "id": 6, "node": "ab" * 32},
     {"t": "have", "re": 7, "cid": None, "size": None, "segments": None, "meta": [CID, 3, 1.5, [NODE]]},
     {"t": "key_meta", "id": 8, "entries": [["k", CID, 3, 1.5, [NODE, NODE]], ["é" * 512, CID, 0, 0, []]]},
+    # records with a signing key and a vouch, stamps with the vouched bit (builds since vouches)
+    {"t": "view_news", "records": [["ab" * 32, "127.0.0.1:7001", 9, 0, 0, "cd" * 32, "ef" * 32, "01" * 64]]},
+    {"t": "view_pull", "id": 6, "buckets": [1], "stamps": [["ab" * 32, 3, 1, "0011aabb", 1]]},
     # the entries from here on are named from the end of the list by INVALID
     {"t": "held", "re": 6, "bits": "c0", "pinned": "40"},
     {"t": "view_sync", "id": 6, "root": "0f" * 16},
@@ -79,6 +82,8 @@ def test_valid_messages_round_trip(msg: dict[str, Any]) -> None:
 
 # the key metadata's entries, found by what they hold (other branches add entries before them)
 HAVE_META = next(i for i, v in enumerate(VALID) if "meta" in v)
+VOUCHED = next(i for i, v in enumerate(VALID) if v["t"] == "view_news" and len(v["records"][0]) == 8)
+STAMP_V = VOUCHED + 1
 KEY_META = next(i for i, v in enumerate(VALID) if v["t"] == "key_meta")
 
 # (base message index in VALID, path to change, new value); "DEL" removes the field
@@ -112,6 +117,13 @@ INVALID: list[tuple[int, tuple[Any, ...], Any]] = [
     (-7, ("records",), [["ab" * 32, "", 1, 0, 0]] * (control.MAX_VIEW_RECORDS + 1)),
     (-7, ("want",), ["cd" * 32] * (control.MAX_VIEW_WANT + 1)),
     (-6, ("records", 0, 0), "AB" * 32),
+    (VOUCHED, ("records", 0, 5), "CD" * 32),  # a signing key: empty or 64 lowercase hex
+    (VOUCHED, ("records", 0, 6), "ef" * 31),
+    (VOUCHED, ("records", 0, 7), ""),  # a voucher without its signature
+    (VOUCHED, ("records", 0, 7), "01" * 63),
+    (VOUCHED, ("records", 0), ["ab" * 32, "", 1, 0, 0, ""]),  # five fields or eight
+    (STAMP_V, ("stamps", 0, 4), 2),  # vouched: 0 or 1
+    (STAMP_V, ("stamps", 0, 4), True),
     (HAVE_META, ("meta",), [CID, 3, 1.5]),  # have's meta: [cid, size, at, holders]
     (HAVE_META, ("meta", 0), "b3:x"),
     (HAVE_META, ("meta", 2), -1),

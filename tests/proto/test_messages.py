@@ -46,7 +46,16 @@ view_records = st.builds(
     inc=st.integers(0, control.MAX_ID),
     state=st.sampled_from(list(view.State)),
     at=st.floats(0, 2e9, allow_nan=False),
-)
+) | st.builds(  # with a signing key, and a vouch or none (proto/view.py)
+    view.Record,
+    node_id=hex64,
+    addr=addrs | st.just(""),
+    inc=st.integers(0, control.MAX_ID),
+    state=st.sampled_from(list(view.State)),
+    at=st.floats(0, 2e9, allow_nan=False),
+    sk=hex64,
+    voucher=hex64 | st.just(""),
+).map(lambda r: dataclasses.replace(r, vsig="ef" * 64) if r.voucher else r)
 metas = st.builds(
     m.Meta,
     cid=cids,
@@ -54,7 +63,7 @@ metas = st.builds(
     at=times,
     holders=st.lists(hex64, max_size=control.MAX_META_HOLDERS).map(tuple),
 )
-view_stamps = view_records.map(lambda r: r.stamp)
+view_stamps = view_records.map(lambda r: r.stamp) | view_records.map(lambda r: r.stamp.legacy())
 view_page = st.lists(view_records, max_size=16).map(tuple)
 
 STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
@@ -140,6 +149,8 @@ EXAMPLES: list[m.Message] = [
     m.ViewPull((3, 200), (view.Stamp(NODE, 7, view.State.SUSPECT, "0a1b2c3d"),)),
     m.ViewPush((view.Record(NODE, "127.0.0.1:7001", 7, view.State.ALIVE),), (NODE,)),
     m.ViewNews((view.Record(NODE, "", 9, view.State.DEAD, 1.7e9),)),
+    m.ViewNews((view.Record(NODE, "127.0.0.1:7001", 9, view.State.ALIVE, 0, NODE, "cd" * 32, "ef" * 64),)),
+    m.ViewPull((3,), (view.Stamp(NODE, 7, view.State.ALIVE, "0a1b2c3d", 1),)),
     m.Revoked((revocation.Revocation(NODE, NODE, 1.7e9, NODE, NODE + NODE),)),
     m.NetKey.of(revocation.Rotation(2, bytes(range(32)), 1.7e9 + 60, NODE, 1.7e9)),
     m.Probe(NODE),

@@ -8,10 +8,22 @@ import random
 import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pfast.proto.view import BUCKETS, FORGET_AFTER, Record, State, View, bucket_of
+from p2pfast.proto.revocation import public_hex
+from p2pfast.proto.view import (
+    BUCKETS,
+    FORGET_AFTER,
+    Record,
+    Stamp,
+    State,
+    View,
+    bucket_of,
+    vouch,
+    vouch_valid,
+)
 
 IDS = [f"{i:02x}" + "ab" * 31 for i in (0x00, 0x01, 0x7F, 0xFE)]  # three buckets, one shared by two
 ME = "ff" + "00" * 31
@@ -37,6 +49,41 @@ records = st.builds(
     state=st.sampled_from(list(State)),
     at=st.just(time.time()),
 )
+
+
+def _vouched_or_not(r: Record, voucher: str) -> Record:
+    # a member's incarnation names one address (it changes address only by restarting), and a vouch is
+    # opaque to the view (node/viewsync.py checks signatures before it merges)
+    r = Record(r.node_id, f"127.0.0.1:{7000 + r.inc}", r.inc, r.state, r.at)
+    return Record(r.node_id, r.addr, r.inc, r.state, r.at, voucher=voucher, vsig="ab" * 64) if voucher else r
+
+
+# few members and incarnations, so that records of one member at one incarnation meet often
+vouched_records = st.builds(
+    _vouched_or_not,
+    st.builds(
+        Record,
+        node_id=st.sampled_from(IDS[:2]),
+        addr=st.just(""),
+        inc=st.integers(1, 2),
+        state=st.sampled_from(list(State)),
+        at=st.just(time.time()),
+    ),
+    st.sampled_from(["", IDS[2], IDS[3]]),
+)
+
+
+def summary_v(v: View) -> dict[str, tuple[int, int, str, bool]]:
+    return {r.node_id: (r.inc, int(r.state), r.addr, r.vouched) for r in v}
+
+
+@given(st.lists(vouched_records, max_size=12), st.randoms())
+def test_vouches_merge_the_same_in_any_order(rs: list[Record], rnd: random.Random) -> None:
+    shuffled = list(rs)
+    rnd.shuffle(shuffled)
+    a, b, c = view_of(rs), view_of(shuffled), view_of(shuffled + rs)
+    assert summary_v(a) == summary_v(b) == summary_v(c)
+    assert a.root() == b.root() == c.root() and a.buckets() == b.buckets()
 
 
 @given(st.lists(records, max_size=30), st.randoms())
@@ -157,3 +204,69 @@ def test_anti_entropy_between_many_views_converges_in_rounds_that_grow_slowly(n:
         sync(v, views[index[rnd.choice(v.alive()).node_id]], idle)
     assert idle == [16] * n
     print(f"{n} views converged in {rounds} rounds, largest message {biggest} bytes")
+
+
+# -- vouches -------------------------------------------------------------------------------------------
+KEY = Ed25519PrivateKey.generate()
+SK = public_hex(KEY)
+VOUCHER = IDS[3]
+
+
+def test_a_vouch_checks_out_only_under_its_voucher_key_and_for_what_it_signed() -> None:
+    r = Record(IDS[0], "127.0.0.1:7001", 3, State.ALIVE, sk="cd" * 32)
+    v = vouch(r, VOUCHER, KEY)
+    assert v.vouched and v.key > r.key and vouch_valid(v, SK)
+    assert not vouch_valid(v, public_hex(Ed25519PrivateKey.generate()))  # another member's key
+    assert not vouch_valid(
+        Record(r.node_id, "127.0.0.5:7001", 3, State.ALIVE, voucher=v.voucher, vsig=v.vsig), SK
+    )
+    assert not vouch_valid(Record(r.node_id, r.addr, 4, State.ALIVE, voucher=v.voucher, vsig=v.vsig), SK)
+    assert not vouch_valid(vouch(r, r.node_id, KEY), SK)  # a member's word for itself is no vouch
+    assert not vouch_valid(r, SK) and not vouch_valid(v, "")
+    # the state is not signed: a claim about the member keeps the vouch of its address
+    assert vouch_valid(Record(r.node_id, r.addr, 3, State.SUSPECT, voucher=v.voucher, vsig=v.vsig), SK)
+
+
+def test_a_vouched_record_replaces_the_unvouched_one_and_a_claim_keeps_the_vouch() -> None:
+    r = Record(IDS[0], "127.0.0.1:7001", 3, State.ALIVE, sk="cd" * 32)
+    v = view_of([r])
+    before = v.root()
+    vr = vouch(r, VOUCHER, KEY)
+    assert v.merge(vr, NOW) == vr and v.root() != before  # news: it spreads, and digests see it
+    assert v.merge(r, NOW) is None  # the unvouched one is old news now
+    suspect = v.claim(IDS[0], State.SUSPECT, NOW)
+    assert suspect is not None and suspect.vouched
+    # a claim made where the address was not vouched yet takes the vouch it meets
+    w = view_of([vr])
+    got = w.merge(Record(IDS[0], r.addr, 3, State.SUSPECT), NOW)
+    assert got is not None and got.state == State.SUSPECT and got.vouched and got.sk == r.sk
+    # a restart (a higher incarnation) is a new address claim: unvouched until someone dials it
+    again = w.merge(Record(IDS[0], r.addr, 4, State.ALIVE, sk=r.sk), NOW)
+    assert again is not None and not again.vouched
+
+
+def test_a_member_takes_a_vouch_for_itself_without_refuting_it() -> None:
+    v = View(Record(ME, "127.0.0.1:1", 1, State.ALIVE, sk=SK))
+    vr = vouch(v.mine, VOUCHER, KEY)
+    got = v.merge(vr, NOW)
+    assert got is not None and got.inc == 1 and got.vouched and v.mine.vouched  # not one incarnation up
+
+
+def test_two_vouches_for_one_address_digest_alike() -> None:
+    r = Record(IDS[0], "127.0.0.1:7001", 3, State.ALIVE)
+    a, b = view_of([vouch(r, IDS[2], KEY)]), view_of([vouch(r, IDS[3], KEY)])
+    assert a.root() == b.root()
+    assert b.merge(vouch(r, IDS[2], KEY), NOW) is None  # not news: the address is vouched already
+
+
+def test_a_stamp_of_a_build_before_vouches_compares_on_its_three_fields() -> None:
+    r = vouch(Record(IDS[0], "x:1", 2, State.ALIVE), VOUCHER, KEY)
+    a = view_of([r])
+    old = Stamp(r.node_id, r.inc, r.state, r.key[2])  # v = -1: what such a build sends
+    assert old.key == r.key[:3] and r.stamp.legacy() == old
+    assert a.compare([bucket_of(r.node_id)], [old]) == ([], [])  # the same record: nothing either way
+    newer = Stamp(r.node_id, 3, State.ALIVE, r.key[2])
+    assert a.compare([bucket_of(r.node_id)], [newer]) == ([], [r.node_id])
+    unvouched = Stamp(r.node_id, r.inc, r.state, r.key[2], 0)
+    assert a.compare([bucket_of(r.node_id)], [unvouched]) == ([r], [])  # a build that has vouches
+    assert r.legacy() == Record(r.node_id, r.addr, r.inc, r.state)
