@@ -2,7 +2,8 @@
 
 Each node is a real `Node`: its own data dir (on tmpfs when there is one), repo and keys, listening on
 127.0.0.1 and talking Noise over real loopback sockets; only the process and the event loop are shared.
-Node 0 starts first and every other node bootstraps from it, as `p2pfast serve --bootstrap` does.
+Node 0 starts first and every other node bootstraps from it, as `p2pfast serve --bootstrap` does: one
+after another (a network that grows), or `--batch K` at a time started together (a network that boots).
 
 It reports:
 
@@ -33,7 +34,7 @@ event loop and one core here, so times grow with N faster than on N machines; li
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
 Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
-[--max-links 16]
+[--max-links 16] [--batch 1]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -80,7 +81,14 @@ def _raise_fd_limit(nodes: int) -> None:
 
 
 async def simulate(
-    n: int, idle: float, gossip_interval: float, timeout: float, kill: float, max_links: int, files: int
+    n: int,
+    idle: float,
+    gossip_interval: float,
+    timeout: float,
+    kill: float,
+    max_links: int,
+    files: int,
+    batch: int = 1,
 ) -> dict[str, Any]:
     import random
 
@@ -118,8 +126,12 @@ async def simulate(
     with base_dir() as base:
         try:
             t0 = loop.time()
-            for i in range(n):
-                nodes.append(await _node(base / f"n{i}", nodes[0] if nodes else None, limits))
+            nodes.append(await _node(base / "n0", None, limits))
+            # then the others, `batch` at a time starting together (each bootstraps from node 0): one
+            # at a time is a network growing; a batch of hundreds is a network booting at once
+            for first in range(1, n, batch):
+                group = [_node(base / f"n{i}", nodes[0], limits) for i in range(first, min(n, first + batch))]
+                nodes.extend(await asyncio.gather(*group))
             started_s = loop.time() - t0
             view_s = await wait(lambda: _views_agree(nodes, n), "views agree", t0)
             # converged: every view holds every member and agrees, the links are within their bound
@@ -153,6 +165,7 @@ async def simulate(
             join_s = await wait(lambda: all(_alive_in(x, joiner.node_id) for x in nodes), "join", t1)
             result: dict[str, Any] = {
                 "nodes": n,
+                "batch": batch,
                 "max_links": max_links,
                 "started_s": round(started_s, 2),
                 "converged_s": round(converged_s, 2),
@@ -326,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill", type=float, default=0.0, help="then crash this fraction of the members (0.2)")
     p.add_argument("--max-links", type=int, default=16, help="the max_links setting of every node")
     p.add_argument("--files", type=int, default=100, help="with --kill: files stored before the kills")
+    p.add_argument(
+        "--batch", type=int, default=1, help="nodes started together after the first (1: one at a time)"
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
     _raise_fd_limit(args.nodes)
@@ -333,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
 
     result = runtime.run(
         simulate(
-            args.nodes, args.idle, args.gossip_interval, args.timeout, args.kill, args.max_links, args.files
+            args.nodes,
+            args.idle,
+            args.gossip_interval,
+            args.timeout,
+            args.kill,
+            args.max_links,
+            args.files,
+            max(1, args.batch),
         )
     )
     if args.json:

@@ -96,6 +96,10 @@ class PeerManager:
         # set on every connect, disconnect and finished dial: waiters re-check what they wait for
         self.changed = asyncio.Event()
 
+    def pending(self) -> int:
+        """Dials queued or in flight."""
+        return len(self._queued) + len(self._dialing)
+
     def busy(self) -> bool:
         """Dials are queued or in flight: the peer table may still grow."""
         return bool(self._queued or self._dialing or self._next_dial)
@@ -293,14 +297,17 @@ class PeerManager:
         """The last dial to `addr` failed (and none succeeded since)."""
         return addr in self._backoff
 
-    def dial_soon(self, addr: str) -> None:
+    def dial_soon(self, addr: str) -> bool:
+        """Queue a dial to `addr` (rate-limited); False when it is this node, queued, in flight or
+        connected already."""
         if addr in self._self_addrs or addr in self._queued or addr in self._dialing:
             log.debug("event=dial_skipped addr=%s why=self_queued_or_dialing", addr)
-            return
+            return False
         if addr in self.connected_addrs():
-            return
+            return False
         self._queued.add(addr)
         self._queue.put_nowait(addr)
+        return True
 
     async def _dialer(self) -> None:
         interval = 1.0 / self.limits.dials_per_second

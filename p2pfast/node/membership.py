@@ -18,6 +18,7 @@ import time
 from p2pfast.errors import LocalProtocolError, PeerUnavailable, StorageError
 from p2pfast.net import gossip
 from p2pfast.net.session import Session
+from p2pfast.node import links
 from p2pfast.node.context import Context
 from p2pfast.node.tombstones import Tombstones
 from p2pfast.proto import messages as m
@@ -111,6 +112,8 @@ class Membership:
 
     async def on_dial_failed(self, addr: str) -> None:
         """Not verified any more: the address leaves this node's peer exchange until a handshake there."""
+        if self.closing:
+            return  # a dial the close cut short: the repo may be closed already
         ctx = self.ctx
         try:
             await ctx.ex.db(ctx.repo.peer_dial_failed, addr, time.time())
@@ -125,11 +128,17 @@ class Membership:
         heard = gossip.new_peers(msg, ctx.peers)
         if heard:  # one transaction (and one hop to the DB thread) for the whole exchange
             await ctx.ex.db(ctx.repo.learn_peers, heard)
-        for addr, node_id, _ in heard:
+        # dial only what the link target and its slack lack (sessions within them are not closed idle,
+        # so a small network is still a full mesh), counting the dials already on their way: a joiner
+        # hears a sample from each member it reaches, and dialling every one of them, then closing the
+        # extra sessions once idle, would cost each of those members a handshake per join (links.py)
+        room = ctx.links.target() + links.SLACK - len(ctx.peers.sessions) - ctx.peers.pending()
+        for addr, node_id, _ in random.sample(heard, len(heard)):
             # named by a member that verified it: where a session to it is dialled (node/links.py)
             ctx.links.addrs[node_id] = addr
-            if not ctx.links.gone(node_id) and not ctx.links.revoked(node_id) and ctx.links.short():
-                ctx.peers.dial_soon(addr)
+            wanted = room > 0 and not ctx.links.gone(node_id) and not ctx.links.revoked(node_id)
+            if wanted and ctx.peers.dial_soon(addr):
+                room -= 1
         self._pex_from.add(session.peer_id)
         ctx.peers.changed.set()
 

@@ -45,7 +45,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pfast import wire
@@ -64,6 +63,8 @@ log = logging.getLogger("p2pfast.view")
 # once; what is left waits for the next interval.
 MAX_ROUNDS = 32
 SYNC_TIMEOUT = 10.0
+# A view_push of this many records or more may have been cut to fit: its page is asked again.
+FULL_PAGE = 32
 # Room for the records of one message: the control cap less the message's own fields.
 _ROOM = wire.MAX_CONTROL_SIZE - 512
 
@@ -226,14 +227,18 @@ class ViewSync:
         # comes.
         member = bool(self.ctx.peers.listen_addr)
         try:
+            diff = await session.request(m.ViewSync(self.view.root().hex()), timeout=SYNC_TIMEOUT)
+            if not diff.buckets:
+                return
+            theirs = [bytes.fromhex(diff.buckets[i : i + 32]) for i in range(0, len(diff.buckets), 32)]
+            # Page through every bucket that differed, in order: a bucket that does not reconcile (a
+            # vouch this node refuses, say) must not keep the ones after it waiting. A page that came
+            # full is asked again, as the peer sent what fitted.
+            todo = self.view.differing(theirs)
             for _ in range(MAX_ROUNDS):
-                diff = await session.request(m.ViewSync(self.view.root().hex()), timeout=SYNC_TIMEOUT)
-                if not diff.buckets:
+                if not todo:
                     return
-                theirs = [bytes.fromhex(diff.buckets[i : i + 32]) for i in range(0, len(diff.buckets), 32)]
-                buckets, stamps = self.view.stamps_page(self.view.differing(theirs), control.MAX_VIEW_STAMPS)
-                if not buckets:
-                    return  # the digests changed under us: the next interval will see
+                buckets, stamps = self.view.stamps_page(todo, control.MAX_VIEW_STAMPS)
                 if not session.speaks("vouch"):
                     stamps = [x.legacy() for x in stamps]
                 push = await session.request(m.ViewPull(tuple(buckets), tuple(stamps)), timeout=SYNC_TIMEOUT)
@@ -241,8 +246,9 @@ class ViewSync:
                 if push.want and member:
                     for page in _pages(_for(session, self.view.records(push.want))):
                         session.notify(m.ViewNews(page))
-                if not news and (not push.want or not member):
-                    return  # nothing new came (or only what this node will not take: a vouch it refused)
+                full = len(push.records) >= FULL_PAGE or len(push.want) >= control.MAX_VIEW_WANT
+                if not (full and (news or (push.want and member))):
+                    todo = todo[len(buckets) :]
         except (P2PError, TimeoutError) as exc:
             log.debug("event=view_sync_failed peer=%s error=%r", session.peer_id[:12], str(exc))
         finally:
@@ -414,9 +420,18 @@ def _for(session: Session, records: Sequence[view.Record]) -> Sequence[view.Reco
     return records if session.speaks("vouch") else [r.legacy() for r in records]
 
 
+def _record_size(r: view.Record) -> int:
+    """An upper bound of a record's JSON in a message (it and its comma), without encoding it: the news
+    of every loop turn is paged for each of ln N + 3 members. Ids and keys are hex, an address ASCII, an
+    incarnation at most 16 digits and a time at most 25 characters."""
+    return (_FULL_RECORD if r.sk or r.voucher else _SHORT_RECORD) + len(r.addr)
+
+
+# [id, "addr", inc, state, at] with quotes, commas and brackets; the long form adds sk, voucher, vsig
+_SHORT_RECORD = 66 + 2 + 16 + 1 + 25 + 8
+_FULL_RECORD = _SHORT_RECORD + 66 + 66 + 130 + 3
+
+
 def _pages(records: Sequence[view.Record], room: int = _ROOM) -> list[tuple[view.Record, ...]]:
     """`records` cut into messages that stay under the control cap (and the schema's count)."""
-    pages = by_size(
-        records, lambda r: len(orjson.dumps(m.to_wire(m.ViewNews((r,))))), room, control.MAX_VIEW_RECORDS
-    )
-    return [tuple(p) for p in pages]
+    return [tuple(p) for p in by_size(records, _record_size, room, control.MAX_VIEW_RECORDS)]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,10 @@ class Stamp:
 
     def legacy(self) -> Stamp:
         return dataclasses.replace(self, v=-1) if self.v >= 0 else self
+
+
+def _shuffled(node_id: str) -> str:
+    return os.urandom(4).hex() + node_id
 
 
 def bucket_of(node_id: str) -> int:
@@ -310,21 +315,26 @@ class View:
         message's worth: the next exchange goes on where this one stopped, as the digests still differ)."""
         wanted = set(buckets)
         known = {s.node_id: s for s in theirs if bucket_of(s.node_id) in wanted}
-        send: list[Record] = []
+        send: list[tuple[int, str, Record]] = []
         # (a stamp from a build before vouches has a shorter key: compared on its three fields)
         for b in wanted:
             for r in self._by_bucket[b].values():
                 s = known.get(r.node_id)
-                if s is None or s.key < r.key[: len(s.key)]:
-                    send.append(r)
+                if s is None:
+                    send.append((0, r.node_id, r))
+                elif s.key < r.key[: len(s.key)]:
+                    # a vouch the peer lacks comes after what it lacks otherwise, in an order that
+                    # changes: a page cut to fit must not always bring the same vouches it may refuse
+                    only_vouch = s.key[:3] == r.key[:3]
+                    send.append((2, _shuffled(r.node_id), r) if only_vouch else (1, r.node_id, r))
         want = [
             n
             for n, s in known.items()
             if (mine := self._records.get(n)) is None or mine.key[: len(s.key)] < s.key
         ]
-        send.sort(key=lambda r: r.node_id)
+        send.sort(key=lambda x: x[:2])
         want.sort()
-        return send[:limit], want[:limit]
+        return [r for _, _, r in send][:limit], want[:limit]
 
     def records(self, node_ids: Iterable[str]) -> list[Record]:
         return [r for n in node_ids if (r := self._records.get(n)) is not None]

@@ -288,3 +288,112 @@ def test_members_vouch_for_the_addresses_they_reached_and_refuse_a_forged_vouch(
             assert got is not None and not got.vouched and c.links.addr_of(other.node_id) is None
 
     run(main())
+
+
+def test_a_peer_of_the_build_before_vouches_gets_records_and_stamps_in_its_form(tmp_path: Path) -> None:
+    # A 0.2 build refuses a record of more than five fields or a stamp of more than four (its schema):
+    # a 0.3 node strips signing keys, vouches and the vouched bit from what it sends such a peer.
+    async def main() -> None:
+        a = await start_node(tmp_path / "a", [])
+        old = await start_node(tmp_path / "old", [])
+        try:
+            hello = old.peers._hello
+            old.peers._hello = lambda: {**hello(), "agent": "p2pfast/0.2.0"}  # type: ignore[method-assign]
+            assert old.viewsync is not None and a.viewsync is not None
+            merged: list[view.Record] = []
+            stamps: list[view.Stamp] = []
+            real_merge, real_pull = old.viewsync._merge_all, old.viewsync.on_pull
+
+            def merge(records: list[view.Record], source: str) -> int:
+                merged.extend(records)
+                return real_merge(records, source)
+
+            async def pull(session: object, msg: m.ViewPull) -> m.ViewPush:
+                stamps.extend(msg.stamps)
+                return await real_pull(session, msg)  # type: ignore[arg-type]
+
+            old.viewsync._merge_all = merge  # type: ignore[method-assign]
+            assert old.router is not None
+            old.router._routes[m.ViewPull] = pull
+            old.peers.dial_soon(a.peers.listen_addr)
+            await wait_until(lambda: a.node_id in old.peers.sessions and old.node_id in a.peers.sessions)
+            assert a.viewsync.view.mine.sk  # a's own record has its key, and old vouched for a's address
+            await wait_until(lambda: a.viewsync is not None and a.viewsync.view.mine.vouched)
+            session = a.peers.sessions[old.node_id]
+            a.viewsync._spread(a.viewsync.view.mine, None)  # news, in the old form
+            await a.viewsync.sync(session)  # an exchange a begins: its stamps, in the old form
+            await wait_until(lambda: any(r.node_id == a.node_id for r in merged) and bool(stamps))
+            assert all(r == r.legacy() for r in merged), merged
+            assert all(s.v == -1 for s in stamps), stamps
+        finally:
+            await old.close()
+            await a.close()
+
+    run(main())
+
+
+def test_the_size_news_is_paged_by_is_never_less_than_a_record_takes() -> None:
+    import orjson
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from p2pfast.node.viewsync import _record_size
+
+    hexes = st.binary(min_size=32, max_size=32).map(bytes.hex)
+    records = st.builds(
+        view.Record,
+        node_id=hexes,
+        addr=st.sampled_from(
+            ["", "127.0.0.1:7001", "[2001:db8::1]:65535", "a-long-name." * 20 + "example:1"]
+        ),
+        inc=st.integers(0, 2**53),
+        state=st.sampled_from(list(view.State)),
+        at=st.floats(0, 2e9, allow_nan=False),
+        sk=hexes | st.just(""),
+        voucher=hexes | st.just(""),
+    ).map(
+        lambda r: view.Record(
+            r.node_id, r.addr, r.inc, r.state, r.at, r.sk, r.voucher, "ef" * 64 if r.voucher else ""
+        )
+    )
+
+    empty = len(orjson.dumps(m.to_wire(m.ViewNews(()))))
+
+    @given(st.lists(records, min_size=1, max_size=20))
+    def check(rs: list[view.Record]) -> None:
+        size = len(orjson.dumps(m.to_wire(m.ViewNews(tuple(rs))))) - empty
+        assert size <= sum(_record_size(r) for r in rs)
+
+    check()
+
+
+def test_an_exchange_reaches_every_differing_bucket_past_one_that_does_not_reconcile(tmp_path: Path) -> None:
+    # b refuses a's vouches for 200 members of the first 50 buckets (their voucher is nobody b knows),
+    # so those buckets differ after every exchange; they take more than one page of stamps. The five
+    # members a knows in the last buckets must still reach b in one exchange.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    async def main() -> None:
+        async with cluster(tmp_path, 2) as (a, b):
+            await wait_until(lambda: agree([a, b], 2))
+            assert a.viewsync is not None and b.viewsync is not None
+            key, nobody = Ed25519PrivateKey.generate(), "ee" * 32
+            now = 1.7e9
+            for i in range(200):
+                r = view.Record(f"{i % 50:02x}{i:062x}", f"127.0.0.1:{2000 + i}", 1, view.State.ALIVE)
+                b.viewsync.view.merge(r, now)
+                a.viewsync.view.merge(view.vouch(r, nobody, key), now)
+            late = [
+                view.Record(f"{250 + i:02x}{i:062x}", f"127.0.0.1:{3000 + i}", 1, view.State.ALIVE)
+                for i in range(5)
+            ]
+            for r in late:
+                a.viewsync.view.merge(r, now)
+            await b.viewsync.sync(b.peers.sessions[a.node_id])
+            assert all(b.viewsync.view.get(r.node_id) is not None for r in late)
+            mine = {a.node_id, b.node_id}
+            assert not any(
+                r.vouched for r in b.viewsync.view if r.node_id[:2] < "32" and r.node_id not in mine
+            )
+
+    run(main())

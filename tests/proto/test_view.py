@@ -146,7 +146,9 @@ def test_compare_finds_what_each_side_lacks() -> None:
     diff = a.differing(b.buckets())
     assert diff == sorted({bucket_of(IDS[0]), bucket_of(IDS[1]), bucket_of(IDS[2])})
     send, want = a.compare(diff, b.stamps(diff))
-    assert [r.node_id for r in send] == [IDS[0], IDS[1]] and want == [IDS[2]]
+    # what b lacks first, then what it holds older (then vouches it lacks: a page cut to fit brings the
+    # most needed first)
+    assert [r.node_id for r in send] == [IDS[1], IDS[0]] and want == [IDS[2]]
     for r in send:
         b.merge(r, NOW)
     for r in b.records(want):
