@@ -118,6 +118,24 @@ def _log(node: NodeProc) -> str:
     return node.log_path.read_text(errors="replace")
 
 
+def _three(tmp_path: Path) -> tuple[list[NodeProc], bytes]:
+    """Three nodes b, c, d, and the network key a scripted member needs."""
+    nodes = make_nodes(tmp_path, 3)
+    return nodes, (nodes[0].root / "network.key").read_bytes()
+
+
+def _start_three(tmp_path: Path, nodes: list[NodeProc]) -> None:
+    """c and d join b, with a peer exchange a second (so three rounds pass quickly) and debug logs."""
+    b, c, d = nodes
+    cfg = tmp_path / "cfg"
+    cfg.write_text("gossip_interval=1\n")
+    opts = ("--config", str(cfg), "--log-level", "debug")
+    b.start(*opts)
+    c.start("--bootstrap", b.listen, *opts)
+    d.start("--bootstrap", b.listen, *opts)
+    wait_until(lambda: _full_mesh(nodes), 30, "b, c and d to connect", nodes)
+
+
 def _full_mesh(nodes: list[NodeProc]) -> bool:
     ids = {n.node_id for n in nodes}
     return all(n.connected() >= ids - {n.node_id} for n in nodes)
@@ -129,20 +147,13 @@ def _addresses(node: NodeProc) -> set[str]:
 
 
 def test_an_address_no_member_verified_is_dialled_once_and_never_gossiped(tmp_path: Path) -> None:
-    nodes = make_nodes(tmp_path, 3)
+    nodes, network_key = _three(tmp_path)
     b, c, d = nodes
-    network_key = (b.root / "network.key").read_bytes()
-    cfg = tmp_path / "cfg"
-    cfg.write_text("gossip_interval=1\n")  # a peer exchange a second, so three rounds pass quickly
-    opts = ("--config", str(cfg), "--log-level", "debug")
     claimed, heard = CountingListener("127.0.0.5"), CountingListener("127.0.0.6")
     liar: ScriptedMember | None = None
     try:
         with running(nodes):
-            b.start(*opts)
-            c.start("--bootstrap", b.listen, *opts)
-            d.start("--bootstrap", b.listen, *opts)
-            wait_until(lambda: _full_mesh(nodes), 30, "b, c and d to connect", nodes)
+            _start_three(tmp_path, nodes)
             liar = ScriptedMember(b, network_key, listen=claimed.addr)
             assert liar.conn.peer_id == b.node_id
             # its own claimed address under a made-up id, and another host and port it names
@@ -183,20 +194,13 @@ def test_a_member_whose_view_record_names_an_address_it_does_not_listen_on_gets_
     for it too. b, which the liar dialled, checks the address with one verification dial, which fails;
     the vouches are refused; so c and d, which hold the record but no session to the liar, never dial
     there (before vouches, their links dialled every alive member of the view at its record's address)."""
-    nodes = make_nodes(tmp_path, 3)
+    nodes, network_key = _three(tmp_path)
     b, c, d = nodes
-    network_key = (b.root / "network.key").read_bytes()
-    cfg = tmp_path / "cfg"
-    cfg.write_text("gossip_interval=1\n")
-    opts = ("--config", str(cfg), "--log-level", "debug")
     claimed = CountingListener("127.0.0.5")
     liar: ScriptedMember | None = None
     try:
         with running(nodes):
-            b.start(*opts)
-            c.start("--bootstrap", b.listen, *opts)
-            d.start("--bootstrap", b.listen, *opts)
-            wait_until(lambda: _full_mesh(nodes), 30, "b, c and d to connect", nodes)
+            _start_three(tmp_path, nodes)
             liar = ScriptedMember(b, network_key, listen=claimed.addr, agent=f"p2pfast/{__version__}")
             key = Ed25519PrivateKey.generate()
             own = view.Record(
