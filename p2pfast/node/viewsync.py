@@ -313,9 +313,10 @@ class ViewSync:
             why = "voucher_unvouched"
         else:
             return r
-        if why == "voucher_unvouched" and (len(self._awaiting) < MAX_AWAITING or r.voucher in self._awaiting):
-            # kept until the voucher's own address is vouched for (_release), so that vouches spread
-            # as fast as news, not an anti-entropy interval per link of the chain
+        if why != "bad_vouch" and (len(self._awaiting) < MAX_AWAITING or r.voucher in self._awaiting):
+            # kept until the voucher's record is here and its own address vouched for (_release), so
+            # that vouches spread as fast as news, not an anti-entropy interval per link of the chain
+            # (a vouch by a member that joined moments ago often arrives before that member's record)
             self._awaiting.setdefault(r.voucher, {})[r.node_id] = r
         self.vouches_refused += 1
         level = logging.INFO if why == "bad_vouch" else logging.DEBUG
