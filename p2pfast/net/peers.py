@@ -344,10 +344,9 @@ class PeerManager:
         session = self.sessions.get(node_id)
         if (session is not None and session.usable) or addr in self._self_addrs or node_id == self.node_id:
             return session
-        loop = asyncio.get_running_loop()
-        b = self._backoff.get(addr)
-        if b is not None and b.not_before > loop.time():
+        if self._backing_off(addr):
             return None
+        loop = asyncio.get_running_loop()
         task = self._connecting.get(addr)
         if task is None:
             task = self._connecting[addr] = loop.create_task(self._connect_now(addr))
@@ -355,14 +354,16 @@ class PeerManager:
         session = self.sessions.get(node_id)
         return session if session is not None and session.usable else None
 
+    def _backing_off(self, addr: str) -> bool:
+        """A dial to `addr` failed and its backoff period has not ended."""
+        b = self._backoff.get(addr)
+        return b is not None and b.not_before > asyncio.get_running_loop().time()
+
     async def verify(self, addr: str, node_id: str) -> bool:
         """Whether `node_id` answers at `addr`: a dial there whose handshake must complete with that id,
         closed at once; node/viewsync.py's vouches need one when the member has only dialled in. A failed
         one backs off as any dial does."""
-        if node_id == self.node_id or addr in self._self_addrs:
-            return False
-        b = self._backoff.get(addr)
-        if b is not None and b.not_before > asyncio.get_running_loop().time():
+        if node_id == self.node_id or addr in self._self_addrs or self._backing_off(addr):
             return False
         session = await self._try_dial(addr, verify=True)
         return session is not None and session.peer_id == node_id

@@ -50,6 +50,11 @@ class Transport(Protocol):
 Handler = Callable[["Session", m.Request | m.Notice], Awaitable[m.Reply | None]]
 
 
+def wildcard_host(host: str) -> bool:
+    """A listen host that names no host to dial (any address of the machine)."""
+    return host in ("", "0.0.0.0", "::", "[::]")
+
+
 class RequestFailed(PeerUnavailable):
     """peer refused: {}"""
 
@@ -282,7 +287,7 @@ class Session:
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit() or int(port) == 0:
             return None
-        if host in ("", "0.0.0.0", "::", "[::]"):
+        if wildcard_host(host):
             host = self.peer_host
         return f"{host}:{port}"
 

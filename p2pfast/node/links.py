@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from p2pfast.errors import P2PError
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerManager
-from p2pfast.net.session import Session
+from p2pfast.net.session import Session, wildcard_host
 from p2pfast.proto import view
 
 log = logging.getLogger("p2pfast.links")
@@ -50,13 +50,12 @@ TICK = 1.0
 DIALS_AT_ONCE = 16
 # Idle seconds after which a session beyond max_links closes (beyond the target + SLACK: idle_close).
 PRESSED = 2.0
+
+
 # Wildcard hosts: a record with one names no address to dial.
-_WILDCARD = ("", "0.0.0.0", "::", "[::]")
-
-
 def names_host(addr: str) -> bool:
     """Whether a listen address names a host to dial (a wildcard one names none)."""
-    return bool(addr) and addr.rpartition(":")[0] not in _WILDCARD
+    return bool(addr) and not wildcard_host(addr.rpartition(":")[0])
 
 
 def _never(node_id: str) -> bool:
@@ -138,10 +137,6 @@ class Links:
     def partial(self) -> bool:
         """More other members than this node keeps sessions with once idle: no full mesh."""
         return self.count() - 1 > self.target() + SLACK
-
-    def short(self) -> bool:
-        """Fewer sessions than the target: a member heard of is worth a dial now."""
-        return len(self.peers.sessions) < self.target()
 
     def addr_of(self, node_id: str) -> str | None:
         s = self.peers.sessions.get(node_id)

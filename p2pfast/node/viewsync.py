@@ -11,8 +11,9 @@ rules; docs/protocol.md, "Membership that scales", the design).
   random, its view's root (16 bytes). Equal roots end the exchange, so an idle network costs one small
   request per node and interval whatever its size. Otherwise the member answers with its bucket hashes,
   this node sends the stamps of a page of the buckets that differ, the member sends back the records this
-  node lacks and names those it lacks, which this node sends it: each message under the control cap, and
-  the exchange goes on (at most MAX_ROUNDS pages) while the views still differ.
+  node lacks and names those it lacks, which this node sends it: each message under the control cap. The
+  exchange pages once through every bucket that differed (at most MAX_ROUNDS pages; a page that came
+  full and brought news is asked again), so one that does not reconcile keeps none after it waiting.
 * A member that connects is synced with at once, so a joining node learns the view in its first seconds.
 
 * Failure detection, SWIM's suspicion (Das, Gupta, Motivala 2002) on the links this node has: a member
@@ -302,8 +303,9 @@ class ViewSync:
         that is not the record's own, not revoked, and whose own address was vouched for or verified
         here (so every vouch taken goes back, vouch by vouch, to a member some node reached: a member
         cannot make one up under an identity it made up); else without it (the address is not dialled
-        on its word, and the member that sent it is named in the log). A vouch dropped because its
-        voucher was not vouched yet comes again in an anti-entropy exchange (the digests differ)."""
+        on its word, and the member that sent it is named in the log). A vouch whose voucher is not
+        known or not vouched for yet waits for it (_release); past MAX_AWAITING vouchers, it comes
+        again in an anti-entropy exchange (the digests differ)."""
         signer = self.view.get(r.voucher)
         if signer is None or not signer.sk:
             why = "unknown_voucher"

@@ -8,6 +8,7 @@ at a time. A peer whose agent is not p2pfast's, or not parseable, is sent only w
 
 from __future__ import annotations
 
+import functools
 import re
 
 # feature -> the first version that speaks it
@@ -29,6 +30,8 @@ def version_of(agent: str) -> tuple[int, int] | None:
     return None if m is None else (int(m.group(1)), int(m.group(2)))
 
 
+@functools.lru_cache(maxsize=1024)
 def speaks(agent: str, feature: str) -> bool:
+    # cached: asked per session for every piece of news and every exchange, of a few agent strings
     version = version_of(agent)
     return version is not None and version >= SINCE[feature]
