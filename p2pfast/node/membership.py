@@ -53,6 +53,12 @@ class Membership:
         self._pex_from: set[str] = set()  # peers whose first peer exchange arrived
         self._pex_truncated_logged = False
         self.closing = False  # the node is closing: a session that closes now is recorded by close()
+        # Whether a session with a bootstrap node was had (a node with none is its own network's
+        # first), the next attempt to get one or, once alone, any session (_retry_join), and the wait
+        # before it
+        self._joined = not bootstrap
+        self._rejoin: asyncio.TimerHandle | None = None
+        self._rejoin_delay = ctx.limits.backoff_min
 
     async def start(self) -> None:
         """Dial the bootstrap nodes and the peers the table knows (as many as the link target takes:
@@ -91,15 +97,27 @@ class Membership:
         ctx = self.ctx
         return await ctx.ex.db(ctx.repo.list_peers, time.time() - ctx.limits.gossip_window)
 
+    async def _sample_rows(self, n: int, failed: bool = False) -> list[PeerRow]:
+        """Up to `n` of the rows _recent_rows would give at a verified address, at random."""
+        ctx = self.ctx
+        return await ctx.ex.db(ctx.repo.sample_peers, time.time() - ctx.limits.gossip_window, n, failed)
+
     async def on_ready(self, session: Session, replay: bool = True) -> None:
         # Record first: this task's first repo write then precedes that of a later on_closed task for the
         # same peer (the DB thread runs them in order), so the table ends with the last word.
+        if session.dialed in self.bootstrap or session.address in self.bootstrap:
+            self._joined = True
+        if self._joined:  # the next time it is alone starts afresh
+            self._rejoin_delay = self.ctx.limits.backoff_min
         await self.record(session, "connected")
         if not replay:  # a member met again after an idle close: it missed nothing meanwhile
             return
         self.ctx.spawn(self.tombstones.replay(session))
         try:
-            known = await self.recent_peers()
+            if session.speaks("view"):  # a sample, read as one: not the whole table per session
+                known = _verified(await self._sample_rows(PEX_SAMPLE))
+            else:
+                known = await self.recent_peers()
         except StorageError as exc:
             log.warning("event=gossip_skipped peer=%s reason=%r", session.peer_id[:12], str(exc))
             return
@@ -107,6 +125,7 @@ class Membership:
 
     async def on_closed(self, session: Session) -> None:
         self._pex_from.discard(session.peer_id)
+        self._retry_join()
         if not self.closing:
             await self.record(session, "disconnected")
 
@@ -115,10 +134,42 @@ class Membership:
         if self.closing:
             return  # a dial the close cut short: the repo may be closed already
         ctx = self.ctx
+        self._retry_join()
         try:
             await ctx.ex.db(ctx.repo.peer_dial_failed, addr, time.time())
         except StorageError as exc:
             log.warning("event=peer_not_recorded addr=%s status=dial_failed reason=%r", addr, str(exc))
+
+    def _retry_join(self) -> None:
+        """Until this node reached one of its bootstrap nodes, and whenever it has no session left, try
+        again after 1, 2, 4 … s, at most a gossip interval, rather than at the next gossip round: the
+        bootstrap nodes may have been down, or too busy to finish a handshake in time (a network that
+        boots at once), and a node that has sessions only to members that joined through it, none of
+        which reached the network either, is an island that would stay one. One attempt per period."""
+        if self.closing or self._rejoin is not None or (self._joined and self.ctx.peers.sessions):
+            return
+        delay = self._rejoin_delay
+        self._rejoin_delay = min(2 * delay, self.ctx.limits.gossip_interval)
+        self._rejoin = asyncio.get_running_loop().call_later(delay, self._try_again)
+
+    def _try_again(self) -> None:
+        self._rejoin = None
+        if not self.closing:
+            self.ctx.spawn(self._dial_again())
+
+    async def _dial_again(self) -> None:
+        ctx = self.ctx
+        if self.closing or (self._joined and ctx.peers.sessions):
+            return
+        wanted = list(self.bootstrap)
+        if not ctx.peers.sessions:  # alone: any member it knows will do as well
+            known = await self.known_addrs()
+            random.shuffle(known)
+            wanted += known[: ctx.links.target()]
+        log.debug("event=rejoin dials=%d joined=%s", len(wanted), self._joined)
+        # a dial that fails asks again (on_dial_failed); the dialer's backoff per address holds too
+        if not [a for a in wanted if ctx.peers.dial_soon(a)]:
+            self._retry_join()
 
     async def on_pex(self, session: Session, msg: m.Pex) -> None:
         """A peer's peer exchange: new peers recorded (unverified, unless this node verified them) and
@@ -184,12 +235,17 @@ class Membership:
                 # Connected peers are seen now: `cleanup --older-than` must never forget a live peer.
                 live = [(a, p, a == s.verified_addr) for p, s in peers.sessions.items() if (a := s.address)]
                 await ctx.ex.db(ctx.repo.touch_peers, live, time.time())
-                rows = await self._recent_rows()  # one query a round, not one per peer
-                known = _verified(rows)
                 # Every peer of an older build (it learns members from nothing else), one member of the
                 # view at random (HyParView's shuffle: the view spreads members, a sample heals the rest)
                 old = [s for s in peers.sessions.values() if not s.speaks("view")]
                 new = [s for s in peers.sessions.values() if s.speaks("view")]
+                # one query a round, not one per peer; with no older build connected, a sample (the
+                # pex sample and the redials below need no more, and the table holds every member)
+                if old:
+                    rows = await self._recent_rows()
+                else:
+                    rows = await self._sample_rows(PEX_SAMPLE + 2 * ctx.links.target(), failed=True)
+                known = _verified(rows)
                 for session in [*old, *random.sample(new, min(1, len(new)))]:
                     self._send_pex(session, known)
                 # Members this node reached before (even if a dial there failed since: one that comes

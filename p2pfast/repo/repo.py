@@ -617,6 +617,17 @@ class Repo:
             )
         return [PeerRow(*r) for r in rows]
 
+    def sample_peers(self, since: float, n: int, failed: bool = False) -> list[PeerRow]:
+        """Up to ``n`` peers seen at or after ``since`` at an address this node verified, taken at random
+        (with ``failed``, also those a dial failed to since): a peer exchange's sample, read without
+        building a row per member of the network (the table holds every member a node heard of)."""
+        rows = self._rows(
+            f"SELECT {_PEER_COLS} FROM peers WHERE last_seen >= ? AND verified_at IS NOT NULL"
+            f"{'' if failed else ' AND failed_at IS NULL'} ORDER BY random() LIMIT ?",
+            (since, n),
+        )
+        return [PeerRow(*r) for r in rows]
+
     def touch_peers(self, peers: Sequence[tuple[str, str, bool]], seen: float) -> None:
         """(address, node id, verified) of peers connected now: seen now, status connected, in one
         transaction (verified as in upsert_peer). The node calls it every gossip round, so a peer

@@ -67,3 +67,21 @@ def test_gossip_never_renames_a_verified_address(tmp_path: Path) -> None:
         repo.learn_peer("127.0.0.1:2", N2, 8.0)  # heard only: the latest word wins, and it stays unverified
         (heard,) = [r for r in repo.list_peers() if r.address == "127.0.0.1:2"]
         assert (heard.node_id, heard.status, heard.verified) == (N2, "known", False)
+
+
+def test_a_sample_is_drawn_from_the_verified_rows_seen_since(tmp_path: Path) -> None:
+    with Repo.open(tmp_path / "p2p.db") as repo:
+        for i in range(40):
+            repo.upsert_peer(f"127.0.0.1:{7000 + i}", f"{i:064x}", 100.0 + i, "connected", verified=True)
+        repo.upsert_peer("127.0.0.1:6999", N1, 500.0, "connected")  # not verified
+        repo.learn_peers([("127.0.0.1:6998", N2, 500.0)])  # heard of only
+        repo.peer_dial_failed("127.0.0.1:7039", 600.0)  # verified once, a dial failed since
+        picks = [{r.address for r in repo.sample_peers(110.0, 8)} for _ in range(20)]
+        assert all(len(p) == 8 for p in picks)
+        seen = set().union(*picks)
+        # seen since 110 at a verified address, no failed dial since: 7010 … 7038, at random
+        assert seen <= {f"127.0.0.1:{7000 + i}" for i in range(10, 39)}
+        assert len(seen) > 16  # not the same 8 every time
+        everything = {r.address for r in repo.sample_peers(110.0, 100, failed=True)}
+        assert everything == {f"127.0.0.1:{7000 + i}" for i in range(10, 40)}
+        assert repo.sample_peers(1000.0, 8) == []
