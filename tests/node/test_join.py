@@ -1,18 +1,22 @@
-"""A join whose bootstrap node is not up yet (node/membership.py, _retry_join): the joiner dials it again
-after 1, 2, 4 … s, not a gossip interval later, and keeps doing so while it has sessions only to members
-that joined through it, so such an island merges with the network once the bootstrap node is up."""
+"""Joins (node/membership.py): a joiner whose bootstrap node is not up yet dials it again after 1, 2, 4 …
+s, not a gossip interval later, and keeps doing so while it has sessions only to members that joined
+through it, so such an island merges with the network once the bootstrap node is up; and a peer
+exchange makes a node dial only what its link target and slack lack, not every peer it names."""
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
-from inproc import NETKEY, run, start_node, wait_until
+from inproc import NETKEY, cluster, dial_failures, run, start_node, wait_until
 
 from p2pfast import identity
 from p2pfast.datadir import Layout, init
 from p2pfast.net.limits import NetLimits
 from p2pfast.node import Node
+from p2pfast.node.links import SLACK
+from p2pfast.proto import messages as m
 
 # A gossip round (the only retry there was) far beyond the waits below.
 LIM = NetLimits(gossip_interval=120.0)
@@ -47,5 +51,28 @@ def test_an_island_that_never_reached_its_bootstrap_node_merges_once_it_is_up(tm
         finally:
             for x in nodes:
                 await x.close()
+
+    run(main())
+
+
+def test_a_peer_exchange_dials_only_what_the_link_target_and_its_slack_lack(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, 2, limits=LIM, replicas=2) as (a, b):
+            assert a.links is not None and a.membership is not None
+            session = a.peers.sessions[b.node_id]
+            # 40 peers b says it verified, at ports where nobody listens: every dial fails, and is counted
+            ports = [_free_port() for _ in range(40)]
+            pex = m.Pex(
+                tuple(m.PexPeer(f"127.0.0.1:{p}", f"{i + 1:064x}", time.time()) for i, p in enumerate(ports))
+            )
+            failed = dial_failures(a)
+            room = a.links.target() + SLACK - len(a.peers.sessions) - a.peers.pending()
+            await a.membership.on_pex(session, pex)
+            await wait_until(lambda: a.peers.pending() == 0 and len(failed) > 0)
+            assert 0 < len(failed) <= room < 40
+            # all of them recorded, heard of only (a dial verifies one; none was dialled again)
+            rows = await a.db(a.repo.list_peers)
+            heard = {r.address for r in rows if r.status == "known"}
+            assert {f"127.0.0.1:{p}" for p in ports} <= heard | set(failed)
 
     run(main())
