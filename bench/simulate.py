@@ -5,7 +5,9 @@ Each node is a real `Node`: its own data dir (on tmpfs when there is one), repo 
 Node 0 starts first and every other node bootstraps from it, as `p2pfast serve --bootstrap` does (or,
 with `--bootstrap any`, from a member started before it, taken at random: a network whose members hand
 out the invites): one after another (a network that grows), or `--batch K` at a time started together (a
-network that boots).
+network that boots; with `--settle`, each batch once the views of the nodes before it agree: a network
+that grows in steps, which one process's single core can follow past a few hundred nodes, where a
+thousand nodes booting at once overload it until handshakes and requests time out).
 
 It reports:
 
@@ -36,7 +38,7 @@ event loop and one core here, so times grow with N faster than on N machines; li
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
 Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
-[--max-links 16] [--batch 1] [--bootstrap first|any]
+[--max-links 16] [--batch 1] [--bootstrap first|any] [--settle]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -93,6 +95,7 @@ async def simulate(
     files: int,
     batch: int = 1,
     bootstrap: str = "first",
+    settle: bool = False,
 ) -> dict[str, Any]:
     import random
 
@@ -144,6 +147,9 @@ async def simulate(
                     for i in range(first, min(n, first + batch))
                 ]
                 nodes.extend(await asyncio.gather(*group))
+                gc.freeze()  # see below: from the first batches on
+                if settle and len(nodes) < n:  # a network growing in steps: each batch joins a settled one
+                    await wait(lambda: _views_agree(nodes, len(nodes)), f"{len(nodes)} in every view", t0)
             started_s = loop.time() - t0
             # The nodes' long-lived objects (repos, keys, views, sessions) stay out of the collector's
             # full passes from now on: each pass walks the whole heap, and a heap of N nodes makes it
@@ -183,6 +189,7 @@ async def simulate(
                 "nodes": n,
                 "batch": batch,
                 "bootstrap": bootstrap,
+                "settle": settle,
                 "max_links": max_links,
                 "started_s": round(started_s, 2),
                 "converged_s": round(converged_s, 2),
@@ -365,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         default="first",
         help="each node bootstraps from node 0, or from any member started before its batch",
     )
+    p.add_argument(
+        "--settle",
+        action="store_true",
+        help="start each batch once the views of the nodes before it agree (a network growing in steps)",
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
     _raise_fd_limit(args.nodes)
@@ -381,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             args.files,
             max(1, args.batch),
             args.bootstrap,
+            args.settle,
         )
     )
     if args.json:
