@@ -207,7 +207,14 @@ class Stream:
         credit for all of `data`. False (nothing sent) otherwise. The frames go out with the rest of
         this loop turn's (flush_soon): a small store's request and data in one write."""
         s = self.session
-        if self.error is not None or s.closed or not s._writable.is_set():
+        # a connection no longer open (the peer reset it, and the session has not heard yet): write()
+        # says so the way the caller expects, as send_credit() here would raise instead of answering
+        if (
+            self.error is not None
+            or s.closed
+            or not s._writable.is_set()
+            or s.conn.state is not ConnState.OPEN
+        ):
             return False
         if s.conn.send_credit(self.sid) < len(data):
             return False

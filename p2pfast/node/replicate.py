@@ -134,16 +134,7 @@ async def _fan_out(
             end = offset >= size
             # Streams with credit for the whole chunk take it at once (a small object always): no task
             # and timer per replica. The others wait for credit, each on its own.
-            peers = []
-            for p in list(live):
-                try:
-                    if not live[p][1].try_write(chunk, end):
-                        peers.append(p)
-                except (PeerUnavailable, LocalProtocolError) as exc:  # the session closed meanwhile
-                    # (a replica killed mid-transfer): that copy fails, not the store (it exited 9)
-                    drop(p, describe(exc))
-            if not live:
-                return
+            peers = [p for p in live if not live[p][1].try_write(chunk, end)]
             results = await asyncio.gather(
                 *(send(live[p][1], chunk, end) for p in peers), return_exceptions=True
             )

@@ -13,7 +13,7 @@ import pytest
 from loops import LOOPS, run_on
 
 from p2pfast.counters import COUNTERS
-from p2pfast.errors import PeerUnavailable, RemoteProtocolError
+from p2pfast.errors import P2PError, PeerUnavailable, RemoteProtocolError
 from p2pfast.identity import node_id_of
 from p2pfast.net.limits import NetLimits
 from p2pfast.net.peers import PeerEvents, PeerManager
@@ -338,3 +338,23 @@ def test_at_max_connections_a_newcomer_evicts_one_in_its_handshake(loop_kind: st
             await server.close()
 
     run_on(loop_kind, main)
+
+
+def test_try_write_on_a_connection_no_longer_open_sends_nothing_and_raises_nothing() -> None:
+    # The peer reset the connection and the session has not heard yet (a replica killed mid-store):
+    # try_write, the no-wait path, answers False so the caller's write() fails the stream the way the
+    # caller handles; it raised LocalProtocolError instead, and a store exited 9 with it.
+    async def main() -> None:
+        server, client, _s, c = await connected_pair(None)
+        try:
+            stream = c.open_stream()
+            c.conn.close()  # the connection's state, not yet the session's
+            assert not c.closed
+            assert stream.try_write(b"data") is False
+            with pytest.raises(P2PError):
+                await stream.write(b"data")
+        finally:
+            await client.close()
+            await server.close()
+
+    run_on("uvloop", main)
