@@ -156,11 +156,10 @@ async def simulate(
                     for i in range(first, min(n, first + batch))
                 ]
                 nodes.extend(await asyncio.gather(*group))
-                _freeze()
+                _freeze()  # after each batch, the last one included
                 if settle and len(nodes) < n:  # a network growing in steps: each batch joins a settled one
                     await wait(lambda: _views_agree(nodes, len(nodes)), f"{len(nodes)} in every view", t0)
             started_s = loop.time() - t0
-            _freeze()
             view_s = await wait(lambda: _views_agree(nodes, n), "views agree", t0)
             # converged: every view holds every member and agrees, the links are within their bound
             # (what the join burst opened to the bootstrap node closed once idle), and connected

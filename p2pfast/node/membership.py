@@ -63,6 +63,10 @@ class Membership:
     async def start(self) -> None:
         """Dial the bootstrap nodes and the peers the table knows (as many as the link target takes:
         node/links.py; the bootstrap nodes first)."""
+        await self._dial_known()
+
+    async def _dial_known(self) -> int:
+        """start()'s dials, and those of a node left alone (_dial_again); returns how many were queued."""
         ctx = self.ctx
         rows = await self._known_rows()
         for r in rows:
@@ -70,8 +74,8 @@ class Membership:
                 ctx.links.addrs.setdefault(r.node_id, r.address)
         known = self._addrs(rows)
         random.shuffle(known)
-        for a in [*self.bootstrap, *known[: max(0, ctx.links.target() - len(self.bootstrap))]]:
-            ctx.peers.dial_soon(a)
+        wanted = [*self.bootstrap, *known[: max(0, ctx.links.target() - len(self.bootstrap))]]
+        return sum(ctx.peers.dial_soon(a) for a in wanted)
 
     async def known_addrs(self) -> list[str]:
         return self._addrs(await self._known_rows())
@@ -161,14 +165,13 @@ class Membership:
         ctx = self.ctx
         if self.closing or (self._joined and ctx.peers.sessions):
             return
-        wanted = list(self.bootstrap)
-        if not ctx.peers.sessions:  # alone: any member it knows will do as well
-            known = await self.known_addrs()
-            random.shuffle(known)
-            wanted += known[: ctx.links.target()]
-        log.debug("event=rejoin dials=%d joined=%s", len(wanted), self._joined)
+        if ctx.peers.sessions:  # an island: only the bootstrap nodes lead to the network
+            queued = sum(ctx.peers.dial_soon(a) for a in self.bootstrap)
+        else:  # alone: as at start, any member it knows will do as well
+            queued = await self._dial_known()
+        log.debug("event=rejoin dials=%d joined=%s", queued, self._joined)
         # a dial that fails asks again (on_dial_failed); the dialer's backoff per address holds too
-        if not [a for a in wanted if ctx.peers.dial_soon(a)]:
+        if not queued:
             self._retry_join()
 
     async def on_pex(self, session: Session, msg: m.Pex) -> None:
