@@ -111,6 +111,10 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._on_lost(self)
         if was_ready:
             self._on_closed(self.session)
+        # nothing is sent or read from here on; the transport refers back to this protocol (a cycle
+        # that would keep the connection's buffers until the collector's next full pass)
+        self._closing = True
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.session.pause_writing()
