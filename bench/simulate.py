@@ -24,6 +24,11 @@ It reports:
   and content id in turn;
 * `join_s`: one more node, bootstrapping from a member in the middle, until every view has it alive;
 * every node runs with `replicas = 3` (4 copies of each file);
+* `dilation`: with `--dilation K`, the process's clocks run K times slower than real time
+  (bench/timewarp.py: a DieCast-style scale model, as if the one core were K cores), so every time above
+  is in simulated seconds; `real_s` is the run's wall time until then, and `cpu_busy` the process's CPU
+  seconds per real second while converging (near 1 or above: CPU-bound, the figure is the core's, not the
+  protocol's; a raise of K that leaves the figures where they were shows they are the protocol's);
 * with `--kill F`: `--files` files (default 100) are stored through random members,
   then F of the members crash at once (connections reset, nothing said); `declared_dead_s` until every
   survivor's view has each dead (against `detector_bound_s`, suspect_after + dead_after),
@@ -38,7 +43,7 @@ event loop and one core here, so times grow with N faster than on N machines; li
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
 Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
-[--max-links 16] [--batch 1] [--bootstrap first|any] [--settle]
+[--max-links 16] [--batch 1] [--bootstrap first|any] [--settle] [--dilation 1]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -105,8 +110,10 @@ async def simulate(
     batch: int = 1,
     bootstrap: str = "first",
     settle: bool = False,
+    dilation: float = 1.0,
 ) -> dict[str, Any]:
     import random
+    import time
 
     from inproc import count_who_has, linked
 
@@ -145,6 +152,7 @@ async def simulate(
     with base_dir() as base:
         try:
             t0 = loop.time()
+            real0, cpu0 = time.perf_counter(), _cpu_s()  # perf_counter is not dilated
             nodes.append(await _node(base / "n0", None, limits))
             # then the others, `batch` at a time starting together (each bootstraps from node 0, or
             # from one started before its batch): one at a time is a network growing; a batch of
@@ -168,6 +176,8 @@ async def simulate(
                 "links within the bound",
                 t0,
             )
+            real_converge = time.perf_counter() - real0
+            cpu_busy = (_cpu_s() - cpu0) / real_converge
             links = sorted(len(x.peers.sessions) for x in nodes)
             out0 = COUNTERS.bytes_out
             await asyncio.sleep(idle)  # the idle window being measured, not a wait for a peer
@@ -205,9 +215,12 @@ async def simulate(
                 "gossip_interval_s": gossip_interval,
                 "idle_window_s": idle,
                 "gossip_bytes_per_node_s": round(gossip, 1),
-                "lookup_contacts_max": max(contacts),
+                "lookup_contacts_max": max(contacts, default=0),  # 0: every node holds the file
                 "lookup_contacts": contacts,
                 "join_s": round(join_s, 2),
+                "dilation": dilation,
+                "cpu_busy": round(cpu_busy, 2),
+                "real_converge_s": round(real_converge, 1),
             }
             if kill > 0:
                 # files stored through random members, 3 copies each: what the kills must not lose
@@ -242,6 +255,7 @@ async def simulate(
                     except P2PError:  # a file no survivor returns: lost
                         lost += 1
                 result.update({"files": files, "files_lost": lost})
+            result["real_s"] = round(time.perf_counter() - real0, 1)
             result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             # before the nodes close: closing hundreds, each saying it leaves, takes a while
             print(f"sim: {json.dumps(result)}", file=sys.stderr, flush=True)
@@ -353,6 +367,12 @@ def _bounded(nodes: list[Any], max_links: int) -> bool:
     return all(len(x.peers.sessions) <= max_links for x in nodes)
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used, all its threads (the DB threads too)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _views_agree(nodes: list[Any], n: int) -> bool:
     """Every node's membership view holds all n members, and all views are the same."""
     views = [x.viewsync.view for x in nodes]
@@ -382,10 +402,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start each batch once the views of the nodes before it agree (a network growing in steps)",
     )
+    p.add_argument(
+        "--dilation",
+        type=float,
+        default=1.0,
+        help="run the clocks this many times slower than real time (timewarp.py; times in the report are "
+        "simulated seconds)",
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
+    if args.dilation < 1:
+        p.error(f"--dilation is at least 1, not {args.dilation:g}")
     _raise_fd_limit(args.nodes)
     from p2pfast import runtime
+
+    factory = None
+    if args.dilation > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # -P leaves the script's directory out
+        import timewarp
+
+        clock = timewarp.Clock(args.dilation)
+        clock.install()
+        factory = timewarp.loop_factory(clock)
 
     result = runtime.run(
         simulate(
@@ -399,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             max(1, args.batch),
             args.bootstrap,
             args.settle,
-        )
+            args.dilation,
+        ),
+        loop_factory=factory,
     )
     if args.json:
         print(json.dumps(result))

@@ -45,10 +45,14 @@ def tune_malloc() -> bool:
     )
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
+def run(
+    main: Coroutine[Any, Any, T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+) -> T:
+    """Run `main` on uvloop (or asyncio's loop, as above), or on the loop `loop_factory` makes (the
+    simulator's time-dilated one, bench/timewarp.py)."""
     tune_malloc()
-    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    if os.environ.get("P2PFAST_LOOP", "uvloop") != "asyncio":
+    factory: Callable[[], asyncio.AbstractEventLoop] = loop_factory or asyncio.new_event_loop
+    if loop_factory is None and os.environ.get("P2PFAST_LOOP", "uvloop") != "asyncio":
         try:
             import uvloop
 

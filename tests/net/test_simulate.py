@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "simulate.py"
 
@@ -48,3 +53,85 @@ def test_simulate_reports_its_figures_as_one_json_line() -> None:
     # (the key's metadata is on the 4 ranked first for it), or none from a getter that keeps it itself
     by_key, by_cid = out["lookup_contacts"][0::2], out["lookup_contacts"][1::2]
     assert set(by_cid) == {5} and set(by_key) <= {0, 5}, out
+
+
+def _timewarp() -> Any:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import timewarp
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return timewarp
+
+
+def test_dilated_clocks_run_factor_times_slower_and_come_back() -> None:
+    timewarp = _timewarp()
+    real_monotonic, real_time = time.monotonic, time.time
+    clock = timewarp.Clock(8)
+    clock.install()
+    try:
+        r0 = time.perf_counter()  # perf_counter is not dilated
+        m0, t0 = time.monotonic(), time.time()
+        inner0 = time.perf_counter()
+        while time.perf_counter() - inner0 < 0.2:
+            pass
+        inner1 = time.perf_counter()
+        m1, t1 = time.monotonic(), time.time()
+        r1 = time.perf_counter()
+    finally:
+        clock.uninstall()
+    assert time.monotonic is real_monotonic and time.time is real_time
+    for elapsed in (m1 - m0, t1 - t0):
+        # within what the real seconds around the reads allow, divided by 8
+        assert (inner1 - inner0) / 8 - 1e-6 <= elapsed <= (r1 - r0) / 8 + 1e-6, elapsed
+    with pytest.raises(ValueError, match="at least 1"):
+        timewarp.Clock(0.5)
+
+
+def test_a_dilated_loop_waits_in_simulated_seconds() -> None:
+    timewarp = _timewarp()
+    clock = timewarp.Clock(5)
+    clock.install()
+    try:
+        loop = timewarp.loop_factory(clock)()
+        try:
+            r0 = time.perf_counter()
+            s0 = loop.time()
+            loop.run_until_complete(asyncio.sleep(0.1))
+            slept = loop.time() - s0
+            real = time.perf_counter() - r0
+        finally:
+            loop.close()
+    finally:
+        clock.uninstall()
+    # a 0.1 s sleep on the loop's clock is 0.5 s of real time, waited in the selector, not spun
+    assert slept >= 0.1 and real >= 0.5, (slept, real)
+
+
+def test_a_dilated_simulation_reports_simulated_seconds() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(SCRIPT),
+            "--nodes",
+            "6",
+            "--idle",
+            "1",
+            "--gossip-interval",
+            "1",
+            "--dilation",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["dilation"] == 3 and out["links_max"] == 5, out
+    # the convergence took 3 real seconds for every simulated one (more when the CPU was busy)
+    assert out["real_converge_s"] >= 3 * out["converged_s"] * 0.95, out
+    assert 0 <= out["cpu_busy"] < 1, out  # 6 nodes leave the core mostly idle
+    assert out["gossip_bytes_per_node_s"] > 0
