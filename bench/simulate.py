@@ -29,6 +29,7 @@ It reports:
   is in simulated seconds; `real_s` is the run's wall time until then, and `cpu_busy` the process's CPU
   seconds per real second while converging (near 1 or above: CPU-bound, the figure is the core's, not the
   protocol's; a raise of K that leaves the figures where they were shows they are the protocol's);
+  `--idle-dilation K2` runs the idle window at K2 instead (`cpu_busy_idle` tells whether it was enough);
 * with `--kill F`: `--files` files (default 100) are stored through random members,
   then F of the members crash at once (connections reset, nothing said); `declared_dead_s` until every
   survivor's view has each dead (against `detector_bound_s`, suspect_after + dead_after),
@@ -43,7 +44,7 @@ event loop and one core here, so times grow with N faster than on N machines; li
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
 Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
-[--max-links 16] [--batch 1] [--bootstrap first|any] [--settle] [--dilation 1]
+[--max-links 16] [--batch 1] [--bootstrap first|any] [--settle] [--dilation 1] [--idle-dilation K2]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -111,6 +112,8 @@ async def simulate(
     bootstrap: str = "first",
     settle: bool = False,
     dilation: float = 1.0,
+    clock: Any = None,
+    idle_dilation: float | None = None,
 ) -> dict[str, Any]:
     import random
     import time
@@ -179,9 +182,14 @@ async def simulate(
             real_converge = time.perf_counter() - real0
             cpu_busy = (_cpu_s() - cpu0) / real_converge
             links = sorted(len(x.peers.sessions) for x in nodes)
-            out0 = COUNTERS.bytes_out
+            if clock is not None and idle_dilation is not None:
+                clock.set_factor(idle_dilation)  # an idle network needs less CPU: less wall time
+            out0, real1, cpu1 = COUNTERS.bytes_out, time.perf_counter(), _cpu_s()
             await asyncio.sleep(idle)  # the idle window being measured, not a wait for a peer
             gossip = (COUNTERS.bytes_out - out0) / n / idle
+            cpu_busy_idle = (_cpu_s() - cpu1) / (time.perf_counter() - real1)
+            if clock is not None:
+                clock.set_factor(dilation)
             links_after_idle = sorted(len(x.peers.sessions) for x in nodes)
             asked = count_who_has(nodes)
             report = await nodes[0].put("sim/file", BytesSource(b"simulated " * 1000))
@@ -220,6 +228,8 @@ async def simulate(
                 "join_s": round(join_s, 2),
                 "dilation": dilation,
                 "cpu_busy": round(cpu_busy, 2),
+                "idle_dilation": dilation if idle_dilation is None else idle_dilation,
+                "cpu_busy_idle": round(cpu_busy_idle, 2),
                 "real_converge_s": round(real_converge, 1),
             }
             if kill > 0:
@@ -409,14 +419,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run the clocks this many times slower than real time (timewarp.py; times in the report are "
         "simulated seconds)",
     )
+    p.add_argument(
+        "--idle-dilation",
+        type=float,
+        default=None,
+        help="the factor during the idle window only (default: --dilation's)",
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
     if args.dilation < 1:
         p.error(f"--dilation is at least 1, not {args.dilation:g}")
+    if args.idle_dilation is not None and (args.idle_dilation < 1 or args.dilation == 1):
+        p.error("--idle-dilation is at least 1, and needs --dilation above 1")
     _raise_fd_limit(args.nodes)
     from p2pfast import runtime
 
-    factory = None
+    factory = clock = None
     if args.dilation > 1:
         sys.path.insert(0, str(Path(__file__).resolve().parent))  # -P leaves the script's directory out
         import timewarp
@@ -438,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             args.bootstrap,
             args.settle,
             args.dilation,
+            clock,
+            args.idle_dilation,
         ),
         loop_factory=factory,
     )

@@ -37,38 +37,53 @@ class Clock:
         self.factor = factor
         self._real_monotonic = time.monotonic
         self._real_time = time.time
-        self._m0 = self._t0 = 0.0
+        self._installed = 0.0
+        # the simulated clocks are anchor + (real - real anchor) / factor: both anchors move at every
+        # change of factor, so the clocks stay continuous and monotonic across it
+        self._m0 = self._t0 = self._sm0 = self._st0 = 0.0
 
     def install(self) -> None:
-        self._m0 = self._real_monotonic()
-        self._t0 = self._real_time()
+        self._installed = self._real_monotonic()
+        self._anchor(self._real_monotonic(), self._real_time())
         time.monotonic = self.monotonic
         time.time = self.time
+
+    def _anchor(self, simulated_monotonic: float, simulated_time: float) -> None:
+        self._m0, self._t0 = self._real_monotonic(), self._real_time()
+        self._sm0, self._st0 = simulated_monotonic, simulated_time
+
+    def set_factor(self, factor: float) -> None:
+        """From now on, run `factor` times slower (a network that needed much CPU to converge and little
+        once idle can be watched idle at a smaller factor: less wall time for the same simulated one)."""
+        if factor < 1:
+            raise ValueError(f"a dilation factor is at least 1, not {factor:g}")
+        self._anchor(self.monotonic(), self.time())
+        self.factor = factor
 
     def uninstall(self) -> None:
         time.monotonic = self._real_monotonic
         time.time = self._real_time
 
     def monotonic(self) -> float:
-        return self._m0 + (self._real_monotonic() - self._m0) / self.factor
+        return self._sm0 + (self._real_monotonic() - self._m0) / self.factor
 
     def time(self) -> float:
-        return self._t0 + (self._real_time() - self._t0) / self.factor
+        return self._st0 + (self._real_time() - self._t0) / self.factor
 
     def real_seconds(self) -> float:
         """Real seconds since install: what the run costs in wall time."""
-        return self._real_monotonic() - self._m0
+        return self._real_monotonic() - self._installed
 
 
 class DilatedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     """The loop's selector, waiting `factor` times longer: the loop computes its wait for the next timer
     in dilated seconds, and the kernel waits in real ones."""
 
-    factor = 1.0
+    clock: Clock | None = None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and timeout > 0:
-            timeout *= self.factor
+        if timeout is not None and timeout > 0 and self.clock is not None:
+            timeout *= self.clock.factor  # the factor of the moment: Clock.set_factor applies at once
         return super().select(timeout)  # type: ignore[no-any-return]
 
 
@@ -77,7 +92,7 @@ def loop_factory(clock: Clock) -> Callable[[], asyncio.AbstractEventLoop]:
 
     def make() -> asyncio.AbstractEventLoop:
         selector: Any = DilatedSelector()
-        selector.factor = clock.factor
+        selector.clock = clock
         return asyncio.SelectorEventLoop(selector)
 
     return make

@@ -88,6 +88,31 @@ def test_dilated_clocks_run_factor_times_slower_and_come_back() -> None:
         timewarp.Clock(0.5)
 
 
+def test_a_change_of_factor_keeps_the_clocks_continuous() -> None:
+    timewarp = _timewarp()
+    clock = timewarp.Clock(100)
+    clock.install()
+    try:
+        m0, t0 = time.monotonic(), time.time()
+        clock.set_factor(2)
+        r1 = time.perf_counter()
+        m1, t1 = time.monotonic(), time.time()
+        inner0 = time.perf_counter()
+        while time.perf_counter() - inner0 < 0.2:
+            pass
+        inner1 = time.perf_counter()
+        m2 = time.monotonic()
+        r2 = time.perf_counter()
+        with pytest.raises(ValueError, match="at least 1"):
+            clock.set_factor(0)
+    finally:
+        clock.uninstall()
+    # no jump at the change (at 100x, well under a millisecond of real time went by), then 2x slower
+    assert 0 <= m1 - m0 < 1e-3 and 0 <= t1 - t0 < 1e-3, (m1 - m0, t1 - t0)
+    assert (inner1 - inner0) / 2 - 1e-6 <= m2 - m1 <= (r2 - r1) / 2 + 1e-6, m2 - m1
+    assert clock.factor == 2
+
+
 def test_a_dilated_loop_waits_in_simulated_seconds() -> None:
     timewarp = _timewarp()
     clock = timewarp.Clock(5)
