@@ -128,6 +128,9 @@ class Config(NamedTuple):
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
     gossip_interval: float = 30.0
+    # failure detection (node/viewsync.py; net/limits.py says why the defaults)
+    suspect_after: float = 5.0
+    dead_after: float = 30.0
     # replication: copies a store places besides its own, picked by rendezvous hashing; all = every
     # connected peer, as the original system does. 2 (3 copies in all, as Garage, Ceph and HDFS keep by
     # default) survives the loss of any two holders while a 50-node network stores 3 copies, not 50.
@@ -174,6 +177,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "handshake_timeout": _seconds,
     "idle_timeout": _seconds,
     "gossip_interval": _seconds,
+    "suspect_after": _seconds,
+    "dead_after": _seconds,
     "replicas": _replicas,
     "max_object": _size,
     "max_storage": _size,
@@ -292,6 +297,8 @@ HELP: dict[str, str] = {
     "handshake_timeout": "seconds a peer has to finish the handshake",
     "idle_timeout": "seconds of silence before a peer is dropped",
     "gossip_interval": "seconds between peer exchanges",
+    "suspect_after": "seconds a member's session may stay ended before it is suspected",
+    "dead_after": "seconds a suspicion stands unrefuted before the member is declared dead",
     "replicas": "peers a store copies to: all, or N picked by rendezvous hashing",
     "max_object": "largest object accepted from a peer (512M, 2G, none)",
     "max_storage": "most bytes this node stores in all (500G, 2T, none: only free space limits it)",

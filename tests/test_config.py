@@ -310,6 +310,8 @@ SECONDS_KEYS = [
     "handshake_timeout",
     "idle_timeout",
     "gossip_interval",
+    "suspect_after",
+    "dead_after",
     "tombstone_grace",
     "connect_timeout",
     "shutdown_timeout",
@@ -512,6 +514,8 @@ max_pre_handshake=2
 handshake_timeout=0.25
 idle_timeout=1e-3
 gossip_interval=45
+suspect_after=2.5
+dead_after=7
 replicas=4
 max_object=1.5G
 max_storage=3T
@@ -785,3 +789,11 @@ def test_every_setting_has_a_parser_and_every_parser_a_setting() -> None:
     from p2pfast import config
 
     assert set(config.PARSERS) == set(config.Config._fields) - {"sources"}
+
+
+def test_the_network_settings_reach_the_node_limits(tmp_path: Path) -> None:
+    from p2pfast.front.cli import net_limits
+
+    lim = net_limits(load_text(tmp_path, FULL_FILE.format(root=tmp_path)))
+    assert (lim.max_links, lim.gossip_interval, lim.suspect_after, lim.dead_after) == (5, 45.0, 2.5, 7.0)
+    assert (lim.proto.handshake_timeout, lim.proto.max_streams) == (0.25, 3)

@@ -265,6 +265,8 @@ def net_limits(cfg: Any) -> Any:
         max_links=cfg.max_links,
         max_pre_handshake=cfg.max_pre_handshake,
         gossip_interval=cfg.gossip_interval,
+        suspect_after=cfg.suspect_after,
+        dead_after=cfg.dead_after,
         proto=proto,
     )
 

@@ -28,8 +28,12 @@ from nodetools import (
 from p2pfast.repo.repo import Repo
 from p2pfast.store import segments
 
-# A test's settings: a pass every 2 s, a member counted out 3 s after it went, copies unthrottled.
-FAST = "replicas = 2\nrepair_interval = 2\nrepair_grace = 3\nrepair_bandwidth = none\ngossip_interval = 1\n"
+# A test's settings: a pass every 2 s, a crashed member declared dead within 1 + 4 + 3 s (its session
+# gone 1 s, up to 4 s of probes, a suspicion unrefuted 3 s) and counted out 3 s after, copies unthrottled.
+FAST = (
+    "replicas = 2\nrepair_interval = 2\nrepair_grace = 3\nrepair_bandwidth = none\ngossip_interval = 1\n"
+    "suspect_after = 1\ndead_after = 3\n"
+)
 TARGET = 3  # replicas = 2: the storing node and two more
 
 
@@ -76,9 +80,11 @@ def test_lost_holders_are_replaced_and_the_copies_a_returning_one_makes_surplus_
     files = {f"f/{i:02d}": pattern(rnd.choice([0, 1, 4096, 70_000, 1_500_000]), seed=i) for i in range(30)}
     with running(nodes):
         start_all(nodes)
+        cids: dict[str, str] = {}
         for i, (key, data) in enumerate(files.items()):
             report = store(nodes[i % 6], key, data, tmp_path)
             assert len(report["replicated_to"]) == 2, report  # type: ignore[arg-type]
+            cids[key] = str(report["cid"])
         copies = {key: holders(nodes, key) for key in files}
         assert all(len(h) == TARGET for h in copies.values()), copies
         # the two nodes that hold the most copies die at once
@@ -93,16 +99,17 @@ def test_lost_holders_are_replaced_and_the_copies_a_returning_one_makes_surplus_
         def healed() -> bool:
             return all(len(holders(live, key)) >= TARGET for key in files)
 
-        # bound: grace 3 s + a pass (2 s interval, 2 s debounce) + the copies (≈ 20 MiB here)
+        # bound: declared dead (8 s, above) + grace 3 s + a pass (2 s interval, 2 s debounce) + the copies
+        # (≈ 20 MiB here)
         wait_until(healed, 90, "every file back to 3 copies on live nodes", live)
-        # every copy is verified where it is: each holder serves its own copy, checked as it is read
-        for key, data in files.items():
-            for n in live:
-                if n.node_id in holders([n], key):
-                    out = tmp_path / "check"
-                    r = run_cli("get", key, "-o", out, "--data-dir", n.root, "--json")
-                    assert r.returncode == 0, r.stderr
-                    assert orjson.loads(r.stdout)["source"] == "local" and out.read_bytes() == data
+        # every copy is verified where it is: a scrub on each holder reads back and checks every object
+        # it holds against its content id (those the stores reported), none bad
+        for n in live:
+            held = {cids[key] for key in files if n.node_id in holders([n], key)}
+            r = run_cli("scrub", "--now", "--json", "--data-dir", n.root)
+            assert r.returncode == 0, r.stderr
+            scrub = orjson.loads(r.stdout)
+            assert (scrub["checked"], scrub["bad"]) == (len(held), 0), (n.root.name, scrub, held)
         status = orjson.loads(run_cli("status", "--data-dir", live[0].root, "--json").stdout)
         assert status["repair"]["last_pass"] is not None and status["under_replicated"] == 0, status
         # one of the dead comes back: its copies are one too many now, and one holder of each such file
