@@ -425,12 +425,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the factor during the idle window only (default: --dilation's)",
     )
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="spread the nodes over this many worker processes (simprocs.py; not with --kill)",
+    )
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
+    if args.procs < 1 or (args.procs > 1 and args.kill > 0):
+        p.error("--procs is at least 1, and 1 with --kill (the crash scenarios run in one process)")
     if args.dilation < 1:
         p.error(f"--dilation is at least 1, not {args.dilation:g}")
     if args.idle_dilation is not None and (args.idle_dilation < 1 or args.dilation == 1):
         p.error("--idle-dilation is at least 1, and needs --dilation above 1")
+    args.batch = max(1, args.batch)
+    if args.procs > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # -P leaves the script's directory out
+        import simprocs
+
+        result = simprocs.run(args)
+        _print(result, args.json)
+        return 0
     _raise_fd_limit(args.nodes)
     from p2pfast import runtime
 
@@ -452,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             args.kill,
             args.max_links,
             args.files,
-            max(1, args.batch),
+            args.batch,
             args.bootstrap,
             args.settle,
             args.dilation,
@@ -461,12 +477,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
         loop_factory=factory,
     )
-    if args.json:
+    _print(result, args.json)
+    return 0
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
             print(f"{k:26} {v}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -42,23 +42,34 @@ class Clock:
         # change of factor, so the clocks stay continuous and monotonic across it
         self._m0 = self._t0 = self._sm0 = self._st0 = 0.0
 
-    def install(self) -> None:
+    def install(self, anchor: tuple[float, float] | None = None) -> None:
+        """From now on the clocks are dilated, equal to the real ones at `anchor` (a real
+        `time.monotonic`, `time.time` pair; default: now). Processes given the same anchor share one
+        simulated time (CLOCK_MONOTONIC is the machine's, not the process's): bench/simprocs.py."""
         self._installed = self._real_monotonic()
-        self._anchor(self._real_monotonic(), self._real_time())
+        m0, t0 = anchor if anchor is not None else (self._real_monotonic(), self._real_time())
+        self._m0, self._t0, self._sm0, self._st0 = m0, t0, m0, t0
         time.monotonic = self.monotonic
         time.time = self.time
 
-    def _anchor(self, simulated_monotonic: float, simulated_time: float) -> None:
-        self._m0, self._t0 = self._real_monotonic(), self._real_time()
-        self._sm0, self._st0 = simulated_monotonic, simulated_time
-
-    def set_factor(self, factor: float) -> None:
+    def set_factor(self, factor: float, at: float | None = None) -> None:
         """From now on, run `factor` times slower (a network that needed much CPU to converge and little
-        once idle can be watched idle at a smaller factor: less wall time for the same simulated one)."""
+        once idle can be watched idle at a smaller factor: less wall time for the same simulated one).
+        `at`, a real monotonic instant, makes the change as if made then: processes sharing an anchor
+        that change at the same `at` stay on one time."""
         if factor < 1:
             raise ValueError(f"a dilation factor is at least 1, not {factor:g}")
-        self._anchor(self.monotonic(), self.time())
+        at = self._real_monotonic() if at is None else at
+        # both anchors move to `at`, so the clocks stay continuous there
+        elapsed = (at - self._m0) / self.factor
+        self._sm0, self._st0 = self._sm0 + elapsed, self._st0 + elapsed
+        self._t0 += at - self._m0
+        self._m0 = at
         self.factor = factor
+
+    def simulated(self, real_monotonic: float) -> float:
+        """The simulated monotonic time at a real monotonic instant (at the current factor)."""
+        return self._sm0 + (real_monotonic - self._m0) / self.factor
 
     def uninstall(self) -> None:
         time.monotonic = self._real_monotonic

@@ -160,3 +160,66 @@ def test_a_dilated_simulation_reports_simulated_seconds() -> None:
     assert out["real_converge_s"] >= 3 * out["converged_s"] * 0.95, out
     assert 0 <= out["cpu_busy"] < 1, out  # 6 nodes leave the core mostly idle
     assert out["gossip_bytes_per_node_s"] > 0
+
+
+def test_clocks_with_one_anchor_share_one_time_across_a_change_of_factor() -> None:
+    timewarp = _timewarp()
+    real_monotonic = time.monotonic
+    anchor = (time.monotonic() - 5.0, time.time() - 5.0)  # as a parent's, taken 5 s before
+    a, b = timewarp.Clock(10), timewarp.Clock(10)
+    a.install(anchor)
+    try:
+        # 5 real seconds since the anchor are half a simulated one
+        assert 0.5 <= time.monotonic() - anchor[0] <= 0.5 + 1e-3
+        b._m0, b._t0, b._sm0, b._st0 = a._m0, a._t0, a._sm0, a._st0  # b: another process's install
+        at = real_monotonic() + 0.01
+        while real_monotonic() < at:
+            pass
+        a.set_factor(2, at=at)
+        b.set_factor(2, at=at)  # made later, as if at `at`: the same time from then on
+        r = real_monotonic()
+        assert abs(a.simulated(r) - b.simulated(r)) < 1e-9 and a.factor == b.factor == 2
+        assert abs(a.simulated(at) - (anchor[0] + (at - anchor[0]) / 10)) < 1e-9  # continuous at `at`
+    finally:
+        a.uninstall()
+
+
+def test_simulate_over_two_worker_processes() -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(SCRIPT),
+            "--nodes",
+            "8",
+            "--procs",
+            "2",
+            "--batch",
+            "4",
+            "--bootstrap",
+            "any",
+            "--idle",
+            "0.5",
+            "--gossip-interval",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["nodes"] == 8 and out["procs"] == 2, out
+    # converged means one connected graph of links over all 8, so some links cross the processes
+    assert 1 <= out["links_median"] <= out["links_max"] <= 7, out
+    assert out["gossip_bytes_per_node_s"] > 0 and out["join_s"] >= 0
+    # a get by content id asks replicas + 2 = 5 members, wherever they run
+    assert set(out["lookup_contacts"][1::2]) == {5}, out
+    refused = subprocess.run(
+        [sys.executable, "-P", str(SCRIPT), "--nodes", "8", "--procs", "2", "--kill", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--kill" in refused.stderr, refused.stderr
