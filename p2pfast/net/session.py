@@ -396,6 +396,12 @@ class Session:
         self.conn.send_control(m.to_wire(message))
         self.flush_soon()
 
+    def notify_encoded(self, raw: bytes) -> None:
+        """notify() of a message encoded once for several sessions (control.encode's bytes)."""
+        self._check_open()
+        self.conn.send_control_encoded(raw)
+        self.flush_soon()
+
     def open_stream(self) -> Stream:
         """A new stream of ours; LocalProtocolError(STREAM_LIMIT) when max_streams are open already."""
         self._check_open()

@@ -24,7 +24,7 @@ from connection_pair import (
 
 from p2pfast import _accel, frames, wire
 from p2pfast.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from p2pfast.proto import noise, state
+from p2pfast.proto import control, noise, state
 from p2pfast.proto.connection import MAX_PLAINTEXT, Connection, ConnState, Limits, Role
 from p2pfast.proto.events import (
     NEED_DATA,
@@ -221,6 +221,19 @@ def test_bad_control_message_is_refused_locally_and_the_connection_lives_on() ->
     assert pair.client.state is ConnState.OPEN
     _, server_events = pair.pump()
     assert len(server_events) == 1
+
+
+def test_a_message_encoded_once_goes_to_several_peers_and_keeps_the_senders_cap() -> None:
+    raw = control.encode({"t": "who_has", "id": 1, "cid": CID})
+    pairs = [opened(), opened()]
+    for pair in pairs:
+        pair.client.send_control_encoded(raw)
+        _, server_events = pair.pump()
+        assert server_events == [ControlReceived({"t": "who_has", "id": 1, "cid": CID})]
+    capped = opened(limits=Limits(max_control_size=len(raw) - 1), server_limits=Limits())
+    with pytest.raises(LocalProtocolError, match="exceeds max"):
+        capped.client.send_control_encoded(raw)
+    assert capped.client.data_to_send() == []  # nothing was queued
 
 
 def test_control_over_the_receivers_limit_is_a_remote_error() -> None:

@@ -314,3 +314,20 @@ NET_KEY = {"t": "net_key", "gen": 1, "key": "5a" * 32, "until": 1.7e9 + 60, "by"
 def test_revocation_messages_are_checked(base: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
     with pytest.raises(RemoteProtocolError):
         control.decode(orjson.dumps(_mutate(base, path, value)))
+
+
+def test_a_string_check_that_passed_a_value_still_refuses_others() -> None:
+    # the checks remember the strings they passed (control.MEMO_SIZE): what they refuse stays refused,
+    # and past the memory's size they go on checking
+    good = "ab" * 32
+    for i in range(control.MEMO_SIZE + 10):
+        control.decode(orjson.dumps({"t": "probe", "id": i, "node": f"{i:064x}"}))
+    for _ in range(2):
+        control.decode(orjson.dumps({"t": "probe", "id": 1, "node": good}))
+        for bad in (good.upper(), good[:-1], good + "a", "g" * 64, f" {good[1:]}"):
+            with pytest.raises(RemoteProtocolError, match="64 lowercase hex"):
+                control.decode(orjson.dumps({"t": "probe", "id": 1, "node": bad}))
+    for addr in ("127.0.0.1:3000", "127.0.0.1:3000"):  # the second from memory
+        control.decode(orjson.dumps({"t": "view_news", "records": [[good, addr, 1, 0, 0]]}))
+    with pytest.raises(RemoteProtocolError, match="host:port"):
+        control.decode(orjson.dumps({"t": "view_news", "records": [[good, "127.0.0.1:0", 1, 0, 0]]}))
