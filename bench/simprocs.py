@@ -33,6 +33,7 @@ from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 POLL = 0.25  # real seconds between the parent's looks at the workers' state
+PROGRESS = 30.0  # real seconds between progress lines while waiting
 
 
 class Worker:
@@ -116,6 +117,8 @@ def run(args: Any) -> dict[str, Any]:
 
 
 def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int) -> dict[str, Any]:
+    import simulate
+
     procs, max_links = len(workers), args.max_links
     ids: list[str] = []
     addrs: list[str] = []
@@ -172,9 +175,14 @@ def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int)
 
     last: list[list[dict[str, Any]]] = [[]]
 
+    said = [time.perf_counter()]
+
     def state_holds(pred: Any) -> Any:
         def cond() -> bool:
             last[0] = all_ask(workers, "state")
+            if time.perf_counter() - said[0] > PROGRESS:
+                said[0] = time.perf_counter()
+                _progress(now() - t0, last[0])
             return bool(pred(last[0]))
 
         return cond
@@ -242,34 +250,43 @@ def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int)
         lambda: all(r["alive"] == r["of"] for r in all_ask(workers, "alive", id=joined["id"])), "join", t1
     )
     peak = max(r["peak_rss_mib"] for r in all_ask(workers, "state"))
-    return {
-        "nodes": n,
-        "procs": procs,
-        "batch": args.batch,
-        "bootstrap": args.bootstrap,
-        "settle": args.settle,
-        "max_links": max_links,
-        "started_s": round(started_s, 2),
-        "converged_s": round(converged_s, 2),
-        "view_converged_s": round(view_s, 2),
-        "links_max": links[-1],
-        "links_median": statistics.median(links),
-        "links_max_after_idle": links_after_idle[-1],
-        "gossip_interval_s": args.gossip_interval,
-        "idle_window_s": round(idle_s, 2),
-        "gossip_bytes_per_node_s": round(gossip, 1),
-        "lookup_contacts_max": max(contacts, default=0),
-        "lookup_contacts": contacts,
-        "join_s": round(join_s, 2),
-        "dilation": args.dilation,
+    a = args
+    result: dict[str, Any] = simulate.figures(
+        simulate.Settings(
+            n, a.batch, a.bootstrap, a.settle, max_links, a.gossip_interval, a.dilation, a.idle_dilation
+        ),
+        started_s=started_s,
+        converged_s=converged_s,
+        view_s=view_s,
+        links=links,
+        links_after_idle=links_after_idle,
+        idle_s=idle_s,
+        gossip=gossip,
+        contacts=contacts,
+        join_s=join_s,
         # CPU seconds of all workers per real second, over procs: per core, as in one process
-        "cpu_busy": round(cpu_busy / procs, 2),
-        "idle_dilation": args.dilation if args.idle_dilation is None else args.idle_dilation,
-        "cpu_busy_idle": round(cpu_busy_idle / procs, 2),
-        "real_converge_s": round(real_converge, 1),
-        "real_s": round(time.perf_counter() - real0, 1),
-        "peak_rss_mib": peak,  # the largest worker's
-    }
+        cpu_busy=cpu_busy / procs,
+        cpu_busy_idle=cpu_busy_idle / procs,
+        real_converge=real_converge,
+    )
+    result["procs"] = procs
+    result["real_s"] = round(time.perf_counter() - real0, 1)
+    result["peak_rss_mib"] = peak  # the largest worker's
+    return result
+
+
+def _progress(at: float, states: list[dict[str, Any]]) -> None:
+    """How far the views are, on stderr: a long run's only sign of life."""
+    nodes = [x for s in states for x in s["nodes"]]
+    sizes = sorted(x["n"] for x in nodes)
+    links = sorted(len(x["links"]) for x in nodes)
+    print(
+        f"sim: at {at:.1f} s: views {sizes[0]}..{sizes[-1]} (median {statistics.median(sizes):g}),"
+        f" {len({x['root'] for x in nodes})} distinct, links {links[0]}..{links[-1]},"
+        f" rss {'/'.join(str(s['rss_mib']) for s in states)} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _real_monotonic(clock: Any) -> float:
@@ -284,20 +301,10 @@ async def _serve(config: dict[str, Any], clock: Any, out: IO[str]) -> None:
     from inproc import count_who_has
 
     from p2pfast.counters import COUNTERS
-    from p2pfast.net.limits import NetLimits
     from p2pfast.node.sources import BufferSink, BytesSource
 
     n = config["nodes"]
-    # as simulate.py: the per-address and per-prefix admission limits lifted to the network's size (every
-    # node dials from 127.0.0.1)
-    limits = NetLimits(
-        gossip_interval=config["gossip_interval"],
-        max_links=config["max_links"],
-        max_connections=max(256, 2 * n),
-        max_pre_handshake=max(32, n),
-        max_pre_handshake_per_address=max(8, n),
-        max_pre_handshake_per_prefix=max(16, n),
-    )
+    limits = simulate.limits_for(n, config["gossip_interval"], config["max_links"])
     base = Path(config["base"])
     nodes: dict[str, Any] = {}
     asked: list[dict[str, int]] = []
@@ -341,6 +348,7 @@ async def _serve(config: dict[str, Any], clock: Any, out: IO[str]) -> None:
             "bytes_out": COUNTERS.bytes_out,
             "cpu": simulate._cpu_s(),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_mib": _rss_mib(),
         }
 
     def set_factor(factor: float, at: float) -> None:
@@ -391,6 +399,11 @@ async def _serve(config: dict[str, Any], clock: Any, out: IO[str]) -> None:
             with contextlib.suppress(Exception):
                 await x.close()
         reply({})
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
 
 
 class _Addr:

@@ -39,12 +39,18 @@ It reports:
   survivors crash (`second_kill`), and `files_lost` counts the files a get from a random survivor no
   longer returns.
 
+With `--procs P` the nodes run in P worker processes (bench/simprocs.py: node i in worker i mod P,
+all on one simulated time), for networks past what one process holds (its 20,000 file descriptors, a
+node keeping 20-25 open) and to use more than one core; `cpu_busy` is then per worker, and
+`peak_rss_mib` the largest worker's. Not with `--kill`.
+
 Figures relate to real processes as follows: the protocol work is the same, but N nodes share one
 event loop and one core here, so times grow with N faster than on N machines; links and bytes do not
 depend on that (tests/cli/test_join.py runs real processes; compare both at 100).
 
 Run: python bench/simulate.py --nodes 100 [--json] [--idle 65] [--gossip-interval 30] [--kill 0.2]
 [--max-links 16] [--batch 1] [--bootstrap first|any] [--settle] [--dilation 1] [--idle-dilation K2]
+[--procs 1]
 With --json the last line is one JSON object with the figures above and `nodes`.
 """
 
@@ -62,6 +68,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,21 +129,10 @@ async def simulate(
 
     from p2pfast.counters import COUNTERS
     from p2pfast.errors import P2PError
-    from p2pfast.net.limits import NetLimits
     from p2pfast.node import Node
     from p2pfast.node.sources import BufferSink, BytesSource
 
-    # Every node here dials from 127.0.0.1, where real members come from hosts of their own: the
-    # per-address and per-prefix admission limits (net/admission.py) would treat the network's own join
-    # burst as a flood from one place, so they are lifted to the network's size.
-    limits = NetLimits(
-        gossip_interval=gossip_interval,
-        max_links=max_links,
-        max_connections=max(256, 2 * n),
-        max_pre_handshake=max(32, n),
-        max_pre_handshake_per_address=max(8, n),
-        max_pre_handshake_per_prefix=max(16, n),
-    )
+    limits = limits_for(n, gossip_interval, max_links)
     nodes: list[Node] = []
     loop = asyncio.get_running_loop()
 
@@ -208,30 +204,21 @@ async def simulate(
             joiner = await _node(base / "joiner", nodes[len(nodes) // 2], limits)
             nodes.append(joiner)
             join_s = await wait(lambda: all(_alive_in(x, joiner.node_id) for x in nodes), "join", t1)
-            result: dict[str, Any] = {
-                "nodes": n,
-                "batch": batch,
-                "bootstrap": bootstrap,
-                "settle": settle,
-                "max_links": max_links,
-                "started_s": round(started_s, 2),
-                "converged_s": round(converged_s, 2),
-                "view_converged_s": round(view_s, 2),
-                "links_max": links[-1],
-                "links_median": statistics.median(links),
-                "links_max_after_idle": links_after_idle[-1],
-                "gossip_interval_s": gossip_interval,
-                "idle_window_s": idle,
-                "gossip_bytes_per_node_s": round(gossip, 1),
-                "lookup_contacts_max": max(contacts, default=0),  # 0: every node holds the file
-                "lookup_contacts": contacts,
-                "join_s": round(join_s, 2),
-                "dilation": dilation,
-                "cpu_busy": round(cpu_busy, 2),
-                "idle_dilation": dilation if idle_dilation is None else idle_dilation,
-                "cpu_busy_idle": round(cpu_busy_idle, 2),
-                "real_converge_s": round(real_converge, 1),
-            }
+            result = figures(
+                Settings(n, batch, bootstrap, settle, max_links, gossip_interval, dilation, idle_dilation),
+                started_s=started_s,
+                converged_s=converged_s,
+                view_s=view_s,
+                links=links,
+                links_after_idle=links_after_idle,
+                idle_s=idle,
+                gossip=gossip,
+                contacts=contacts,
+                join_s=join_s,
+                cpu_busy=cpu_busy,
+                cpu_busy_idle=cpu_busy_idle,
+                real_converge=real_converge,
+            )
             if kill > 0:
                 # files stored through random members, 3 copies each: what the kills must not lose
                 rnd = random.Random(7)
@@ -274,6 +261,80 @@ async def simulate(
             for x in nodes:
                 with contextlib.suppress(Exception):
                     await x.close()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run was asked to do (both modes: here and bench/simprocs.py)."""
+
+    nodes: int
+    batch: int
+    bootstrap: str
+    settle: bool
+    max_links: int
+    gossip_interval: float
+    dilation: float
+    idle_dilation: float | None
+
+
+def figures(
+    run: Settings,
+    *,
+    started_s: float,
+    converged_s: float,
+    view_s: float,
+    links: list[int],
+    links_after_idle: list[int],
+    idle_s: float,
+    gossip: float,
+    contacts: list[int],
+    join_s: float,
+    cpu_busy: float,
+    cpu_busy_idle: float,
+    real_converge: float,
+) -> dict[str, Any]:
+    """The report's figures (the module's docstring says what each is), in one form for both modes."""
+    return {
+        "nodes": run.nodes,
+        "batch": run.batch,
+        "bootstrap": run.bootstrap,
+        "settle": run.settle,
+        "max_links": run.max_links,
+        "started_s": round(started_s, 2),
+        "converged_s": round(converged_s, 2),
+        "view_converged_s": round(view_s, 2),
+        "links_max": links[-1],
+        "links_median": statistics.median(links),
+        "links_max_after_idle": links_after_idle[-1],
+        "gossip_interval_s": run.gossip_interval,
+        "idle_window_s": round(idle_s, 2),
+        "gossip_bytes_per_node_s": round(gossip, 1),
+        "lookup_contacts_max": max(contacts, default=0),  # 0: every node holds the file
+        "lookup_contacts": contacts,
+        "join_s": round(join_s, 2),
+        "dilation": run.dilation,
+        "cpu_busy": round(cpu_busy, 2),
+        "idle_dilation": run.dilation if run.idle_dilation is None else run.idle_dilation,
+        "cpu_busy_idle": round(cpu_busy_idle, 2),
+        "real_converge_s": round(real_converge, 1),
+    }
+
+
+def limits_for(n: int, gossip_interval: float, max_links: int) -> Any:
+    """Every node's limits in a simulated network of n. Every node here dials from 127.0.0.1, where real
+    members come from hosts of their own: the per-address and per-prefix admission limits
+    (net/admission.py) would treat the network's own join burst as a flood from one place, so they are
+    lifted to the network's size."""
+    from p2pfast.net.limits import NetLimits
+
+    return NetLimits(
+        gossip_interval=gossip_interval,
+        max_links=max_links,
+        max_connections=max(256, 2 * n),
+        max_pre_handshake=max(32, n),
+        max_pre_handshake_per_address=max(8, n),
+        max_pre_handshake_per_prefix=max(16, n),
+    )
 
 
 async def _await_copies(

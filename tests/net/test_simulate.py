@@ -16,26 +16,18 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "simulate.py"
 
 
-def test_simulate_reports_its_figures_as_one_json_line() -> None:
+def simulate(*args: str, timeout: float = 120) -> dict[str, Any]:
+    """A run of the simulator with `args` (and --json): its report."""
     r = subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            str(SCRIPT),
-            "--nodes",
-            "6",
-            "--idle",
-            "0.5",
-            "--gossip-interval",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-P", str(SCRIPT), *args, "--json"], capture_output=True, text=True, timeout=timeout
     )
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_simulate_reports_its_figures_as_one_json_line() -> None:
+    out = simulate("--nodes", "6", "--idle", "0.5", "--gossip-interval", "1")
     for field in (
         "nodes",
         "converged_s",
@@ -134,27 +126,7 @@ def test_a_dilated_loop_waits_in_simulated_seconds() -> None:
 
 
 def test_a_dilated_simulation_reports_simulated_seconds() -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            str(SCRIPT),
-            "--nodes",
-            "6",
-            "--idle",
-            "1",
-            "--gossip-interval",
-            "1",
-            "--dilation",
-            "3",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = simulate("--nodes", "6", "--idle", "1", "--gossip-interval", "1", "--dilation", "3", timeout=180)
     assert out["dilation"] == 3 and out["links_max"] == 5, out
     # the convergence took 3 real seconds for every simulated one (more when the CPU was busy)
     assert out["real_converge_s"] >= 3 * out["converged_s"] * 0.95, out
@@ -185,31 +157,10 @@ def test_clocks_with_one_anchor_share_one_time_across_a_change_of_factor() -> No
 
 
 def test_simulate_over_two_worker_processes() -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            str(SCRIPT),
-            "--nodes",
-            "8",
-            "--procs",
-            "2",
-            "--batch",
-            "4",
-            "--bootstrap",
-            "any",
-            "--idle",
-            "0.5",
-            "--gossip-interval",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = simulate(
+        *("--nodes", "8", "--procs", "2", "--batch", "4", "--bootstrap", "any"),
+        *("--idle", "0.5", "--gossip-interval", "1"),
     )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["nodes"] == 8 and out["procs"] == 2, out
     # converged means one connected graph of links over all 8, so some links cross the processes
     assert 1 <= out["links_median"] <= out["links_max"] <= 7, out
