@@ -597,12 +597,7 @@ class Connection:
         """Queue a control message `control.encode` made already: one encoding sent to several peers (a
         view's news goes to ln N + 3 members), checked once. Size-capped here too."""
         self._check_open()
-        if len(raw) > self._limits.max_control_size:
-            raise errors.LocalProtocolError(
-                f"control message of {len(raw)} bytes exceeds max {self._limits.max_control_size}",
-                wire.ErrorCode.PROTOCOL,
-            )
-        self._queue_frame(_CONTROL, 0, 0, raw)
+        self._queue_frame(_CONTROL, 0, 0, control.capped(raw, self._limits.max_control_size))
 
     def open_stream(self) -> int:
         """Reserve the next stream id of ours, with fresh windows (announce it in a control message)."""

@@ -129,11 +129,9 @@ def _regex(pattern: re.Pattern[str], what: str) -> Check:
     passed: set[str] = set()
 
     def check(name: str, v: Any) -> None:
-        if type(v) is not str:
-            raise _Invalid(f"{name} must be {what}")
-        if v in passed:
+        if type(v) is str and v in passed:
             return
-        if pattern.fullmatch(v) is None:
+        if type(v) is not str or pattern.fullmatch(v) is None:
             raise _Invalid(f"{name} must be {what}")
         _remember(passed, v)
 
@@ -409,6 +407,11 @@ def _dumps(msg: Any, max_size: int, what: str) -> bytes:
         raise errors.LocalProtocolError(
             f"{what} is not serializable: {exc}", wire.ErrorCode.PROTOCOL
         ) from None
+    return capped(raw, max_size, what)
+
+
+def capped(raw: bytes, max_size: int, what: str = "control message") -> bytes:
+    """`raw`, if it is within `max_size` bytes; LocalProtocolError(PROTOCOL) if not."""
     if len(raw) > max_size:
         raise errors.LocalProtocolError(
             f"{what} of {len(raw)} bytes exceeds max {max_size}", wire.ErrorCode.PROTOCOL
