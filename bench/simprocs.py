@@ -122,6 +122,7 @@ def run(args: Any) -> dict[str, Any]:
 
 def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int) -> dict[str, Any]:
     import simulate
+    from inproc import graph_connected
 
     procs, max_links = len(workers), args.max_links
     ids: list[str] = []
@@ -167,15 +168,16 @@ def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int)
         nodes = [x for s in states for x in s["nodes"]]
         if not views_agree(states, n) or any(len(x["links"]) > max_links for x in nodes):
             return False
-        by_id = {x["id"]: x["links"] for x in nodes}  # short ids: the first 12 hex digits
-        first = nodes[0]["id"]
-        seen, todo = {first}, [first]
-        while todo:
-            for p in by_id[todo.pop()]:
-                if p in by_id and p not in seen:
-                    seen.add(p)
-                    todo.append(p)
-        return len(seen) == len(nodes)
+        return graph_connected({x["id"]: x["links"] for x in nodes})  # short ids: the first 12 hex digits
+
+    def switch(factor: float) -> None:
+        """Every process to `factor` at one real instant a second ahead (changed then, not before: a
+        clock changed early would go back)."""
+        at = clock.real_monotonic() + 1.0
+        all_ask(workers, "set_factor", factor=factor, at=at)
+        while clock.real_monotonic() < at:
+            time.sleep(0.01)
+        clock.set_factor(factor, at=at)
 
     last: list[list[dict[str, Any]]] = [[]]
 
@@ -212,11 +214,7 @@ def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int)
     links = sorted(len(x["links"]) for s in last[0] for x in s["nodes"])
 
     if clock is not None and args.idle_dilation is not None:
-        at = _real_monotonic(clock) + 1.0  # one instant ahead, the same for every process
-        all_ask(workers, "set_factor", factor=args.idle_dilation, at=at)
-        while _real_monotonic(clock) < at:  # changed at `at`, not before: the clock never goes back
-            time.sleep(0.01)
-        clock.set_factor(args.idle_dilation, at=at)
+        switch(args.idle_dilation)
     s1 = all_ask(workers, "state")
     out0, cpu1, real1, t_idle = sum(s["bytes_out"] for s in s1), cpu_all(s1), time.perf_counter(), now()
     while now() - t_idle < args.idle:  # the idle window being measured, not a wait for a peer
@@ -226,11 +224,7 @@ def _drive(args: Any, workers: list[Worker], clock: Any, timeout: float, n: int)
     gossip = (sum(s["bytes_out"] for s in s2) - out0) / n / idle_s
     cpu_busy_idle = (cpu_all(s2) - cpu1) / (time.perf_counter() - real1)
     if clock is not None and args.idle_dilation is not None:
-        at = _real_monotonic(clock) + 1.0
-        all_ask(workers, "set_factor", factor=args.dilation, at=at)
-        while _real_monotonic(clock) < at:  # changed at `at`, not before: the clock never goes back
-            time.sleep(0.01)
-        clock.set_factor(args.dilation, at=at)
+        switch(args.dilation)
     links_after_idle = sorted(len(x["links"]) for s in s2 for x in s["nodes"])
 
     # lookups: a file stored on node 0, got by key and by content id from nodes that do not hold it
@@ -293,10 +287,6 @@ def _progress(at: float, states: list[dict[str, Any]]) -> None:
     )
 
 
-def _real_monotonic(clock: Any) -> float:
-    return float(clock._real_monotonic())
-
-
 # --- the worker --------------------------------------------------------------------------------------
 
 
@@ -322,10 +312,7 @@ async def _serve(config: dict[str, Any], clock: Any, out: IO[str]) -> None:
 
     async def start(names: list[str], boots: list[str | None]) -> dict[str, Any]:
         started = await asyncio.gather(
-            *(
-                simulate._node(base / name, _Addr(b) if b else None, limits)
-                for name, b in zip(names, boots, strict=True)
-            )
+            *(simulate._node(base / name, b, limits) for name, b in zip(names, boots, strict=True))
         )
         for name, node in zip(names, started, strict=True):
             nodes[name] = node
@@ -412,14 +399,6 @@ async def _serve(config: dict[str, Any], clock: Any, out: IO[str]) -> None:
 def _rss_mib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
-
-
-class _Addr:
-    """What simulate._node reads of its bootstrap node: the address it listens on."""
-
-    def __init__(self, addr: str) -> None:
-        self.peers = self
-        self.listen_addr = addr
 
 
 def worker_main(config: dict[str, Any]) -> int:

@@ -159,7 +159,11 @@ async def simulate(
             boots = random.Random(3)
             for first in range(1, n, batch):
                 group = [
-                    _node(base / f"n{i}", nodes[0] if bootstrap == "first" else boots.choice(nodes), limits)
+                    _node(
+                        base / f"n{i}",
+                        (nodes[0] if bootstrap == "first" else boots.choice(nodes)).peers.listen_addr,
+                        limits,
+                    )
                     for i in range(first, min(n, first + batch))
                 ]
                 nodes.extend(await asyncio.gather(*group))
@@ -201,7 +205,7 @@ async def simulate(
                     contacts.append(sum(asked.values()) - before)
             # one more member, bootstrapping from a member taken at random: until every view has it
             t1 = loop.time()
-            joiner = await _node(base / "joiner", nodes[len(nodes) // 2], limits)
+            joiner = await _node(base / "joiner", nodes[len(nodes) // 2].peers.listen_addr, limits)
             nodes.append(joiner)
             join_s = await wait(lambda: all(_alive_in(x, joiner.node_id) for x in nodes), "join", t1)
             result = figures(
@@ -358,7 +362,8 @@ async def _await_copies(
         await asyncio.sleep(0.5)  # polls this process's own state; bounded by the timeout
 
 
-async def _node(root: Path, boot: Any, limits: Any) -> Any:
+async def _node(root: Path, boot: str | None, limits: Any) -> Any:
+    """A started node in `root`, bootstrapping from the address `boot` (None: the first node)."""
     from p2pfast import identity
     from p2pfast.datadir import Layout, init
     from p2pfast.node import Node
@@ -367,7 +372,7 @@ async def _node(root: Path, boot: Any, limits: Any) -> Any:
     layout = Layout.of(root)
     init(layout, NETKEY)
     ident = identity.load(layout.node_key, layout.network_key)
-    bootstrap = (boot.peers.listen_addr,) if boot is not None else ()
+    bootstrap = (boot,) if boot is not None else ()
     node = Node(
         layout,
         ident,

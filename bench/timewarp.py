@@ -81,6 +81,10 @@ class Clock:
     def time(self) -> float:
         return self._st0 + (self._real_time() - self._t0) / self.factor
 
+    def real_monotonic(self) -> float:
+        """The real `time.monotonic`, which the installed clock replaces."""
+        return self._real_monotonic()
+
     def real_seconds(self) -> float:
         """Real seconds since install: what the run costs in wall time."""
         return self._real_monotonic() - self._installed
