@@ -1,5 +1,8 @@
 """The tiered config (p2pfast.config): flags, then the config file, then defaults.
 
+# Reaches no kernel: the pure pass would run the very code the compiled one ran (conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 Checked: which tier wins for each key and that `sources` says so; the original `key=value` file format;
 that every parse error is one ConfigError line naming FILE:LINE; that `config.show` prints values which
 parse back to the effective config; and `p2pfast config show` end to end as a real subprocess.
