@@ -81,6 +81,7 @@ TIERS: dict[str, tuple[str, Any, str, Any, Any]] = {
     "max_streams": ("4", 4, "8", 8, 16),
     "handshake_timeout": ("2.5", 2.5, "7", 7.0, 10.0),
     "metrics_listen": (":9464", ":9464", "127.0.0.1:9000", "127.0.0.1:9000", None),
+    "s3_listen": (":3900", ":3900", "127.0.0.1:3901", "127.0.0.1:3901", None),
 }
 
 
@@ -333,6 +334,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("bootstrap", "host:99999"),
     ("metrics_listen", "localhost"),
     ("metrics_listen", ":70000"),
+    ("s3_listen", "localhost"),
+    ("s3_listen", ":70000"),
     ("log_level", "loud"),
     ("log_level", "warn"),
     ("log_level", ""),
@@ -525,6 +528,7 @@ max_storage=3T
 tombstone_grace=3600
 connect_timeout=0.5
 metrics_listen=:9464
+s3_listen=:3900
 shutdown_timeout=12.75
 repair_interval=90
 repair_grace=15.5
@@ -669,7 +673,7 @@ def test_cli_show_json_values_are_typed(tmp_path: Path) -> None:
 def spelled(key: str, value: Any) -> str:
     """A typed `config show --json` value as the table (and the config file) spells it."""
     if value is None:
-        unset = {"replicas": "all", "max_object": "none", "metrics_listen": "off"}
+        unset = {"replicas": "all", "max_object": "none", "metrics_listen": "off", "s3_listen": "off"}
         return {**unset, "max_storage": "none", "repair_bandwidth": "none", "scrub_bandwidth": "none"}[key]
     return ",".join(value) if isinstance(value, list) else str(value)
 

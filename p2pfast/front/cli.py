@@ -212,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         node = _make_node(args, cfg.listen, tuple(bootstrap))
-        await daemon.serve(node, cfg.shutdown_timeout, cfg.metrics_listen)
+        await daemon.serve(node, cfg.shutdown_timeout, cfg.metrics_listen, cfg.s3_listen)
 
     runtime.run(main())
     return 0
@@ -608,6 +608,41 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_s3_key_create(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "s3_key_create"}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["replicated_to"])
+    print(f"access_key_id     {r['access_key_id']}")
+    print(f"secret_access_key {r['secret_access_key']}")
+    print(f"  works on every member of the network (stored here and on {n} peer{'s' if n != 1 else ''});")
+    print("  the secret is not shown again: keep it where your S3 client reads its credentials")
+    return 0
+
+
+def cmd_s3_key_list(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "s3_key_list"}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    for akid in r["access_key_ids"]:
+        print(akid)
+    for peer, why in r["unanswered"].items():
+        print(f"  not counted: {peer[:16]} ({why})", file=sys.stderr)
+    return 0
+
+
+def cmd_s3_key_delete(args: argparse.Namespace) -> int:
+    r = _network(args, {"cmd": "s3_key_delete", "access_key_id": args.access_key_id}, [])
+    if args.json:
+        _print_json(r)
+        return 0
+    n = len(r["confirmed_by"])
+    print(f"deleted access key {r['access_key_id']}: confirmed by {n} peer{'s' if n != 1 else ''}")
+    return 0
+
+
 def cmd_network_rotate_key(args: argparse.Namespace) -> int:
     r = _network(args, {"cmd": "rotate_key", "window": args.window}, [])
     if args.json:
@@ -749,6 +784,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cleanup": cmd_cleanup,
     "revoke": cmd_revoke,
     "network rotate-key": cmd_network_rotate_key,
+    "s3 key create": cmd_s3_key_create,
+    "s3 key list": cmd_s3_key_list,
+    "s3 key delete": cmd_s3_key_delete,
     "store": cmd_store,
     "get": cmd_get,
     "delete": cmd_delete,
@@ -766,8 +804,11 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def _command_name(args: argparse.Namespace) -> str:
     """The HANDLERS key of a parsed command line: the command, with its subcommand if it has one."""
-    sub = getattr(args, f"{args.command}_command", None)
-    return args.command if sub is None else f"{args.command} {sub}"
+    name: str = args.command
+    word = name
+    while (sub := getattr(args, f"{word}_command", None)) is not None:  # `s3 key create`: two levels
+        name, word = f"{name} {sub}", sub
+    return name
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -781,7 +822,20 @@ def _setup_logging(args: argparse.Namespace) -> None:
 # up logging (importing `logging`, a sizeable part of such a call's CPU) only where they go on without
 # one; every other command gets it at once, in main().
 ASKS_DAEMON_FIRST = frozenset(
-    {"status", "files", "peers", "shares", "store", "get", "delete", "repair", "scrub", "revoke", "network"}
+    {
+        "status",
+        "files",
+        "peers",
+        "shares",
+        "store",
+        "get",
+        "delete",
+        "repair",
+        "scrub",
+        "revoke",
+        "network",
+        "s3",
+    }
 )
 
 
@@ -800,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "listen": getattr(args, "listen", None),
                     "bootstrap": getattr(args, "bootstrap", None),
                     "metrics_listen": getattr(args, "metrics_listen", None),
+                    "s3_listen": getattr(args, "s3_listen", None),
                 },
                 args.config,
                 missing_ok=args.command == "init",  # init writes the file it names

@@ -18,6 +18,8 @@ socket, plain ints in the embedded case) and stay owned by the caller: execute()
                                         else the scrub's state, status's `scrub` object
     revoke  {"node_id"}                 revoke a member, everywhere (node/revocation.py)
     rotate_key  {"window": float}       a new network key for the members (node/revocation.py)
+    s3_key_create, s3_key_list  {}      an S3 access key made, or the network's key ids (front/s3/keys.py)
+    s3_key_delete  {"access_key_id"}    an S3 access key deleted, on every member
 
 Results are JSON objects too; progress goes to `progress({"phase", "done", "total", "peers"})` (docs/cli.md,
 "Progress"): at each phase's start and end, and in between at most every PROGRESS_STEP bytes. A store has
@@ -141,6 +143,18 @@ async def execute(
             if type(window) not in (int, float):
                 raise BadInput("the request needs a number 'window'")
             return await node.revocations.rotate(float(window))  # type: ignore[arg-type]
+    if cmd in ("s3_key_create", "s3_key_list", "s3_key_delete"):
+        from p2pfast.front.s3 import keys
+
+        with node.working(str(cmd)):
+            if cmd == "s3_key_create":
+                return await keys.create(node)
+            if cmd == "s3_key_list":
+                return await keys.list_ids(node)
+            akid = request.get("access_key_id")
+            if type(akid) is not str:
+                raise BadInput("the request needs a string 'access_key_id'")
+            return await keys.delete(node, akid)
     if cmd not in ("store", "get", "delete"):
         raise BadInput(f"unknown command {str(cmd)[:40]!r}")
     with node.working(str(cmd)):

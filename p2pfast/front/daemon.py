@@ -1,5 +1,5 @@
 """`p2pfast serve`: the node with its control socket, its service-manager notifications (sdnotify.py),
-its metrics listener (metrics.py), and the graceful stop.
+its metrics listener (metrics.py), its S3 listener (s3/server.py), and the graceful stop.
 
 Start: repo open and node listening, then the control socket, then metrics, then DATA_DIR/node.json, and
 only then READY=1, so that a unit ordered After= this one, or a tool that reads node.json, finds a node
@@ -31,7 +31,9 @@ log = logging.getLogger("p2pfast.daemon")
 STATUS_INTERVAL = 10.0
 
 
-async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None = None) -> None:
+async def serve(
+    node: Node, shutdown_timeout: float, metrics_listen: str | None = None, s3_listen: str | None = None
+) -> None:
     notifier = Notifier.from_environ()
     runtime.install_signals(node.stop)
 
@@ -40,6 +42,7 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
 
     server = CtlServer(node.layout.root / SOCKET_NAME, handle)
     exporter = None
+    s3: Any = None
     tasks: list[asyncio.Task[None]] = []
     try:
         await node.start()
@@ -52,6 +55,13 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
             addr = exporter.start(metrics_listen)
             runtime_info["metrics"] = addr
             log.info("event=metrics_listening addr=%s", addr)
+        if s3_listen is not None:
+            from p2pfast.front.s3.server import S3Server
+
+            s3 = S3Server(node)
+            addr = await s3.start(s3_listen)
+            runtime_info["s3"] = addr
+            log.info("event=s3_listening addr=%s", addr)
         # node.json last: a tool that finds it naming this pid finds ctl.sock and metrics answering.
         node.set_runtime_info(**runtime_info)
         if notifier is not None:
@@ -81,6 +91,8 @@ async def serve(node: Node, shutdown_timeout: float, metrics_listen: str | None 
             t.cancel()
         if exporter is not None:
             exporter.close()
+        if s3 is not None:
+            await s3.close()
         await server.close()
         await node.close()  # closes sessions, then the repo: TRUNCATE checkpoint of the WAL
         if notifier is not None:

@@ -206,6 +206,7 @@ def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
         "and keep this node's data",
     )
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
+    s.add_argument("--s3-listen", help="[HOST]:PORT for the S3 API (default host 127.0.0.1; docs/gateway.md)")
 
 
 def _cmd_id(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -321,6 +322,25 @@ def _cmd_network(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
 
 
+def _cmd_s3(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("s3", help="the S3 API's access keys (docs/gateway.md)")
+    s3_sub = s.add_subparsers(dest="s3_command", required=True, metavar="SUBCOMMAND")
+    s = s3_sub.add_parser("key", help="create, list or delete access keys, for every member of the network")
+    key_sub = s.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    s = key_sub.add_parser(
+        "create", parents=[common], help="make an access key; prints its id and secret (shown only here)"
+    )
+    s.add_argument("--json", action="store_true", help="print access_key_id and secret_access_key as JSON")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s = key_sub.add_parser("list", parents=[common], help="list the network's access key ids")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+    s = key_sub.add_parser("delete", parents=[common], help="delete an access key, on every member")
+    s.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--bootstrap", help=BOOTSTRAP_HELP)
+
+
 def _cmd_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("demo", help="three nodes on loopback: store, replicate, get, delete a generated file")
     s.add_argument("--size", type=parse_size, default=64 << 20, help="file size (default 64M)")
@@ -354,6 +374,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.ArgumentParser], None]] = {
     "config": _cmd_config,
     "revoke": _cmd_revoke,
     "network": _cmd_network,
+    "s3": _cmd_s3,
     "demo": _cmd_demo,
     "completion": _cmd_completion,
     "man": _cmd_man,

@@ -39,6 +39,7 @@ class Found:
     cid: str
     holders: list[Session]
     hinted: bool
+    size: int | None = None  # the plaintext size, as a holder or the metadata gave it
 
 
 async def locate(ctx: Context, key: bytes) -> tuple[str, list[Session]]:
@@ -72,6 +73,7 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
         groups = [first, [s for s in ctx.peers.sessions.values() if s.peer_id not in asked]]
     stone = await ctx.ex.db(ctx.repo.get_tombstone, key) if groups and use_meta else None
     by_cid: dict[str, list[Session]] = {}
+    sizes: dict[str, int] = {}
     for group in groups:
         if not group:
             continue
@@ -81,6 +83,8 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
                 continue
             if reply.cid is not None:
                 by_cid.setdefault(reply.cid, []).append(s)
+                if reply.size is not None:
+                    sizes[reply.cid] = reply.size
             elif use_meta and reply.meta is not None and not _beaten(reply.meta, stone):
                 metas.append(reply.meta)
         if by_cid or metas:
@@ -96,7 +100,8 @@ async def find_key(ctx: Context, key: bytes, use_meta: bool = True) -> Found:
     said = {s.peer_id for s in holders}
     named = [p for p in dict.fromkeys(p for x in metas if x.cid == cid for p in x.holders) if p not in said]
     hints = await ctx.links.open(named, len(named)) if named else []
-    return Found(cid, holders + hints, bool(hints) or not holders)
+    size = sizes.get(cid, next((x.size for x in metas if x.cid == cid), None))
+    return Found(cid, holders + hints, bool(hints) or not holders, size)
 
 
 def _beaten(meta: m.Meta, stone: TombstoneRow | None) -> bool:

@@ -34,6 +34,17 @@ class GetReport:
 
 
 @dataclass(frozen=True, slots=True)
+class FileStat:
+    """What a key names, without reading it (Node.stat)."""
+
+    key: str
+    cid: str
+    size: int
+    created: float | None  # when it was stored here; None when only peers hold it
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteReport:
     key: str
     cid: str

@@ -36,10 +36,11 @@ from p2pfast.node.executors import Executors
 from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.links import IDLE, Links
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
+from p2pfast.node.lookup import find_key
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
 from p2pfast.node.repair import Settings as RepairSettings
-from p2pfast.node.reports import DeleteReport, GetReport, Progress, StoreReport
+from p2pfast.node.reports import DeleteReport, FileStat, GetReport, Progress, StoreReport
 from p2pfast.node.revocation import Revocations
 from p2pfast.node.router import Router
 from p2pfast.node.scrub import SCRUB_BANDWIDTH, SCRUB_PERIOD, Scrub, ScrubReport
@@ -50,7 +51,7 @@ from p2pfast.node.viewsync import ViewSync
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import Repo
 from p2pfast.store.durable import write_file_durably
-from p2pfast.store.objects import ContentStore
+from p2pfast.store.objects import ContentStore, encode_key, show_key
 
 log = logging.getLogger("p2pfast.node")
 T = TypeVar("T")
@@ -360,6 +361,19 @@ class Node:
         ctx = self._started()
         with ctx.activity.user():
             return await getting.get(ctx, key, sink, progress, keep)
+
+    async def stat(self, key: str) -> FileStat:
+        """What `key` names (content id, size, when it was stored here), from this node's files or, when
+        it holds none under that key, from the key's metadata or holders (lookup.py); NotFound else."""
+        ctx = self._started()
+        raw = encode_key(key)
+        row = await self.db(self.repo.get_file, raw)
+        if row is not None:
+            return FileStat(key, row.cid, row.size, row.created, True)
+        found = await find_key(ctx, raw)
+        if found.size is None:  # every answer names a size; an older member's may not
+            raise PeerUnavailable(f"the peers that know {show_key(key)} did not say its size: try again")
+        return FileStat(key, found.cid, found.size, None, False)
 
     async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
         """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""
