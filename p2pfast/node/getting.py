@@ -121,6 +121,20 @@ async def _get_cid(
     return GetReport(asked, cid, size, "peer", fetch.main_source(served, holders), False, len(served))
 
 
+async def read_local(ctx: Context, cid: str, sink: Sink, start: int, end: int) -> bool:
+    """Bytes [start, end) of object `cid` to `sink`, verified as they are read, if this node holds the
+    object (True); False, having written nothing, if it does not. A ranged read costs only its range."""
+    obj = await ctx.ex.db(ctx.repo.get_object, cid)
+    if obj is None:
+        return False
+    chunks = object_chunks(ctx.ex.db, ctx.store, cid, start, min(end, obj.size))
+    async with contextlib.aclosing(chunks) as source:
+        async for data in source:
+            if data:
+                await sink.write(data)
+    return True
+
+
 async def _read_to_sink(
     ctx: Context, key: bytes, cid: str, size: int, sink: Sink, progress: Progress | None
 ) -> None:

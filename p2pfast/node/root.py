@@ -375,6 +375,12 @@ class Node:
             raise PeerUnavailable(f"the peers that know {show_key(key)} did not say its size: try again")
         return FileStat(key, found.cid, found.size, None, False)
 
+    async def read_local(self, cid: str, sink: Sink, start: int, end: int) -> bool:
+        """Bytes [start, end) of object `cid`, verified, if this node holds it (getting.read_local)."""
+        ctx = self._started()
+        with ctx.activity.user():
+            return await getting.read_local(ctx, cid, sink, start, end)
+
     async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
         """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""
         assert self.scrub is not None, "Node.start() first"

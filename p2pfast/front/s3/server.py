@@ -479,7 +479,10 @@ class S3Server:
             return response
         sink = _RangeSink(response, first, last)
         try:
-            await self.node.get(st.cid, sink)
+            # a copy here is read from `first` on; from the holders the get runs from the start today,
+            # and what lies before the range is dropped
+            if not await self.node.read_local(st.cid, _RangeSink(response, 0, last - first), first, last + 1):
+                await self.node.get(st.cid, sink)
         except _RangeDone:
             pass
         except (P2PError, OSError) as exc:
