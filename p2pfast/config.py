@@ -148,6 +148,8 @@ class Config(NamedTuple):
     metrics_listen: str | None = None
     # the S3 API (front/s3/; ":3900" binds 127.0.0.1 only; off by default)
     s3_listen: str | None = None
+    # the read-only HTTP gateway (front/gateway.py; ":8080" binds 127.0.0.1 only; off by default)
+    gateway_listen: str | None = None
     # on SIGTERM, how long transfers in flight may take to finish before they are aborted
     shutdown_timeout: float = 30.0
     # self-healing (node/repair.py; docs/operations.md, "Self-healing")
@@ -188,6 +190,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "connect_timeout": _seconds,
     "metrics_listen": _optional_listen,
     "s3_listen": _optional_listen,
+    "gateway_listen": _optional_listen,
     "shutdown_timeout": _seconds,
     "repair_interval": _seconds,
     "repair_grace": _seconds,
@@ -309,6 +312,7 @@ HELP: dict[str, str] = {
     "connect_timeout": "seconds a command with no daemon waits for its peers",
     "metrics_listen": "[HOST]:PORT of the Prometheus listener, or off (:9464 binds 127.0.0.1 only)",
     "s3_listen": "[HOST]:PORT of the S3 API, or off (:3900 binds 127.0.0.1 only; docs/gateway.md)",
+    "gateway_listen": "[HOST]:PORT of the read-only HTTP gateway, or off (:8080 binds 127.0.0.1 only)",
     "shutdown_timeout": "seconds transfers in flight get to finish after SIGTERM",
     "repair_interval": "seconds between repair passes (files below their copies are copied again)",
     "repair_grace": "seconds a member may be gone before its copies stop counting (and are re-made)",
@@ -352,6 +356,7 @@ def show(cfg: Config) -> list[tuple[str, str, str]]:
         "max_storage": "none",
         "metrics_listen": "off",
         "s3_listen": "off",
+        "gateway_listen": "off",
         "repair_bandwidth": "none",
         "scrub_bandwidth": "none",
     }

@@ -82,6 +82,7 @@ TIERS: dict[str, tuple[str, Any, str, Any, Any]] = {
     "handshake_timeout": ("2.5", 2.5, "7", 7.0, 10.0),
     "metrics_listen": (":9464", ":9464", "127.0.0.1:9000", "127.0.0.1:9000", None),
     "s3_listen": (":3900", ":3900", "127.0.0.1:3901", "127.0.0.1:3901", None),
+    "gateway_listen": (":8080", ":8080", "127.0.0.1:8081", "127.0.0.1:8081", None),
 }
 
 
@@ -336,6 +337,7 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("metrics_listen", ":70000"),
     ("s3_listen", "localhost"),
     ("s3_listen", ":70000"),
+    ("gateway_listen", "localhost"),
     ("log_level", "loud"),
     ("log_level", "warn"),
     ("log_level", ""),
@@ -529,6 +531,7 @@ tombstone_grace=3600
 connect_timeout=0.5
 metrics_listen=:9464
 s3_listen=:3900
+gateway_listen=:8080
 shutdown_timeout=12.75
 repair_interval=90
 repair_grace=15.5
@@ -673,7 +676,13 @@ def test_cli_show_json_values_are_typed(tmp_path: Path) -> None:
 def spelled(key: str, value: Any) -> str:
     """A typed `config show --json` value as the table (and the config file) spells it."""
     if value is None:
-        unset = {"replicas": "all", "max_object": "none", "metrics_listen": "off", "s3_listen": "off"}
+        unset = {
+            "replicas": "all",
+            "max_object": "none",
+            "metrics_listen": "off",
+            "s3_listen": "off",
+            "gateway_listen": "off",
+        }
         return {**unset, "max_storage": "none", "repair_bandwidth": "none", "scrub_bandwidth": "none"}[key]
     return ",".join(value) if isinstance(value, list) else str(value)
 

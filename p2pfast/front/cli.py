@@ -212,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         node = _make_node(args, cfg.listen, tuple(bootstrap))
-        await daemon.serve(node, cfg.shutdown_timeout, cfg.metrics_listen, cfg.s3_listen)
+        await daemon.serve(node, cfg.shutdown_timeout, cfg.metrics_listen, cfg.s3_listen, cfg.gateway_listen)
 
     runtime.run(main())
     return 0
@@ -855,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "bootstrap": getattr(args, "bootstrap", None),
                     "metrics_listen": getattr(args, "metrics_listen", None),
                     "s3_listen": getattr(args, "s3_listen", None),
+                    "gateway_listen": getattr(args, "gateway_listen", None),
                 },
                 args.config,
                 missing_ok=args.command == "init",  # init writes the file it names

@@ -32,7 +32,11 @@ STATUS_INTERVAL = 10.0
 
 
 async def serve(
-    node: Node, shutdown_timeout: float, metrics_listen: str | None = None, s3_listen: str | None = None
+    node: Node,
+    shutdown_timeout: float,
+    metrics_listen: str | None = None,
+    s3_listen: str | None = None,
+    gateway_listen: str | None = None,
 ) -> None:
     notifier = Notifier.from_environ()
     runtime.install_signals(node.stop)
@@ -43,6 +47,7 @@ async def serve(
     server = CtlServer(node.layout.root / SOCKET_NAME, handle)
     exporter = None
     s3: Any = None
+    gateway: Any = None
     tasks: list[asyncio.Task[None]] = []
     try:
         await node.start()
@@ -62,6 +67,13 @@ async def serve(
             addr = await s3.start(s3_listen)
             runtime_info["s3"] = addr
             log.info("event=s3_listening addr=%s", addr)
+        if gateway_listen is not None:
+            from p2pfast.front.gateway import Gateway
+
+            gateway = Gateway(node)
+            addr = await gateway.start(gateway_listen)
+            runtime_info["gateway"] = addr
+            log.info("event=gateway_listening addr=%s", addr)
         # node.json last: a tool that finds it naming this pid finds ctl.sock and metrics answering.
         node.set_runtime_info(**runtime_info)
         if notifier is not None:
@@ -93,6 +105,8 @@ async def serve(
             exporter.close()
         if s3 is not None:
             await s3.close()
+        if gateway is not None:
+            await gateway.close()
         await server.close()
         await node.close()  # closes sessions, then the repo: TRUNCATE checkpoint of the WAL
         if notifier is not None:

@@ -207,6 +207,11 @@ def _cmd_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--metrics-listen", help="[HOST]:PORT for Prometheus metrics (default host 127.0.0.1)")
     s.add_argument("--s3-listen", help="[HOST]:PORT for the S3 API (default host 127.0.0.1; docs/gateway.md)")
+    s.add_argument(
+        "--gateway-listen",
+        help="[HOST]:PORT for the read-only HTTP gateway: anyone reaching it reads the network's files "
+        "(default host 127.0.0.1; docs/gateway.md)",
+    )
 
 
 def _cmd_id(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -113,6 +113,13 @@ async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
     """`cid` and the connected peers that hold that object, best first: as `locate`, for a get by content
     id. A peer that names another object is not a holder (it would fail the leaves check anyway). The
     `first_asked(ctx)` best-ranked peers are asked first; the rest only if none of them holds it."""
+    holders, _ = await holders_and_size(ctx, cid)
+    return cid, holders
+
+
+async def holders_and_size(ctx: Context, cid: str) -> tuple[list[Session], int | None]:
+    """`holders_of`'s holders, and the object's size as the first of them said it (None: an older
+    member's answer may not name one)."""
     first = first_asked(ctx)
     # the members ranked first for it, dialled when not connected (node/links.py), then every other
     # connected member
@@ -120,16 +127,19 @@ async def holders_of(ctx: Context, cid: str) -> tuple[str, list[Session]]:
     if not sessions:
         raise PeerUnavailable(f"object {cid} is not held here, and no peer is connected to ask")
     found: list[Session] = []
+    size: int | None = None
     for group in (sessions[:first], sessions[first:]):
         if not group:
             continue
         replies = await _ask_all(group, m.WhoHas(cid=cid))
-        found = [s for s, r in zip(group, replies, strict=True) if r is not None and r.cid == cid]
-        if found:
+        held = [(s, r) for s, r in zip(group, replies, strict=True) if r is not None and r.cid == cid]
+        if held:
+            found = [s for s, _ in held]
+            size = next((r.size for _, r in held if r.size is not None), None)
             break
     if not found:
         raise NotFound(f"object {cid} is held neither by this node nor by its {len(sessions)} peers")
-    return cid, await _shared_first(ctx, cid, found)
+    return await _shared_first(ctx, cid, found), size
 
 
 async def _shared_first(ctx: Context, cid: str, holders: list[Session]) -> list[Session]:

@@ -36,7 +36,7 @@ from p2pfast.node.executors import Executors
 from p2pfast.node.keymeta import KeyMetaService
 from p2pfast.node.links import IDLE, Links
 from p2pfast.node.listing import NetworkListing, network_files, serve_list
-from p2pfast.node.lookup import find_key
+from p2pfast.node.lookup import find_key, holders_and_size
 from p2pfast.node.membership import Membership
 from p2pfast.node.repair import Repair
 from p2pfast.node.repair import Settings as RepairSettings
@@ -374,6 +374,18 @@ class Node:
         if found.size is None:  # every answer names a size; an older member's may not
             raise PeerUnavailable(f"the peers that know {show_key(key)} did not say its size: try again")
         return FileStat(key, found.cid, found.size, None, False)
+
+    async def stat_object(self, cid: str) -> FileStat:
+        """Object `cid`'s size (FileStat keyed by the cid itself), from this node's objects or from the
+        peers that hold it (lookup.holders_and_size); NotFound when nobody does."""
+        ctx = self._started()
+        obj = await self.db(self.repo.get_object, cid)
+        if obj is not None:
+            return FileStat(cid, cid, obj.size, obj.created, True)
+        _, size = await holders_and_size(ctx, cid)
+        if size is None:
+            raise PeerUnavailable(f"the peers that hold {cid} did not say its size: try again")
+        return FileStat(cid, cid, size, None, False)
 
     async def read_local(self, cid: str, sink: Sink, start: int, end: int) -> bool:
         """Bytes [start, end) of object `cid`, verified, if this node holds it (getting.read_local)."""

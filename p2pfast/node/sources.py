@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from p2pfast.errors import BadInput
+
 
 class Source(Protocol):
     # A regular file the node may read itself (from its current position to EOF), or None.
@@ -55,4 +57,20 @@ class BufferSink:
         self.data = bytearray()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+
+class CappedSink(BufferSink):
+    """A BufferSink for a small file of the node's own (an access key, an object's attributes): one over
+    `cap` bytes is not one of them, and is refused (BadInput, `over` set) before it is all read."""
+
+    def __init__(self, cap: int, what: str) -> None:
+        super().__init__()
+        self.cap, self.what = cap, what
+        self.over = False
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if len(self.data) + len(data) > self.cap:
+            self.over = True
+            raise BadInput(f"{self.what} is at most {self.cap} bytes")
         self.data += data

@@ -30,6 +30,7 @@ class Net:
     addrs: list[str]
     akid: str
     secret: str
+    gateways: list[str]
 
     def client(self, i: int, akid: str | None = None, secret: str | None = None) -> Any:
         return boto3.client(
@@ -47,6 +48,10 @@ class Net:
         )
 
 
+def _runtime(node: NodeProc) -> dict[str, str]:
+    return dict(orjson.loads((node.root / "node.json").read_bytes()))
+
+
 def _cli(node: NodeProc, *args: str) -> Any:
     out = subprocess.run(
         cli_argv(*args, "--data-dir", str(node.root)), env=cli_env(), capture_output=True, timeout=60
@@ -59,16 +64,24 @@ def _cli(node: NodeProc, *args: str) -> Any:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     nodes = make_nodes(tmp_path_factory.mktemp("s3"), 2)
     try:
-        nodes[0].start("--s3-listen", "127.0.0.1:0")
-        nodes[1].start("--s3-listen", "127.0.0.1:0", "--bootstrap", nodes[0].listen)
+        nodes[0].start("--s3-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0")
+        nodes[1].start(
+            "--s3-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", "--bootstrap", nodes[0].listen
+        )
         # these outlive each test (the module shares them): ended here, by PID, not by the per-test check
         for n in nodes:
             netnodes.STARTED.remove(n)
         wait_until(lambda: nodes[0].node_id in nodes[1].connected(), 20, "n1 connected to n0", nodes)
         wait_until(lambda: nodes[1].node_id in nodes[0].connected(), 20, "n0 connected to n1", nodes)
-        addrs = [orjson.loads((n.root / "node.json").read_bytes())["s3"] for n in nodes]
+        addrs = [_runtime(n)["s3"] for n in nodes]
         key = _cli(nodes[0], "s3", "key", "create", "--json")
-        yield Net(nodes, addrs, key["access_key_id"], key["secret_access_key"])
+        yield Net(
+            nodes,
+            addrs,
+            key["access_key_id"],
+            key["secret_access_key"],
+            [_runtime(n)["gateway"] for n in nodes],
+        )
     finally:
         for n in nodes:
             n.kill()
@@ -282,18 +295,26 @@ def test_a_node_that_holds_no_copy_serves_it_from_the_holders(tmp_path: Path) ->
     for n in nodes:
         (n.root / "config").write_text("replicas = 1\n")
     with netnodes.running(nodes):
-        nodes[0].start("--s3-listen", "127.0.0.1:0")
+        nodes[0].start("--s3-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0")
         for n in nodes[1:]:
-            n.start("--s3-listen", "127.0.0.1:0", "--bootstrap", nodes[0].listen)
+            n.start(
+                "--s3-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--bootstrap",
+                nodes[0].listen,
+            )
         ids = {n.node_id for n in nodes}
         for n in nodes:
             wait_until(lambda n=n: ids - {n.node_id} <= n.connected(), 20, "a full mesh", nodes)
         key = _cli(nodes[0], "s3", "key", "create", "--json")
         net = Net(
             nodes,
-            [orjson.loads((n.root / "node.json").read_bytes())["s3"] for n in nodes],
+            [_runtime(n)["s3"] for n in nodes],
             key["access_key_id"],
             key["secret_access_key"],
+            [_runtime(n)["gateway"] for n in nodes],
         )
         net.client(0).create_bucket(Bucket="far")
         body = os.urandom((9 << 20) + 12345)  # several segments
@@ -315,6 +336,13 @@ def test_a_node_that_holds_no_copy_serves_it_from_the_holders(tmp_path: Path) ->
         assert c.get_object(Bucket="far", Key="big.bin", Range="bytes=-7")["Body"].read() == body[-7:]
         listed = c.list_objects_v2(Bucket="far")["Contents"]
         assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [("big.bin", len(body), md5)]
+        # the HTTP gateway of the node with no copy, too (curl)
+        gw = f"http://{net.gateways[far[0]]}"
+        cid = head["Metadata"]["p2pfast-cid"]
+        got = _curl(tmp_path, f"{gw}/b/far/big.bin")
+        assert (got.status, got.body, got.headers["etag"]) == (200, body, f'"{cid}"')
+        got = _curl(tmp_path, f"{gw}/cid/{cid}", "-r", "5000000-5000099")
+        assert (got.status, got.body) == (206, body[5000000:5000100])
         assert not holds(nodes[far[0]])  # served, not copied
 
 
@@ -591,3 +619,117 @@ def test_restic_init_backup_check_restore(net: Net, tmp_path: Path) -> None:
     run(1, "check", "--read-data")  # every pack read back through the other node
     run(1, "restore", "latest", "--target", str(tmp_path / "restored"))
     assert _read_tree(tmp_path / "restored" / src.relative_to("/")) == files
+
+
+# -- the read-only HTTP gateway (front/gateway.py), through curl -----------------------------------------
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: dict[str, str]  # names lowercased
+    body: bytes
+    exit: int  # curl's exit status (18: the body ended short of its Content-Length)
+
+
+def _curl(tmp_path: Path, url: str, *args: str) -> Fetched:
+    head, out = tmp_path / "curl.head", tmp_path / "curl.body"
+    for p in (head, out):
+        p.unlink(missing_ok=True)
+    argv = [_tool("curl"), "-sS", "--noproxy", "*", "--max-time", "60", "-D", str(head), "-o", str(out)]
+    done = subprocess.run([*argv, *args, url], capture_output=True, timeout=90)
+    lines = head.read_text().splitlines() if head.exists() else []
+    assert lines, f"curl got no answer (exit {done.returncode}): {done.stderr.decode()}"
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    body = out.read_bytes() if out.exists() else b""
+    return Fetched(int(lines[0].split()[1]), headers, body, done.returncode)
+
+
+def test_the_http_gateway_serves_files_and_content_ids_to_curl(net: Net, tmp_path: Path) -> None:
+    """A page PUT through S3 on one node, read with curl from both gateways: by name and by content id,
+    whole, HEAD, ranges (suffix, open, past the end), conditionals; anything else refused in one line."""
+    net.client(0).create_bucket(Bucket="web")
+    body = b"<html><body>" + os.urandom(700_000).hex().encode() + b"</body></html>"
+    net.client(0).put_object(
+        Bucket="web", Key="site/index.html", Body=body, ContentType="text/html; charset=utf-8"
+    )
+    cid = net.client(1).head_object(Bucket="web", Key="site/index.html")["Metadata"]["p2pfast-cid"]
+    n = len(body)
+    for gw in (f"http://{g}" for g in net.gateways):
+        page = _curl(tmp_path, f"{gw}/b/web/site/index.html")
+        assert (page.status, page.body, page.exit) == (200, body, 0)
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.headers["etag"] == f'"{cid}"' and page.headers["content-length"] == str(n)
+        assert page.headers["accept-ranges"] == "bytes" and "last-modified" in page.headers
+        raw = _curl(tmp_path, f"{gw}/cid/{cid}")
+        assert (raw.status, raw.body) == (200, body)
+        assert raw.headers["content-type"] == "application/octet-stream"
+        assert "immutable" in raw.headers["cache-control"]
+        head = _curl(tmp_path, f"{gw}/cid/{cid}", "-I")
+        assert (head.status, head.headers["content-length"]) == (200, str(n))
+        assert head.body.endswith(b"\r\n\r\n")  # (with -I, curl writes the headers there: no byte more)
+        for spec, want in {"10-19": body[10:20], "-5": body[-5:], f"{n - 100}-": body[-100:]}.items():
+            part = _curl(tmp_path, f"{gw}/b/web/site/index.html", "-r", spec)
+            assert (part.status, part.body) == (206, want), spec
+            first = n - len(want) if spec[0] in "-" or spec.endswith("-") else 10
+            assert part.headers["content-range"] == f"bytes {first}-{first + len(want) - 1}/{n}"
+        past = _curl(tmp_path, f"{gw}/cid/{cid}", "-r", f"{n}-")
+        assert past.status == 416 and past.headers["content-range"] == f"bytes */{n}"
+        assert _curl(tmp_path, f"{gw}/cid/{cid}", "-H", f'If-None-Match: "{cid}"').status == 304
+        assert _curl(tmp_path, f"{gw}/cid/{cid}", "-H", 'If-None-Match: "b3:other"').status == 200
+        since = page.headers["last-modified"]
+        cond = _curl(tmp_path, f"{gw}/b/web/site/index.html", "-H", f"If-Modified-Since: {since}")
+        assert (cond.status, cond.body) == (304, b"")
+        old = "If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT"
+        assert _curl(tmp_path, f"{gw}/b/web/site/index.html", "-H", old).body == body
+        # read-only; unknown names and content ids are 404 with one line; the node's own files (access
+        # keys: .s3/keys/AKID) are not a bucket's, so never served
+        refused = {
+            ("-X", "PUT", f"{gw}/b/web/site/index.html"): 405,
+            ("-X", "DELETE", f"{gw}/cid/{cid}"): 405,
+            (f"{gw}/b/web/site/nope.html",): 404,
+            (f"{gw}/cid/b3:{'0' * 64}",): 404,
+            (f"{gw}/cid/{cid[:-1]}",): 404,
+            (f"{gw}/ipfs/{cid}",): 404,
+            (f"{gw}/b/.s3/keys/{net.akid}",): 404,
+            (f"{gw}/b/%2Es3/keys/{net.akid}",): 404,
+        }
+        for args, status in refused.items():
+            got = _curl(tmp_path, args[-1], *args[:-1])
+            assert got.status == status, (args, got)
+            assert got.body.count(b"\n") == 1 and net.secret.encode() not in got.body, got.body
+
+
+def test_the_gateway_sends_only_verified_bytes_and_says_when_it_stops(tmp_path: Path) -> None:
+    """One node, one bit flipped in its only copy, past the first segment: the response has the
+    object's Content-Length, the bytes before the bad segment, then stops short (curl exit 18) with a
+    log line; never the flipped bytes, never a silent truncation."""
+    from nodetools import object_files
+
+    (node,) = make_nodes(tmp_path, 1)
+    with netnodes.running([node]):
+        node.start("--gateway-listen", "127.0.0.1:0")
+        body = os.urandom(9 << 20)
+        src = tmp_path / "big.bin"
+        src.write_bytes(body)
+        _cli(node, "store", "files/big.bin", str(src))
+        (rel,) = object_files(node.root)
+        path = node.root / rel
+        with open(path, "r+b") as f:
+            f.seek(path.stat().st_size * 2 // 3)
+            byte = f.read(1)[0]
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte ^ 0x10]))
+        gw = f"http://{_runtime(node)['gateway']}"
+        got = _curl(tmp_path, f"{gw}/b/files/big.bin")
+        assert got.status == 200 and got.headers["content-length"] == str(len(body))
+        assert got.exit == 18, got  # "transfer closed with N bytes remaining"
+        assert len(got.body) < len(body) and got.body == body[: len(got.body)]
+        wait_until(lambda: "event=gateway_get_failed" in node.log(), 10, "the gateway's log line", [node])
+        # a range that lies before the bad segment is whole
+        first = _curl(tmp_path, f"{gw}/b/files/big.bin", "-r", "0-99999")
+        assert (first.status, first.body, first.exit) == (206, body[:100000], 0)

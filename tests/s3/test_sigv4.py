@@ -1255,3 +1255,16 @@ def test_fuzz_mutated_chunked_bodies(where: int, xor: int, cuts: list[int]) -> N
     result = feed_fuzz(sigv4.verify(sigv4.parse(req, NOW), req, SECRET), bytes(body), cuts)
     # a hex size's letter changing case leaves the same body; anything else is caught
     assert result in BODY_CODES or result == b"".join(data)
+
+
+def test_presign_makes_what_botocore_makes_and_verify_takes() -> None:
+    """sigv4.presign (the demo's signer) against botocore's presigner at the same instant: the same
+    parameters and signature, and verify() takes it."""
+    for method, path in (("GET", "/demo/file.bin"), ("PUT", "/demo/a%20b/c%2Bd.txt"), ("PUT", "/demo")):
+        theirs, _ = sign(method, path, presign=600)
+        ours = sigv4.presign(method, HOST, path, AKID, SECRET, NOW, 600, REGION)
+        assert dict(p.split("=", 1) for p in ours.split("&")) == dict(
+            p.split("=", 1) for p in theirs.query.split("&")
+        )
+        r = Request(method, path, ours, {"host": HOST})
+        sigv4.verify(sigv4.parse(r, NOW + 1), r, SECRET)

@@ -23,7 +23,7 @@ import orjson
 from p2pfast.errors import BadInput, NotFound, PeerUnavailable
 from p2pfast.front.s3 import names
 from p2pfast.node import Node
-from p2pfast.node.sources import BufferSink, BytesSource
+from p2pfast.node.sources import BytesSource, CappedSink
 
 CACHE_TTL = 10.0
 NEGATIVE_TTL = 2.0
@@ -94,7 +94,7 @@ class Secrets:
     async def _look_up(self, access_key_id: str) -> AccessKey | None:
         if not access_key_id or len(access_key_id) > 128 or "/" in access_key_id:
             return None
-        sink = _CappedSink()
+        sink = CappedSink(MAX_KEY_FILE, "an access key file")
         try:
             await self.node.get(names.key_file(access_key_id), sink)
         except NotFound:
@@ -108,18 +108,6 @@ class Secrets:
                 return None
             raise
         return decode(access_key_id, bytes(sink.data))
-
-
-class _CappedSink(BufferSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.over = False
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if len(self.data) + len(data) > MAX_KEY_FILE:
-            self.over = True
-            raise BadInput("an access key file is at most 4 KiB")
-        await super().write(data)
 
 
 # -- `p2pfast s3 key create|list|delete` (front/commands.py) ----------------------------------------------

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -33,7 +32,9 @@ from p2pfast.errors import (
     P2PError,
     PeerUnavailable,
 )
+from p2pfast.front import httpread
 from p2pfast.front.s3 import attrs, listing, names, sigv4, xmldoc
+from p2pfast.front.s3.attrfiles import AttrFiles
 from p2pfast.front.s3.errors import S3Error
 from p2pfast.front.s3.keys import Secrets
 from p2pfast.front.s3.multipart import ConcatSource, Multipart, check_number
@@ -83,11 +84,8 @@ _UNSUPPORTED = frozenset(
         "attributes",
     ]
 )
-# An attributes file holds at most 2 KB of user metadata and a few headers.
-ATTRS_MAX = 16 * 1024
 # A CompleteMultipartUpload names up to 10,000 parts (about 100 bytes each); DeleteObjects 1000 keys.
 COMPLETE_BODY = 2 << 20
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 Handler = Callable[["_Call"], Awaitable[web.StreamResponse]]
 
@@ -110,7 +108,7 @@ class S3Server:
         self.secrets = Secrets(node)
         self.multipart = Multipart(node, self._etag)
         self._md5: OrderedDict[str, str] = OrderedDict()
-        self._attr_memo: OrderedDict[str, attrs.Attrs] = OrderedDict()  # attributes file's cid -> them
+        self.attrs = AttrFiles(node)
         self._runner: web.AppRunner | None = None
         self.addr = ""
 
@@ -360,7 +358,7 @@ class S3Server:
         async def entry(key: str, f: _Listed) -> xmldoc.Entry:
             async with gate:
                 sidecar = sidecars.get(key)
-                a = None if sidecar is None else await self._attrs(bucket, key, f.cid, sidecar)
+                a = None if sidecar is None else await self.attrs.get(bucket, key, f.cid, sidecar)
                 if a is not None:
                     return xmldoc.Entry(key, f.size, a.modified, f'"{a.etag}"')
                 return xmldoc.Entry(key, f.size, f.modified, f'"{await self._etag(f.cid)}"')
@@ -410,7 +408,7 @@ class S3Server:
                 400,
                 "copying an object onto itself changes nothing unless x-amz-metadata-directive is REPLACE",
             )
-        old = await self._attrs(src_bucket, src_key, st.cid)
+        old = await self.attrs.get(src_bucket, src_key, st.cid)
         etag = old.etag if old is not None else await self._etag(st.cid)
         if replace:
             sent = attrs.from_request(call.request.headers)
@@ -445,7 +443,7 @@ class S3Server:
             raise S3Error(
                 "NoSuchKey", 404, f"no object {call.key[:200]} in bucket {call.bucket}", Key=call.key[:1024]
             ) from None
-        a = await self._attrs(call.bucket, call.key, st.cid)
+        a = await self.attrs.get(call.bucket, call.key, st.cid)
         if a is None:
             a = attrs.Attrs(
                 st.cid, await self._etag(st.cid), st.created if st.created is not None else time.time()
@@ -453,20 +451,23 @@ class S3Server:
         etag, modified = f'"{a.etag}"', a.modified
         headers = {
             "ETag": etag,
-            "Last-Modified": xmldoc.http_date(modified),
+            "Last-Modified": httpread.http_date(modified),
             "Accept-Ranges": "bytes",
             **a.response_headers(call.key),
             "x-amz-meta-p2pfast-cid": st.cid,
             **_ids(call),
         }
-        status = _conditional(call.request, etag, modified)
+        status = httpread.conditional(call.request, etag, modified)
         if status is not None:
             return web.Response(status=status, headers=headers if status == 304 else _ids(call))
         first, last = 0, st.size - 1
         status = 200
         ranged = call.request.headers.get("Range")
         if ranged is not None and "partNumber" not in call.query:
-            span = _range(ranged, st.size)
+            try:
+                span = httpread.byte_range(ranged, st.size)
+            except httpread.Unsatisfiable as exc:
+                raise S3Error("InvalidRange", 416, str(exc), ActualObjectSize=str(exc.size)) from None
             if span is not None:
                 first, last = span
                 status = 206
@@ -477,28 +478,9 @@ class S3Server:
         if call.request.method == "HEAD" or last < first:
             await response.write_eof()
             return response
-        sink = _RangeSink(response, first, last)
-        try:
-            # a copy here is read from `first` on; from the holders the get runs from the start today,
-            # and what lies before the range is dropped
-            if not await self.node.read_local(st.cid, _RangeSink(response, 0, last - first), first, last + 1):
-                await self.node.get(st.cid, sink)
-        except _RangeDone:
-            pass
-        except (P2PError, OSError) as exc:
-            # The status line is out: the one thing left to say it failed is to stop short of
-            # Content-Length, which every client reports. Never a silent truncation.
-            log.warning(
-                "event=s3_get_failed request_id=%s cid=%s sent=%d error=%r",
-                call.rid,
-                st.cid,
-                sink.sent,
-                str(exc),
-            )
-            if call.request.transport is not None:
-                call.request.transport.close()
-            return response
-        await response.write_eof()
+        await httpread.send_body(
+            self.node, call.request, response, st.cid, first, last, log, "s3_get_failed", call.rid
+        )
         return response
 
     async def _delete_object(self, call: _Call) -> web.StreamResponse:
@@ -582,33 +564,10 @@ class S3Server:
         return _xml(call, xmldoc.delete_result(deleted, errors, quiet))
 
     # -- attributes (attrs.py) -------------------------------------------------------------------------
-    async def _attrs(self, bucket: str, key: str, cid: str, sidecar: str | None = None) -> attrs.Attrs | None:
-        """The attributes of object `key` whose content is `cid`, if its attributes file describes that
-        content; `sidecar`: that file's content id, when a listing gave it."""
-        if sidecar is None:
-            try:
-                sidecar = (await self.node.stat(names.attrs_file(bucket, key))).cid
-            except (NotFound, PeerUnavailable):
-                return None  # (PeerUnavailable: none here and nobody to ask)
-        a = self._attr_memo.get(sidecar)
-        if a is None:
-            sink = _CappedSink(ATTRS_MAX)
-            try:
-                await self.node.get(sidecar, sink)
-            except (NotFound, _TooBig):
-                return None
-            a = attrs.decode(bytes(sink.data))
-            if a is None:
-                return None
-            self._attr_memo[sidecar] = a
-            if len(self._attr_memo) > ETAG_MEMO:
-                self._attr_memo.popitem(last=False)
-        return a if a.cid == cid else None
-
     async def _set_attrs(self, bucket: str, key: str, a: attrs.Attrs) -> None:
         if a.needs_file(key):
             await self.node.put(names.attrs_file(bucket, key), BytesSource(attrs.encode(a)))
-        elif await self._attrs(bucket, key, a.cid) is not None:
+        elif await self.attrs.get(bucket, key, a.cid) is not None:
             await self._drop_attrs(bucket, key)  # the same content stored again with no attributes
 
     async def _drop_attrs(self, bucket: str, key: str) -> None:
@@ -641,10 +600,6 @@ class _Listed:
     size: int
     modified: float
     holders: int
-
-
-class _RangeDone(Exception):
-    """The range asked for is all sent: the get stops reading."""
 
 
 class _BodySource:
@@ -681,45 +636,6 @@ class _BodySource:
         return piece
 
 
-class _RangeSink:
-    """A get's sink that sends bytes first..last of the object to the HTTP response."""
-
-    file: int | None = None
-
-    def __init__(self, response: web.StreamResponse, first: int, last: int) -> None:
-        self._response = response
-        self._first, self._last = first, last
-        self._pos = 0
-        self.sent = 0
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        start, end = self._pos, self._pos + len(data)
-        self._pos = end
-        lo, hi = max(start, self._first), min(end, self._last + 1)
-        if lo < hi:
-            await self._response.write(bytes(memoryview(data)[lo - start : hi - start]))
-            self.sent += hi - lo
-        if end > self._last:
-            raise _RangeDone()
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _CappedSink:
-    file: int | None = None
-
-    def __init__(self, cap: int) -> None:
-        self.data = bytearray()
-        self._cap = cap
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if len(self.data) + len(data) > self._cap:
-            raise _TooBig()
-        self.data += data
-
-
 class _Md5Sink:
     file: int | None = None
 
@@ -739,73 +655,6 @@ def _split_path(path: str) -> tuple[str, str]:
         return unquote(bucket, errors="strict"), unquote(key, errors="strict")
     except UnicodeDecodeError:
         raise S3Error("InvalidURI", 400, "the path is not UTF-8 once percent-decoded") from None
-
-
-def _range(header: str, size: int) -> tuple[int, int] | None:
-    """(first, last) byte of a Range header against an object of `size` bytes; None to send the whole
-    object (a header S3 ignores: not bytes=, or several ranges); InvalidRange (416) for one that lies
-    wholly beyond the end."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None
-    a, b = match.groups()
-    if not a and not b:
-        return None
-    if not a:  # bytes=-N: the last N bytes
-        n = int(b)
-        if n == 0:
-            raise _invalid_range(size)
-        return max(0, size - n), size - 1
-    first = int(a)
-    last = min(int(b), size - 1) if b else size - 1
-    if b and int(b) < first:
-        return None  # RFC 9110: an invalid range-spec is ignored
-    if first >= size:
-        raise _invalid_range(size)
-    return first, last
-
-
-def _invalid_range(size: int) -> S3Error:
-    return S3Error(
-        "InvalidRange", 416, f"the range lies beyond the object's {size} bytes", ActualObjectSize=str(size)
-    )
-
-
-def _conditional(request: web.Request, etag: str, modified: float) -> int | None:
-    """304 or 412 for a conditional GET or HEAD that says so (If-Match, If-None-Match, If-Modified-Since,
-    If-Unmodified-Since, as S3 applies them), else None."""
-    h = request.headers
-    if_match, if_none = h.get("If-Match"), h.get("If-None-Match")
-    if if_match is not None and not _etag_in(etag, if_match):
-        return 412
-    if (
-        if_match is None
-        and (since := _parse_date(h.get("If-Unmodified-Since"))) is not None
-        and int(modified) > since
-    ):
-        return 412
-    if if_none is not None:
-        return 304 if _etag_in(etag, if_none) else None
-    since = _parse_date(h.get("If-Modified-Since"))
-    if since is not None and int(modified) <= since:
-        return 304
-    return None
-
-
-def _etag_in(etag: str, header: str) -> bool:
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags or etag.strip('"') in tags
-
-
-def _parse_date(value: str | None) -> float | None:
-    if value is None:
-        return None
-    import email.utils
-
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def _md5_matches(header: str, digest: bytes) -> bool:

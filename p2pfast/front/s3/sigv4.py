@@ -100,6 +100,7 @@ import hashlib
 import hmac
 import itertools
 import re
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -1001,3 +1002,36 @@ class _Chunked(_Body):
             raise bad_request(
                 f"The {algorithm} you specified did not match the calculated checksum.", "BadDigest"
             )
+
+
+# --- signing (a presigned URL, for the node's own demo and tools) ----------------------------------------
+
+
+def presign(
+    method: str,
+    host: str,
+    raw_path: str,
+    access_key_id: str,
+    secret: str,
+    now: float,
+    expires: int = 900,
+    region: str = "us-east-1",
+) -> str:
+    """The query string of a presigned URL for `method` on `raw_path` (percent-encoded) at `host`, valid
+    `expires` seconds from `now`, its payload unsigned: what `aws s3 presign` and boto3's
+    generate_presigned_url make, by the same canonical request verify() checks."""
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(int(now)))  # (formats `now`; reads no clock)
+    scope = f"{amz_date[:8]}/{region}/s3/{_TERMINATOR}"
+    params = {
+        "X-Amz-Algorithm": ALGORITHM,
+        "X-Amz-Credential": f"{access_key_id}/{scope}",
+        "X-Amz-Date": amz_date,
+        "X-Amz-Expires": str(expires),
+        "X-Amz-SignedHeaders": "host",
+    }
+    query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in params.items())
+    lines = [method, _canonical_uri(raw_path), _canonical_query(query, True), f"host:{host}", "", "host"]
+    canonical = "\n".join([*lines, _UNSIGNED]).encode()
+    string_to_sign = "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(canonical).hexdigest()))
+    signature = _hmac_hex(_signing_key(secret, amz_date[:8], region), string_to_sign.encode())
+    return f"{query}&X-Amz-Signature={signature.decode()}"

@@ -25,11 +25,6 @@ def iso8601(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
-def http_date(t: float) -> str:
-    """The form of Last-Modified and Date headers (RFC 9110 IMF-fixdate)."""
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t))
-
-
 def _el(name: str, value: str | int) -> str:
     return f"<{name}>{escape(str(value))}</{name}>"
 

@@ -1,0 +1,159 @@
+"""Serving one object's bytes over HTTP, as the S3 API's GET and the read-only gateway both do
+(docs/gateway.md): the Range header (RFC 9110 §14, as S3 reads it), the conditional headers, and the
+body streamed from the node's verified reads, cut short, never padded or silently truncated, when a read
+fails after the status line is out."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import time
+
+from aiohttp import web
+
+from p2pfast.errors import P2PError
+from p2pfast.node import Node
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class Unsatisfiable(Exception):
+    """A range that lies wholly beyond the end of the object (416)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the range lies beyond the object's {size} bytes")
+        self.size = size
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a Range header against an object of `size` bytes; None to send the whole
+    object (a header S3 ignores: not bytes=, or several ranges); Unsatisfiable (416) for one that lies
+    wholly beyond the end."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    a, b = match.groups()
+    if not a and not b:
+        return None
+    if not a:  # bytes=-N: the last N bytes
+        n = int(b)
+        if n == 0:
+            raise Unsatisfiable(size)
+        return max(0, size - n), size - 1
+    first = int(a)
+    last = min(int(b), size - 1) if b else size - 1
+    if b and int(b) < first:
+        return None  # RFC 9110: an invalid range-spec is ignored
+    if first >= size:
+        raise Unsatisfiable(size)
+    return first, last
+
+
+def conditional(request: web.Request, etag: str, modified: float | None) -> int | None:
+    """304 or 412 for a conditional GET or HEAD that says so (If-Match, If-None-Match, If-Modified-Since,
+    If-Unmodified-Since, as S3 applies them), else None. `modified` None: the dates are not compared
+    (an object known only by content id has no date of its own)."""
+    h = request.headers
+    if_match, if_none = h.get("If-Match"), h.get("If-None-Match")
+    if if_match is not None and not etag_in(etag, if_match):
+        return 412
+    if (
+        if_match is None
+        and modified is not None
+        and (since := parse_date(h.get("If-Unmodified-Since"))) is not None
+        and int(modified) > since
+    ):
+        return 412
+    if if_none is not None:
+        return 304 if etag_in(etag, if_none) else None
+    since = parse_date(h.get("If-Modified-Since"))
+    if modified is not None and since is not None and int(modified) <= since:
+        return 304
+    return None
+
+
+def http_date(t: float) -> str:
+    """The form of Last-Modified and Date headers (RFC 9110 IMF-fixdate)."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t))
+
+
+def etag_in(etag: str, header: str) -> bool:
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
+
+
+def parse_date(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class RangeDone(Exception):
+    """The range asked for is all sent: the get stops reading."""
+
+
+class RangeSink:
+    """A get's sink that sends bytes first..last of the object to the HTTP response."""
+
+    file: int | None = None
+
+    def __init__(self, response: web.StreamResponse, first: int, last: int) -> None:
+        self._response = response
+        self._first, self._last = first, last
+        self._pos = 0
+        self.sent = 0
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        start, end = self._pos, self._pos + len(data)
+        self._pos = end
+        lo, hi = max(start, self._first), min(end, self._last + 1)
+        if lo < hi:
+            # StreamResponse.write waits for the socket to drain: a slow client slows the read
+            await self._response.write(bytes(memoryview(data)[lo - start : hi - start]))
+            self.sent += hi - lo
+        if end > self._last:
+            raise RangeDone()
+
+
+async def send_body(
+    node: Node,
+    request: web.Request,
+    response: web.StreamResponse,
+    cid: str,
+    first: int,
+    last: int,
+    log: logging.Logger,
+    event: str,
+    rid: str,
+) -> bool:
+    """Bytes first..last of object `cid` to a prepared `response`, then its end: from a copy here, reading
+    only the range; else through the node's get from the holders (from the start, what lies before the
+    range dropped). A read that fails, or bytes that fail their check, after the status line is out: the
+    one thing left to say so is to stop short of Content-Length, which every client reports, so the
+    connection is closed and `event` logged; False then."""
+    local = RangeSink(response, 0, last - first)
+    remote = RangeSink(response, first, last)
+    try:
+        if not await node.read_local(cid, local, first, last + 1):
+            await node.get(cid, remote)
+    except RangeDone:
+        pass
+    except (P2PError, OSError) as exc:
+        log.warning(
+            "event=%s request_id=%s cid=%s sent=%d of=%d error=%r",
+            event,
+            rid,
+            cid,
+            local.sent + remote.sent,
+            last - first + 1,
+            str(exc),
+        )
+        if request.transport is not None:
+            request.transport.close()
+        return False
+    await response.write_eof()
+    return True
