@@ -131,15 +131,13 @@ async def send_body(
     rid: str,
 ) -> bool:
     """Bytes first..last of object `cid` to a prepared `response`, then its end: from a copy here, reading
-    only the range; else through the node's get from the holders (from the start, what lies before the
-    range dropped). A read that fails, or bytes that fail their check, after the status line is out: the
-    one thing left to say so is to stop short of Content-Length, which every client reports, so the
+    only the range; else from the holders, fetching only the segments the range lies in
+    (Node.read_range). A read that fails, or bytes that fail their check, after the status line is out:
+    the one thing left to say so is to stop short of Content-Length, which every client reports, so the
     connection is closed and `event` logged; False then."""
-    local = RangeSink(response, 0, last - first)
-    remote = RangeSink(response, first, last)
+    sink = RangeSink(response, 0, last - first)
     try:
-        if not await node.read_local(cid, local, first, last + 1):
-            await node.get(cid, remote)
+        await node.read_range(cid, sink, first, last + 1)
     except RangeDone:
         pass
     except (P2PError, OSError) as exc:
@@ -148,7 +146,7 @@ async def send_body(
             event,
             rid,
             cid,
-            local.sent + remote.sent,
+            sink.sent,
             last - first + 1,
             str(exc),
         )

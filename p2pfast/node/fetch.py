@@ -135,20 +135,27 @@ class _Fetch:
         ex: Executors,
         progress: Callable[[int], object] | None,
         keep: Upload | None,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.cid, self.size, self.leaves = cid, size, leaves
         self.sink, self.ex, self.progress, self.keep = sink, ex, progress, keep
         self.seg = segments.SEGMENT_SIZE
         nsegs = segments.segment_count(size, self.seg)
+        # the plan's segment i is the object's segment base + i (a window: a ranged read's segments)
+        self.base, count = 0, nsegs
+        if window is not None:
+            end = min(nsegs, -(-window[1] // self.seg))
+            self.base = min(window[0] // self.seg, max(0, end - 1))
+            count = max(1, end - self.base)
         # each verified segment is kept as the views it was received in (`_take`)
-        self.plan: PieceSchedule[list[memoryview]] = PieceSchedule(nsegs, PIECE, AHEAD)
+        self.plan: PieceSchedule[list[memoryview]] = PieceSchedule(count, PIECE, AHEAD)
         self.changed = asyncio.Event()  # the plan changed: a piece released, failed or written
         self.failures: list[tuple[str, BaseException]] = []  # (holder, why it was dropped)
         self.served: dict[str, int] = {}
         self.complete = asyncio.Event()  # every piece written
 
     def seg_len(self, index: int) -> int:
-        return max(0, min(self.seg, self.size - index * self.seg))
+        return max(0, min(self.seg, self.size - (self.base + index) * self.seg))
 
     async def worker(self, session: Session) -> None:
         peer = session.peer_id
@@ -176,7 +183,7 @@ class _Fetch:
     async def fetch_piece(self, session: Session, job: Assignment) -> None:
         """Ask `session` for the segments of `job` and verify them, until they are all in or another
         holder finished the piece."""
-        offset = job.first * self.seg
+        offset = (self.base + job.first) * self.seg
         length = sum(self.seg_len(i) for i in range(job.first, job.end))
         stream = await session.open_stream_wait(STALL_TIMEOUT)
         request = m.Get(cid=self.cid, offset=offset, length=length, sid=stream.sid)
@@ -226,7 +233,9 @@ class _Fetch:
                 data = _take(received, n)  # one copy: the frames' bytes joined into the segment
                 have -= n
                 if plan.needs(job.piece, index):  # not yet verified from another holder's copy
-                    check = asyncio.ensure_future(self.ex.cpu(_check_segment, data, self.leaves, index))
+                    check = asyncio.ensure_future(
+                        self.ex.cpu(_check_segment, data, self.leaves, self.base + index)
+                    )
                     checks.append((index, data, check))
                 index += 1
             await self.settle(peer, job, checks, wait_all=index >= job.end)
@@ -272,11 +281,15 @@ async def fetch(
     progress: Callable[[int], object] | None = None,
     keep: Upload | None = None,
     on_size: Callable[[int], object] | None = None,
+    window: tuple[int, int] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Write the verified plaintext of `cid` to `sink` (a file: at its position; in order), fetched from
     up to MAX_HOLDERS holders at once (see above); returns the size and the bytes each holder served
     (node id -> bytes). With `keep`, every verified segment also goes into that upload (the caller finishes
-    it). Nothing unverified reaches the sink."""
+    it). Nothing unverified reaches the sink.
+
+    `window` (start, end): only the segments that hold bytes [start, end) are fetched and written, from
+    the first byte of the one `start` falls in (window_start tells where that is); not with `keep`."""
     failures: list[tuple[str, BaseException]] = []
     found = await _first_leaves(holders[:MAX_HOLDERS], cid, failures)
     if found is None:
@@ -284,7 +297,8 @@ async def fetch(
     size, leaves = found
     if on_size is not None:  # what a progress bar needs for its total and ETA
         on_size(size)
-    job = _Fetch(cid, size, leaves, sink, ex, progress, keep)
+    assert window is None or keep is None, "a replica is the whole object"
+    job = _Fetch(cid, size, leaves, sink, ex, progress, keep, window)
     job.failures = failures
     workers = [asyncio.ensure_future(job.worker(s)) for s in holders[:MAX_HOLDERS]]
     try:
@@ -369,6 +383,11 @@ async def _first_leaves(
 
 def _barrier() -> None:
     return None
+
+
+def window_start(start: int) -> int:
+    """Where a fetch with window (start, end) begins writing: the first byte of `start`'s segment."""
+    return start - start % segments.SEGMENT_SIZE
 
 
 def main_source(served: dict[str, int], holders: list[Session]) -> str:

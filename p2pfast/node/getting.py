@@ -135,6 +135,37 @@ async def read_local(ctx: Context, cid: str, sink: Sink, start: int, end: int) -
     return True
 
 
+async def read_range(ctx: Context, cid: str, sink: Sink, start: int, end: int) -> None:
+    """Bytes [start, end) of object `cid` to `sink`, verified: from a copy here, reading only the range;
+    else from the holders, fetching only the segments the range lies in (a client that reads an object
+    in ranges, as boto3's download_file and rclone do, costs the object once, not once per range)."""
+    if await read_local(ctx, cid, sink, start, end):
+        return
+    _, holders = await holders_of(ctx, cid)
+    trim = _Trim(sink, start - fetch.window_start(start), end - start)
+    await fetch.fetch(holders, cid, trim, ctx.ex, window=(start, end))
+
+
+class _Trim:
+    """A sink that passes on `length` bytes after the first `skip`: a windowed fetch writes whole
+    segments."""
+
+    file: int | None = None
+
+    def __init__(self, sink: Sink, skip: int, length: int) -> None:
+        self._sink, self._skip, self._left = sink, skip, length
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        if self._skip:
+            cut = min(self._skip, len(view))
+            view, self._skip = view[cut:], self._skip - cut
+        if self._left > 0 and view:
+            view = view[: self._left]
+            self._left -= len(view)
+            await self._sink.write(view)
+
+
 async def _read_to_sink(
     ctx: Context, key: bytes, cid: str, size: int, sink: Sink, progress: Progress | None
 ) -> None:

@@ -387,11 +387,12 @@ class Node:
             raise PeerUnavailable(f"the peers that hold {cid} did not say its size: try again")
         return FileStat(cid, cid, size, None, False)
 
-    async def read_local(self, cid: str, sink: Sink, start: int, end: int) -> bool:
-        """Bytes [start, end) of object `cid`, verified, if this node holds it (getting.read_local)."""
+    async def read_range(self, cid: str, sink: Sink, start: int, end: int) -> None:
+        """Bytes [start, end) of object `cid`, verified, from a copy here or the holders' segments that
+        hold the range (getting.read_range)."""
         ctx = self._started()
         with ctx.activity.user():
-            return await getting.read_local(ctx, cid, sink, start, end)
+            await getting.read_range(ctx, cid, sink, start, end)
 
     async def scrub_now(self, progress: Progress | None = None) -> ScrubReport:
         """One scrub pass over every local object, now (scrub.py): bad copies repaired from peers."""

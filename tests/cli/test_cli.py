@@ -324,6 +324,10 @@ def test_demo(tmp_path: Path) -> None:
     rates = re.findall(r" ([0-9.]+ [KMGT]?i?B)/s$", out, flags=re.M)
     assert rates and all(r.endswith("iB") for r in rates), out
     assert "MB/s" not in out
+    # the S3 API and the gateway: in through B, out through C, checked by BLAKE3
+    for step in ("S3 PUT on B", "S3 GET on C", "HTTP gateway GET on C"):
+        assert re.search(rf"^  {step}.* ms +[0-9.]+ [KMG]?iB/s$", out, flags=re.M), out
+    assert "read back identical bytes through S3 and the gateway (verified)" in out
     assert not Path(m.group(1)).exists()
 
 

@@ -62,7 +62,8 @@ def no_such_upload(upload_id: str) -> S3Error:
 
 
 def check_number(text: str | None) -> int:
-    if text is None or not text.isdigit() or not 1 <= int(text) <= MAX_PARTS:
+    # ASCII digits only: str.isdigit() is true for "²", which int() refuses
+    if text is None or not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PARTS:
         raise S3Error("InvalidArgument", 400, f"partNumber is a whole number from 1 to {MAX_PARTS}")
     return int(text)
 

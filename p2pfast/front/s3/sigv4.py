@@ -100,7 +100,6 @@ import hashlib
 import hmac
 import itertools
 import re
-import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -1013,14 +1012,13 @@ def presign(
     raw_path: str,
     access_key_id: str,
     secret: str,
-    now: float,
+    amz_date: str,
     expires: int = 900,
     region: str = "us-east-1",
 ) -> str:
     """The query string of a presigned URL for `method` on `raw_path` (percent-encoded) at `host`, valid
-    `expires` seconds from `now`, its payload unsigned: what `aws s3 presign` and boto3's
-    generate_presigned_url make, by the same canonical request verify() checks."""
-    amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(int(now)))  # (formats `now`; reads no clock)
+    `expires` seconds from `amz_date` ("20261203T101500Z", UTC), its payload unsigned: what `aws s3
+    presign` and boto3's generate_presigned_url make, by the same canonical request verify() checks."""
     scope = f"{amz_date[:8]}/{region}/s3/{_TERMINATOR}"
     params = {
         "X-Amz-Algorithm": ALGORITHM,

@@ -1,17 +1,19 @@
 """The S3 API's XML documents: the ones the node sends (rendered here by hand, since each is a short flat
 list of elements) and the few it reads (parsed with the standard library's expat-backed ElementTree,
-which resolves no external entity and, from expat 2.4.1, refuses entity-expansion bombs).
+which resolves no external entity; a body with a DOCTYPE, where entities would be declared, is refused).
 
 Namespaces and element names are S3's (the API reference's response syntax for each operation).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 from xml.etree import ElementTree
+from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 from p2pfast.front.s3.errors import S3Error
@@ -266,14 +268,33 @@ def delete_result(deleted: Sequence[str], errors: Sequence[tuple[str, str, str]]
 
 
 # -- documents the node reads ------------------------------------------------------------------------
+class _Doctype(Exception):
+    pass
+
+
+def _refuse_doctype(*_: object) -> None:
+    raise _Doctype()
+
+
 def _parse(body: bytes, root: str) -> ElementTree.Element:
+    # No S3 document has a DOCTYPE, and one is how entities in the body would amplify it (expat lets an
+    # expansion of up to 100 times the input through): refused before anything is expanded.
+    check = expat.ParserCreate()
+    check.StartDoctypeDeclHandler = _refuse_doctype
     try:
+        check.Parse(body, True)
         doc = ElementTree.fromstring(body)
-    except (ElementTree.ParseError, ValueError) as exc:
+    except _Doctype:
+        raise S3Error("MalformedXML", 400, "the XML body has a DOCTYPE, which no S3 document has") from None
+    except (ElementTree.ParseError, expat.ExpatError, ValueError, LookupError) as exc:
+        # (LookupError: an encoding Python does not know, or one that is not a text encoding)
         raise S3Error("MalformedXML", 400, f"the XML body is not well-formed: {exc}") from None
     if _local(doc.tag) != root:
         raise S3Error("MalformedXML", 400, f"the XML body is <{_local(doc.tag)[:40]}>, not <{root}>")
     return doc
+
+
+_PART_NUMBER = re.compile(r"[0-9]{1,5}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
 
 
 def _local(tag: object) -> str:
@@ -295,9 +316,9 @@ def complete_parts(body: bytes) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for part in _children(doc, "Part"):
         number, etag = _text(part, "PartNumber"), _text(part, "ETag")
-        if number is None or etag is None or not number.strip().isdigit() or len(number.strip()) > 5:
+        if number is None or etag is None or not _PART_NUMBER.fullmatch(number.strip()):
             raise S3Error("MalformedXML", 400, "each <Part> needs a <PartNumber> (1-10000) and an <ETag>")
-        out.append((int(number), etag.strip().strip('"')))
+        out.append((int(number.strip()), etag.strip().strip('"')))
     if not out:
         raise S3Error("MalformedXML", 400, "CompleteMultipartUpload names no part")
     return out
