@@ -60,6 +60,7 @@ from p2pfast.proto import control
 from p2pfast.proto import messages as m
 from p2pfast.repo.repo import FileRow
 from p2pfast.store.objects import show_key
+from p2pfast.store.userkey import is_scratch
 
 log = logging.getLogger("p2pfast.repair")
 
@@ -269,7 +270,8 @@ class Repair:
         ctx = self.ctx
         if self.keymeta is not None:
             await self.keymeta.expire()
-        files = await ctx.ex.db(ctx.repo.list_files)
+        # scratch files are one copy by design (userkey.SCRATCH_PREFIX): nothing to repair or publish
+        files = [f for f in await ctx.ex.db(ctx.repo.list_files) if not is_scratch(f.key)]
         report.files = len(files)
         report.objects = len({f.cid for f in files})
         if not files:

@@ -14,6 +14,7 @@ from p2pfast.datadir import Layout
 from p2pfast.errors import StorageError
 from p2pfast.node import scrub
 from p2pfast.repo.repo import Repo
+from p2pfast.store.userkey import SCRATCH_PREFIX
 
 
 def replica_target(replicas: int | None, known_peers: int) -> int:
@@ -39,7 +40,7 @@ def of_repo(repo: Repo, layout: Layout, node_id: str, replicas: int | None) -> d
         "bytes_stored": stats["bytes"],
         "bytes_free": vfs.f_bavail * vfs.f_frsize,
         "replica_target": target,
-        "under_replicated": repo.count_under_replicated(target) if target else 0,
+        "under_replicated": repo.count_under_replicated(target, SCRATCH_PREFIX.encode()) if target else 0,
         "wal_bytes": repo.wal_size(),
         **quarantine(layout),
         "scrub": scrub.report_of_file(layout),  # the running node reports its own (Node.status)

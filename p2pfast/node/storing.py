@@ -20,7 +20,7 @@ from p2pfast.node.replicate import StoreOutcome, replicate
 from p2pfast.node.reports import Progress, StoreReport
 from p2pfast.node.sources import Source
 from p2pfast.store.objects import PutResult, show_key
-from p2pfast.store.userkey import check_storable
+from p2pfast.store.userkey import check_storable, is_scratch
 
 log = logging.getLogger("p2pfast.node")
 
@@ -83,6 +83,14 @@ class Storing:
             result = await self._put_stream(key, source, progress)
         # The ranked members, those not connected dialled now (node/links.py): the first `replicas`
         # that answer take the copies, every connected one after them is a spare.
+        if is_scratch(result.key):  # kept here only (userkey.SCRATCH_PREFIX): durable, and done
+            log.info(
+                "event=stored key=%s cid=%s size=%d scratch=true",
+                show_key(result.key),
+                result.cid,
+                result.size,
+            )
+            return _report(result, StoreOutcome(result.cid, result.size), 0, show_key(result.key))
         members = placement.order(result.cid, ctx.links.members())
         order = await ctx.links.open(members, len(members) if ctx.replicas is None else ctx.replicas)
         want = len(order) if ctx.replicas is None else min(ctx.replicas, len(order))

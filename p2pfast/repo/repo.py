@@ -305,13 +305,15 @@ class Repo:
         )
         return {"files": row[0], "objects": row[1], "bytes": row[2]}
 
-    def count_under_replicated(self, target: int) -> int:
+    def count_under_replicated(self, target: int, skip: bytes = b"") -> int:
         """Files stored here by a user (origin NULL) with fewer than ``target`` peers in ``shares``.
-        Replicas a node received are not counted: placing copies is the storing node's job."""
+        Replicas a node received are not counted: placing copies is the storing node's job; nor are
+        keys starting with ``skip`` (the scratch files, one copy by design: store/userkey.py)."""
         (row,) = self._rows(
             "SELECT count(*) FROM files f WHERE f.origin IS NULL"
+            " AND (length(?) = 0 OR substr(f.key, 1, length(?)) != ?)"
             " AND (SELECT count(*) FROM shares s WHERE s.cid = f.cid) < ?",
-            (target,),
+            (skip, skip, skip, target),
         )
         return int(row[0])
 

@@ -58,6 +58,18 @@ def content_id_of(name: str) -> str | None:
     return name
 
 
+# A file under this prefix is scratch: kept by the node that stored it and nowhere else (not replicated,
+# not repaired, no key metadata placed), though listed, got and deleted like any file. For what a front
+# end stages before it stores the real thing, such as the parts of an S3 multipart upload, which would
+# otherwise cross the network twice. A store through the CLI under it is a user's choice, and works.
+SCRATCH_PREFIX = ".scratch/"
+
+
+def is_scratch(raw: bytes) -> bool:
+    """Whether file key `raw` (as the repo holds it) is a scratch file (SCRATCH_PREFIX)."""
+    return raw.startswith(SCRATCH_PREFIX.encode())
+
+
 def check_storable(key: str) -> None:
     """BadInput for a key a store must refuse: one that `get` would read as a content id."""
     if key.startswith(CID_PREFIX):

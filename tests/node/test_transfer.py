@@ -350,3 +350,29 @@ def test_a_ranged_read_fetches_only_the_segments_of_its_range(tmp_path: Path) ->
             assert bytes(sink.data) == data[7 : 7 + seg]
 
     run(main())
+
+
+def test_a_scratch_file_stays_on_the_node_that_stored_it(tmp_path: Path) -> None:
+    """A file under .scratch/ (userkey.SCRATCH_PREFIX: an S3 upload's parts) is durable where it was
+    stored and nowhere else: no replica, no copy made by a repair pass; another member still gets it,
+    from that node, and a delete removes it."""
+    data = os.urandom(300_000)
+
+    async def main() -> None:
+        async with cluster(tmp_path, 3) as (a, b, c):
+            report = await a.put(".scratch/up/00001", BytesSource(data))
+            assert report.replicated_to == [] and report.failed == {}
+            normal = await a.put("kept/file", BytesSource(data[:1000]))
+            assert sorted(normal.replicated_to) == sorted([b.node_id, c.node_id])
+            assert a.repair is not None
+            done = await a.repair.pass_now("test")
+            assert done.files == 1 and done.copies == 0  # the scratch file is not counted, nor copied
+            for peer in (b, c):
+                assert not holds(peer, ".scratch/up/00001")
+                sink = BufferSink()
+                await peer.get(".scratch/up/00001", sink)
+                assert bytes(sink.data) == data
+            await a.delete(".scratch/up/00001")
+            assert not holds(a, ".scratch/up/00001")
+
+    run(main())

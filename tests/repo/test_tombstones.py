@@ -20,7 +20,7 @@ def cid_of(n: int) -> str:
     return f"b3:{n:064x}"
 
 
-A, B = cid_of(0xA), cid_of(0xB)
+A, B, C = cid_of(0xA), cid_of(0xB), cid_of(0xC)
 N1, N2 = "1" * 64, "2" * 64  # node ids; N2 > N1
 
 
@@ -344,3 +344,8 @@ def test_origin_and_under_replicated(tmp_path: Path) -> None:
         assert repo.get_file(b"theirs") == FileRow(b"theirs", B, 10, now + 1, None)
         assert repo.count_under_replicated(1) == 0  # N1, which sent it, holds it
         assert repo.count_under_replicated(2) == 2
+        # keys under the prefix asked to skip (the scratch files) are one copy by design
+        repo.add_file(b".scratch/part", C, 10, now, obj(C), b"w", "aes-256-gcm")
+        assert repo.count_under_replicated(1) == 1
+        assert repo.count_under_replicated(1, b".scratch/") == 0
+        assert repo.count_under_replicated(1, b".scratch/x") == 1

@@ -368,8 +368,9 @@ def test_multipart_uploads_complete_abort_and_list(net: Net) -> None:
     want = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
     assert a.head_object(Bucket="multi", Key="big.bin")["ETag"] == f'"{want}"'
     assert b.head_object(Bucket="multi", Key="big.bin")["ETag"] == f'"{want}"'  # (its attributes file)
-    # the parts are gone once the object is stored
-    assert not [k for k in _cli(net.nodes[0], "files", "--json") if k["key"].startswith(".s3/uploads/")]
+    # the parts are gone once the object is stored, from both nodes
+    for n in net.nodes:
+        assert not [k for k in _cli(n, "files", "--json") if "/uploads/" in k["key"]]
 
     # by hand: parts through both nodes, listed, then one upload completed and one aborted
     up = a.create_multipart_upload(Bucket="multi", Key="by-hand")["UploadId"]
@@ -377,6 +378,9 @@ def test_multipart_uploads_complete_abort_and_list(net: Net) -> None:
     e2 = b.upload_part(Bucket="multi", Key="by-hand", UploadId=up, PartNumber=2, Body=b"tail")["ETag"]
     listed = b.list_parts(Bucket="multi", Key="by-hand", UploadId=up)["Parts"]
     assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in listed] == [(1, e1, 5 << 20), (2, e2, 4)]
+    # each part is kept by the node it went through, only (a scratch file: not replicated)
+    held = [{k["key"] for k in _cli(n, "files", "--json") if f"{up}/" in k["key"]} for n in net.nodes]
+    assert held == [{f".scratch/s3/uploads/{up}/00001"}, {f".scratch/s3/uploads/{up}/00002"}], held
     other = b.create_multipart_upload(Bucket="multi", Key="dropped")["UploadId"]
     ups = a.list_multipart_uploads(Bucket="multi")["Uploads"]
     assert sorted((u["Key"], u["UploadId"]) for u in ups) == [("by-hand", up), ("dropped", other)]
@@ -410,6 +414,9 @@ def test_multipart_uploads_complete_abort_and_list(net: Net) -> None:
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
     )
     assert a.get_object(Bucket="multi", Key="by-hand")["Body"].read() == parts[0] + b"tail"
+    for n in net.nodes:  # the object is replicated as any store; the parts are gone
+        keys = {k["key"] for k in _cli(n, "files", "--json")}
+        assert "multi/by-hand" in keys and not {k for k in keys if up in k}, keys
     a.abort_multipart_upload(Bucket="multi", Key="dropped", UploadId=other)
     with pytest.raises(ClientError) as exc:
         b.upload_part(Bucket="multi", Key="dropped", UploadId=other, PartNumber=1, Body=b"late")

@@ -1,9 +1,14 @@
 """S3 multipart uploads over the node's files (names.py): an upload is the file `.s3/uploads/ID` (its
-bucket, key and start), each part the file `.s3/uploads/ID/NNNNN`, stored, replicated and acknowledged
-like any store, so parts may go through different members and survive a member's restart.
-CompleteMultipartUpload reads the parts in order (verified, from wherever they are) into one store of
-the object, then deletes the parts: the object is one file like any other, and `p2pfast get` reads it.
-This costs a second pass over the bytes at completion; the parts are not linked into the object.
+bucket, key and start; replicated, so any member knows it), each part the scratch file
+`.scratch/s3/uploads/ID/NNNNN`, durable on the member it went through and kept there only
+(store/userkey.py, SCRATCH_PREFIX): a part crosses the network once, as part of the object, not twice.
+Parts may still go through different members: the listing of parts is the network's, and the completion
+gets each part from whichever member holds it. CompleteMultipartUpload reads the parts in order
+(verified) into one store of the object, replicated as any store, then deletes the parts: the object is
+one file like any other, and `p2pfast get` reads it. A member lost before the completion takes the parts
+it held with it: the completion then fails with InvalidPart and the client uploads them again (nothing
+acknowledged as an object is lost). This costs a second local pass over the bytes at completion; the
+parts are not linked into the object.
 
 ETag: a part's is its MD5; the object's is S3's multipart form, the MD5 of the parts' MD5s and "-N",
 which the node that completed the upload remembers (server.py's ETag memo; another member gives the
@@ -115,7 +120,7 @@ class Multipart:
 
     async def parts(self, info: UploadInfo) -> list[PartInfo]:
         """The upload's parts that this node and its connected members hold, by number."""
-        prefix = names.upload_file(info.upload_id) + "/"
+        prefix = names.part_file(info.upload_id, 0).removesuffix("00000")
         found: dict[int, PartInfo] = {}
         for f in (await self.node.network_files()).files:
             tail = f.key.removeprefix(prefix)

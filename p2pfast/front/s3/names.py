@@ -12,8 +12,8 @@
 * An object's S3 attributes (Content-Type, x-amz-meta-*, its ETag) are the file `.s3/m/BUCKET/KEY`
   when it has any beyond the defaults (attrs.py).
 * A multipart upload ID is the file `.s3/uploads/ID` (which bucket and key it is for) and its parts the
-  files `.s3/uploads/ID/NNNNN`, until CompleteMultipartUpload stores the object and deletes them
-  (multipart.py): parts are files too, so they may go through any member.
+  scratch files `.scratch/s3/uploads/ID/NNNNN` (store/userkey.py: kept by the member they went through,
+  not replicated), until CompleteMultipartUpload stores the object and deletes them (multipart.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 
 from p2pfast.front.s3.errors import S3Error
-from p2pfast.store.userkey import MAX_KEY_BYTES
+from p2pfast.store.userkey import MAX_KEY_BYTES, SCRATCH_PREFIX
 
 KEYS_PREFIX = ".s3/keys/"
 UPLOADS_PREFIX = ".s3/uploads/"
+PARTS_PREFIX = SCRATCH_PREFIX + "s3/uploads/"
 ATTRS_PREFIX = ".s3/m/"
 
 # S3's rules for new buckets (the "Bucket naming rules" page): 3-63 characters of lowercase letters,
@@ -84,7 +85,7 @@ def upload_file(upload_id: str) -> str:
 
 
 def part_file(upload_id: str, part: int) -> str:
-    return f"{UPLOADS_PREFIX}{upload_id}/{part:05d}"
+    return f"{PARTS_PREFIX}{upload_id}/{part:05d}"
 
 
 def attrs_file(bucket: str, key: str) -> str:
