@@ -24,7 +24,6 @@ from p2pfast.errors import (
     BadInput,
     DiskFull,
     IntegrityError,
-    ListenError,
     NotFound,
     P2PError,
     PeerUnavailable,
@@ -32,7 +31,6 @@ from p2pfast.errors import (
 from p2pfast.front import httpread
 from p2pfast.front.s3 import attrs, names
 from p2pfast.front.s3.attrfiles import AttrFiles
-from p2pfast.net.peers import split_addr
 from p2pfast.node import Node
 from p2pfast.node.reports import FileStat
 
@@ -50,36 +48,11 @@ class GatewayError(Exception):
         self.status = status
 
 
-class Gateway:
+class Gateway(httpread.Listener):
     def __init__(self, node: Node) -> None:
         self.node = node
         self.attrs = AttrFiles(node)
-        self._runner: web.AppRunner | None = None
-        self.addr = ""
-
-    async def start(self, addr: str) -> str:
-        """Listen on addr ([HOST]:PORT, host 127.0.0.1 when omitted); returns the bound HOST:PORT."""
-        host, port = split_addr(addr, default_host="127.0.0.1")
-        app = web.Application(client_max_size=0)  # (no request has a body)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.close()
-            raise ListenError.of(f"{addr} (gateway_listen)", exc, "--gateway-listen") from None
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        self.addr = f"{bound[0]}:{bound[1]}"
-        return self.addr
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        super().__init__(self._handle, 0, "gateway_listen", "--gateway-listen")  # (no request has a body)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         rid = secrets.token_hex(8)

@@ -1,7 +1,7 @@
 """Serving one object's bytes over HTTP, as the S3 API's GET and the read-only gateway both do
 (docs/gateway.md): the Range header (RFC 9110 §14, as S3 reads it), the conditional headers, and the
 body streamed from the node's verified reads, cut short, never padded or silently truncated, when a read
-fails after the status line is out."""
+fails after the status line is out; and the listener both run on."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import email.utils
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from p2pfast.errors import P2PError
+from p2pfast.errors import ListenError, P2PError
+from p2pfast.net.peers import split_addr
 from p2pfast.node import Node
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -155,3 +157,43 @@ async def send_body(
         return False
     await response.write_eof()
     return True
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Listener:
+    """An aiohttp listener in the node's loop, the base of the S3 API's and the gateway's: every request
+    to `handler`, no access log (the handlers log what matters, in logfmt), no signal handlers (the
+    daemon's)."""
+
+    def __init__(self, handler: Handler, max_body: int, setting: str, flag: str) -> None:
+        self._handler = handler
+        self._max_body = max_body
+        self._names = setting, flag  # what a ListenError names: the config setting and the flag
+        self._runner: web.AppRunner | None = None
+        self.addr = ""
+
+    async def start(self, addr: str) -> str:
+        """Listen on addr ([HOST]:PORT, host 127.0.0.1 when omitted); returns the bound HOST:PORT."""
+        host, port = split_addr(addr, default_host="127.0.0.1")
+        app = web.Application(client_max_size=self._max_body)
+        app.router.add_route("*", "/{tail:.*}", self._handler)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.close()
+            raise ListenError.of(f"{addr} ({self._names[0]})", exc, self._names[1]) from None
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+        self.addr = f"{bound[0]}:{bound[1]}"
+        return self.addr
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -27,7 +27,6 @@ from p2pfast.errors import (
     BadInput,
     DiskFull,
     IntegrityError,
-    ListenError,
     NotFound,
     P2PError,
     PeerUnavailable,
@@ -38,7 +37,6 @@ from p2pfast.front.s3.attrfiles import AttrFiles
 from p2pfast.front.s3.errors import S3Error
 from p2pfast.front.s3.keys import Secrets
 from p2pfast.front.s3.multipart import ConcatSource, Multipart, check_number
-from p2pfast.net.peers import split_addr
 from p2pfast.node import Node
 from p2pfast.node.reports import FileStat
 from p2pfast.node.sources import BytesSource
@@ -102,39 +100,16 @@ class _Call:
     payload: sigv4.Payload
 
 
-class S3Server:
+class S3Server(httpread.Listener):
     def __init__(self, node: Node) -> None:
         self.node = node
         self.secrets = Secrets(node)
         self.multipart = Multipart(node, self._etag)
         self._md5: OrderedDict[str, str] = OrderedDict()
+        self._md5_reading: dict[str, asyncio.Future[str]] = {}  # cid -> the one read computing its MD5
         self.attrs = AttrFiles(node)
-        self._runner: web.AppRunner | None = None
-        self.addr = ""
-
-    async def start(self, addr: str) -> str:
-        """Listen on addr ([HOST]:PORT, host 127.0.0.1 when omitted); returns the bound HOST:PORT."""
-        host, port = split_addr(addr, default_host="127.0.0.1")
-        app = web.Application(client_max_size=64 * 1024)  # (bodies read whole: XML documents only)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.close()
-            raise ListenError.of(f"{addr} (s3_listen)", exc, "--s3-listen") from None
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        self.addr = f"{bound[0]}:{bound[1]}"
-        return self.addr
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        # (bodies read whole are XML documents only: a PUT's body is streamed)
+        super().__init__(self._handle, 64 * 1024, "s3_listen", "--s3-listen")
 
     # -- one request ---------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -583,13 +558,28 @@ class S3Server:
 
     async def _etag(self, cid: str) -> str:
         """The MD5 of object `cid` (S3's ETag of a single-part object): remembered from the PUT that
-        stored it through this node, else computed once from the verified content."""
+        stored it through this node, else computed once from the verified content: requests that need it
+        meanwhile (a client's ranged GETs of one object, 10 at a time) wait for that one read."""
         md5 = self._md5.get(cid)
-        if md5 is None:
-            sink = _Md5Sink()
+        if md5 is not None:
+            return md5
+        reading = self._md5_reading.get(cid)
+        if reading is None:
+            reading = self._md5_reading[cid] = asyncio.ensure_future(self._read_md5(cid))
+            reading.add_done_callback(lambda f: self._md5_done(cid, f))
+        return await asyncio.shield(reading)  # a client that goes away does not cancel the others' read
+
+    def _md5_done(self, cid: str, reading: asyncio.Future[str]) -> None:
+        self._md5_reading.pop(cid, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved, should every request that waited for it be gone
+
+    async def _read_md5(self, cid: str) -> str:
+        sink = _Md5Sink()
+        with self.node.working("s3"):
             await self.node.get(cid, sink)
-            md5 = sink.md5.hexdigest()
-            self._remember(cid, md5)
+        md5 = sink.md5.hexdigest()
+        self._remember(cid, md5)
         return md5
 
 

@@ -298,22 +298,7 @@ def _parse_header_auth(req: Request, authorization: str, now: float) -> Auth:
     content_sha256 = req.headers.get("x-amz-content-sha256")
     if content_sha256 is None:
         raise bad_request("Missing required header for this request: x-amz-content-sha256")
-    payload_hash = content_sha256.strip()
-    mode = _payload_mode(payload_hash)
-    return Auth(
-        access_key_id=akid,
-        amz_date=amz_date,
-        timestamp=timestamp,
-        region=region,
-        signed_headers=signed,
-        signature=signature,
-        presigned=False,
-        expires=None,
-        payload_hash=payload_hash,
-        payload_mode=mode,
-        decoded_length=_decoded_length(req.headers, mode),
-        trailers=_trailers(req.headers, mode),
-    )
+    return _auth(req, akid, (amz_date, timestamp), region, signed, signature, None, content_sha256.strip())
 
 
 def _parse_presigned(req: Request, params: list[_Param], now: float) -> Auth:
@@ -339,15 +324,29 @@ def _parse_presigned(req: Request, params: list[_Param], now: float) -> Auth:
     if now > timestamp + expires:
         raise access_denied("Request has expired")
     payload_hash = _presigned_payload_hash(req, values, signed)
+    return _auth(req, akid, (amz_date, timestamp), region, signed, signature, expires, payload_hash)
+
+
+def _auth(
+    req: Request,
+    akid: str,
+    date: tuple[str, int],
+    region: str,
+    signed: tuple[str, ...],
+    signature: str,
+    expires: int | None,
+    payload_hash: str,
+) -> Auth:
+    """The Auth of a header-signed request (`expires` None) or a presigned one."""
     mode = _payload_mode(payload_hash)
     return Auth(
         access_key_id=akid,
-        amz_date=amz_date,
-        timestamp=timestamp,
+        amz_date=date[0],
+        timestamp=date[1],
         region=region,
         signed_headers=signed,
         signature=signature,
-        presigned=True,
+        presigned=expires is not None,
         expires=expires,
         payload_hash=payload_hash,
         payload_mode=mode,

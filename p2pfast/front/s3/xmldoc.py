@@ -93,48 +93,48 @@ class Listing:
 
 
 def list_objects_v2(page: Listing) -> bytes:
-    enc = (lambda s: quote(s, safe="/")) if page.url_encoded else (lambda s: s)
-    parts = [
-        HEAD,
-        f'<ListBucketResult xmlns="{NS}">',
-        _el("Name", page.bucket),
-        _el("Prefix", enc(page.prefix)),
+    enc = _encoder(page)
+    fields = [
         _el("KeyCount", len(page.contents) + len(page.prefixes)),
         _el("MaxKeys", page.max_keys),
         _el("IsTruncated", "true" if page.next_token else "false"),
     ]
-    if page.delimiter:
-        parts.append(_el("Delimiter", enc(page.delimiter)))
-    if page.url_encoded:
-        parts.append(_el("EncodingType", "url"))
     if page.start_after:
-        parts.append(_el("StartAfter", enc(page.start_after)))
+        fields.append(_el("StartAfter", enc(page.start_after)))
     if page.token:
-        parts.append(_el("ContinuationToken", page.token))
+        fields.append(_el("ContinuationToken", page.token))
     if page.next_token:
-        parts.append(_el("NextContinuationToken", page.next_token))
-    parts += [_contents(e, enc) for e in page.contents]
-    for p in page.prefixes:
-        parts.append("<CommonPrefixes>" + _el("Prefix", enc(p)) + "</CommonPrefixes>")
-    parts.append("</ListBucketResult>")
-    return "".join(parts).encode()
+        fields.append(_el("NextContinuationToken", page.next_token))
+    return _list_result(page, enc, fields)
 
 
 def list_objects_v1(page: Listing, next_marker: str) -> bytes:
     """ListObjects (version 1): `Marker`/`NextMarker` instead of tokens (rclone's default for S3
     providers it does not know)."""
-    enc = (lambda s: quote(s, safe="/")) if page.url_encoded else (lambda s: s)
-    parts = [
-        HEAD,
-        f'<ListBucketResult xmlns="{NS}">',
-        _el("Name", page.bucket),
-        _el("Prefix", enc(page.prefix)),
+    enc = _encoder(page)
+    fields = [
         _el("Marker", enc(page.start_after)),
         _el("MaxKeys", page.max_keys),
         _el("IsTruncated", "true" if next_marker else "false"),
     ]
     if next_marker:
-        parts.append(_el("NextMarker", enc(next_marker)))
+        fields.append(_el("NextMarker", enc(next_marker)))
+    return _list_result(page, enc, fields)
+
+
+def _encoder(page: Listing) -> Callable[[str], str]:
+    return (lambda s: quote(s, safe="/")) if page.url_encoded else (lambda s: s)
+
+
+def _list_result(page: Listing, enc: Callable[[str], str], fields: list[str]) -> bytes:
+    """A ListBucketResult: its version's `fields`, then what both versions have."""
+    parts = [
+        HEAD,
+        f'<ListBucketResult xmlns="{NS}">',
+        _el("Name", page.bucket),
+        _el("Prefix", enc(page.prefix)),
+    ]
+    parts += fields
     if page.delimiter:
         parts.append(_el("Delimiter", enc(page.delimiter)))
     if page.url_encoded:
