@@ -35,7 +35,7 @@ from p2pfast.node.flow import (
 from p2pfast.node.reports import Progress
 from p2pfast.node.sources import Sink
 from p2pfast.proto import messages as m
-from p2pfast.proto.schedule import DONE, WAIT, Assignment, PieceSchedule
+from p2pfast.proto.schedule import DONE, MAX_WORKERS, WAIT, Assignment, PieceSchedule
 from p2pfast.store import contentid, segments
 from p2pfast.store.durable import writev_all
 from p2pfast.store.objects import Upload
@@ -147,8 +147,12 @@ class _Fetch:
             end = min(nsegs, -(-window[1] // self.seg))
             self.base = min(window[0] // self.seg, max(0, end - 1))
             count = max(1, end - self.base)
-        # each verified segment is kept as the views it was received in (`_take`)
-        self.plan: PieceSchedule[list[memoryview]] = PieceSchedule(count, PIECE, AHEAD)
+        # each verified segment is kept as the views it was received in (`_take`). A ranged read is most
+        # often one piece (a client's 8 MiB ranges, 10 at a time): no endgame copy of it from a second
+        # holder, which would double every range's traffic; that holder still takes over a piece whose
+        # holder fails or stalls (the schedule frees it)
+        helpers = 1 if window is not None else MAX_WORKERS
+        self.plan: PieceSchedule[list[memoryview]] = PieceSchedule(count, PIECE, AHEAD, helpers)
         self.changed = asyncio.Event()  # the plan changed: a piece released, failed or written
         self.failures: list[tuple[str, BaseException]] = []  # (holder, why it was dropped)
         self.served: dict[str, int] = {}

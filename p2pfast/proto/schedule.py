@@ -36,7 +36,7 @@ from typing import Generic, TypeVar
 
 from p2pfast.errors import InternalError
 
-__all__ = ["DONE", "WAIT", "Assignment", "Idle", "PieceSchedule", "PieceWrite"]
+__all__ = ["DONE", "MAX_WORKERS", "WAIT", "Assignment", "Idle", "PieceSchedule", "PieceWrite"]
 
 T = TypeVar("T")
 

@@ -330,15 +330,18 @@ def test_a_ranged_read_fetches_only_the_segments_of_its_range(tmp_path: Path) ->
     ranges += [(3 * seg, 4 * seg), (123, 2 * seg + 7)]
 
     async def main() -> None:
-        async with cluster(tmp_path, 2) as (a, b):
+        async with cluster(tmp_path, 3) as (a, b, c):
             report = await a.put("big", BytesSource(data))
-            await b.db(b.store.delete, "big")  # b has to fetch it from a
+            assert sorted(report.replicated_to) == sorted([b.node_id, c.node_id])
+            await b.db(b.store.delete, "big")  # b has to fetch it from a and c
             for start, end in ranges:
                 sink = BufferSink()
                 await b.read_range(report.cid, sink, start, end)
                 assert bytes(sink.data) == data[start:end], (start, end)
-            # what crossed the connections for a range over two segments: those two (and the segment
-            # hashes, the requests), not the five segments before them (COUNTERS: both nodes' reads)
+            # what crossed the connections for a range over two segments, with two holders (a and c):
+            # those two segments once (and the segment hashes, the requests), not the five segments
+            # before them, nor a second copy of the range from the other holder (COUNTERS: every node's
+            # reads, all in this process)
             before = COUNTERS.bytes_in
             sink = BufferSink()
             await b.read_range(report.cid, sink, 5 * seg + 10, 6 * seg + 20)
