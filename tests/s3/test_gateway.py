@@ -424,6 +424,47 @@ def test_multipart_uploads_complete_abort_and_list(net: Net) -> None:
     assert a.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
 
 
+def test_upload_part_copy_whole_and_ranged(net: Net) -> None:
+    """UploadPartCopy through the node that does not hold the source's upload: parts copied from an
+    object (a range of it, then the whole of another), completed into one object, read back."""
+    a, b = net.client(0), net.client(1)
+    a.create_bucket(Bucket="copies")
+    src = os.urandom((11 << 20) + 5)
+    a.put_object(Bucket="copies", Key="src.bin", Body=src)
+    a.put_object(Bucket="copies", Key="tail.bin", Body=b"the tail")
+    up = b.create_multipart_upload(Bucket="copies", Key="joined")["UploadId"]
+    first = b.upload_part_copy(
+        Bucket="copies",
+        Key="joined",
+        UploadId=up,
+        PartNumber=1,
+        CopySource={"Bucket": "copies", "Key": "src.bin"},
+        CopySourceRange="bytes=1000-6243879",
+    )["CopyPartResult"]
+    want = src[1000:6243880]
+    assert first["ETag"] == f'"{hashlib.md5(want).hexdigest()}"'
+    second = b.upload_part_copy(
+        Bucket="copies", Key="joined", UploadId=up, PartNumber=2, CopySource="copies/tail.bin"
+    )["CopyPartResult"]
+    parts = [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": second["ETag"]}]
+    b.complete_multipart_upload(Bucket="copies", Key="joined", UploadId=up, MultipartUpload={"Parts": parts})
+    assert a.get_object(Bucket="copies", Key="joined")["Body"].read() == want + b"the tail"
+    up2 = a.create_multipart_upload(Bucket="copies", Key="bad")["UploadId"]
+    for source, spec, code in (
+        ("copies/nope", None, "NoSuchKey"),
+        ("copies/src.bin", f"bytes=0-{len(src)}", "InvalidRange"),
+        ("copies/src.bin", "bytes=9-3", "InvalidArgument"),
+        ("copies/src.bin", "bytes=5-", "InvalidArgument"),
+    ):
+        extra = {} if spec is None else {"CopySourceRange": spec}
+        with pytest.raises(ClientError) as exc:
+            a.upload_part_copy(
+                Bucket="copies", Key="bad", UploadId=up2, PartNumber=1, CopySource=source, **extra
+            )
+        assert _code(exc) == code, (source, spec)
+    a.abort_multipart_upload(Bucket="copies", Key="bad", UploadId=up2)
+
+
 def test_delete_objects(net: Net) -> None:
     a, b = net.client(0), net.client(1)
     a.create_bucket(Bucket="many")
@@ -482,6 +523,10 @@ def test_aws_cli_cp_sync_and_rm(net: Net, tmp_path: Path) -> None:
     run(0, "s3", "cp", str(big), "s3://cli/big")
     run(1, "s3", "cp", "s3://cli/big", str(tmp_path / "big.back"))
     assert (tmp_path / "big.back").read_bytes() == big.read_bytes()
+    # a copy within the network: over 8 MiB, the CLI copies it in parts (UploadPartCopy)
+    run(1, "s3", "cp", "s3://cli/big", "s3://cli/big-copy")
+    run(0, "s3", "cp", "s3://cli/big-copy", str(tmp_path / "copy.back"))
+    assert (tmp_path / "copy.back").read_bytes() == big.read_bytes()
     run(1, "s3", "rm", "--recursive", "s3://cli/")
     assert run(0, "s3", "ls", "--recursive", "s3://cli") == ""
 

@@ -151,7 +151,7 @@ class Multipart:
                 )
             chosen.append(part)
             digests.update(bytes.fromhex(etag))
-        source = ConcatSource(self.node, [p.cid for p in chosen])
+        source = ConcatSource(self.node, [(p.cid, 0, p.size) for p in chosen])
         try:
             report = await self.node.put(names.object_file(info.bucket, info.key), source)
         finally:
@@ -185,20 +185,23 @@ class Multipart:
 
 
 class ConcatSource:
-    """The parts' verified plaintext, one after the other, as a store's source: a task gets each part
-    (node.get by content id) into a queue of READ_AHEAD chunks, so memory stays bounded."""
+    """Spans of objects' verified plaintext ((content id, start, end) each), one after the other, as a
+    store's source: a task reads each span (Node.read_range: a copy here, else the holders' segments of
+    it) into a queue of READ_AHEAD chunks, so memory stays bounded. `md5`: of the bytes read so far."""
 
     file: int | None = None
 
-    def __init__(self, node: Node, cids: list[str]) -> None:
+    def __init__(self, node: Node, spans: list[tuple[str, int, int]]) -> None:
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(READ_AHEAD)
-        self._task = asyncio.ensure_future(self._produce(node, cids))
+        self._task = asyncio.ensure_future(self._produce(node, spans))
         self._pending = b""
+        self.md5 = hashlib.md5(usedforsecurity=False)
 
-    async def _produce(self, node: Node, cids: list[str]) -> None:
+    async def _produce(self, node: Node, spans: list[tuple[str, int, int]]) -> None:
         try:
-            for cid in cids:
-                await node.get(cid, _QueueSink(self._queue))
+            for cid, start, end in spans:
+                if end > start:
+                    await node.read_range(cid, _QueueSink(self._queue), start, end)
         except Exception as exc:  # handed to the store, which aborts with it
             await self._queue.put(exc)
             return
@@ -214,6 +217,7 @@ class ConcatSource:
                 raise item
             self._pending = item
         piece, self._pending = self._pending[:limit], self._pending[limit:]
+        self.md5.update(piece)
         return piece
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -36,7 +37,7 @@ from p2pfast.front.s3 import attrs, listing, names, sigv4, xmldoc
 from p2pfast.front.s3.attrfiles import AttrFiles
 from p2pfast.front.s3.errors import S3Error
 from p2pfast.front.s3.keys import Secrets
-from p2pfast.front.s3.multipart import ConcatSource, Multipart, check_number
+from p2pfast.front.s3.multipart import ConcatSource, Multipart, UploadInfo, check_number
 from p2pfast.node import Node
 from p2pfast.node.reports import FileStat
 from p2pfast.node.sources import BytesSource
@@ -84,6 +85,8 @@ _UNSUPPORTED = frozenset(
 )
 # A CompleteMultipartUpload names up to 10,000 parts (about 100 bytes each); DeleteObjects 1000 keys.
 COMPLETE_BODY = 2 << 20
+
+_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 
 Handler = Callable[["_Call"], Awaitable[web.StreamResponse]]
 
@@ -366,14 +369,8 @@ class S3Server(httpread.Listener):
         from wherever they are), with the source's attributes or, with REPLACE, the request's. A copy onto
         itself with REPLACE (how rclone sets a modification time) rewrites the attributes only."""
         await _read_body(call)
-        source = unquote(call.request.headers["x-amz-copy-source"]).split("?", 1)[0].lstrip("/")
-        src_bucket, _, src_key = source.partition("/")
-        names.check_bucket(src_bucket)
+        src_bucket, src_key, st = await self._copy_source(call)
         src_file = names.object_file(src_bucket, src_key)
-        try:
-            st = await self.node.stat(src_file)
-        except NotFound:
-            raise S3Error("NoSuchKey", 404, f"no object {src_key[:200]} in bucket {src_bucket}") from None
         await self._need_bucket(call.bucket)
         dest = names.object_file(call.bucket, call.key)
         replace = call.request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
@@ -393,7 +390,7 @@ class S3Server(httpread.Listener):
             sent = attrs.Sent(None, {}, {})
         cid = st.cid
         if dest != src_file:
-            copied = ConcatSource(self.node, [st.cid])
+            copied = ConcatSource(self.node, [(st.cid, 0, st.size)])
             try:
                 cid = (await self.node.put(dest, copied)).cid
             finally:
@@ -477,15 +474,62 @@ class S3Server(httpread.Listener):
         return _xml(call, xmldoc.initiate_multipart(call.bucket, call.key, upload_id))
 
     async def _put_part(self, call: _Call) -> web.StreamResponse:
-        if "x-amz-copy-source" in call.request.headers:
-            raise S3Error("NotImplemented", 501, "UploadPartCopy is not implemented by this node yet")
         number = check_number(call.query.get("partNumber"))
         info = await self.multipart.upload(call.query["uploadId"], call.bucket, call.key)
+        if "x-amz-copy-source" in call.request.headers:
+            return await self._copy_part(call, info, number)
         source = _BodySource(call)
         report = await self.multipart.put_part(info, number, source)
         md5 = source.md5.hexdigest()
         self._remember(report.cid, md5)
         return web.Response(status=200, headers={"ETag": f'"{md5}"', **_ids(call)})
+
+    async def _copy_part(self, call: _Call, info: UploadInfo, number: int) -> web.StreamResponse:
+        """UploadPartCopy: the part is a span of an object already stored (x-amz-copy-source, with
+        x-amz-copy-source-range or whole), read verified from wherever it is (how the aws CLI and rclone
+        copy an object too big for one CopyObject)."""
+        await _read_body(call)
+        src_bucket, src_key, st = await self._copy_source(call)
+        first, last = 0, st.size - 1
+        spec = call.request.headers.get("x-amz-copy-source-range")
+        if spec is not None:
+            m = _COPY_RANGE.fullmatch(spec.strip())
+            if m is None or int(m[1]) > int(m[2]):
+                raise S3Error("InvalidArgument", 400, "x-amz-copy-source-range is bytes=FIRST-LAST")
+            first, last = int(m[1]), int(m[2])
+            if last >= st.size:
+                raise S3Error(
+                    "InvalidRange",
+                    416,
+                    f"the range lies beyond the object's {st.size} bytes",
+                    ActualObjectSize=str(st.size),
+                )
+        source = ConcatSource(self.node, [(st.cid, first, last + 1)])
+        try:
+            report = await self.multipart.put_part(info, number, source)
+        finally:
+            await source.close()
+        md5 = source.md5.hexdigest()
+        self._remember(report.cid, md5)
+        log.debug(
+            "event=s3_part_copied upload=%s part=%d from=%s/%s",
+            info.upload_id,
+            number,
+            src_bucket,
+            src_key[:200],
+        )
+        return _xml(call, xmldoc.copy_part_result(f'"{md5}"', time.time()))
+
+    async def _copy_source(self, call: _Call) -> tuple[str, str, FileStat]:
+        """The bucket, key and stat of x-amz-copy-source (`/BUCKET/KEY` or `BUCKET/KEY`, percent-encoded,
+        perhaps with ?versionId, which a node with no versions ignores)."""
+        source = unquote(call.request.headers["x-amz-copy-source"]).split("?", 1)[0].lstrip("/")
+        src_bucket, _, src_key = source.partition("/")
+        names.check_bucket(src_bucket)
+        try:
+            return src_bucket, src_key, await self.node.stat(names.object_file(src_bucket, src_key))
+        except NotFound:
+            raise S3Error("NoSuchKey", 404, f"no object {src_key[:200]} in bucket {src_bucket}") from None
 
     async def _complete_upload(self, call: _Call) -> web.StreamResponse:
         wanted = xmldoc.complete_parts(await _read_body(call, COMPLETE_BODY))

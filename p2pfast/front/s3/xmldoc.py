@@ -338,6 +338,16 @@ def delete_keys(body: bytes) -> tuple[list[str], bool]:
     return keys, (_text(doc, "Quiet") or "").strip().lower() == "true"
 
 
+def copy_part_result(etag: str, modified: float) -> bytes:
+    return (
+        HEAD
+        + f'<CopyPartResult xmlns="{NS}">'
+        + _el("LastModified", iso8601(modified))
+        + _el("ETag", etag)
+        + "</CopyPartResult>"
+    ).encode()
+
+
 def copy_result(etag: str, modified: float) -> bytes:
     return (
         HEAD
