@@ -476,7 +476,8 @@ def test_delete_objects(net: Net) -> None:
 
 
 def test_aws_cli_cp_sync_and_rm(net: Net, tmp_path: Path) -> None:
-    """The aws CLI, as a user runs it: a tree synced up and back, a 20 MiB file in parts, a recursive rm."""
+    """The aws CLI, as a user runs it: a tree synced up and back, a 200 MiB file in parts, a copy within
+    the network in parts, a recursive rm."""
     import shutil
 
     aws = shutil.which("aws", path=str(Path(sys.executable).parent))
@@ -519,14 +520,19 @@ def test_aws_cli_cp_sync_and_rm(net: Net, tmp_path: Path) -> None:
     assert all((back / p).read_bytes() == (tree / p).read_bytes() for p in ("f1", "f2", "f3", "a/b/x y.txt"))
     assert "upload:" not in run(0, "s3", "sync", str(tree), "s3://cli/t")  # nothing changed: nothing sent
     big = tmp_path / "big"
-    big.write_bytes(os.urandom(20 << 20))  # over the CLI's 8 MiB threshold: a multipart upload
+    with big.open("wb") as f:  # 200 MiB, over the CLI's 8 MiB threshold: a multipart upload of 25 parts
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
     run(0, "s3", "cp", str(big), "s3://cli/big")
     run(1, "s3", "cp", "s3://cli/big", str(tmp_path / "big.back"))
-    assert (tmp_path / "big.back").read_bytes() == big.read_bytes()
+    assert _same_file(tmp_path / "big.back", big)
     # a copy within the network: over 8 MiB, the CLI copies it in parts (UploadPartCopy)
-    run(1, "s3", "cp", "s3://cli/big", "s3://cli/big-copy")
-    run(0, "s3", "cp", "s3://cli/big-copy", str(tmp_path / "copy.back"))
-    assert (tmp_path / "copy.back").read_bytes() == big.read_bytes()
+    mid = tmp_path / "mid"
+    mid.write_bytes(os.urandom(20 << 20))
+    run(0, "s3", "cp", str(mid), "s3://cli/mid")
+    run(1, "s3", "cp", "s3://cli/mid", "s3://cli/mid-copy")
+    run(0, "s3", "cp", "s3://cli/mid-copy", str(tmp_path / "copy.back"))
+    assert (tmp_path / "copy.back").read_bytes() == mid.read_bytes()
     run(1, "s3", "rm", "--recursive", "s3://cli/")
     assert run(0, "s3", "ls", "--recursive", "s3://cli") == ""
 
@@ -570,6 +576,17 @@ def test_metadata_content_type_and_copies_are_kept_network_wide(net: Net) -> Non
     with pytest.raises(ClientError) as exc:
         a.put_object(Bucket="meta", Key="big-meta", Body=b"x", Metadata={"m": "v" * 3000})
     assert _code(exc) == "MetadataTooLarge"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes, compared a MiB at a time."""
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _tool(name: str) -> str:
