@@ -518,7 +518,7 @@ class S3Server(httpread.Listener):
             src_bucket,
             src_key[:200],
         )
-        return _xml(call, xmldoc.copy_part_result(f'"{md5}"', time.time()))
+        return _xml(call, xmldoc.copy_result(f'"{md5}"', time.time(), "CopyPartResult"))
 
     async def _copy_source(self, call: _Call) -> tuple[str, str, FileStat]:
         """The bucket, key and stat of x-amz-copy-source (`/BUCKET/KEY` or `BUCKET/KEY`, percent-encoded,

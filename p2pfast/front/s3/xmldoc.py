@@ -338,21 +338,12 @@ def delete_keys(body: bytes) -> tuple[list[str], bool]:
     return keys, (_text(doc, "Quiet") or "").strip().lower() == "true"
 
 
-def copy_part_result(etag: str, modified: float) -> bytes:
+def copy_result(etag: str, modified: float, root: str = "CopyObjectResult") -> bytes:
+    """CopyObject's answer; UploadPartCopy's with root CopyPartResult."""
     return (
         HEAD
-        + f'<CopyPartResult xmlns="{NS}">'
+        + f'<{root} xmlns="{NS}">'
         + _el("LastModified", iso8601(modified))
         + _el("ETag", etag)
-        + "</CopyPartResult>"
-    ).encode()
-
-
-def copy_result(etag: str, modified: float) -> bytes:
-    return (
-        HEAD
-        + f'<CopyObjectResult xmlns="{NS}">'
-        + _el("LastModified", iso8601(modified))
-        + _el("ETag", etag)
-        + "</CopyObjectResult>"
+        + f"</{root}>"
     ).encode()
