@@ -65,6 +65,8 @@ class Gateway(httpread.Listener):
             return _error(request, rid, exc)
         except P2PError as exc:
             return _error(request, rid, _gateway_error(exc))
+        except ConnectionError:
+            raise  # the client went away: aiohttp ends the request, there is nobody to answer
         except Exception:
             log.exception("event=gateway_internal_error request_id=%s", rid)
             return _error(request, rid, GatewayError(500, "internal error (a bug): see the node's log"))

@@ -114,9 +114,9 @@ class RangeSink:
         self._pos = end
         lo, hi = max(start, self._first), min(end, self._last + 1)
         if lo < hi:
-            # StreamResponse.write waits for the socket to drain: a slow client slows the read. A view,
-            # not a copy: the transport copies only what it cannot send at once
-            await self._response.write(memoryview(data)[lo - start : hi - start])
+            # StreamResponse.write waits for the socket to drain: a slow client slows the read (bytes:
+            # aiohttp 3.11, the floor, takes no view)
+            await self._response.write(bytes(memoryview(data)[lo - start : hi - start]))
             self.sent += hi - lo
         if end > self._last:
             raise RangeDone()

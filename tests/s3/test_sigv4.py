@@ -49,10 +49,38 @@ NOW = calendar.timegm(FIXED.timetuple())
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _set_clock(mp: pytest.MonkeyPatch, at: datetime.datetime | None) -> None:
+    """botocore's signing clock stopped `at` (naive UTC), or the real one (None). botocore from 1.36.x
+    on reads it through auth.get_current_datetime; the floor, 1.36.0, as datetime.datetime.utcnow()."""
+    if hasattr(botocore.auth, "get_current_datetime"):
+        real = botocore.compat.get_current_datetime
+        mp.setattr(
+            botocore.auth, "get_current_datetime", real if at is None else lambda remove_tzinfo=True: at
+        )
+        return
+    if at is None:
+        mp.setattr(botocore.auth, "datetime", datetime)
+        return
+
+    class Stopped(datetime.datetime):
+        @classmethod
+        def utcnow(cls) -> datetime.datetime:
+            assert at is not None
+            return at
+
+    class Module:  # botocore.auth's `datetime`, its clock stopped
+        datetime = Stopped
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(datetime, name)
+
+    mp.setattr(botocore.auth, "datetime", Module())
+
+
 @pytest.fixture(scope="module", autouse=True)
 def frozen_clock() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: FIXED)
+        _set_clock(mp, FIXED)
         yield
 
 
@@ -250,7 +278,7 @@ def test_header_values_are_trimmed_and_collapsed() -> None:
 
 
 def test_real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", botocore.compat.get_current_datetime)
+    _set_clock(monkeypatch, None)
     req, sent = sign("PUT", "/bucket/now", body=b"x")
     now = calendar.timegm(datetime.datetime.strptime(req.headers["x-amz-date"], "%Y%m%dT%H%M%SZ").timetuple())
     assert check(req, sent, now=now)[1] == b"x"
@@ -587,7 +615,7 @@ def test_bad_or_absent_x_amz_date(date: str | None) -> None:
 def test_leap_day_is_a_date() -> None:
     when = datetime.datetime(2028, 2, 29, 23, 59, 59)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: when)
+        _set_clock(mp, when)
         req, _ = sign("GET", "/bucket/k")
     assert check(req, now=calendar.timegm(when.timetuple()))[0].amz_date == "20280229T235959Z"
 
