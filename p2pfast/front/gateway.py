@@ -5,7 +5,7 @@ curl, with no signature, in the node's own event loop.
     GET|HEAD /b/BUCKET/KEY      the file BUCKET/KEY (an S3 object, or a file stored under that name)
 
 Whoever reaches the listener reads whatever they can name, so it is off by default and a bare `:PORT`
-binds 127.0.0.1 only. Only verified bytes go out (httpread.send_body): a read that fails after the status
+binds 127.0.0.1 only. Only verified bytes go out (httpread.serve_object): a read that fails after the status
 line ends the response short of its Content-Length, with a log line. The ETag is the content id, which
 changes whenever the bytes do; an object by content id never changes, so it may be cached for good.
 """
@@ -102,31 +102,24 @@ class Gateway(httpread.Listener):
         status = httpread.conditional(request, headers["ETag"], modified)
         if status is not None:
             return web.Response(status=status, headers=headers if status == 304 else {"x-request-id": rid})
-        first, last, status = 0, st.size - 1, 200
-        ranged = request.headers.get("Range")
-        if ranged is not None:
-            try:
-                span = httpread.byte_range(ranged, st.size)
-            except httpread.Unsatisfiable as exc:
-                return web.Response(
-                    status=416,
-                    text=f"{exc}: ask for a range that starts before byte {st.size}\n",
-                    headers={"x-request-id": rid, "Server": "p2pfast", "Content-Range": f"bytes */{st.size}"},
-                )
-            if span is not None:
-                first, last = span
-                status = 206
-                headers["Content-Range"] = f"bytes {first}-{last}/{st.size}"
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = last - first + 1
-        await response.prepare(request)
-        if request.method == "HEAD" or last < first:
-            await response.write_eof()
-            return response
-        await httpread.send_body(
-            self.node, request, response, st.cid, first, last, log, "gateway_get_failed", rid
-        )
-        return response
+        try:
+            return await httpread.serve_object(
+                self.node,
+                request,
+                headers,
+                st.cid,
+                st.size,
+                request.headers.get("Range"),
+                log,
+                "gateway_get_failed",
+                rid,
+            )
+        except httpread.Unsatisfiable as exc:
+            return web.Response(
+                status=416,
+                text=f"{exc}: ask for a range that starts before byte {st.size}\n",
+                headers={"x-request-id": rid, "Server": "p2pfast", "Content-Range": f"bytes */{st.size}"},
+            )
 
     async def _lone(self, stat: Awaitable[FileStat], name: str) -> FileStat:
         """`stat`'s answer; on a node with no peer, what it does not hold does not exist (404), where a

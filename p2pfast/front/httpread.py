@@ -94,55 +94,54 @@ def parse_date(value: str | None) -> float | None:
         return None
 
 
-class RangeDone(Exception):
-    """The range asked for is all sent: the get stops reading."""
-
-
-class RangeSink:
-    """A get's sink that sends bytes first..last of the object to the HTTP response."""
+class _ResponseSink:
+    """A read's sink that writes to the HTTP response (Node.read_range delivers exactly the range)."""
 
     file: int | None = None
 
-    def __init__(self, response: web.StreamResponse, first: int, last: int) -> None:
+    def __init__(self, response: web.StreamResponse) -> None:
         self._response = response
-        self._first, self._last = first, last
-        self._pos = 0
         self.sent = 0
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        start, end = self._pos, self._pos + len(data)
-        self._pos = end
-        lo, hi = max(start, self._first), min(end, self._last + 1)
-        if lo < hi:
-            # StreamResponse.write waits for the socket to drain: a slow client slows the read (bytes:
-            # aiohttp 3.11, the floor, takes no view)
-            await self._response.write(bytes(memoryview(data)[lo - start : hi - start]))
-            self.sent += hi - lo
-        if end > self._last:
-            raise RangeDone()
+        # StreamResponse.write waits for the socket to drain: a slow client slows the read (bytes: aiohttp
+        # 3.11, the floor, takes no view)
+        await self._response.write(bytes(data))
+        self.sent += len(data)
 
 
-async def send_body(
+async def serve_object(
     node: Node,
     request: web.Request,
-    response: web.StreamResponse,
+    headers: dict[str, str],
     cid: str,
-    first: int,
-    last: int,
+    size: int,
+    ranged: str | None,
     log: logging.Logger,
     event: str,
     rid: str,
-) -> bool:
-    """Bytes first..last of object `cid` to a prepared `response`, then its end: from a copy here, reading
-    only the range; else from the holders, fetching only the segments the range lies in
-    (Node.read_range). A read that fails, or bytes that fail their check, after the status line is out:
-    the one thing left to say so is to stop short of Content-Length, which every client reports, so the
-    connection is closed and `event` logged; False then."""
-    sink = RangeSink(response, 0, last - first)
+) -> web.StreamResponse:
+    """The answer to a GET or HEAD of object `cid` of `size` bytes, with `headers`: 200, or 206 for the
+    Range header `ranged` (Unsatisfiable, before anything is sent, for one beyond the end). The body comes
+    from a copy here, reading only the range, else from the holders, fetching only the segments the range
+    lies in (Node.read_range). A read that fails, or bytes that fail their check, after the status line is
+    out: the one thing left to say so is to stop short of Content-Length, which every client reports, so
+    the connection is closed and `event` logged."""
+    first, last, status = 0, size - 1, 200
+    span = None if ranged is None else byte_range(ranged, size)
+    if span is not None:
+        first, last = span
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = last - first + 1
+    await response.prepare(request)
+    if request.method == "HEAD" or last < first:
+        await response.write_eof()
+        return response
+    sink = _ResponseSink(response)
     try:
         await node.read_range(cid, sink, first, last + 1)
-    except RangeDone:
-        pass
     except (P2PError, OSError) as exc:
         log.warning(
             "event=%s request_id=%s cid=%s sent=%d of=%d error=%r",
@@ -155,9 +154,9 @@ async def send_body(
         )
         if request.transport is not None:
             request.transport.close()
-        return False
+        return response
     await response.write_eof()
-    return True
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

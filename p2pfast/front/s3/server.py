@@ -432,28 +432,14 @@ class S3Server(httpread.Listener):
         status = httpread.conditional(call.request, etag, modified)
         if status is not None:
             return web.Response(status=status, headers=headers if status == 304 else _ids(call))
-        first, last = 0, st.size - 1
-        status = 200
-        ranged = call.request.headers.get("Range")
-        if ranged is not None and "partNumber" not in call.query:
-            try:
-                span = httpread.byte_range(ranged, st.size)
-            except httpread.Unsatisfiable as exc:
-                raise S3Error("InvalidRange", 416, str(exc), ActualObjectSize=str(exc.size)) from None
-            if span is not None:
-                first, last = span
-                status = 206
-                headers["Content-Range"] = f"bytes {first}-{last}/{st.size}"
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = last - first + 1
-        await response.prepare(call.request)
-        if call.request.method == "HEAD" or last < first:
-            await response.write_eof()
-            return response
-        await httpread.send_body(
-            self.node, call.request, response, st.cid, first, last, log, "s3_get_failed", call.rid
-        )
-        return response
+        # (?partNumber= gets the whole object: the node keeps no parts once an upload completes)
+        ranged = None if "partNumber" in call.query else call.request.headers.get("Range")
+        try:
+            return await httpread.serve_object(
+                self.node, call.request, headers, st.cid, st.size, ranged, log, "s3_get_failed", call.rid
+            )
+        except httpread.Unsatisfiable as exc:
+            raise S3Error("InvalidRange", 416, str(exc), ActualObjectSize=str(exc.size)) from None
 
     async def _delete_object(self, call: _Call) -> web.StreamResponse:
         file = names.object_file(call.bucket, call.key)
