@@ -81,8 +81,6 @@ class Storing:
             result = await ctx.ex.db(ctx.store.put_fd, key, source.file, progress)
         else:
             result = await self._put_stream(key, source, progress)
-        # The ranked members, those not connected dialled now (node/links.py): the first `replicas`
-        # that answer take the copies, every connected one after them is a spare.
         if is_scratch(result.key):  # kept here only (userkey.SCRATCH_PREFIX): durable, and done
             log.info(
                 "event=stored key=%s cid=%s size=%d scratch=true",
@@ -91,6 +89,8 @@ class Storing:
                 result.size,
             )
             return _report(result, StoreOutcome(result.cid, result.size), 0, show_key(result.key))
+        # The ranked members, those not connected dialled now (node/links.py): the first `replicas`
+        # that answer take the copies, every connected one after them is a spare.
         members = placement.order(result.cid, ctx.links.members())
         order = await ctx.links.open(members, len(members) if ctx.replicas is None else ctx.replicas)
         want = len(order) if ctx.replicas is None else min(ctx.replicas, len(order))

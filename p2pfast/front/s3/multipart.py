@@ -120,7 +120,7 @@ class Multipart:
 
     async def parts(self, info: UploadInfo) -> list[PartInfo]:
         """The upload's parts that this node and its connected members hold, by number."""
-        prefix = names.part_file(info.upload_id, 0).removesuffix("00000")
+        prefix = names.parts_prefix(info.upload_id)
         found: dict[int, PartInfo] = {}
         for f in (await self.node.network_files()).files:
             tail = f.key.removeprefix(prefix)

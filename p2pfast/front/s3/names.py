@@ -84,8 +84,13 @@ def upload_file(upload_id: str) -> str:
     return UPLOADS_PREFIX + upload_id
 
 
+def parts_prefix(upload_id: str) -> str:
+    """What the names of an upload's parts begin with."""
+    return f"{PARTS_PREFIX}{upload_id}/"
+
+
 def part_file(upload_id: str, part: int) -> str:
-    return f"{PARTS_PREFIX}{upload_id}/{part:05d}"
+    return f"{parts_prefix(upload_id)}{part:05d}"
 
 
 def attrs_file(bucket: str, key: str) -> str:

@@ -588,16 +588,21 @@ def verify(auth: Auth, req: Request, secret: str) -> Payload:
 
     Raises S3Error: SignatureDoesNotMatch 403, or a 400 for text that cannot be signed.
     """
-    key = _signing_key(secret, auth.date, auth.region)
-    canonical = _canonical_request(auth, req)
-    string_to_sign = "\n".join((ALGORITHM, auth.amz_date, auth.scope, hashlib.sha256(canonical).hexdigest()))
-    expected = _hmac_hex(key, _utf8(string_to_sign, "InvalidArgument", "the credential scope"))
+    key, expected = _sign(auth, req, secret)
     if not hmac.compare_digest(expected, _utf8(auth.signature, "InvalidArgument", "the signature")):
         raise signature_mismatch(
             "The request signature we calculated does not match the signature you provided. "
             "Check your key and signing method."
         )
     return _payload(auth, key, expected.decode("ascii"))
+
+
+def _sign(auth: Auth, req: Request, secret: str) -> tuple[bytes, bytes]:
+    """The signing key and the request's signature (lowercase hex) under `secret`."""
+    key = _signing_key(secret, auth.date, auth.region)
+    canonical = _canonical_request(auth, req)
+    string_to_sign = "\n".join((ALGORITHM, auth.amz_date, auth.scope, hashlib.sha256(canonical).hexdigest()))
+    return key, _hmac_hex(key, _utf8(string_to_sign, "InvalidArgument", "the credential scope"))
 
 
 def _payload(auth: Auth, key: bytes, seed: str) -> Payload:
@@ -1018,17 +1023,16 @@ def presign(
     """The query string of a presigned URL for `method` on `raw_path` (percent-encoded) at `host`, valid
     `expires` seconds from `amz_date` ("20261203T101500Z", UTC), its payload unsigned: what `aws s3
     presign` and boto3's generate_presigned_url make, by the same canonical request verify() checks."""
-    scope = f"{amz_date[:8]}/{region}/s3/{_TERMINATOR}"
     params = {
         "X-Amz-Algorithm": ALGORITHM,
-        "X-Amz-Credential": f"{access_key_id}/{scope}",
+        "X-Amz-Credential": f"{access_key_id}/{amz_date[:8]}/{region}/s3/{_TERMINATOR}",
         "X-Amz-Date": amz_date,
         "X-Amz-Expires": str(expires),
         "X-Amz-SignedHeaders": "host",
     }
     query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in params.items())
-    lines = [method, _canonical_uri(raw_path), _canonical_query(query, True), f"host:{host}", "", "host"]
-    canonical = "\n".join([*lines, _UNSIGNED]).encode()
-    string_to_sign = "\n".join((ALGORITHM, amz_date, scope, hashlib.sha256(canonical).hexdigest()))
-    signature = _hmac_hex(_signing_key(secret, amz_date[:8], region), string_to_sign.encode())
+    req = Request(method, raw_path, query, {"host": host})
+    # (the timestamp is not signed: 0 stands for it)
+    auth = _auth(req, access_key_id, (amz_date, 0), region, ("host",), "", expires, _UNSIGNED)
+    _, signature = _sign(auth, req, secret)
     return f"{query}&X-Amz-Signature={signature.decode()}"
